@@ -1,0 +1,79 @@
+"""Small helpers every part of the package shares: seeding, device choice, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so a run can be repeated.
+
+    With ``deterministic=True`` PyTorch is also asked for deterministic kernels, which
+    makes GPU runs repeatable at some cost in speed (CPU runs are repeatable anyway).
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def select_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the device to run on: ``"auto"`` picks CUDA, then Apple MPS, then CPU.
+
+    An explicit device that is not available raises a ``ValueError`` that says which
+    devices are, instead of failing later inside a kernel.
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} was asked for, but Apple MPS is not available here; use 'cpu' or 'auto'")
+    return dev
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    A crash or an exception inside the block leaves ``path`` as it was (no half-written
+    file), because the rename is the only step that touches it.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def default_cache_dir() -> Path:
+    """Where data sets and cached features go: ``$CROSSALIGN_CACHE`` or ``~/.cache/crossalign``."""
+    return Path(os.environ.get("CROSSALIGN_CACHE", Path.home() / ".cache" / "crossalign")).expanduser()
