@@ -1,0 +1,15 @@
+"""Models: image encoders, text encoders and the CLIP-style dual encoder."""
+
+from crossalign.models.dual_encoder import DualEncoder, DualEncoderConfig
+from crossalign.models.image_encoders import (
+    ImageEncoder, ResNetEncoder, SmallCNN, ViTEncoder, build_image_encoder, image_encoder_names,
+)
+from crossalign.models.text_encoders import (
+    GRUTextEncoder, HFTextEncoder, TransformerTextEncoder, build_text_encoder, text_encoder_names,
+)
+
+__all__ = [
+    "DualEncoder", "DualEncoderConfig", "GRUTextEncoder", "HFTextEncoder", "ImageEncoder", "ResNetEncoder",
+    "SmallCNN", "TransformerTextEncoder", "ViTEncoder", "build_image_encoder", "build_text_encoder",
+    "image_encoder_names", "text_encoder_names",
+]

@@ -1,0 +1,285 @@
+"""The training loop for the dual encoder, from one CPU core to several GPUs under torchrun.
+
+One function, :func:`train`, reads top to bottom: build data, tokenizer and model; set up
+precision, optimiser and schedule; then loop over steps (forward under autocast, contrastive
+loss, scaled backward with accumulation, clipping, optimiser and scheduler step), logging,
+evaluating and checkpointing as configured.
+
+Batches are drawn by step, not by iterator state: micro-step ``m`` of epoch ``e`` always
+holds the same images (a permutation seeded by ``(seed, e)``) and the same caption choices,
+so a resumed run continues bit for bit where an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from crossalign.data.build import build_dataset, build_tokenizer
+from crossalign.data.collate import CaptionCollator
+from crossalign.distributed import DistInfo, init_distributed
+from crossalign.evaluation import evaluate_retrieval
+from crossalign.losses import ClipLoss
+from crossalign.models.dual_encoder import DualEncoder
+from crossalign.train.checkpoint import load_train_state, load_weights, resolve_checkpoint, save_checkpoint
+from crossalign.train.config import ExperimentConfig
+from crossalign.train.precision import autocast, check_precision, grad_scaler
+from crossalign.train.schedule import warmup_cosine_scheduler
+from crossalign.utils import seed_everything, select_device
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model and everything needed to judge it."""
+
+    model: DualEncoder
+    tokenizer: Any
+    config: ExperimentConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields the index batches of micro-steps ``start`` .. ``stop - 1``, tagged with their epoch.
+
+    Each epoch is a permutation of the data set seeded by ``(seed, epoch)``; the last
+    incomplete batch of an epoch is dropped. In a distributed run every rank draws the same
+    global batch and keeps its own slice of it.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
+        global_batch = batch_size * world_size
+        if num_samples < global_batch:
+            raise ValueError(
+                f"the training set has {num_samples} samples, fewer than one global batch of {global_batch}; "
+                "lower train.batch_size or enlarge the data set"
+            )
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
+        self.batches_per_epoch = num_samples // global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = -1, None
+        for micro_step in range(self.start, self.stop):
+            e, position = divmod(micro_step, self.batches_per_epoch)
+            if e != epoch:
+                epoch = e
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+                order = torch.randperm(self.num_samples, generator=gen)
+            first = (position * self.world_size + self.rank) * self.batch_size
+            yield [(epoch, int(i)) for i in order[first : first + self.batch_size]]
+
+
+class _EpochTagged(Dataset):
+    """Wraps a data set so that items fetched by ``(epoch, index)`` carry their epoch."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict]:
+        indices = [index for _, index in keys]
+        if hasattr(self.dataset, "__getitems__"):
+            items = self.dataset.__getitems__(indices)
+        else:
+            items = [self.dataset[i] for i in indices]
+        return [{**item, "epoch": epoch} for item, (epoch, _) in zip(items, keys)]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and convolution kernels only, not on biases, norms, scales."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel per step where this PyTorch build supports it."""
+    groups = _param_groups(model, cfg.weight_decay)
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
+    if cfg.fused_optimizer:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_model(config: ExperimentConfig, tokenizer: Any) -> DualEncoder:
+    """The dual encoder of ``config``, with a word-level text tower sized to ``tokenizer``.
+
+    The model keeps the completed config (``model.config``), so a checkpoint can rebuild it.
+    """
+    model_cfg = copy.deepcopy(config.model)
+    if model_cfg.text_encoder != "hf":
+        model_cfg.text_kwargs = {**model_cfg.text_kwargs, "vocab_size": len(tokenizer), "pad_id": tokenizer.pad_id}
+    return DualEncoder(model_cfg)
+
+
+def _checkpoint_config(config: ExperimentConfig, model: DualEncoder, tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint's config.json holds: the experiment with the model's completed config."""
+    experiment = config.to_dict()
+    experiment["model"] = model.config.to_dict()
+    return {"experiment": experiment, "tokenizer": tokenizer.to_dict()}
+
+
+def train(
+    config: ExperimentConfig,
+    resume_from: str | Path | None = None,
+    stop_after: int | None = None,
+    dist: DistInfo | None = None,
+) -> TrainResult:
+    """Train a dual encoder as ``config`` says; return the model, tokenizer and history.
+
+    Args:
+        config: the experiment (data, model, train sections).
+        resume_from: a checkpoint folder (or run folder with ``checkpoints/latest``) to
+            continue from; the run then continues exactly as if it had never stopped.
+        stop_after: stop after this many optimiser steps in total (the schedule still
+            spans ``config.train.steps``); used to interrupt a run on purpose.
+        dist: distributed context; by default read from torchrun's environment variables.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
+    """
+    cfg = config.train
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ValueError("train.steps, train.batch_size and train.grad_accum must all be >= 1")
+    dist = dist or init_distributed()
+    device = dist.device if dist.world_size > 1 else select_device(cfg.device)
+    check_precision(cfg.precision, device)
+    seed_everything(config.seed + dist.rank)
+
+    train_set = build_dataset(config.data, "train", seed=config.seed)
+    val_set = build_dataset(config.data, "val", seed=config.seed, size=cfg.eval_size) if cfg.eval_every else None
+    tokenizer = build_tokenizer(config.data, train_set)
+    seed_everything(config.seed)
+    model = build_model(config, tokenizer).to(device)
+    if cfg.channels_last:
+        model.image_encoder.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    scaler = grad_scaler(cfg.precision, device)
+    history: list[dict[str, float]] = []
+    start_step = 0
+    if resume_from is not None:
+        checkpoint = resolve_checkpoint(resume_from)
+        load_weights(model, checkpoint, device=device)
+        state = load_train_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        start_step, history = int(state["step"]), list(state["history"])
+
+    train_model: torch.nn.Module = model
+    if dist.world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    loss_fn = ClipLoss()
+    collator = CaptionCollator(tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len)
+    final_step = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    sampler = StepBatchSampler(
+        len(train_set), cfg.batch_size, config.seed, start_step * cfg.grad_accum, final_step * cfg.grad_accum,
+        rank=dist.rank, world_size=dist.world_size,
+    )
+    loader = DataLoader(
+        _EpochTagged(train_set), batch_sampler=sampler, collate_fn=collator,
+        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+    )
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    ckpt_dir = out_dir / "checkpoints" if out_dir else None
+    last_checkpoint: Path | None = resolve_checkpoint(resume_from) if resume_from is not None else None
+
+    def checkpoint(step: int) -> Path | None:
+        if ckpt_dir is None or not dist.is_main:
+            return None
+        state = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "step": step, "history": history,
+        }
+        return save_checkpoint(ckpt_dir, step, model, _checkpoint_config(config, model, tokenizer), state)
+
+    model.train()
+    bar = tqdm(total=final_step, initial=start_step, desc="train", disable=not (cfg.progress and dist.is_main))
+    started = time.perf_counter()
+    samples = 0
+    step = start_step
+    running = 0.0
+    for micro, batch in enumerate(loader):
+        images = batch["images"].to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        ids = batch["input_ids"].to(device, non_blocking=True)
+        mask = batch["attention_mask"].to(device, non_blocking=True)
+        with autocast(cfg.precision, device):
+            image_emb, text_emb, scale = train_model(images, ids, mask)
+            loss = loss_fn(image_emb.float(), text_emb.float(), scale.float())
+        if not torch.isfinite(loss):
+            where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {step + 1}; training stopped ({where}). "
+                "Try a lower train.lr, train.precision='fp32' or a smaller init temperature."
+            )
+        scaler.scale(loss / cfg.grad_accum).backward()
+        running += loss.item() / cfg.grad_accum
+        samples += images.shape[0] * dist.world_size
+        if (micro + 1) % cfg.grad_accum:
+            continue
+        if cfg.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        history.append({"step": step, "loss": running, "lr": lr, "temperature": 1.0 / model.logit_scale.item()})
+        running = 0.0
+        bar.update(1)
+        if step % max(1, cfg.log_every) == 0:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", T=f"{history[-1]['temperature']:.3f}")
+        if val_set is not None and step % cfg.eval_every == 0 and dist.is_main:
+            metrics = evaluate_retrieval(model, val_set, tokenizer, device=device, max_len=config.data.max_len)
+            history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
+            model.train()
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            last_checkpoint = checkpoint(step) or last_checkpoint
+    bar.close()
+    seconds = time.perf_counter() - started
+    if ckpt_dir is not None and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}")):
+        last_checkpoint = checkpoint(step) or last_checkpoint
+    model.eval()
+    return TrainResult(
+        model=model, tokenizer=tokenizer, config=config, history=history, checkpoint=last_checkpoint,
+        seconds=seconds, samples_per_second=samples / seconds if seconds > 0 else math.nan,
+    )

@@ -1,0 +1,384 @@
+"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves.
+
+Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it works
+under any backend, including the headless ``Agg`` used by tests and notebook validation.
+Figures made here are built with ``matplotlib.figure.Figure`` rather than ``pyplot``: they
+are not registered with pyplot, so a notebook shows them only when they are displayed (as a
+cell's last value or with ``display(fig)``) and they are freed like any other object.
+
+Tensors may live on any device and have any dtype; they are copied to float64 NumPy arrays
+once, by ``_to_numpy``. Images are ``[K, 3, H, W]`` with values in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import textwrap
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure, SubFigure
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+
+from crossalign.utils import atomic_path
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+PathLike = Union[str, os.PathLike]
+
+SEQUENTIAL_CMAP = "viridis"
+DIVERGING_CMAP = "coolwarm"
+ARGMAX_OUTLINE_COLOURS = {SEQUENTIAL_CMAP: "red", DIVERGING_CMAP: "black"}
+ARGMAX_GID = "argmax"
+CORRECT_COLOUR = "tab:green"
+WRONG_COLOUR = "tab:red"
+ANNOTATE_MAX_SIDE = 8
+# Thumbnails sit in a column one heatmap cell wide, 0.1 cell clear of column 0 (which starts at x = -0.5).
+_THUMBNAIL_LEFT = -1.6
+_IMAGE_RANGE_TOLERANCE = 1e-3
+
+
+def similarity_heatmap(
+    similarity: ArrayLike,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    images: ArrayLike | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+    annotate: bool | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw an image-text similarity matrix ``[N_img, N_txt]`` as a heatmap.
+
+    Rows are images, columns are texts. Each row's best-matching text (its argmax; the first
+    one on ties) gets a box outline, so a correct retrieval shows as an outlined diagonal
+    when row ``i`` and column ``i`` are a pair. A matrix with negative values uses a diverging
+    colormap centred on zero; a non-negative one uses a sequential colormap.
+
+    Args:
+        similarity: the matrix, e.g. ``image_emb @ text_emb.T``.
+        row_labels: one label per image (drawn left of the thumbnails when ``images`` is given).
+        col_labels: one caption per text, wrapped and truncated to stay readable.
+        images: ``[N_img, 3, H, W]`` in ``[0, 1]``; shown as thumbnails along the rows.
+        title: the axes title.
+        ax: axes to draw on; a new figure is made when omitted.
+        annotate: write the values in the cells; by default only when both sides are <= 8.
+        save_path: also write the figure there (format from the suffix, e.g. ``.png``).
+    """
+    sim = _to_numpy(similarity, "similarity")
+    if sim.ndim != 2 or 0 in sim.shape:
+        raise ValueError(f"similarity must be a non-empty 2-D matrix [N_img, N_txt], got shape {tuple(sim.shape)}")
+    if not np.isfinite(sim).all():
+        raise ValueError("similarity contains NaN or infinite values; check the embeddings it was computed from")
+    n_img, n_txt = sim.shape
+    _check_label_count(row_labels, n_img, "row_labels", "rows (images)")
+    _check_label_count(col_labels, n_txt, "col_labels", "columns (texts)")
+    thumbnails = None
+    if images is not None:
+        thumbnails = _to_display_images(images, "images")
+        if len(thumbnails) != n_img:
+            raise ValueError(
+                f"images has {len(thumbnails)} images but similarity has {n_img} rows; give one image per row"
+            )
+
+    if ax is None:
+        width = min(16.0, 2.5 + 0.55 * n_txt + (1.0 if thumbnails is not None else 0.0))
+        height = min(16.0, 1.5 + 0.55 * n_img + (1.2 if col_labels is not None else 0.0))
+        fig = Figure(figsize=(width, height), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = _root_figure(ax)
+
+    cmap, norm = _colour_scale(sim)
+    heatmap = ax.imshow(sim, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal")
+    ax.figure.colorbar(heatmap, ax=ax, label="similarity")
+
+    ax.set_xticks(range(n_txt))
+    if col_labels is not None:
+        ax.set_xticklabels(
+            [_wrap(label, width=28, max_lines=3) for label in col_labels],
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize="small",
+        )
+    ax.set_xlabel("texts")
+    ax.set_yticks(range(n_img))
+    if thumbnails is None:
+        if row_labels is not None:
+            ax.set_yticklabels([_wrap(label, width=28, max_lines=2) for label in row_labels], fontsize="small")
+        ax.set_ylabel("images")
+    else:
+        ax.set_yticklabels([])
+        ax.tick_params(axis="y", left=False)
+        _draw_row_thumbnails(ax, thumbnails, row_labels)
+
+    _outline_row_argmax(ax, sim, ARGMAX_OUTLINE_COLOURS[cmap])
+    if annotate is None:
+        annotate = max(n_img, n_txt) <= ANNOTATE_MAX_SIDE
+    if annotate:
+        _write_cell_values(ax, heatmap)
+
+    if title is not None:
+        ax.set_title(title)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def retrieval_grid(
+    query: str,
+    images: ArrayLike,
+    scores: Sequence[float] | ArrayLike,
+    correct: Sequence[bool] | None = None,
+    titles: Sequence[str] | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Show a text query and its top-k retrieved images in a row, best first, with their scores.
+
+    Args:
+        query: the query sentence, used as the figure title.
+        images: the retrieved images ``[K, 3, H, W]`` in ``[0, 1]``, in rank order.
+        scores: the K similarity scores, in the same order.
+        correct: optional K flags; a correct hit gets a green frame, a wrong one a red frame.
+        titles: optional K short texts (e.g. file names) written under each rank and score.
+        save_path: also write the figure there.
+    """
+    pictures = _to_display_images(images, "images")
+    k = len(pictures)
+    score_values = _to_numpy(scores, "scores")
+    if score_values.ndim != 1 or len(score_values) != k:
+        raise ValueError(f"scores must hold one number per image: got shape {tuple(score_values.shape)} for {k} images")
+    _check_label_count(correct, k, "correct", "images")
+    _check_label_count(titles, k, "titles", "images")
+
+    fig = Figure(figsize=(max(4.0, 2.2 * k), 3.2), layout="constrained")
+    fig.suptitle(_wrap(query, width=90, max_lines=3))
+    for rank, (picture, score) in enumerate(zip(pictures, score_values)):
+        ax = fig.add_subplot(1, k, rank + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        caption = f"#{rank + 1}  {score:.3f}"
+        if titles is not None:
+            caption += "\n" + _wrap(titles[rank], width=24, max_lines=2)
+        ax.set_title(caption, fontsize="small")
+        for spine in ax.spines.values():
+            if correct is None:
+                spine.set_visible(False)
+            else:
+                spine.set_edgecolor(CORRECT_COLOUR if correct[rank] else WRONG_COLOUR)
+                spine.set_linewidth(4.0)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def image_grid(
+    images: ArrayLike,
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Show images ``[K, 3, H, W]`` in ``[0, 1]`` in a grid of ``ncols`` columns, with optional titles.
+
+    The grid has ``ceil(K / ncols)`` rows and exactly K axes (no empty frames at the end).
+    """
+    pictures = _to_display_images(images, "images")
+    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    _check_label_count(titles, len(pictures), "titles", "images")
+    ncols = min(int(ncols), len(pictures))
+    nrows = math.ceil(len(pictures) / ncols)
+    title_height = 0.35 if titles is not None else 0.0
+    fig = Figure(figsize=(1.8 * ncols, (1.8 + title_height) * nrows), layout="constrained")
+    for index, picture in enumerate(pictures):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(_wrap(titles[index], width=22, max_lines=2), fontsize="x-small")
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def training_curves(
+    history: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Plot logged values against the training step, one subplot per key.
+
+    ``history`` is a list of dicts, one per logged step, each with a ``"step"`` and numeric
+    values such as ``"loss"``, ``"lr"`` or ``"val/i2t_r1"``. Keys may be sparse (validation
+    metrics are logged every few hundred steps): each curve uses only the entries that have
+    the key, and all subplots share the step axis so sparse and dense curves line up. By
+    default every numeric key except ``"step"`` is plotted, in order of first appearance.
+    The ``"lr"`` axis is logarithmic when all its values are positive.
+    """
+    if len(history) == 0:
+        raise ValueError("history is empty; log at least one step before plotting")
+    for index, entry in enumerate(history):
+        if not isinstance(entry, Mapping) or _as_float(entry.get("step")) is None:
+            raise ValueError(f"history[{index}] must be a dict with a numeric 'step', got {entry!r}")
+    if keys is None:
+        keys = _numeric_keys(history)
+        if not keys:
+            raise ValueError("history has no numeric values besides 'step'; nothing to plot")
+    series = {}
+    for key in keys:
+        points = [(_as_float(entry["step"]), _as_float(entry[key])) for entry in history if key in entry]
+        if not points:
+            raise ValueError(f"key {key!r} is in no entry of history; available keys: {_numeric_keys(history)}")
+        if any(value is None for _, value in points):
+            raise ValueError(f"key {key!r} has non-numeric values in history; pick numeric keys only")
+        series[key] = points
+
+    ncols = min(3, len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows), layout="constrained")
+    first_ax = None
+    for index, (key, points) in enumerate(series.items()):
+        ax = fig.add_subplot(nrows, ncols, index + 1, sharex=first_ax)
+        if first_ax is None:
+            first_ax = ax
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) <= 50 else None, markersize=3)
+        if key == "lr" and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def save_figure(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` atomically, creating parent folders; the suffix picks the format.
+
+    The figure is written to a temporary file beside ``path`` and renamed onto it, so a crash
+    never leaves a half-written image. Returns the path written.
+    """
+    target = Path(path)
+    file_format = target.suffix.lower().lstrip(".")
+    supported = fig.canvas.get_supported_filetypes()
+    if file_format not in supported:
+        raise ValueError(
+            f"cannot tell the image format of {str(target)!r} from its suffix; "
+            f"use one of: {', '.join('.' + name for name in sorted(supported))}"
+        )
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format=file_format, dpi=dpi, bbox_inches="tight")
+    return target
+
+
+def _to_numpy(values: ArrayLike | Sequence[float], name: str) -> np.ndarray:
+    """Copy a tensor (any device, any dtype) or an array-like to a float64 NumPy array."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device="cpu", dtype=torch.float64).numpy()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a tensor, an array or a sequence of numbers: {error}") from error
+
+
+def _to_display_images(images: ArrayLike, name: str) -> np.ndarray:
+    """Check ``[K, 3, H, W]`` images in ``[0, 1]`` and return them as ``[K, H, W, 3]`` for imshow."""
+    array = _to_numpy(images, name)
+    if array.ndim != 4 or array.shape[1] != 3 or array.shape[0] == 0:
+        raise ValueError(f"{name} must have shape [K, 3, H, W] with K >= 1, got {tuple(array.shape)}")
+    low, high = float(array.min()), float(array.max())
+    if low < -_IMAGE_RANGE_TOLERANCE or high > 1 + _IMAGE_RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} must hold values in [0, 1], found [{low:.3f}, {high:.3f}]; "
+            "divide 8-bit images by 255 and undo any normalisation (x * std + mean) before plotting"
+        )
+    return np.clip(array, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+
+def _colour_scale(sim: np.ndarray) -> tuple[str, Normalize]:
+    """Pick the colormap and its range: diverging around zero for signed values, else sequential."""
+    if sim.min() < 0:
+        limit = float(np.abs(sim).max())
+        return DIVERGING_CMAP, Normalize(vmin=-limit, vmax=limit)
+    return SEQUENTIAL_CMAP, Normalize(vmin=float(sim.min()), vmax=float(sim.max()))
+
+
+def _outline_row_argmax(ax: Axes, sim: np.ndarray, colour: str) -> None:
+    """Draw a box around each row's largest cell (tagged with ``ARGMAX_GID`` so it can be found)."""
+    for row, col in enumerate(sim.argmax(axis=1)):
+        outline = Rectangle((col - 0.5, row - 0.5), 1.0, 1.0, fill=False, edgecolor=colour, linewidth=2.0)
+        outline.set_gid(ARGMAX_GID)
+        ax.add_patch(outline)
+
+
+def _write_cell_values(ax: Axes, heatmap: AxesImage) -> None:
+    """Write each cell's value in it, black on light cells and white on dark ones."""
+    for (row, col), value in np.ndenumerate(heatmap.get_array()):
+        r, g, b, _ = heatmap.cmap(heatmap.norm(value))
+        luminance = 0.299 * r + 0.587 * g + 0.114 * b
+        text_colour = "black" if luminance > 0.5 else "white"
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize="small", color=text_colour)
+
+
+def _draw_row_thumbnails(ax: Axes, thumbnails: np.ndarray, row_labels: Sequence[str] | None) -> None:
+    """Draw one thumbnail left of each heatmap row, in data coordinates so each fills one cell."""
+    for row, picture in enumerate(thumbnails):
+        thumb_ax = ax.inset_axes((_THUMBNAIL_LEFT, row - 0.5, 1.0, 1.0), transform=ax.transData)
+        thumb_ax.imshow(picture, interpolation="nearest")
+        thumb_ax.set_axis_off()
+        if row_labels is not None:
+            label = _wrap(row_labels[row], width=20, max_lines=2)
+            thumb_ax.text(-0.08, 0.5, label, transform=thumb_ax.transAxes, ha="right", va="center", fontsize="small")
+
+
+def _check_label_count(labels: Sequence[Any] | None, expected: int, name: str, what: str) -> None:
+    """Raise a ``ValueError`` unless ``labels`` is None or holds exactly ``expected`` items."""
+    if labels is not None and len(labels) != expected:
+        raise ValueError(f"{name} has {len(labels)} items but there are {expected} {what}; give one per item")
+
+
+def _wrap(text: str, width: int, max_lines: int) -> str:
+    """Wrap ``text`` to lines of at most ``width`` characters, cut to ``max_lines`` with an ellipsis."""
+    lines = textwrap.wrap(str(text), width=width) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: width - 1].rstrip() + "…"
+    return "\n".join(lines)
+
+
+def _as_float(value: Any) -> float | None:
+    """Return ``value`` as a float when it is a real number (or a one-element tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return float(value.item())
+    return None
+
+
+def _numeric_keys(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Keys other than ``"step"`` with a numeric value somewhere in ``history``, by first appearance."""
+    keys: dict[str, None] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key != "step" and _as_float(value) is not None:
+                keys.setdefault(key, None)
+    return list(keys)
+
+
+def _root_figure(ax: Axes) -> Figure:
+    """Return the top-level figure of ``ax``, even when ``ax`` lives in a subfigure."""
+    figure = ax.figure
+    while isinstance(figure, SubFigure):
+        figure = figure.get_figure()
+    return figure

@@ -1,0 +1,50 @@
+"""Re-execute chapter notebooks in clean kernels, save them with fresh outputs, report times.
+
+    python tools/run_notebooks.py book/01_overview.ipynb [...]
+
+Used by ``make notebooks``. Each notebook runs in a new kernel with ``book/`` as the working
+directory (as in the book build); the first failing cell stops with its error and the
+notebook on disk is left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+
+def run_notebook(path: Path, timeout: int) -> float:
+    """Execute ``path`` in place; return the seconds it took."""
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    started = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - started
+    nbformat.write(notebook, path)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
+    args = parser.parse_args()
+    total = 0.0
+    for path in args.notebooks:
+        if not path.is_file():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+        seconds = run_notebook(path, args.timeout)
+        total += seconds
+        print(f"{path.name:<40} {seconds:7.1f} s", flush=True)
+    print(f"{'total':<40} {total:7.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
