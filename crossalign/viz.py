@@ -12,6 +12,8 @@ once, by ``_to_numpy``. Images are ``[K, 3, H, W]`` with values in ``[0, 1]``.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import numbers
 import os
@@ -43,6 +45,24 @@ ANNOTATE_MAX_SIDE = 8
 _THUMBNAIL_LEFT = -1.6
 _IMAGE_RANGE_TOLERANCE = 1e-3
 
+
+
+@functools.lru_cache(maxsize=None)
+def _activate_display_backend() -> None:
+    """Let pyplot pick its backend once, so that Jupyter registers its PNG display for figures.
+
+    The figures made here are not tracked by pyplot (no double display in notebooks, no
+    leak when plotting in a loop); in a notebook they show when they are a cell's value.
+    """
+    import matplotlib.pyplot as plt
+
+    plt.close(plt.figure())
+
+
+def _new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib figure that pyplot does not track (see :func:`_activate_display_backend`)."""
+    _activate_display_backend()
+    return Figure(**kwargs)
 
 def similarity_heatmap(
     similarity: ArrayLike,
@@ -90,7 +110,7 @@ def similarity_heatmap(
     if ax is None:
         width = min(16.0, 2.5 + 0.55 * n_txt + (1.0 if thumbnails is not None else 0.0))
         height = min(16.0, 1.5 + 0.55 * n_img + (1.2 if col_labels is not None else 0.0))
-        fig = Figure(figsize=(width, height), layout="constrained")
+        fig = _new_figure(figsize=(width, height), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = _root_figure(ax)
@@ -158,7 +178,7 @@ def retrieval_grid(
     _check_label_count(correct, k, "correct", "images")
     _check_label_count(titles, k, "titles", "images")
 
-    fig = Figure(figsize=(max(4.0, 2.2 * k), 3.2), layout="constrained")
+    fig = _new_figure(figsize=(max(4.0, 2.2 * k), 3.2), layout="constrained")
     fig.suptitle(_wrap(query, width=90, max_lines=3))
     for rank, (picture, score) in enumerate(zip(pictures, score_values)):
         ax = fig.add_subplot(1, k, rank + 1)
@@ -197,7 +217,7 @@ def image_grid(
     ncols = min(int(ncols), len(pictures))
     nrows = math.ceil(len(pictures) / ncols)
     title_height = 0.35 if titles is not None else 0.0
-    fig = Figure(figsize=(1.8 * ncols, (1.8 + title_height) * nrows), layout="constrained")
+    fig = _new_figure(figsize=(1.8 * ncols, (1.8 + title_height) * nrows), layout="constrained")
     for index, picture in enumerate(pictures):
         ax = fig.add_subplot(nrows, ncols, index + 1)
         ax.imshow(picture, interpolation="nearest")
@@ -243,7 +263,7 @@ def training_curves(
 
     ncols = min(3, len(series))
     nrows = math.ceil(len(series) / ncols)
-    fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows), layout="constrained")
+    fig = _new_figure(figsize=(4.0 * ncols, 3.0 * nrows), layout="constrained")
     first_ax = None
     for index, (key, points) in enumerate(series.items()):
         ax = fig.add_subplot(nrows, ncols, index + 1, sharex=first_ax)

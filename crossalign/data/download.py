@@ -27,7 +27,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from crossalign.data.flickr8k import SPLIT_FILES, TOKEN_FILE, find_image_dir
 from crossalign.utils import atomic_path, default_cache_dir

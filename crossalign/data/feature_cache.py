@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from crossalign.data.flickr8k import flatten_captions
 from crossalign.utils import atomic_path, select_device

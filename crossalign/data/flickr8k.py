@@ -54,7 +54,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,8 @@ Grammar of a caption (regular, so captions can be parsed back)::
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -39,13 +41,15 @@ import torch
 from torch.utils.data import Dataset
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "cyan")
+COLOURS: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
 SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
 
 COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.12, 0.12),
+    "orange": (1.00, 0.55, 0.05),
+    "white": (0.95, 0.95, 0.95),
     "green": (0.15, 0.75, 0.20),
     "blue": (0.18, 0.35, 0.95),
     "yellow": (0.95, 0.88, 0.15),
@@ -53,7 +57,7 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "cyan": (0.10, 0.85, 0.90),
 }
 #: Object radius as a fraction of the image side, per size.
-SIZE_RADIUS: dict[str, float] = {"small": 0.085, "large": 0.145}
+SIZE_RADIUS: dict[str, float] = {"small": 0.08, "large": 0.14}
 #: Colour-shape pairs never seen in train/val/test; the compositional split is built from them.
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
@@ -72,6 +76,8 @@ SHAPE_WORDS: dict[str, tuple[str, ...]] = {
 }
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {
     "red": ("red",),
+    "orange": ("orange",),
+    "white": ("white",),
     "green": ("green",),
     "blue": ("blue",),
     "yellow": ("yellow",),
@@ -101,10 +107,12 @@ REGION_WORDS: dict[tuple[str, str], tuple[str, ...]] = {
 
 #: Centres must differ by more than this (fraction of the side) along an axis for a relation.
 RELATION_MARGIN = 0.06
-#: Distance from centre to the farthest point of any shape, in radii (square corners: 0.85*sqrt 2).
-_BOUNDING_RADIUS = 1.21
+#: Distance from the centre to the farthest point of each shape, in radii (triangle base
+#: corners: sqrt 2; square corners: 0.85 * sqrt 2; cross arm corners: sqrt(1 + 1/9)).
+_BOUNDING_RADIUS: dict[str, float] = {"circle": 1.0, "square": 1.21, "triangle": 1.42, "diamond": 1.0, "cross": 1.06}
 _GAP = 0.03
-_POSITION_TRIES = 32
+_REGION_MARGIN = 0.04
+_POSITION_TRIES = 96
 _MAX_OBJECTS = 3
 _SQUARE_HALF_SIDE = 0.85
 _CROSS_HALF_WIDTH = 1.0 / 3.0
@@ -217,7 +225,7 @@ class _Layout:
 
 
 def _allowed_colours() -> np.ndarray:
-    """For each shape, the colour ids allowed outside the compositional split ([5, 5])."""
+    """For each shape, the colour ids allowed outside the compositional split ([shapes, colours - 1])."""
     table = []
     for shape in SHAPES:
         banned = {COLOURS.index(c) for c, s in HELD_OUT_PAIRS if s == shape}
@@ -227,6 +235,22 @@ def _allowed_colours() -> np.ndarray:
 
 _ALLOWED_COLOURS = _allowed_colours()
 _HELD_OUT_IDS = np.array([(COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_PAIRS], dtype=np.int64)
+
+
+def _scene_graphs(lay: _Layout) -> list[SceneGraph]:
+    """Turn a batch layout into one :class:`SceneGraph` per image."""
+    graphs = []
+    for row in range(lay.valid.shape[0]):
+        objects = tuple(
+            ShapeObject(
+                shape=SHAPES[lay.shape[row, k]], colour=COLOURS[lay.colour[row, k]], size=SIZES[lay.size[row, k]],
+                x=float(lay.x[row, k]), y=float(lay.y[row, k]),
+            )
+            for k in range(_MAX_OBJECTS)
+            if lay.valid[row, k]
+        )
+        graphs.append(SceneGraph(objects=objects, relations=spatial_relations(objects)))
+    return graphs
 
 
 def _shape_mask(shape: str, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -257,7 +281,7 @@ class ShapesWorld(Dataset):
         image_size: side of the square RGB images in pixels (32 to 224).
         seed: world seed; the same (seed, split, index) always gives the same sample.
         min_objects, max_objects: range of objects per image (1 to 3).
-        object_weights: relative frequency of 1, 2 and 3 objects (default 0.2, 0.4, 0.4:
+        object_weights: relative frequency of 1, 2 and 3 objects (default 0.1, 0.45, 0.45:
             lone objects are described only by their region, so they are kept rarer to keep
             captions specific enough for retrieval).
         noise: standard deviation of Gaussian pixel noise added to the background and shapes.
@@ -276,29 +300,29 @@ class ShapesWorld(Dataset):
         seed: int = 0,
         min_objects: int = 1,
         max_objects: int = 3,
-        object_weights: Sequence[float] | None = (0.2, 0.4, 0.4),
+        object_weights: Sequence[float] | None = (0.1, 0.45, 0.45),
         noise: float = 0.0,
         captions_per_image: int = 5,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not a ShapesWorld split; expected one of {SPLITS}")
         size = DEFAULT_SPLIT_SIZES[split] if size is None else size
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size={size!r} must be a positive integer")
-        if not 32 <= image_size <= 224:
-            raise ValueError(f"image_size={image_size} must be between 32 and 224 pixels")
+        if not isinstance(image_size, numbers.Integral) or not 32 <= image_size <= 224:
+            raise ValueError(f"image_size={image_size!r} must be a whole number of pixels between 32 and 224")
+        if not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed={seed!r} must be an integer")
         if not 1 <= min_objects <= max_objects <= _MAX_OBJECTS:
             raise ValueError(
                 f"min_objects={min_objects}, max_objects={max_objects}: need 1 <= min <= max <= {_MAX_OBJECTS}"
             )
-        if split == "compositional" and min_objects > 1 and max_objects < 1:
-            raise ValueError("the compositional split needs at least one object per image")
-        if noise < 0:
-            raise ValueError(f"noise={noise} must be >= 0")
+        if not math.isfinite(noise) or noise < 0:
+            raise ValueError(f"noise={noise} must be a finite number >= 0")
         if captions_per_image < 1:
             raise ValueError(f"captions_per_image={captions_per_image} must be >= 1")
         weights = np.ones(_MAX_OBJECTS) if object_weights is None else np.asarray(object_weights, dtype=np.float64)
-        if weights.shape != (_MAX_OBJECTS,) or (weights < 0).any():
+        if weights.shape != (_MAX_OBJECTS,) or not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError(f"object_weights={object_weights!r} must be {_MAX_OBJECTS} non-negative numbers")
         weights = weights.copy()
         weights[: min_objects - 1] = 0.0
@@ -308,9 +332,9 @@ class ShapesWorld(Dataset):
                 f"object_weights={object_weights!r} give zero weight to every count in [{min_objects}, {max_objects}]"
             )
         self.split = split
-        self.size = size
-        self.image_size = image_size
-        self.seed = seed
+        self.size = int(size)
+        self.image_size = int(image_size)
+        self.seed = int(seed)
         self.min_objects = min_objects
         self.max_objects = max_objects
         self.object_cdf = np.cumsum(weights / weights.sum())
@@ -357,6 +381,7 @@ class ShapesWorld(Dataset):
             choice = np.minimum((u_colour * n_allowed).astype(np.int64), n_allowed - 1)
             colour = _ALLOWED_COLOURS[shape, choice]
         radius = np.array([SIZE_RADIUS[s] for s in SIZES])[size]
+        extent = radius * np.array([_BOUNDING_RADIUS[s] for s in SHAPES])[shape]
         x = np.zeros((b, _MAX_OBJECTS))
         y = np.zeros((b, _MAX_OBJECTS))
         valid = np.zeros((b, _MAX_OBJECTS), dtype=bool)
@@ -367,7 +392,7 @@ class ShapesWorld(Dataset):
             cy = r + self._uniform(idx, 11 + 2 * k, _POSITION_TRIES) * (1 - 2 * r)
             ok = np.ones_like(cx, dtype=bool)
             for j in range(k):
-                need = _BOUNDING_RADIUS * (r + radius[:, j : j + 1]) + _GAP
+                need = extent[:, k : k + 1] + extent[:, j : j + 1] + _GAP
                 far = (cx - x[:, j : j + 1]) ** 2 + (cy - y[:, j : j + 1]) ** 2 > need**2
                 ok &= far | ~valid[:, j : j + 1]
             first = ok.argmax(axis=1)
@@ -375,23 +400,33 @@ class ShapesWorld(Dataset):
             x[:, k] = np.where(placed, cx[np.arange(b), first], 0.0)
             y[:, k] = np.where(placed, cy[np.arange(b), first], 0.0)
             valid[:, k] = placed
+        self._place_lone_objects(idx, count, radius[:, 0], x, y)
         return _Layout(shape=shape, colour=colour, size=size, x=x, y=y, valid=valid)
+
+    def _place_lone_objects(self, idx: np.ndarray, count: np.ndarray, radius: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Move each lone object well inside one of the nine regions its caption names.
+
+        A lone object is described only by its region ("at the top left"), so its centre is
+        kept ``_REGION_MARGIN`` away from the region borders at 1/3 and 2/3: the region
+        phrase is then unambiguous, as a caption should be.
+        """
+        lone = count == 1
+        if not lone.any():
+            return
+        u = self._uniform(idx[lone], 6, 4)
+        cell = np.minimum((u[:, :2] * 3).astype(np.int64), 2)
+        low = np.maximum(cell / 3 + _REGION_MARGIN, radius[lone, None])
+        high = np.minimum((cell + 1) / 3 - _REGION_MARGIN, 1 - radius[lone, None])
+        centre = low + u[:, 2:] * (high - low)
+        x[lone, 0], y[lone, 0] = centre[:, 0], centre[:, 1]
 
     def scene(self, index: int) -> SceneGraph:
         """The scene graph of image ``index``: its objects and all true relations."""
-        lay = self.layout([index])
-        objects = tuple(
-            ShapeObject(
-                shape=SHAPES[lay.shape[0, k]],
-                colour=COLOURS[lay.colour[0, k]],
-                size=SIZES[lay.size[0, k]],
-                x=float(lay.x[0, k]),
-                y=float(lay.y[0, k]),
-            )
-            for k in range(_MAX_OBJECTS)
-            if lay.valid[0, k]
-        )
-        return SceneGraph(objects=objects, relations=spatial_relations(objects))
+        return self.scenes([index])[0]
+
+    def scenes(self, indices: Sequence[int] | np.ndarray) -> list[SceneGraph]:
+        """The scene graphs of many images, from one vectorised :meth:`layout` call."""
+        return _scene_graphs(self.layout(indices))
 
     # ------------------------------------------------------------------ rendering
     def _canvas(self, idx: np.ndarray) -> torch.Tensor:
@@ -406,19 +441,20 @@ class ShapesWorld(Dataset):
             images[row] += self.noise * torch.randn(images.shape[1:], generator=gen)
         return images.clamp_(0.0, 1.0)
 
-    def render(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    def render(self, indices: Sequence[int] | np.ndarray, layout: _Layout | None = None) -> torch.Tensor:
         """Draw many images at once: FloatTensor[B, 3, H, W] in [0, 1] (vectorised path).
 
         Each object is evaluated on a small square patch around its centre (not the whole
         canvas), then every inside pixel of every patch is written with one indexed store.
+        ``layout`` may pass the already sampled :meth:`layout` of ``indices``.
         """
         idx = self._check_indices(indices)
         s = self.image_size
         images = self._canvas(idx)
-        lay = self.layout(idx)
+        lay = self.layout(idx) if layout is None else layout
         b_idx, k_idx = np.nonzero(lay.valid)
         if b_idx.size:
-            radius_px = max(SIZE_RADIUS.values()) * _BOUNDING_RADIUS * s
+            radius_px = max(SIZE_RADIUS.values()) * max(_BOUNDING_RADIUS.values()) * s
             patch = int(np.ceil(2 * radius_px)) + 3
             cx = torch.from_numpy(lay.x[b_idx, k_idx]).float()
             cy = torch.from_numpy(lay.y[b_idx, k_idx]).float()
@@ -473,24 +509,36 @@ class ShapesWorld(Dataset):
 
     def captions(self, index: int) -> list[str]:
         """The ``captions_per_image`` captions of image ``index`` (cached after the first call)."""
-        self._check_indices([index])
-        cached = self._caption_cache.get(index)
-        if cached is None:
-            scene = self.scene(index)
-            cached = [_render_caption(scene, _caption_plan(scene, self._caption_rng(index, c, _PLAN_RANDOMS)))
-                      for c in range(self.captions_per_image)]
-            self._caption_cache[index] = cached
-        return list(cached)
+        return self._captions_of(self._check_indices([index]))[0]
+
+    def _captions_of(self, idx: np.ndarray, layout: _Layout | None = None) -> list[list[str]]:
+        """Captions of many images; scene graphs are built (in one batch) only for uncached ones."""
+        missing = [row for row, i in enumerate(idx) if int(i) not in self._caption_cache]
+        if missing:
+            if layout is None or len(missing) < len(idx):
+                scenes = self.scenes(idx[missing])
+            else:
+                scenes = _scene_graphs(layout)
+            for row, scene in zip(missing, scenes):
+                i = int(idx[row])
+                self._caption_cache[i] = [
+                    _render_caption(scene, _caption_plan(scene, self._caption_rng(i, c, _PLAN_RANDOMS)))
+                    for c in range(self.captions_per_image)
+                ]
+        return [list(self._caption_cache[int(i)]) for i in idx]
 
     def relation_swap(self, index: int, caption: int = 0) -> str | None:
         """Caption ``caption`` of image ``index`` with its main relation reversed (a false caption).
 
         Everything else (template, synonyms, objects) stays the same, so only the relation
-        distinguishes it from the true caption. ``None`` for images with a single object.
+        distinguishes it from the true caption. ``None`` for images with a single object, and
+        for images with two look-alike objects (same size, colour and shape), where "A above
+        A" reversed can be just as true.
         """
         scene = self.scene(index)
         plan = _caption_plan(scene, self._caption_rng(index, caption, _PLAN_RANDOMS))
-        if plan.main is None:
+        descriptions = [obj.phrase() for obj in scene.objects]
+        if plan.main is None or len(set(descriptions)) < len(descriptions):
             return None
         swapped = Relation(plan.main.subject, OPPOSITE_RELATION[plan.main.relation], plan.main.object)
         return _render_caption(scene, _CaptionPlan(**{**plan.__dict__, "main": swapped}))
@@ -517,8 +565,7 @@ class ShapesWorld(Dataset):
         """All captions flattened, and for each the index of its image (for retrieval metrics)."""
         texts: list[str] = []
         owner: list[int] = []
-        for i in range(self.size):
-            caps = self.captions(i)
+        for i, caps in enumerate(self._captions_of(np.arange(self.size))):
             texts.extend(caps)
             owner.extend([i] * len(caps))
         return texts, torch.tensor(owner, dtype=torch.long)
@@ -530,8 +577,10 @@ class ShapesWorld(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """Fetch a batch with one vectorised render (``DataLoader`` calls this when present)."""
         idx = self._check_indices(indices)
-        images = self.render(idx)
-        return [{"image": images[row], "captions": self.captions(int(i)), "index": int(i)} for row, i in enumerate(idx)]
+        lay = self.layout(idx)
+        images = self.render(idx, layout=lay)
+        captions = self._captions_of(idx, layout=lay)
+        return [{"image": images[row], "captions": captions[row], "index": int(i)} for row, i in enumerate(idx)]
 
 
 @dataclass(frozen=True)

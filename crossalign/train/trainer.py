@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from crossalign.data.build import build_dataset, build_tokenizer
 from crossalign.data.collate import CaptionCollator
