@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 book: setup
-	$(PY) -m jupyter_book build . --builder html --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
 test: unit nbval

@@ -285,6 +285,22 @@ def resolve_pretrained_source(name_or_path: str | os.PathLike | None) -> tuple[s
     return source, offline
 
 
+def load_pretrained(factory: Any, name_or_path: str | os.PathLike | None, what: str) -> tuple[Any, str]:
+    """``factory.from_pretrained`` on the resolved source (see :func:`resolve_pretrained_source`).
+
+    Returns the loaded object and the source it came from; a failure raises one ``OSError``
+    that names the source and says what to pass instead.
+    """
+    source, local_only = resolve_pretrained_source(name_or_path)
+    try:
+        return factory.from_pretrained(source, local_files_only=local_only), source
+    except OSError as err:
+        raise OSError(
+            f"could not load a Hugging Face {what} from {source!r} (local_files_only={local_only}): {err}. "
+            "Pass a local model folder, or a hub id while online"
+        ) from err
+
+
 class HFTokenizerAdapter:
     """A Hugging Face tokenizer behind the same interface as :class:`Vocabulary`.
 
@@ -297,14 +313,7 @@ class HFTokenizerAdapter:
         from transformers import AutoTokenizer
 
         _check_max_len(max_len, 2)
-        source, local_only = resolve_pretrained_source(name_or_path)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        except OSError as err:
-            raise OSError(
-                f"could not load a Hugging Face tokenizer from {source!r} (local_files_only={local_only}): {err}. "
-                "Pass a local model folder, or a hub id while online"
-            ) from err
+        self.tokenizer, source = load_pretrained(AutoTokenizer, name_or_path, "tokenizer")
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer of {source!r} has no padding token, so batches cannot be padded")
         self.name_or_path = None if name_or_path is None else os.fspath(name_or_path)

@@ -38,8 +38,11 @@ class ImageEncoder(nn.Module):
     out_dim: int
     grid_dim: int
 
-    def __init__(self, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, in_channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        """``mean``/``std`` default to 0.5 per channel, which maps [0, 1] images to [-1, 1]."""
         super().__init__()
+        mean = tuple(mean) if mean is not None else (0.5,) * in_channels
+        std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(
                 f"mean and std need one value per input channel ({in_channels}), got {len(mean)} and {len(std)}"
@@ -47,6 +50,7 @@ class ImageEncoder(nn.Module):
         if any(s <= 0 for s in std):
             raise ValueError(f"std values must be positive, got {tuple(std)}")
         self.in_channels = in_channels
+        self.channel_mean, self.channel_std = mean, std
         # Constants derived from the config, so not saved in checkpoints (persistent=False).
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -111,8 +115,6 @@ class SmallCNN(ImageEncoder):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        mean = tuple(mean) if mean is not None else (0.5,) * in_channels
-        std = tuple(std) if std is not None else (0.5,) * in_channels
         super().__init__(in_channels, mean, std)
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
@@ -128,7 +130,7 @@ class SmallCNN(ImageEncoder):
             "name": "small_cnn", "in_channels": in_channels, "widths": list(widths), "out_dim": out_dim,
             "strides": list(strides),
             "coord_channels": coord_channels, "pool": pool, "flatten_grid": flatten_grid,
-            "mean": list(mean), "std": list(std),
+            "mean": list(self.channel_mean), "std": list(self.channel_std),
         }
         self.coord_channels = coord_channels
         layers: list[nn.Module] = []
@@ -257,8 +259,6 @@ class ViTEncoder(ImageEncoder):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        mean = tuple(mean) if mean is not None else (0.5,) * in_channels
-        std = tuple(std) if std is not None else (0.5,) * in_channels
         super().__init__(in_channels, mean, std)
         if image_size % patch_size != 0:
             raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size})")
@@ -269,7 +269,7 @@ class ViTEncoder(ImageEncoder):
         self.config: dict[str, Any] = {
             "name": "vit", "image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth,
             "heads": heads, "mlp_ratio": mlp_ratio, "out_dim": out_dim, "pool": pool, "dropout": dropout,
-            "in_channels": in_channels, "mean": list(mean), "std": list(std),
+            "in_channels": in_channels, "mean": list(self.channel_mean), "std": list(self.channel_std),
         }
         self.image_size = image_size
         self.grid_size = image_size // patch_size

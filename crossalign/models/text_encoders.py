@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from crossalign.data.vocab import HFTokenizerAdapter, resolve_pretrained_source
+from crossalign.data.vocab import HFTokenizerAdapter, load_pretrained
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -227,14 +227,7 @@ class HFTextEncoder(nn.Module):
 
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        source, local_only = resolve_pretrained_source(name_or_path)
-        try:
-            self.model = AutoModel.from_pretrained(source, local_files_only=local_only)
-        except OSError as err:
-            raise OSError(
-                f"could not load a Hugging Face model from {source!r} (local_files_only={local_only}): {err}. "
-                "Pass a local model folder, or a hub id while online"
-            ) from err
+        self.model, _ = load_pretrained(AutoModel, name_or_path, "model")
         self.name_or_path = None if name_or_path is None else os.fspath(name_or_path)
         self.config: dict[str, Any] = {
             "name": "hf", "name_or_path": self.name_or_path, "pooling": pooling, "freeze": freeze,
