@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from crossalign.data.build import build_dataset, build_tokenizer
 from crossalign.data.collate import CaptionCollator
-from crossalign.distributed import DistInfo, init_distributed
+from crossalign.distributed import DistInfo, all_reduce_mean, init_distributed
 from crossalign.evaluation import evaluate_retrieval
 from crossalign.losses import ClipLoss
 from crossalign.models.dual_encoder import DualEncoder
@@ -218,6 +218,7 @@ def train(
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     ckpt_dir = out_dir / "checkpoints" if out_dir else None
     last_checkpoint: Path | None = resolve_checkpoint(resume_from) if resume_from is not None else None
+    saved_step = start_step if resume_from is not None else None
 
     def checkpoint(step: int) -> Path | None:
         if ckpt_dir is None or not dist.is_main:
@@ -263,6 +264,8 @@ def train(
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
+        if dist.world_size > 1:  # log the loss of the whole global batch, not this rank's share
+            running = all_reduce_mean(torch.tensor(running, device=device)).item()
         history.append({"step": step, "loss": running, "lr": lr, "temperature": 1.0 / model.logit_scale.item()})
         running = 0.0
         bar.update(1)
@@ -273,10 +276,10 @@ def train(
             history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
             model.train()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            last_checkpoint = checkpoint(step) or last_checkpoint
+            last_checkpoint, saved_step = checkpoint(step) or last_checkpoint, step
     bar.close()
     seconds = time.perf_counter() - started
-    if ckpt_dir is not None and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}")):
+    if saved_step != step:
         last_checkpoint = checkpoint(step) or last_checkpoint
     model.eval()
     return TrainResult(
