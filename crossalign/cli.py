@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from crossalign.data.build import build_dataset
+    from crossalign.distributed import get_rank
     from crossalign.evaluation import evaluate_retrieval
     from crossalign.metrics import format_retrieval
     from crossalign.train.config import default_config_path, load_config, save_config
@@ -66,6 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.quiet:
         config.train.progress = False
     result = train(config, resume_from=args.resume)
+    if get_rank() != 0:  # under torchrun, rank 0 alone reports and writes files
+        return 0
     save_config(config, output_dir / "config.yaml")
     atomic_write_text(output_dir / "history.json", json.dumps(result.history, indent=1))
     print(f"trained to step {config.train.steps} in {result.seconds:.1f} s "
