@@ -1,4 +1,4 @@
-"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves.
+"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves, embedding maps.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it works
 under any backend, including the headless ``Agg`` used by tests and notebook validation.
@@ -24,11 +24,13 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
+from crossalign.metrics.geometry import modality_gap, pca
 from crossalign.utils import atomic_path
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -40,6 +42,8 @@ ARGMAX_OUTLINE_COLOURS = {SEQUENTIAL_CMAP: "red", DIVERGING_CMAP: "black"}
 ARGMAX_GID = "argmax"
 CORRECT_COLOUR = "tab:green"
 WRONG_COLOUR = "tab:red"
+IMAGE_COLOUR = "tab:blue"
+TEXT_COLOUR = "tab:orange"
 ANNOTATE_MAX_SIDE = 8
 # Thumbnails sit in a column one heatmap cell wide, 0.1 cell clear of column 0 (which starts at x = -0.5).
 _THUMBNAIL_LEFT = -1.6
@@ -276,6 +280,109 @@ def training_curves(
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def embedding_projection(
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    pairs: int = 50,
+    method: str = "pca",
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw image and text embeddings on one plane, with matching pairs joined and each centroid marked.
+
+    A single PCA is fitted on the union of both sets, so the two modalities share the axes
+    and their separation, the modality gap (Liang et al., 2022), shows as it is. Images are
+    circles and texts triangles, in two colours; thin grey lines join image ``i`` to text
+    ``i`` for the first ``pairs`` rows; each modality's centroid is a large cross, and a
+    dashed line joins the two crosses. The legend gives the modality gap measured in the
+    full space (the distance between the centroids of the unit embeddings): the dashed line
+    is its shadow on the plane and can only be shorter. The axes are drawn at equal scale and
+    labelled with the share of the variance each component explains.
+
+    Args:
+        image_emb: ``[N_img, D]`` unit-norm image embeddings, ``D >= 2``.
+        text_emb: ``[N_txt, D]`` unit-norm text embeddings.
+        pairs: how many pairs to join, from the first row; all of them when larger than N.
+            With ``pairs > 0`` row ``i`` of ``image_emb`` and of ``text_emb`` must be a pair,
+            so both need the same number of rows; ``pairs=0`` draws sets of any sizes.
+        method: the projection; ``"pca"`` is the one available.
+        labels: one short text per image; the images of the joined pairs get theirs written
+            beside their point.
+        title: the axes title.
+        ax: axes to draw on; a new figure is made when omitted.
+        save_path: also write the figure there (format from the suffix, e.g. ``.png``).
+    """
+    if method != "pca":
+        raise ValueError(f"method must be 'pca', got {method!r}")
+    if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
+        raise ValueError(f"pairs must be a non-negative integer, got {pairs!r}")
+    images = torch.from_numpy(_to_numpy(image_emb, "image_emb"))
+    texts = torch.from_numpy(_to_numpy(text_emb, "text_emb"))
+    gap = modality_gap(images, texts)
+    n_img, n_txt = images.shape[0], texts.shape[0]
+    if images.shape[1] < 2:
+        raise ValueError(
+            f"image_emb and text_emb need at least 2 dimensions to project on a plane, got {images.shape[1]}"
+        )
+    if pairs > 0 and n_img != n_txt:
+        raise ValueError(
+            f"image_emb has {n_img} rows and text_emb {n_txt}; joining pairs needs row i of each to be a pair, "
+            "so pass pairs=0 or give one text per image (e.g. each image's first caption)"
+        )
+    n_pairs = min(int(pairs), n_img)
+    _check_label_count(labels, n_img, "labels", "images")
+    if labels is not None and n_pairs == 0:
+        raise ValueError("labels are written beside the joined pairs; pass pairs > 0 to show them")
+    try:
+        projected, _, variance_ratio = pca(torch.cat([images, texts]), k=2)
+    except ValueError as error:
+        raise ValueError(f"cannot project image_emb and text_emb: {error}") from error
+    image_xy, text_xy = projected[:n_img].numpy(), projected[n_img:].numpy()
+
+    if ax is None:
+        fig = _new_figure(figsize=(6.5, 6.0), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = _root_figure(ax)
+    if n_pairs > 0:
+        segments = np.stack([image_xy[:n_pairs], text_xy[:n_pairs]], axis=1)
+        pair_lines = LineCollection(segments, colors="0.6", linewidths=0.6, zorder=1, label=f"first {n_pairs} pairs")
+        ax.add_collection(pair_lines)
+    ax.scatter(*image_xy.T, s=16, color=IMAGE_COLOUR, marker="o", alpha=0.7, zorder=2, label=f"images ({n_img})")
+    ax.scatter(*text_xy.T, s=18, color=TEXT_COLOUR, marker="^", alpha=0.7, zorder=2, label=f"texts ({n_txt})")
+    if labels is not None:
+        for (x, y), label in zip(image_xy[:n_pairs], labels):
+            short_label = _wrap(label, width=24, max_lines=1)
+            ax.annotate(short_label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+    image_centroid, text_centroid = image_xy.mean(axis=0), text_xy.mean(axis=0)
+    gap_x, gap_y = np.stack([image_centroid, text_centroid]).T
+    ax.plot(gap_x, gap_y, color="black", linestyle="--", linewidth=1.5, zorder=3, label=f"modality gap = {gap:.3f}")
+    for centroid, colour, name in ((image_centroid, IMAGE_COLOUR, "image"), (text_centroid, TEXT_COLOUR, "text")):
+        ax.plot(
+            *centroid,
+            marker="X",
+            markersize=14,
+            color=colour,
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=4,
+            label=f"{name} centroid",
+        )
+
+    ax.set_xlabel(f"PC1 ({100 * float(variance_ratio[0]):.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * float(variance_ratio[1]):.1f}% of variance)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    if title is not None:
+        ax.set_title(title)
     if save_path is not None:
         save_figure(fig, save_path)
     return fig

@@ -1,5 +1,14 @@
-"""Evaluation metrics: cross-modal retrieval (R@K, median and mean rank, many-to-many positives)."""
+"""Evaluation metrics: cross-modal retrieval (R@K, ranks, many-to-many positives) and the
+geometry of the shared embedding space (alignment, uniformity, modality gap, PCA)."""
 
+from crossalign.metrics.geometry import (
+    alignment,
+    geometry_report,
+    modality_gap,
+    modality_gap_vector,
+    pca,
+    uniformity,
+)
 from crossalign.metrics.retrieval import (
     format_retrieval,
     ranks_image_to_text,
@@ -7,4 +16,7 @@ from crossalign.metrics.retrieval import (
     retrieval_metrics,
 )
 
-__all__ = ["format_retrieval", "ranks_image_to_text", "ranks_text_to_image", "retrieval_metrics"]
+__all__ = [
+    "alignment", "format_retrieval", "geometry_report", "modality_gap", "modality_gap_vector", "pca",
+    "ranks_image_to_text", "ranks_text_to_image", "retrieval_metrics", "uniformity",
+]
