@@ -2,13 +2,17 @@
 
 Sub-packages, each named after what it holds:
 
-- ``crossalign.data``     ShapesWorld, Flickr8k, vocabularies, feature caches
-- ``crossalign.models``   image and text encoders, the CLIP-style dual encoder
-- ``crossalign.losses``   contrastive (InfoNCE) losses, single process and distributed
-- ``crossalign.metrics``  retrieval metrics
-- ``crossalign.train``    the training loop, precision, schedules, checkpoints
-- ``crossalign.viz``      plots
-- ``crossalign.cli``      the ``crossalign`` command line
+- ``crossalign.data``         ShapesWorld, Flickr8k, vocabularies, batching, feature caches
+- ``crossalign.models``       image and text encoders, fusion modules, the CLIP-style dual encoder
+- ``crossalign.losses``       InfoNCE (single process and distributed), ranking, adversarial, distillation
+- ``crossalign.linear``       closed-form alignment: orthogonal Procrustes, regularised CCA
+- ``crossalign.matching``     alignment without learning: keyword and correlation baselines
+- ``crossalign.metrics``      retrieval, caption metrics, geometry of the embedding space
+- ``crossalign.evaluation``   embedding whole data sets and scoring retrieval
+- ``crossalign.train``        the training loop, precision, schedules, checkpoints
+- ``crossalign.distributed``  torchrun / DDP helpers
+- ``crossalign.viz``          plots
+- ``crossalign.cli``          the ``crossalign`` command line
 """
 
 from crossalign.utils import default_cache_dir, seed_everything, select_device
