@@ -40,6 +40,7 @@ notebooks: setup
 bench: setup
 	$(PY) benchmarks/bench_shapes.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_caption_metrics.py
 
 clean:
 	rm -rf _build runs .pytest_cache

@@ -33,7 +33,8 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 def simple_tokenize(text: str) -> list[str]:
     """Split ``text`` into lower-case words, dropping punctuation.
 
-    Rules (the same everywhere in the package, caption metrics included):
+    Rules (shared by every word-level vocabulary; caption metrics use the PTB-style
+    ``crossalign.metrics.captioning.tokenize_caption`` instead):
 
     - the text is lower-cased; typographic apostrophes (U+2019 and friends) become ``'``;
     - a word is a run of letters or digits; apostrophes *between* letters or digits stay part

@@ -1,6 +1,8 @@
-"""Evaluation metrics: cross-modal retrieval (R@K, ranks, many-to-many positives) and the
-geometry of the shared embedding space (alignment, uniformity, modality gap, PCA)."""
+"""Evaluation metrics: cross-modal retrieval (R@K, ranks, many-to-many positives), caption
+metrics equal to pycocoevalcap (BLEU-1..4, ROUGE-L, CIDEr-D), and the geometry of the shared
+embedding space (alignment, uniformity, modality gap, PCA)."""
 
+from crossalign.metrics.captioning import caption_metrics, cider_d, corpus_bleu, meteor, rouge_l, tokenize_caption
 from crossalign.metrics.geometry import (
     alignment,
     geometry_report,
@@ -17,6 +19,7 @@ from crossalign.metrics.retrieval import (
 )
 
 __all__ = [
+    "caption_metrics", "cider_d", "corpus_bleu", "meteor", "rouge_l", "tokenize_caption",
     "alignment", "format_retrieval", "geometry_report", "modality_gap", "modality_gap_vector", "pca",
     "ranks_image_to_text", "ranks_text_to_image", "retrieval_metrics", "uniformity",
 ]
