@@ -7,6 +7,7 @@ Sub-packages, each named after what it holds:
 - ``crossalign.losses``       InfoNCE (single process and distributed), ranking, adversarial, distillation
 - ``crossalign.linear``       closed-form alignment: orthogonal Procrustes, regularised CCA
 - ``crossalign.matching``     alignment without learning: keyword and correlation baselines
+- ``crossalign.decoding``     greedy and batched beam search for captioners and language models
 - ``crossalign.metrics``      retrieval, caption metrics, geometry of the embedding space
 - ``crossalign.evaluation``   embedding whole data sets and scoring retrieval
 - ``crossalign.train``        the training loop, precision, schedules, checkpoints
