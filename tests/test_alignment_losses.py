@@ -25,6 +25,8 @@ from crossalign.losses.distillation import similarity_distillation_loss
 from crossalign.losses.hard_negatives import clip_loss_with_hard_negatives
 from crossalign.losses.ranking import SiameseContrastiveLoss, TripletLoss, siamese_contrastive_loss, triplet_loss
 
+from numerics import central_differences
+
 
 def _random_features(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, L2-normalised image and text features of shape [n, d]."""
@@ -43,22 +45,6 @@ def _logsumexp(values: list[float]) -> float:
     """log(sum(exp(v))) in plain Python, shifted by the maximum for stability."""
     top = max(values)
     return top + math.log(math.fsum(math.exp(v - top) for v in values))
-
-
-def _central_differences(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Numerical gradient of the scalar function f() with respect to the tensor x, one coordinate at a time."""
-    grad = torch.zeros_like(x)
-    flat_x, flat_grad = x.data.view(-1), grad.view(-1)
-    with torch.no_grad():
-        for k in range(flat_x.numel()):
-            saved = flat_x[k].item()
-            flat_x[k] = saved + eps
-            up = f().item()
-            flat_x[k] = saved - eps
-            down = f().item()
-            flat_x[k] = saved
-            flat_grad[k] = (up - down) / (2 * eps)
-    return grad
 
 
 # ---------------------------------------------------------------- triplet ranking (VSE0, VSE++)
@@ -352,9 +338,9 @@ def test_adversarial_gradients_discriminator_descends_and_encoders_ascend() -> N
         return adversarial_alignment_loss(image, text, discriminator, lambda_)
 
     for parameter in (discriminator.layers[0].weight, discriminator.layers[4].weight, discriminator.layers[4].bias):
-        torch.testing.assert_close(parameter.grad, _central_differences(loss, parameter), rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(image.grad, -lambda_ * _central_differences(loss, image), rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(text.grad, -lambda_ * _central_differences(loss, text), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(parameter.grad, central_differences(loss, parameter), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(image.grad, -lambda_ * central_differences(loss, image), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(text.grad, -lambda_ * central_differences(loss, text), rtol=1e-6, atol=1e-9)
     assert image.grad.abs().sum() > 0
 
 

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from crossalign.losses import ClipLoss, clip_logits, clip_loss
 
+from numerics import central_differences
+
 
 def _logsumexp(values: list[float]) -> float:
     """log(sum(exp(v))) in plain Python, shifted by the maximum for stability."""
@@ -97,21 +99,6 @@ def test_clip_logits_are_scaled_similarities_and_transpose() -> None:
     assert torch.equal(per_text, per_image.T)
 
 
-def _central_differences(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Numerical gradient of the scalar function f at x, one coordinate at a time."""
-    grad = torch.zeros_like(x)
-    flat_x, flat_grad = x.view(-1), grad.view(-1)
-    for k in range(flat_x.numel()):
-        saved = flat_x[k].item()
-        flat_x[k] = saved + eps
-        up = f().item()
-        flat_x[k] = saved - eps
-        down = f().item()
-        flat_x[k] = saved
-        flat_grad[k] = (up - down) / (2 * eps)
-    return grad
-
-
 def test_gradients_match_finite_differences() -> None:
     image, text = _random_features(5, 4, seed=8)
     image = image.clone().requires_grad_(True)
@@ -124,9 +111,9 @@ def test_gradients_match_finite_differences() -> None:
             return clip_loss(image, text, scale)
 
     with torch.no_grad():
-        numeric_image = _central_differences(loss, image.detach())
-        numeric_text = _central_differences(loss, text.detach())
-        numeric_scale = _central_differences(loss, scale.detach())
+        numeric_image = central_differences(loss, image.detach())
+        numeric_text = central_differences(loss, text.detach())
+        numeric_scale = central_differences(loss, scale.detach())
     torch.testing.assert_close(image.grad, numeric_image, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(text.grad, numeric_text, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(scale.grad, numeric_scale, rtol=1e-6, atol=1e-8)
