@@ -1,6 +1,7 @@
 # Cross-Modal Alignment, by Doing — the two commands that matter:
 #   make book   install everything, execute every chapter, build the HTML site (_build/html)
-#   make test   install everything, run the unit tests and validate every chapter with nbval
+#   make test   install everything, run the unit tests, check the rendered site in headless
+#               Chromium (no network) and validate every chapter with nbval
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book test unit nbval notebooks bench clean
+.PHONY: setup assets book serve test unit browser nbval notebooks setup-cells bench clean
 
 setup: $(STAMP)
 
@@ -22,20 +23,37 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-book: setup
-	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --keep-going
-	@echo "Open _build/html/index.html"
+# Mermaid and MathJax at pinned, digest-checked versions for offline pages (npm pack; instant when current).
+assets: setup
+	$(PY) tools/fetch_web_assets.py
 
-test: unit nbval
+book: setup assets
+	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --keep-going
+	@echo "Open _build/html/index.html, or run make serve (diagrams need the site served over http)"
+
+serve:
+	@echo "Serving _build/html on http://127.0.0.1:8000 (Ctrl+C stops)"
+	$(PYTHON) -m http.server --bind 127.0.0.1 --directory _build/html 8000
+
+test: unit browser nbval
 
 unit: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not site"
+
+# Builds the site from the committed notebook outputs (no execution) and opens every page in
+# headless Chromium with no network; screenshots land in _build/screenshots/.
+browser: setup assets
+	CROSSALIGN_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests -m site
 
 nbval: setup
 	$(PY) -m pytest -q -p no:cacheprovider --nbval $(CHAPTERS) --nbval-sanitize-with book/nbval_sanitize.cfg
 
 notebooks: setup
 	$(PY) tools/run_notebooks.py $(CHAPTERS)
+
+# Rewrites the Colab setup cell of every chapter from repository.url in _config.yml.
+setup-cells: setup
+	$(PY) tools/sync_setup_cell.py
 
 bench: setup
 	$(PY) benchmarks/bench_shapes.py

@@ -1,0 +1,420 @@
+"""The rendered book in headless Chromium with no network: diagrams, math, launch buttons.
+
+The site is built without executing the notebooks (their committed outputs are used) into a
+temporary folder, with one extra probe page holding a known diagram and known equations, so
+the check never passes for want of content. ``CROSSALIGN_SITE=_build/html`` checks an
+already built site instead. The site is served on 127.0.0.1; Chromium can reach nothing else
+(see ``chromium_cdp.py``), and every request a page makes is recorded and counted.
+
+Screenshots of the landing page and of chapter 4 (when it exists) go to ``_build/screenshots/``.
+Run by ``make browser`` (part of ``make test``), which sets ``CROSSALIGN_REQUIRE_BROWSER=1``
+so that a missing Chromium fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chromium_cdp import HeadlessChromium, PageEvents, find_chromium, leaves_localhost
+
+pytestmark = pytest.mark.site
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
+VENDOR_STAMP = ROOT / "book" / "_static" / "vendor" / "assets.json"
+CHAPTER_4 = "book/04_alignment_pipeline.html"
+PROBE_NAME = "zz_offline_probe"
+PROBE_PAGE = f"book/{PROBE_NAME}.html"
+PROBE_LABELS = ("probe image encoder", "probe text encoder", "probe shared space")
+PROBE_SOURCE = """# Offline rendering probe
+
+Built only by `tests/test_browser.py`: a known diagram, known equations, an exercise and a
+solution hidden in a dropdown.
+
+```{mermaid}
+flowchart LR
+  probe_image[probe image encoder] --> probe_space[probe shared space]
+  probe_text[probe text encoder] --> probe_space
+```
+
+The temperature $\\tau > 0$ scales every similarity $s_{ij}$ in
+
+$$
+\\mathcal{L} = -\\frac{1}{N} \\sum_{i=1}^{N} \\log \\frac{e^{s_{ii}/\\tau}}{\\sum_{j=1}^{N} e^{s_{ij}/\\tau}}
+$$
+
+```{exercise} Probe exercise
+:label: probe-exercise
+
+Show that $1 + 1 = 2$.
+```
+
+:::{admonition} Solution
+:class: dropdown
+
+The hidden answer is $x = 1$.
+:::
+"""
+PROBE_MATH_ELEMENTS = 5
+# Not part of any page: fetched once on purpose to prove that the wall holds and is counted.
+NETWORK_PROBE_URL = "http://network-probe.example/blocked"
+REFRESH = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.IGNORECASE)
+REQUIRE_BROWSER = os.environ.get("CROSSALIGN_REQUIRE_BROWSER") == "1"
+
+# Runs in each page once it has loaded: waits for MathJax and Mermaid, then reports.
+RENDER_REPORT_JS = r"""
+(async () => {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const deadline = Date.now() + 20000;
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  const diagrams = () => [...document.querySelectorAll(".mermaid")]
+      .filter((el) => !el.closest(".mermaid-fullscreen-modal"));
+  const rendered = (el) => {  // Mermaid's final SVG names its diagram type (an error SVG says "error")
+    const svg = el.querySelector("svg[aria-roledescription]");
+    return svg !== null && svg.getAttribute("aria-roledescription") !== "error";
+  };
+  while (Date.now() < deadline) {
+    const pending = diagrams().filter((el) => !rendered(el));
+    if (pending.length === 0) break;
+    for (const el of pending) {          // diagrams in closed dropdowns render once shown
+      for (let box = el.closest("details"); box; box = box.parentElement.closest("details")) box.open = true;
+      if (el.hasAttribute("data-mermaid-deferred")) el.scrollIntoView();
+    }
+    await sleep(100);
+  }
+  const skip = "script, style, pre, code, textarea, mjx-container, .highlight, .mermaid";
+  const rawTex = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest(skip)) continue;
+    const match = node.textContent.match(/\\\(|\\\[|\$\$|\\begin\{/);
+    if (match) rawTex.push(node.textContent.trim().slice(0, 80));
+  }
+  const math = [...document.querySelectorAll(".math")];
+  return {
+    diagrams: diagrams().length,
+    svgs: diagrams().filter(rendered).length,
+    svgText: diagrams().map((el) => el.textContent).join(" | "),
+    math: math.length,
+    typeset: math.filter((el) => el.querySelector("mjx-container")).length,
+    texErrors: document.querySelectorAll("mjx-merror").length,
+    rawTex: rawTex,
+  };
+})()
+"""
+
+# Runs on the probe page: are dropdown bodies hidden until their toggle is clicked?
+DROPDOWN_REPORT_JS = r"""
+(async () => {
+  const boxes = [...document.querySelectorAll(".admonition.dropdown")];
+  const hidden = (box) => [...box.children]
+      .filter((child) => !child.matches(".admonition-title, .toggle-button"))
+      .every((child) => getComputedStyle(child).visibility === "hidden" || child.getClientRects().length === 0);
+  const hiddenBefore = boxes.filter(hidden).length;
+  for (const box of boxes) (box.querySelector(".toggle-button") || box.querySelector(".admonition-title")).click();
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return {
+    dropdowns: boxes.length,
+    hiddenBefore: hiddenBefore,
+    hiddenAfter: boxes.filter(hidden).length,
+    exercises: [...document.querySelectorAll(".exercise")].map((el) => el.textContent.replace(/\s+/g, " ").trim()),
+  };
+})()
+"""
+
+
+@dataclass
+class PageReport:
+    """What the browser found on one page of the site."""
+
+    page: str
+    diagrams: int
+    svgs: int
+    svg_text: str
+    math: int
+    typeset: int
+    tex_errors: int
+    raw_tex: list[str]
+    events: PageEvents
+
+
+@dataclass
+class BrowserRun:
+    """Every page's report, the network probe's outcome, the probe page's dropdown report
+    (``None`` for a site built elsewhere, which has no probe page) and the screenshots taken."""
+
+    reports: dict[str, PageReport]
+    probe_outcome: str
+    probe_events: PageEvents
+    dropdowns: dict[str, object] | None
+    screenshots: list[Path]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip (or fail, under ``CROSSALIGN_REQUIRE_BROWSER=1``) when ``condition`` does not hold."""
+    if not condition:
+        if REQUIRE_BROWSER:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def prepare_source(source: Path) -> None:
+    """Lay out a copy of the book in ``source``: execution off, the probe page added to the toc.
+
+    The copy is symlinks to the repository except the two configuration files and ``book/``,
+    which gets the probe page beside links to every chapter.
+    """
+    source.mkdir(parents=True)
+    for entry in ROOT.iterdir():
+        if entry.name not in {".git", ".venv", "_build", "_config.yml", "_toc.yml", "book"}:
+            (source / entry.name).symlink_to(entry)
+    (source / "book").mkdir()
+    for entry in (ROOT / "book").iterdir():
+        (source / "book" / entry.name).symlink_to(entry)
+    (source / "book" / f"{PROBE_NAME}.md").write_text(PROBE_SOURCE, encoding="utf-8")
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    (source / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    entries = toc["parts"][-1].setdefault("chapters", []) if "parts" in toc else toc.setdefault("chapters", [])
+    entries.append({"file": f"book/{PROBE_NAME}"})
+    (source / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
+
+
+def build_site(workdir: Path) -> Path:
+    """Build the HTML site from committed notebook outputs with warnings as errors; return it."""
+    source = workdir / "source"
+    prepare_source(source)
+    command = [
+        str(Path(sys.executable).with_name("jupyter-book")),
+        "build", str(source), "--builder", "html", "--warningiserror", "--keep-going",
+        "--path-output", str(workdir),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"the book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
+    return workdir / "_build" / "html"
+
+
+class QuietSiteHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site's files, with the JavaScript module type browsers insist on, silently."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The built site: ``CROSSALIGN_SITE`` if set, else a fresh no-execution build."""
+    require(VENDOR_STAMP.is_file(), "web assets missing: run python tools/fetch_web_assets.py (make assets)")
+    given = os.environ.get("CROSSALIGN_SITE")
+    if given:
+        path = Path(given).resolve()
+        if not (path / "index.html").is_file():
+            pytest.fail(f"CROSSALIGN_SITE={given} holds no built site (no index.html)")
+        return path
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+def redirect_target(site: Path, page: str) -> str | None:
+    """Where ``page`` sends the browser at once (a ``<meta http-equiv="Refresh">`` page), if anywhere."""
+    match = REFRESH.search((site / page).read_text(encoding="utf-8"))
+    return None if match is None else (Path(page).parent / match.group(1)).as_posix().removeprefix("./")
+
+
+def site_pages(site: Path) -> list[str]:
+    """Every content page of ``site``, relative to it (assets, sources and redirects left out)."""
+    skipped = ("_static/", "_sources/", "_images/", "_downloads/")
+    pages = [path.relative_to(site).as_posix() for path in site.rglob("*.html")]
+    return sorted(page for page in pages if not page.startswith(skipped) and redirect_target(site, page) is None)
+
+
+def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
+    """Open ``page`` and collect its render report and recorded events."""
+    browser.open(f"{base}/{page}")
+    report = browser.evaluate(RENDER_REPORT_JS)
+    return PageReport(
+        page=page,
+        diagrams=report["diagrams"],
+        svgs=report["svgs"],
+        svg_text=report["svgText"],
+        math=report["math"],
+        typeset=report["typeset"],
+        tex_errors=report["texErrors"],
+        raw_tex=report["rawTex"],
+        events=browser.events(),
+    )
+
+
+def take_screenshots(browser: HeadlessChromium, base: str, pages: list[str], landing: str) -> list[Path]:
+    """Save the landing page and chapter 4's first diagram (when the chapter exists) as PNGs."""
+    views = [(landing, "landing.png", None)]
+    if CHAPTER_4 in pages:
+        views.append((CHAPTER_4, "04_alignment_pipeline.png", "document.querySelector('.mermaid')?.scrollIntoView({block: 'center'})"))
+    saved = []
+    for page, name, arrange in views:
+        browser.open(f"{base}/{page}")
+        browser.evaluate(RENDER_REPORT_JS)  # waits until diagrams and math are drawn
+        if arrange:
+            browser.evaluate(arrange)
+        browser.screenshot(SCREENSHOT_DIR / name)
+        saved.append(SCREENSHOT_DIR / name)
+    return saved
+
+
+@pytest.fixture(scope="module")
+def browser_run(site: Path, request) -> BrowserRun:
+    """Serve ``site`` on loopback, open every page in walled-off Chromium, take screenshots."""
+    chromium = find_chromium()
+    require(chromium is not None, "Chromium not installed (Debian: apt-get install chromium)")
+    handler = functools.partial(QuietSiteHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    landing = redirect_target(site, "index.html") or "index.html"
+    try:
+        with HeadlessChromium(chromium) as browser:
+            reports = {page: visit(browser, base, page) for page in site_pages(site)}
+            assert landing in reports, f"index.html leads to {landing}, which is not a page of the site"
+            screenshots = take_screenshots(browser, base, list(reports), landing)
+
+            dropdowns = None
+            if PROBE_PAGE in reports:
+                browser.open(f"{base}/{PROBE_PAGE}")
+                dropdowns = browser.evaluate(DROPDOWN_REPORT_JS)
+
+            browser.open(f"{base}/{landing}")
+            outcome = browser.evaluate(f"fetch({NETWORK_PROBE_URL!r}).then(() => 'reached', () => 'blocked')")
+            probe_events = browser.events()
+    finally:
+        server.shutdown()
+        server.server_close()
+    run = BrowserRun(reports, outcome, probe_events, dropdowns, screenshots)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n".join(summary_lines(run)), flush=True)
+    return run
+
+
+def summary_lines(run: BrowserRun) -> list[str]:
+    """What the check saw, one line per count, for the terminal."""
+    reports = run.reports.values()
+    return [
+        "",
+        "browser check (headless Chromium, network limited to 127.0.0.1)",
+        f"  pages visited                {len(run.reports)}",
+        f"  Mermaid diagrams rendered    {sum(r.svgs for r in reports)} of {sum(r.diagrams for r in reports)}",
+        f"  math blocks typeset          {sum(r.typeset for r in reports)} of {sum(r.math for r in reports)}",
+        f"  requests outside localhost   {sum(len(r.events.outside_requests()) for r in reports)}",
+        f"  console errors, failed loads {sum(len(r.events.errors) + len(r.events.failed) for r in reports)}",
+        f"  screenshots                  {', '.join(str(p.relative_to(ROOT)) for p in run.screenshots)}",
+    ]
+
+
+def probe_report(browser_run: BrowserRun) -> PageReport:
+    """The probe page's report; skips for a site built elsewhere (it has no probe page)."""
+    if PROBE_PAGE not in browser_run.reports:
+        pytest.skip("the probe page exists only in the site this test builds itself")
+    return browser_run.reports[PROBE_PAGE]
+
+
+def test_the_probe_page_renders_its_known_diagram_and_equations(browser_run):
+    probe = probe_report(browser_run)
+    assert probe.diagrams == 1 and probe.svgs == 1
+    for label in PROBE_LABELS:
+        assert label in probe.svg_text
+    assert probe.math == PROBE_MATH_ELEMENTS
+    assert probe.typeset == PROBE_MATH_ELEMENTS
+
+
+def test_the_probe_exercise_renders_and_its_solution_stays_hidden_until_clicked(browser_run):
+    probe_report(browser_run)
+    report = browser_run.dropdowns
+    assert report["dropdowns"] == 1
+    assert report["hiddenBefore"] == 1 and report["hiddenAfter"] == 0
+    assert len(report["exercises"]) == 1 and "Probe exercise" in report["exercises"][0]
+
+
+def test_every_mermaid_block_became_an_svg(browser_run):
+    failed = {page: f"{r.svgs} of {r.diagrams}" for page, r in browser_run.reports.items() if r.svgs != r.diagrams}
+    assert not failed, f"diagrams not rendered: {failed}"
+
+
+def test_all_math_typeset_without_errors_or_raw_tex(browser_run):
+    for page, report in browser_run.reports.items():
+        assert report.typeset == report.math, f"{page}: {report.typeset} of {report.math} math blocks typeset"
+        assert report.tex_errors == 0, f"{page}: {report.tex_errors} TeX errors"
+        assert report.raw_tex == [], f"{page}: raw TeX left in the text: {report.raw_tex}"
+
+
+def test_no_request_leaves_localhost(browser_run):
+    outside = {page: r.events.outside_requests() for page, r in browser_run.reports.items() if r.events.outside_requests()}
+    assert not outside, f"pages fetched from the network: {outside}"
+
+
+def test_no_console_errors_or_failed_loads(browser_run):
+    errors = {page: r.events.errors + r.events.failed for page, r in browser_run.reports.items() if r.events.errors or r.events.failed}
+    assert not errors, f"errors reported by pages: {errors}"
+
+
+def test_the_network_wall_holds_and_outside_requests_are_counted(browser_run):
+    assert browser_run.probe_outcome == "blocked"
+    assert NETWORK_PROBE_URL in browser_run.probe_events.outside_requests()
+
+
+def test_screenshots_saved(browser_run):
+    names = [path.name for path in browser_run.screenshots]
+    assert "landing.png" in names
+    assert ("04_alignment_pipeline.png" in names) == (CHAPTER_4 in browser_run.reports)
+    for path in browser_run.screenshots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_leaves_localhost_classifies_urls():
+    assert not leaves_localhost("http://127.0.0.1:8000/book/x.html")
+    assert not leaves_localhost("http://localhost/x")
+    assert not leaves_localhost("data:image/png;base64,AAAA")
+    assert leaves_localhost("https://example.org/mathjax.js")
+    assert leaves_localhost("wss://example.org/socket")
+
+
+def notebook_pages(site: Path) -> list[Path]:
+    """The built pages whose source is a notebook (they are the ones with launch buttons)."""
+    return sorted(site / "book" / f"{path.stem}.html" for path in (ROOT / "book").glob("*.ipynb") if (site / "book" / f"{path.stem}.html").is_file())
+
+
+def test_every_notebook_page_has_a_colab_launch_button(site):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    repository = config["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+    pages = notebook_pages(site)
+    assert pages, "no notebook page was built"
+    for page in pages:
+        expected = f"https://colab.research.google.com/github/{repository}/blob/{config['repository']['branch']}/book/{page.stem}.ipynb"
+        assert expected in page.read_text(encoding="utf-8"), f"{page.name}: no Colab button linking {expected}"
+
+
+def test_pages_load_only_the_intended_vendor_scripts(site):
+    """Only MathJax's entry file is a script tag; Mermaid comes from one module import, no CDN."""
+    for page in site_pages(site):
+        html = (site / page).read_text(encoding="utf-8")
+        tags = re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html)
+        vendor = [src for src in tags if "vendor/" in src]
+        assert all("vendor/mathjax/tex-mml-chtml.js" in src for src in vendor), f"{page}: {vendor}"
+        assert not [src for src in tags if leaves_localhost(src)], f"{page}: scripts from the network"
+        if 'class="mermaid"' in html:
+            assert re.search(r"import mermaid from \"[./]*_static/vendor/mermaid/mermaid\.esm\.min\.mjs\"", html), page
