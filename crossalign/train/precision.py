@@ -20,8 +20,9 @@ def check_precision(precision: str, device: torch.device) -> None:
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for ``precision`` (a no-op for fp32).
 
-    Matrix products and convolutions run in bf16/fp16 inside it; reductions such as the
-    softmax of the contrastive loss stay in fp32, as autocast's op lists decide.
+    Matrix products and convolutions run in bf16/fp16 inside it. Which other ops stay in fp32
+    is decided by autocast's per-device op lists (on CUDA the softmax runs in fp32, on CPU it
+    stays in bf16), so the trainer casts the embeddings to fp32 before the contrastive loss.
     """
     check_precision(precision, device)
     if precision == "fp32":
