@@ -1,8 +1,10 @@
-"""The ``crossalign`` command line: train, evaluate and query dual encoders.
+"""The ``crossalign`` command line: train, evaluate and query dual encoders; train and run captioners.
 
     crossalign train [--config FILE] [--set train.steps=100 ...] [--output-dir DIR] [--resume CKPT]
     crossalign evaluate CHECKPOINT [--split test] [--size N]
     crossalign retrieve CHECKPOINT --query "a red circle left of a blue square" [--top-k 5] [--save FIG]
+    crossalign caption train [--config FILE] [--set train.steps=100 ...] [--output-dir DIR]
+    crossalign caption evaluate CHECKPOINT [--split test] [--size N] [--beam-size 3] [--show 5]
 
 Every subcommand prints what it did; bad arguments or files end with a one-line message on
 stderr and exit status 2.
@@ -48,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--size", type=int, default=None, help="number of images searched (ShapesWorld only)")
     retrieve.add_argument("--device", default="auto")
     retrieve.add_argument("--save", type=Path, default=None, help="save a figure of the query and its top-k images")
+
+    caption = sub.add_parser("caption", help="train a captioner, or caption a data split with one")
+    caption_sub = caption.add_subparsers(dest="caption_command", required=True)
+    caption_train = caption_sub.add_parser("train", help="train a captioner from a YAML config, then score it on the test split")
+    caption_train.add_argument("--config", type=Path, default=None,
+                               help="captioning YAML (default: the packaged ShapesWorld captioning config)")
+    caption_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                               help="override one config value, e.g. --set train.steps=100 (repeatable)")
+    caption_train.add_argument("--output-dir", type=Path, default=None, help="where the checkpoint goes (default: runs/<config name>)")
+    caption_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    caption_eval = caption_sub.add_parser("evaluate", help="caption a split with a trained captioner and score the captions")
+    caption_eval.add_argument("checkpoint", type=Path)
+    caption_eval.add_argument("--split", default="test", help="data split (ShapesWorld also has 'compositional')")
+    caption_eval.add_argument("--size", type=int, default=None, help="number of images (ShapesWorld only)")
+    caption_eval.add_argument("--beam-size", type=int, default=None, help="1 = greedy (default: the config's eval.beam_size)")
+    caption_eval.add_argument("--show", type=int, default=5, help="print this many captions beside their first reference")
+    caption_eval.add_argument("--device", default="auto")
+    caption_eval.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     return parser
 
 
@@ -132,10 +152,70 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_caption_metrics(metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        print(f"  {name:<24}{value:.4f}")
+
+
+def _cmd_caption_train(args: argparse.Namespace) -> int:
+    from crossalign.train.captioning import (
+        build_caption_dataset, default_caption_config_path, evaluate_captioner, load_caption_config, save_caption_config,
+        train_captioner,
+    )
+
+    config_path = args.config or default_caption_config_path()
+    config = load_caption_config(config_path).override(args.overrides)
+    output_dir = args.output_dir or Path(config.train.output_dir or Path("runs") / config_path.stem)
+    config.train.output_dir = str(output_dir)
+    if args.quiet:
+        config.train.progress = False
+    result = train_captioner(config)
+    save_caption_config(config, output_dir / "config.yaml")
+    print(f"trained to step {config.train.steps} in {result.seconds:.1f} s; checkpoint: {result.checkpoint}")
+    test = build_caption_dataset(config, "test")
+    evaluation = evaluate_captioner(result.model, test, result.tokenizer, beam_size=config.eval.beam_size,
+                                    max_len=config.eval.max_len, length_penalty=config.eval.length_penalty,
+                                    batch_size=config.eval.batch_size)
+    print(f"test split ({len(test)} images, beam size {config.eval.beam_size}):")
+    _print_caption_metrics(evaluation.metrics)
+    return 0
+
+
+def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
+    from crossalign.train.captioning import build_caption_dataset, evaluate_captioner, load_captioner
+    from crossalign.utils import atomic_write_text, select_device
+
+    device = select_device(args.device)
+    model, tokenizer, config = load_captioner(args.checkpoint, device=device)
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size {args.size} must be >= 1")
+    beam_size = config.eval.beam_size if args.beam_size is None else args.beam_size
+    if beam_size < 1:
+        raise ValueError(f"--beam-size {beam_size} must be >= 1")
+    if args.show < 0:
+        raise ValueError(f"--show {args.show} must be >= 0")
+    dataset = build_caption_dataset(config, args.split, size=args.size)
+    evaluation = evaluate_captioner(model, dataset, tokenizer, beam_size=beam_size, max_len=config.eval.max_len,
+                                    length_penalty=config.eval.length_penalty, batch_size=config.eval.batch_size,
+                                    device=device)
+    for index in range(min(args.show, len(dataset))):
+        print(f"{index:>4}: {evaluation.captions[index]}")
+        print(f"      (reference: {evaluation.references[index][0]})")
+    print(f"{args.split} split ({len(dataset)} images, beam size {beam_size}):")
+    _print_caption_metrics(evaluation.metrics)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(evaluation.metrics, indent=2))
+    return 0
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    return {"train": _cmd_caption_train, "evaluate": _cmd_caption_evaluate}[args.caption_command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success, 2 on bad input)."""
     args = _parser().parse_args(argv)
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "retrieve": _cmd_retrieve}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "retrieve": _cmd_retrieve, "caption": _cmd_caption}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, IndexError, KeyError) as err:

@@ -1,4 +1,5 @@
-"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves, embedding maps.
+"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves, embedding maps,
+attention overlays.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it works
 under any backend, including the headless ``Agg`` used by tests and notebook validation.
@@ -383,6 +384,68 @@ def embedding_projection(
     ax.legend(fontsize="small")
     if title is not None:
         ax.set_title(title)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def attention_overlay(
+    image: ArrayLike,
+    words: Sequence[str],
+    attention: ArrayLike,
+    grid: tuple[int, int] | None = None,
+    ncols: int = 6,
+    alpha: float = 0.6,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Show where a captioner looked for each word: the image, then one attention overlay per word.
+
+    ``image`` is ``[3, H, W]`` in [0, 1]; ``attention`` holds one map per word, ``[T, N]`` over
+    the ``N = h * w`` regions of the encoder's grid (row by row, as ``forward_tokens`` orders
+    them) or already ``[T, h, w]``; ``grid`` gives ``(h, w)`` for the flat form (default: a
+    square grid). Each map is stretched over the image with bilinear interpolation and drawn
+    with the sequential colormap at opacity ``alpha``; the panel title is the word and the
+    largest weight of its map. Returns a figure with ``1 + T`` panels.
+    """
+    picture = _to_display_images(_to_numpy(image, "image")[None], "image")[0]
+    maps = _to_numpy(attention, "attention")
+    words = [str(word) for word in words]
+    if maps.ndim == 2:
+        n = maps.shape[1]
+        if grid is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f"attention has {n} regions, which is not a square grid; pass grid=(h, w)")
+            grid = (side, side)
+        if grid[0] * grid[1] != n:
+            raise ValueError(f"grid={tuple(grid)} has {grid[0] * grid[1]} regions but attention has {n}")
+        maps = maps.reshape(maps.shape[0], grid[0], grid[1])
+    if maps.ndim != 3:
+        raise ValueError(f"attention must be [T, N] or [T, h, w], got shape {tuple(maps.shape)}")
+    if len(words) != maps.shape[0]:
+        raise ValueError(f"got {len(words)} words for {maps.shape[0]} attention maps; give one word per map")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    height, width = picture.shape[:2]
+    upsampled = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[:, None], size=(height, width), mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+    panels = 1 + len(words)
+    ncols = min(int(ncols), panels)
+    nrows = math.ceil(panels / ncols)
+    fig = _new_figure(figsize=(1.9 * ncols, 2.1 * nrows), layout="constrained")
+    ax = fig.add_subplot(nrows, ncols, 1)
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title("image", fontsize="small")
+    ax.set_axis_off()
+    for index, (word, weights) in enumerate(zip(words, upsampled)):
+        ax = fig.add_subplot(nrows, ncols, index + 2)
+        ax.imshow(picture, interpolation="nearest")
+        ax.imshow(weights, cmap=SEQUENTIAL_CMAP, alpha=alpha, interpolation="nearest")
+        ax.set_title(f"{word} ({maps[index].max():.2f})", fontsize="small")
+        ax.set_axis_off()
     if save_path is not None:
         save_figure(fig, save_path)
     return fig

@@ -1,0 +1,429 @@
+"""Image captioners: Show, Attend and Tell (soft attention + LSTM) and a Transformer decoder.
+
+Both captioners read an image as a set of *regions*: the feature grid of a CNN (or cached
+features of one), flattened row by row into ``[B, N, C]``. Both share one interface:
+
+- ``forward(inputs, input_ids) -> CaptionOutput``: teacher forcing. ``input_ids`` is
+  ``[B, L]`` = ``<bos> w1 ... wn <eos> <pad> ...``; the model predicts ``input_ids[:, 1:]``
+  from ``input_ids[:, :-1]`` and returns logits ``[B, L - 1, V]`` and the attention it paid to
+  the regions at each position ``[B, L - 1, N]``.
+- ``init_state(inputs)`` and ``step(tokens, state)``: the step function of
+  :mod:`crossalign.decoding`, so greedy and beam search work unchanged on either model, and
+  return the per-word attention maps.
+- ``generate(inputs, beam_size=...)``: decoding in one call.
+
+``inputs`` is either images ``[B, 3, H, W]`` in [0, 1] (when the captioner owns an image
+encoder) or precomputed features ``[B, C, h, w]`` / ``[B, N, C]`` (when it does not, e.g.
+trained from a :mod:`crossalign.data.feature_cache`).
+
+Padding is handled exactly: a position's prediction depends only on the tokens before it
+(the LSTM runs left to right; the Transformer uses a causal mask), and
+:func:`caption_loss` averages the cross-entropy over real target tokens only, so the values
+at padded positions change nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossalign.decoding import DecodeResult, beam_search, greedy_decode
+from crossalign.models.image_encoders import ImageEncoder, build_image_encoder
+
+CAPTIONER_KINDS = ("sat", "transformer")
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything needed to rebuild a captioner (saved as JSON beside its weights).
+
+    Attributes:
+        kind: ``"sat"`` (Show, Attend and Tell) or ``"transformer"``.
+        vocab_size, pad_id, bos_id, eos_id: the tokenizer's vocabulary size and special ids.
+        image_encoder: name for :func:`~crossalign.models.image_encoders.build_image_encoder`,
+            or ``None`` when the inputs are precomputed features of width ``feature_dim``.
+        image_kwargs: keyword arguments of the image encoder.
+        feature_dim: channels of precomputed features (needed only without an image encoder).
+        freeze_encoder: keep the image encoder's weights fixed (and in eval mode).
+        embed_dim: word embedding size.
+        hidden_dim: LSTM state size (SAT) or model width (Transformer).
+        attention_dim: size of the additive attention's hidden layer (SAT).
+        num_layers, num_heads, ff_dim: Transformer decoder depth, heads and MLP width.
+        max_len: longest token sequence the Transformer accepts (its position table).
+        max_regions: most image regions the Transformer accepts (its region position table).
+        dropout: dropout probability in the decoder.
+        attention_penalty: weight of the doubly stochastic attention regulariser (SAT only;
+            Xu et al. use 1).
+    """
+
+    kind: str = "sat"
+    vocab_size: int = 0
+    pad_id: int = 0
+    bos_id: int = 2
+    eos_id: int = 3
+    image_encoder: str | None = "small_cnn"
+    image_kwargs: dict[str, Any] = field(default_factory=dict)
+    feature_dim: int | None = None
+    freeze_encoder: bool = False
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    attention_dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    ff_dim: int = 512
+    max_len: int = 40
+    max_regions: int = 256
+    dropout: float = 0.1
+    attention_penalty: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CaptionerConfig":
+        """Build from a dict, naming any key this config does not know."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown captioner config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+class CaptionOutput(NamedTuple):
+    """Teacher-forced outputs: ``logits [B, T, V]`` and region attention ``[B, T, N]``."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 when it is in a half-precision type (softmax and log are done in fp32 or fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Mean cross-entropy over the real (non-``pad_id``) target tokens of a batch.
+
+    ``logits`` is ``[B, T, V]``, ``targets`` ``[B, T]``. Every real token counts once, so a
+    long caption weighs more than a short one, as in a language model's per-token loss.
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    if not bool((targets != pad_id).any()):
+        raise ValueError("targets hold only padding: there is no token to compute a loss on")
+    return F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+
+
+def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Xu et al.'s doubly stochastic attention regulariser, ``(1 - sum_t alpha_ti)^2`` averaged over regions i and images.
+
+    ``attention`` is ``[B, T, N]`` (each row sums to 1 over the N regions); ``mask`` ``[B, T]``
+    marks the real positions, so padded steps add no attention. The penalty pushes every region
+    to receive about one unit of attention over the whole caption, so that the model looks at
+    every part of the image. The paper sums over regions; the mean used here keeps the weight's
+    meaning independent of the grid size (the sum is ``N`` times larger).
+    """
+    if attention.dim() != 3 or mask.shape != attention.shape[:2]:
+        raise ValueError(f"attention must be [B, T, N] and mask [B, T]; got {tuple(attention.shape)} and {tuple(mask.shape)}")
+    received = (attention * mask.unsqueeze(-1).to(attention.dtype)).sum(dim=1)
+    return ((1.0 - received) ** 2).mean()
+
+
+class Captioner(nn.Module, ABC):
+    """Base class: image regions, teacher forcing, the decoding step and ``generate``.
+
+    Subclasses implement ``_start(regions)`` (the initial decoder state), ``step`` and
+    ``forward``.
+    """
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__()
+        if config.kind not in CAPTIONER_KINDS:
+            raise ValueError(f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}")
+        if config.vocab_size <= max(config.pad_id, config.bos_id, config.eos_id):
+            raise ValueError(
+                f"vocab_size={config.vocab_size} must exceed the special ids (pad {config.pad_id}, bos "
+                f"{config.bos_id}, eos {config.eos_id}); set it to len(tokenizer)"
+            )
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
+        self.config = config
+        self.encoder: ImageEncoder | None = None
+        if config.image_encoder is not None:
+            self.encoder = build_image_encoder(config.image_encoder, **config.image_kwargs)
+            self.feature_dim = self.encoder.grid_dim
+            if config.freeze_encoder:
+                self.encoder.requires_grad_(False)
+        elif config.feature_dim is None or config.feature_dim < 1:
+            raise ValueError("a captioner without image_encoder reads precomputed features: set feature_dim to their width")
+        else:
+            self.feature_dim = config.feature_dim
+
+    def train(self, mode: bool = True) -> "Captioner":
+        """Set training mode; a frozen image encoder stays in eval mode (fixed batch-norm statistics)."""
+        super().train(mode)
+        if self.encoder is not None and self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def regions(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Image regions ``[B, N, C]`` from images (through the encoder) or from precomputed features."""
+        if self.encoder is not None:
+            return self.encoder.forward_tokens(inputs)
+        if inputs.dim() == 4:
+            inputs = inputs.flatten(2).transpose(1, 2)
+        if inputs.dim() != 3 or inputs.shape[-1] != self.feature_dim:
+            raise ValueError(
+                f"precomputed features must be [B, {self.feature_dim}, h, w] or [B, N, {self.feature_dim}], "
+                f"got {tuple(inputs.shape)}"
+            )
+        return inputs.to(next(self.parameters()).dtype)  # e.g. fp16 cached features for an fp32 model
+
+    def init_state(self, inputs: torch.Tensor) -> Any:
+        """The decoder state before the first word (a pytree whose tensors are batch-first)."""
+        return self._start(self.regions(inputs))
+
+    @abstractmethod
+    def _start(self, regions: torch.Tensor) -> Any:
+        """The initial decoder state for image regions ``[B, N, C]``."""
+
+    @abstractmethod
+    def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Next-word log-probabilities ``[B, V]``, the new state and the region attention ``[B, N]``."""
+
+    @abstractmethod
+    def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
+        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``."""
+
+    def loss(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, CaptionOutput]:
+        """Teacher-forced training loss (cross-entropy over real tokens, plus any regulariser)."""
+        output = self(inputs, input_ids)
+        return caption_loss(output.logits, input_ids[:, 1:], self.config.pad_id), output
+
+    @torch.no_grad()
+    def generate(
+        self, inputs: torch.Tensor, beam_size: int = 1, max_len: int = 30, length_penalty: float = 0.0,
+    ) -> DecodeResult:
+        """Caption a batch: greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
+        was_training = self.training
+        self.eval()
+        try:
+            state = self.init_state(inputs)
+            cfg = self.config
+            common = dict(batch_size=inputs.shape[0], bos_id=cfg.bos_id, eos_id=cfg.eos_id, max_len=max_len, pad_id=cfg.pad_id)
+            if beam_size == 1:
+                return greedy_decode(self.step, state, **common)
+            return beam_search(self.step, state, beam_size=beam_size, length_penalty=length_penalty, **common)
+        finally:
+            self.train(was_training)
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau-style soft attention: ``alpha = softmax_i(w^T tanh(W_r r_i + W_h h))``.
+
+    The region projection ``W_r r_i`` does not depend on the decoder state, so it is computed
+    once per image (:meth:`project_regions`) and reused at every step.
+    """
+
+    def __init__(self, region_dim: int, query_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.region_proj = nn.Linear(region_dim, attention_dim)
+        self.query_proj = nn.Linear(query_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """``W_r r_i`` for every region: ``[B, N, attention_dim]``."""
+        return self.region_proj(regions)
+
+    def forward(self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the context ``sum_i alpha_i r_i`` ``[B, C]`` and the weights ``alpha`` ``[B, N]``."""
+        scores = self.score(torch.tanh(projected + self.query_proj(query).unsqueeze(1))).squeeze(-1)
+        alpha = scores.softmax(dim=-1)
+        return torch.bmm(alpha.unsqueeze(1), regions).squeeze(1), alpha
+
+
+class SATState(NamedTuple):
+    """Decoder state of :class:`ShowAttendTell`: LSTM ``h``, ``c`` and the image's regions."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    regions: torch.Tensor
+    projected: torch.Tensor
+
+
+class ShowAttendTell(Captioner):
+    """Show, Attend and Tell (Xu et al. 2015) with soft attention.
+
+    At each step: attend over the regions with the previous hidden state, scale the context by
+    a learnt gate ``beta = sigmoid(f_beta(h))``, feed ``[word embedding; beta * context]`` to an
+    LSTM cell, and predict the next word with the paper's *deep output*
+    ``L_o(E y + L_h h + L_z z)``. The LSTM starts from ``tanh`` projections of the mean region.
+    ``forward`` runs the very same cell as ``step``, one position at a time.
+    """
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__(config)
+        c, e, h = self.feature_dim, config.embed_dim, config.hidden_dim
+        self.embedding = nn.Embedding(config.vocab_size, e)
+        self.attention = AdditiveAttention(c, h, config.attention_dim)
+        self.init_h = nn.Linear(c, h)
+        self.init_c = nn.Linear(c, h)
+        self.gate = nn.Linear(h, 1)
+        self.cell = nn.LSTMCell(e + c, h)
+        self.out_h = nn.Linear(h, e)
+        self.out_z = nn.Linear(c, e)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = nn.Linear(e, config.vocab_size)
+
+    def _start(self, regions: torch.Tensor) -> SATState:
+        mean = regions.mean(dim=1)
+        return SATState(torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), regions,
+                        self.attention.project_regions(regions))
+
+    def _advance(self, words: torch.Tensor, state: SATState) -> tuple[torch.Tensor, SATState, torch.Tensor]:
+        """One LSTM step on the previous words ``[B]``: logits ``[B, V]``, new state, attention ``[B, N]``."""
+        embedded = self.embedding(words)
+        context, alpha = self.attention(state.regions, state.projected, state.h)
+        context = torch.sigmoid(self.gate(state.h)) * context
+        h, c = self.cell(torch.cat([embedded, context], dim=-1), (state.h, state.c))
+        deep = embedded + self.out_h(self.dropout(h)) + self.out_z(context)
+        logits = self.output(self.dropout(deep))
+        return logits, SATState(h, c, state.regions, state.projected), alpha
+
+    def step(self, tokens: torch.Tensor, state: SATState) -> tuple[torch.Tensor, SATState, torch.Tensor]:
+        """Decoding step: only the last token of ``tokens`` is read; the LSTM state carries the rest."""
+        logits, state, alpha = self._advance(tokens[:, -1], state)
+        return _at_least_fp32(logits).log_softmax(dim=-1), state, alpha
+
+    def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
+        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+            raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
+        state = self.init_state(inputs)
+        logits, attention = [], []
+        for t in range(input_ids.shape[1] - 1):
+            step_logits, state, alpha = self._advance(input_ids[:, t], state)
+            logits.append(step_logits)
+            attention.append(alpha)
+        return CaptionOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))
+
+    def loss(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, CaptionOutput]:
+        """Cross-entropy over real tokens plus ``attention_penalty`` x the doubly stochastic penalty."""
+        output = self(inputs, input_ids)
+        targets = input_ids[:, 1:]
+        loss = caption_loss(output.logits, targets, self.config.pad_id)
+        if self.config.attention_penalty:
+            mask = targets != self.config.pad_id
+            loss = loss + self.config.attention_penalty * doubly_stochastic_penalty(output.attention, mask)
+        return loss, output
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm Transformer decoder block: causal self-attention, cross-attention to regions, MLP.
+
+    Returns the cross-attention weights averaged over heads, ``[B, T, N]``.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, causal_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, T, D]``, ``memory`` ``[B, N, D]``, ``causal_mask`` ``[T, T]`` (True = blocked)."""
+        y = self.norm_self(x)
+        x = x + self.dropout(self.self_attention(y, y, y, attn_mask=causal_mask, need_weights=False)[0])
+        attended, weights = self.cross_attention(self.norm_cross(x), memory, memory, need_weights=True)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ff(self.norm_ff(x)))
+        return x, weights
+
+
+def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``[length, length]`` mask, True above the diagonal: position t sees only positions <= t."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+
+
+class TransformerState(NamedTuple):
+    """Decoder state of :class:`TransformerCaptioner`: the projected regions (the prefix is re-read)."""
+
+    memory: torch.Tensor
+
+
+class TransformerCaptioner(Captioner):
+    """A Transformer decoder over image regions: causal self-attention on words, cross-attention to regions.
+
+    Regions are projected to the model width and given learnt position embeddings (row-major
+    region index), words get learnt position embeddings. The step function re-runs the decoder
+    on the whole prefix (no key/value cache: simple, and cheap at caption lengths) and returns
+    the last block's cross-attention for the newest word.
+    """
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_dim
+        if d % config.num_heads:
+            raise ValueError(f"hidden_dim={d} must be divisible by num_heads={config.num_heads}")
+        self.region_proj = nn.Linear(self.feature_dim, d)
+        self.region_pos = nn.Parameter(torch.zeros(1, config.max_regions, d))
+        self.region_norm = nn.LayerNorm(d)
+        self.embedding = nn.Embedding(config.vocab_size, d)
+        self.word_pos = nn.Parameter(torch.zeros(1, config.max_len, d))
+        nn.init.trunc_normal_(self.region_pos, std=0.02)
+        nn.init.trunc_normal_(self.word_pos, std=0.02)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(d, config.num_heads, config.ff_dim, config.dropout) for _ in range(config.num_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.output = nn.Linear(d, config.vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _start(self, regions: torch.Tensor) -> TransformerState:
+        if regions.shape[1] > self.config.max_regions:
+            raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
+        memory = self.region_proj(regions) + self.region_pos[:, : regions.shape[1]]
+        return TransformerState(self.region_norm(memory))
+
+    def _decode(self, tokens: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, T, V]`` and last-block cross-attention ``[B, T, N]`` for every prefix position."""
+        length = tokens.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"{length} tokens exceed the Transformer's max_len={self.config.max_len}; build it with a larger max_len")
+        x = self.dropout(self.embedding(tokens) * math.sqrt(self.config.hidden_dim) + self.word_pos[:, :length])
+        mask = causal_mask(length, tokens.device)
+        weights = None
+        for block in self.blocks:
+            x, weights = block(x, memory, mask)
+        return self.output(self.norm(x)), weights
+
+    def step(self, tokens: torch.Tensor, state: TransformerState) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
+        """Decoding step on the whole prefix ``tokens`` ``[B, t]``: scores of the word after it."""
+        logits, weights = self._decode(tokens, state.memory)
+        return _at_least_fp32(logits[:, -1]).log_softmax(dim=-1), state, weights[:, -1]
+
+    def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
+        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``, all positions at once."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+            raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
+        logits, weights = self._decode(input_ids[:, :-1], self.init_state(inputs).memory)
+        return CaptionOutput(logits, weights)
+
+
+def build_captioner(config: CaptionerConfig) -> Captioner:
+    """Build the captioner ``config.kind`` names (``"sat"`` or ``"transformer"``)."""
+    if config.kind == "sat":
+        return ShowAttendTell(config)
+    if config.kind == "transformer":
+        return TransformerCaptioner(config)
+    raise ValueError(f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}")

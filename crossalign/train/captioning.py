@@ -1,0 +1,421 @@
+"""Training and evaluating captioners: config, data, the teacher-forced loop, decoding and metrics.
+
+One experiment config (YAML/JSON, like the dual encoder's) names the data, the captioner
+(:class:`~crossalign.models.captioners.CaptionerConfig`), the optimisation and the decoding
+used for evaluation. :func:`train_captioner` reads top to bottom: data and vocabulary, model,
+optimiser and schedule, then a loop of teacher-forced steps. :func:`evaluate_captioner`
+decodes a split (greedy or beam search) and scores the captions with BLEU-1..4, ROUGE-L and
+CIDEr-D against all references, plus, on ShapesWorld, the semantic accuracy of
+:mod:`crossalign.metrics.semantic`.
+
+Flickr8k with a frozen ResNet-50 goes through a feature cache: :func:`cache_flickr8k_features`
+runs the CNN once per split and stores its ``[2048, 7, 7]`` grids in fp16, and training then
+reads the cache instead of the images (``data.feature_cache`` in the config).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from crossalign.data.collate import CaptionCollator
+from crossalign.data.feature_cache import CachedFeatures, cache_image_features
+from crossalign.data.shapes import ShapesWorld, caption_words
+from crossalign.data.vocab import Vocabulary, tokenizer_from_dict
+from crossalign.decoding import DecodeResult
+from crossalign.metrics.captioning import caption_metrics, tokenize_caption
+from crossalign.metrics.semantic import semantic_report
+from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
+from crossalign.models.image_encoders import build_image_encoder
+from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
+from crossalign.train.config import _build_section
+from crossalign.train.precision import autocast, check_precision, grad_scaler
+from crossalign.train.schedule import warmup_cosine_scheduler
+from crossalign.train.trainer import StepBatchSampler, build_optimizer
+from crossalign.utils import atomic_write_text, seed_everything, select_device
+
+CAPTION_DATASETS = ("shapes", "flickr8k")
+
+
+@dataclass
+class CaptionDataConfig:
+    """Which data to caption and how to read it.
+
+    ``name="shapes"`` generates ShapesWorld; ``name="flickr8k"`` reads Flickr8k from ``root``.
+    With ``feature_cache`` set (Flickr8k), a frozen ``feature_encoder`` is run once per split
+    and its feature grids are cached in that folder; the captioner then trains on the cache and
+    must have ``model.image_encoder: null``.
+    """
+
+    name: str = "shapes"
+    root: str | None = None
+    image_size: int = 64
+    train_size: int = 20000
+    val_size: int = 1000
+    test_size: int = 1000
+    noise: float = 0.0
+    max_len: int = 32
+    min_freq: int = 1
+    feature_cache: str | None = None
+    feature_encoder: str = "resnet50"
+    pretrained_encoder: bool = True
+
+
+@dataclass
+class CaptionTrainConfig:
+    """How to optimise: steps, batch, AdamW, warm-up + cosine schedule, clipping, precision, output."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    clip_grad_norm: float | None = 1.0
+    precision: str = "fp32"
+    fused_optimizer: bool = True
+    device: str = "auto"
+    log_every: int = 25
+    output_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class CaptionEvalConfig:
+    """How captions are decoded for evaluation."""
+
+    beam_size: int = 3
+    max_len: int = 30
+    length_penalty: float = 0.0
+    batch_size: int = 100
+
+
+_SECTIONS = {"data": CaptionDataConfig, "model": CaptionerConfig, "train": CaptionTrainConfig, "eval": CaptionEvalConfig}
+
+
+@dataclass
+class CaptionExperimentConfig:
+    """A captioning experiment: seed, data, model (a CaptionerConfig), train and eval settings."""
+
+    seed: int = 0
+    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+    model: CaptionerConfig = field(default_factory=CaptionerConfig)
+    train: CaptionTrainConfig = field(default_factory=CaptionTrainConfig)
+    eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON/YAML-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "CaptionExperimentConfig":
+        """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        unknown = set(data) - set(_SECTIONS) - {"seed"}
+        if unknown:
+            raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(_SECTIONS)}")
+        seed = data.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"{source}: seed must be an integer, got {seed!r}")
+        built: dict[str, Any] = {"seed": seed}
+        for name, klass in _SECTIONS.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+            built[name] = _build_section(klass, values, name, source)
+        return cls(**built)
+
+    def override(self, assignments: Sequence[str]) -> "CaptionExperimentConfig":
+        """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
+            path, raw = item.split("=", 1)
+            section, key = path.split(".", 1)
+            if section not in _SECTIONS:
+                raise ValueError(f"override {item!r}: section must be one of {', '.join(_SECTIONS)}")
+            try:
+                data[section][key] = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem or err})") from None
+        return CaptionExperimentConfig.from_dict(data, source="overrides")
+
+
+def load_caption_config(path: str | Path) -> CaptionExperimentConfig:
+    """Read a captioning config from a YAML or JSON file, naming the file in any error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    return CaptionExperimentConfig.from_dict(data or {}, source=str(path))
+
+
+def save_caption_config(config: CaptionExperimentConfig, path: str | Path) -> None:
+    """Write a captioning config as YAML."""
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def default_caption_config_path() -> Path:
+    """The ShapesWorld captioning config that ships with the package."""
+    return Path(__file__).resolve().parent.parent / "configs" / "shapes_caption.yaml"
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+class _GridFeatures(nn.Module):
+    """Wraps an image encoder so that calling it returns its feature grid (what the cache stores)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_grid(images)
+
+
+def feature_encoder_id(encoder: str, pretrained: bool, image_size: int, seed: int) -> str:
+    """The name a feature cache records for its encoder (random weights are named by their seed)."""
+    weights = "imagenet" if pretrained else f"random-seed{seed}"
+    return f"{encoder}-{weights}-{image_size}px-grid"
+
+
+def cache_flickr8k_features(
+    root: str | Path, cache_dir: str | Path, splits: Sequence[str] = ("train", "val", "test"),
+    encoder: str = "resnet50", pretrained: bool = True, image_size: int = 224, seed: int = 0,
+    batch_size: int = 32, device: str | torch.device = "auto", progress: bool = True,
+) -> dict[str, Path]:
+    """Run a frozen ResNet once over Flickr8k splits and cache its feature grids (fp16); return the paths.
+
+    A split whose cache already exists with the same encoder is not recomputed. ``pretrained=False``
+    uses randomly initialised weights (seeded by ``seed``), which needs no download: useful for
+    tests and for timing, useless for real captions.
+    """
+    from crossalign.data.flickr8k import Flickr8k
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    encoder_id = feature_encoder_id(encoder, pretrained, image_size, seed)
+    paths: dict[str, Path] = {}
+    model: nn.Module | None = None
+    for split in splits:
+        path = cache_dir / f"flickr8k_{split}_{encoder_id}.safetensors"
+        paths[split] = path
+        if path.is_file():
+            CachedFeatures(path, expected_encoder_id=encoder_id)
+            continue
+        if model is None:
+            seed_everything(seed)
+            model = _GridFeatures(build_image_encoder(encoder, pretrained=pretrained, trainable=False))
+        dataset = Flickr8k(root, split=split, image_size=image_size, on_error="skip", progress=progress)
+        cache_image_features(model, dataset, path, batch_size=batch_size, device=device, progress=progress,
+                             encoder_id=encoder_id)
+    return paths
+
+
+def build_caption_dataset(config: CaptionExperimentConfig, split: str, size: int | None = None) -> Dataset:
+    """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached Flickr8k features."""
+    cfg = config.data
+    if cfg.name == "shapes":
+        default = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}.get(split, cfg.test_size)
+        return ShapesWorld(split, size=size or default, image_size=cfg.image_size, seed=config.seed, noise=cfg.noise)
+    if cfg.name != "flickr8k":
+        raise ValueError(f"data.name={cfg.name!r} is not known; use one of {CAPTION_DATASETS}")
+    if not cfg.root:
+        raise ValueError("data.name='flickr8k' needs data.root: the folder holding the Flickr8k files")
+    if cfg.feature_cache:
+        paths = cache_flickr8k_features(
+            cfg.root, cfg.feature_cache, splits=(split,), encoder=cfg.feature_encoder, pretrained=cfg.pretrained_encoder,
+            image_size=cfg.image_size, seed=config.seed, device=config.train.device, progress=config.train.progress,
+        )
+        return CachedFeatures(paths[split])
+    from crossalign.data.flickr8k import Flickr8k
+
+    return Flickr8k(cfg.root, split=split, image_size=cfg.image_size, on_error="skip", progress=config.train.progress)
+
+
+def _all_captions(dataset: Dataset) -> list[list[str]]:
+    if isinstance(dataset, ShapesWorld):
+        return [dataset.captions(i) for i in range(len(dataset))]
+    captions = getattr(dataset, "captions", None)
+    if captions is None:
+        raise ValueError(f"{type(dataset).__name__} has no captions to build a vocabulary or score against")
+    return [list(c) for c in captions]
+
+
+def build_caption_vocabulary(dataset: Dataset, min_freq: int = 1) -> Vocabulary:
+    """The word vocabulary: the whole ShapesWorld grammar, or the training captions' words."""
+    if isinstance(dataset, ShapesWorld):
+        return Vocabulary.build(caption_words())
+    return Vocabulary.build([c for captions in _all_captions(dataset) for c in captions], min_freq=min_freq)
+
+
+def _fetch(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
+    getitems = getattr(dataset, "__getitems__", None)
+    return getitems(list(indices)) if getitems is not None else [dataset[i] for i in indices]
+
+
+def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
+    """Stack what a captioner reads from data-set items: their images, or their cached features."""
+    key = "image" if "image" in items[0] else "features"
+    return torch.stack([item[key] for item in items])
+
+
+def build_captioner_for(config: CaptionExperimentConfig, tokenizer: Vocabulary, dataset: Dataset) -> Captioner:
+    """The configured captioner, sized to ``tokenizer`` and, for cached features, to their width."""
+    model_cfg = copy.deepcopy(config.model)
+    model_cfg.vocab_size, model_cfg.pad_id = len(tokenizer), tokenizer.pad_id
+    model_cfg.bos_id, model_cfg.eos_id = tokenizer.bos_id, tokenizer.eos_id
+    if isinstance(dataset, CachedFeatures):
+        if model_cfg.image_encoder is not None:
+            raise ValueError("training from a feature cache needs model.image_encoder: null (the cache holds the features)")
+        model_cfg.feature_dim = int(dataset.features.shape[1])
+    return build_captioner(model_cfg)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class CaptionTrainResult:
+    """What :func:`train_captioner` returns."""
+
+    model: Captioner
+    tokenizer: Vocabulary
+    config: CaptionExperimentConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
+    """Train the configured captioner with teacher forcing; return it (in eval mode) with its history."""
+    cfg = config.train
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError("train.steps and train.batch_size must both be >= 1")
+    device = select_device(cfg.device)
+    check_precision(cfg.precision, device)
+    seed_everything(config.seed)
+    train_set = build_caption_dataset(config, "train")
+    tokenizer = build_caption_vocabulary(train_set, config.data.min_freq)
+    model = build_captioner_for(config, tokenizer, train_set).to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    scaler = grad_scaler(cfg.precision, device)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, config.seed, 0, cfg.steps)
+    collator = CaptionCollator(tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len)
+    history: list[dict[str, float]] = []
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=cfg.steps, desc="train captioner", disable=not cfg.progress)
+    for step, batch in enumerate(sampler, start=1):
+        epoch = batch[0][0]
+        items = _fetch(train_set, [index for _, index in batch])
+        inputs = batch_inputs(items).to(device)
+        collator.set_epoch(epoch)  # a caption per (epoch, image), whatever the batch order
+        input_ids, _ = tokenizer.encode_batch(collator.choose(items), max_len=config.data.max_len)
+        with autocast(cfg.precision, device):
+            loss, _ = model.loss(inputs, input_ids.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the captioning loss became {loss.item()} at step {step}; try a lower train.lr or fp32")
+        scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        history.append({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+        scheduler.step()
+        bar.update(1)
+        if step % max(1, cfg.log_every) == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    model.eval()
+    checkpoint = None
+    if cfg.output_dir:
+        saved = {"experiment": config.to_dict(), "captioner": model.config.to_dict(), "tokenizer": tokenizer.to_dict()}
+        checkpoint = save_checkpoint(Path(cfg.output_dir) / "checkpoints", cfg.steps, model, saved)
+    return CaptionTrainResult(model, tokenizer, config, history, checkpoint, seconds)
+
+
+def load_captioner(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Captioner, Vocabulary, CaptionExperimentConfig]:
+    """Rebuild a trained captioner from a checkpoint: returns (model in eval mode, tokenizer, config)."""
+    saved = read_config(checkpoint)
+    where = resolve_checkpoint(checkpoint)
+    if not all(key in saved for key in ("experiment", "captioner", "tokenizer")):
+        raise ValueError(f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' and 'tokenizer' entries)")
+    config = CaptionExperimentConfig.from_dict(saved["experiment"], source=str(where))
+    model = build_captioner(CaptionerConfig.from_dict(saved["captioner"]))
+    load_weights(model, where, device=device)
+    return model.to(device).eval(), tokenizer_from_dict(saved["tokenizer"]), config
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class CaptionEvaluation:
+    """Generated captions of a split, their references and scores.
+
+    ``metrics`` holds BLEU-1..4, ROUGE-L and CIDEr-D and, on ShapesWorld, ``semantic``
+    (exact semantic accuracy) with the per-check rates of
+    :func:`~crossalign.metrics.semantic.semantic_report` under ``semantic/<check>``.
+    """
+
+    captions: list[str]
+    references: list[list[str]]
+    metrics: dict[str, float]
+
+
+def generate_captions(
+    model: Captioner, dataset: Dataset, tokenizer: Vocabulary, indices: Sequence[int] | None = None,
+    beam_size: int = 3, max_len: int = 30, length_penalty: float = 0.0, batch_size: int = 100,
+    device: str | torch.device | None = None,
+) -> tuple[list[str], DecodeResult | None]:
+    """Caption items of ``dataset`` (all by default); returns the captions and the last batch's decoding."""
+    device = next(model.parameters()).device if device is None else select_device(device)
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    captions: list[str] = []
+    result = None
+    for start in range(0, len(indices), batch_size):
+        inputs = batch_inputs(_fetch(dataset, indices[start : start + batch_size])).to(device)
+        result = model.generate(inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        captions += tokenizer.decode_batch(result.tokens.cpu())
+    return captions, result
+
+
+def evaluate_captioner(
+    model: Captioner, dataset: Dataset, tokenizer: Vocabulary, beam_size: int = 3, max_len: int = 30,
+    length_penalty: float = 0.0, batch_size: int = 100, device: str | torch.device | None = None,
+) -> CaptionEvaluation:
+    """Caption every image of ``dataset`` and score the captions against all its references."""
+    captions, _ = generate_captions(model, dataset, tokenizer, None, beam_size, max_len, length_penalty, batch_size, device)
+    references = _all_captions(dataset)
+    metrics = caption_metrics(
+        [" ".join(tokenize_caption(c)) for c in captions],
+        [[" ".join(tokenize_caption(r)) for r in refs] for refs in references],
+    )
+    if isinstance(dataset, ShapesWorld):
+        report = semantic_report(captions, dataset.scenes(range(len(dataset))))
+        metrics["semantic"] = report["exact"]
+        metrics.update({f"semantic/{key}": value for key, value in report.items() if key != "exact"})
+    return CaptionEvaluation(captions, references, metrics)

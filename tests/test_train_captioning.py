@@ -1,0 +1,180 @@
+"""Captioning experiments: config round trips, a short ShapesWorld run, checkpoints, the Flickr8k
+feature-cache path end to end on the generated fixture, and the ``crossalign caption`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crossalign.cli import main
+from crossalign.data.feature_cache import load_feature_cache
+from crossalign.data.flickr8k import Flickr8k
+from crossalign.metrics.captioning import caption_metrics, tokenize_caption
+from crossalign.metrics.semantic import semantic_accuracy
+from crossalign.models.image_encoders import build_image_encoder
+from crossalign.train.captioning import (
+    CaptionExperimentConfig, build_caption_dataset, cache_flickr8k_features, default_caption_config_path,
+    evaluate_captioner, feature_encoder_id, generate_captions, load_caption_config, load_captioner,
+    save_caption_config, train_captioner,
+)
+from crossalign.utils import seed_everything
+from flickr8k_fixtures import make_spec, write_karpathy
+
+TINY = {
+    "seed": 1,
+    "data": {"name": "shapes", "image_size": 32, "train_size": 128, "test_size": 12},
+    "model": {"kind": "sat", "image_kwargs": {"widths": [8, 16], "out_dim": 8}, "embed_dim": 16, "hidden_dim": 32,
+              "attention_dim": 16, "dropout": 0.0},
+    "train": {"steps": 40, "batch_size": 32, "lr": 0.01, "warmup_steps": 2, "progress": False, "device": "cpu"},
+    "eval": {"beam_size": 2, "max_len": 12},
+}
+
+
+def test_default_config_round_trips_through_yaml_and_json(tmp_path):
+    config = load_caption_config(default_caption_config_path())
+    assert config.data.name == "shapes" and config.model.kind == "sat" and config.eval.beam_size == 3
+    save_caption_config(config, tmp_path / "copy.yaml")
+    assert load_caption_config(tmp_path / "copy.yaml") == config
+    (tmp_path / "copy.json").write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    assert load_caption_config(tmp_path / "copy.json") == config
+    changed = config.override(["train.steps=7", "model.kind=transformer", "eval.beam_size=5"])
+    assert (changed.train.steps, changed.model.kind, changed.eval.beam_size) == (7, "transformer", 5)
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"hiden_dim": 3}}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*hiden_dim"):
+        load_caption_config(bad)
+    bad.write_text(yaml.safe_dump({"train": {"steps": "many"}}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train\.steps must be of type int"):
+        load_caption_config(bad)
+    with pytest.raises(ValueError, match="section must be one of"):
+        CaptionExperimentConfig().override(["optimizer.lr=1"])
+    with pytest.raises(FileNotFoundError):
+        load_caption_config(tmp_path / "missing.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    config = CaptionExperimentConfig.from_dict(TINY)
+    config.train.output_dir = str(tmp_path_factory.mktemp("caption_run"))
+    return train_captioner(config)
+
+
+def test_training_lowers_the_loss_well_below_chance(tiny_run):
+    losses = [entry["loss"] for entry in tiny_run.history]
+    chance = torch.log(torch.tensor(float(len(tiny_run.tokenizer)))).item()
+    assert len(losses) == 40
+    assert losses[0] > 0.8 * chance
+    assert sum(losses[-5:]) / 5 < 0.75 * chance
+
+
+def test_checkpoint_rebuilds_the_same_captioner(tiny_run):
+    model, tokenizer, config = load_captioner(tiny_run.checkpoint)
+    assert config == tiny_run.config and tokenizer == tiny_run.tokenizer
+    images = build_caption_dataset(config, "test").render(range(6))
+    for beam_size in (1, 3):
+        expected = tiny_run.model.generate(images, beam_size=beam_size, max_len=12)
+        got = model.generate(images, beam_size=beam_size, max_len=12)
+        assert torch.equal(expected.tokens, got.tokens)
+
+
+def test_evaluation_scores_the_decoded_captions(tiny_run):
+    test = build_caption_dataset(tiny_run.config, "test")
+    evaluation = evaluate_captioner(tiny_run.model, test, tiny_run.tokenizer, beam_size=2, max_len=12, batch_size=5)
+    decoded = tiny_run.tokenizer.decode_batch(tiny_run.model.generate(test.render(range(12)), beam_size=2, max_len=12).tokens)
+    assert evaluation.captions == decoded
+    assert evaluation.references == [test.captions(i) for i in range(12)]
+    expected = caption_metrics([" ".join(tokenize_caption(c)) for c in decoded],
+                               [[" ".join(tokenize_caption(r)) for r in test.captions(i)] for i in range(12)])
+    assert {k: evaluation.metrics[k] for k in expected} == expected
+    assert evaluation.metrics["semantic"] == semantic_accuracy(decoded, test.scenes(range(12)))
+
+
+def test_ground_truth_captions_score_perfectly_as_a_check_of_the_metrics():
+    test = build_caption_dataset(CaptionExperimentConfig.from_dict(TINY), "test")
+    assert semantic_accuracy([test.captions(i)[0] for i in range(12)], test.scenes(range(12))) == 1.0
+
+
+@pytest.fixture(scope="module")
+def flickr_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flickr8k")
+    write_karpathy(root, make_spec(n_train=12, n_val=2, n_test=4))
+    return root
+
+
+def test_flickr8k_feature_cache_holds_the_frozen_resnet_grid(flickr_root, tmp_path):
+    paths = cache_flickr8k_features(flickr_root, tmp_path, splits=("test",), pretrained=False, image_size=64,
+                                    seed=5, progress=False, device="cpu")
+    features, metadata = load_feature_cache(paths["test"], expected_encoder_id=feature_encoder_id("resnet50", False, 64, 5))
+    assert features.dtype == torch.float16 and tuple(features.shape) == (4, 2048, 2, 2)
+    seed_everything(5)
+    encoder = build_image_encoder("resnet50", pretrained=False, trainable=False).eval()
+    images = torch.stack([item["image"] for item in Flickr8k(flickr_root, "test", image_size=64, progress=False)])
+    with torch.no_grad():
+        direct = encoder.forward_grid(images)
+    torch.testing.assert_close(features.float(), direct, rtol=2e-3, atol=2e-3)
+    assert metadata["image_ids"] == Flickr8k(flickr_root, "test", progress=False).image_ids
+    stamp = paths["test"].stat().st_mtime_ns
+    cache_flickr8k_features(flickr_root, tmp_path, splits=("test",), pretrained=False, image_size=64, seed=5, progress=False)
+    assert paths["test"].stat().st_mtime_ns == stamp  # reused, not recomputed
+
+
+def test_flickr8k_training_from_the_cache_end_to_end(flickr_root, tmp_path):
+    config = CaptionExperimentConfig.from_dict({
+        "seed": 5,
+        "data": {"name": "flickr8k", "root": str(flickr_root), "image_size": 64, "feature_cache": str(tmp_path / "cache"),
+                 "pretrained_encoder": False},
+        "model": {"kind": "transformer", "image_encoder": None, "hidden_dim": 16, "num_heads": 2, "ff_dim": 32,
+                  "num_layers": 1, "dropout": 0.0},
+        "train": {"steps": 15, "batch_size": 4, "lr": 0.01, "warmup_steps": 1, "progress": False, "device": "cpu",
+                  "output_dir": str(tmp_path / "run")},
+        "eval": {"beam_size": 2, "max_len": 12},
+    })
+    result = train_captioner(config)
+    assert result.model.encoder is None and result.model.feature_dim == 2048
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    test = build_caption_dataset(config, "test")
+    assert len(test) == 4 and sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".json") == [
+        f"flickr8k_{split}_{feature_encoder_id('resnet50', False, 64, 5)}.json" for split in ("test", "train")
+    ]
+    evaluation = evaluate_captioner(result.model, test, result.tokenizer, beam_size=2, max_len=12)
+    assert len(evaluation.captions) == 4 and evaluation.references == test.captions
+    assert 0.0 <= evaluation.metrics["BLEU-4"] <= 1.0 and "semantic" not in evaluation.metrics
+    model, tokenizer, _ = load_captioner(result.checkpoint)
+    captions, _ = generate_captions(model, test, tokenizer, beam_size=2, max_len=12)
+    assert captions == evaluation.captions
+
+
+def test_cli_caption_train_and_evaluate(tmp_path, capsys):
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "steps": 3}}), encoding="utf-8")
+    assert main(["caption", "train", "--config", str(config_path), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trained to step 3" in out and "BLEU-4" in out and "semantic" in out
+    metrics_path = tmp_path / "metrics.json"
+    assert main(["caption", "evaluate", str(tmp_path / "run"), "--size", "6", "--beam-size", "1", "--show", "2",
+                 "--json", str(metrics_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(reference: ") == 2 and "test split (6 images, beam size 1)" in out
+    model, tokenizer, config = load_captioner(tmp_path / "run")
+    test = build_caption_dataset(config, "test", size=6)
+    expected = evaluate_captioner(model, test, tokenizer, beam_size=1, max_len=config.eval.max_len)
+    assert json.loads(metrics_path.read_text()) == pytest.approx(expected.metrics)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["caption", "evaluate", "no_such_run"], "not a crossalign checkpoint"),
+    (["caption", "train", "--config", "missing.yaml"], "does not exist"),
+    (["caption", "train", "--set", "train.steps"], "section.key=value"),
+])
+def test_cli_caption_refuses_bad_input_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err
