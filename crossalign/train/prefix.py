@@ -1,0 +1,142 @@
+"""Training a vision-to-LM bridge: stage 1 (projector only, LM frozen) and stage 2 (LM tuned too).
+
+The frozen image encoder sees every image once: its features are computed beforehand (see
+:func:`extract_features`) and training runs on them, which is why a projector trains in
+seconds. Each step draws a batch of images, one of their reference captions at random, and
+minimises :meth:`crossalign.models.prefix_lm.PrefixCaptioner.loss` over whatever parameters
+require a gradient: the projector in stage 1; the projector and the LM (or its low-rank
+adapters, after ``captioner.set_lm_training("lora")``) in stage 2. An optional extra loss
+(for example the Q-Former's image-text contrastive loss) is added with a weight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from crossalign.train.schedule import warmup_cosine_scheduler
+
+__all__ = ["PrefixTrainResult", "extract_features", "train_prefix"]
+
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PrefixTrainResult:
+    """What :func:`train_prefix` returns: per-step history and the wall time it took."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    trained_parameters: int = 0
+
+
+@torch.no_grad()
+def extract_features(
+    encode: Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Run a frozen image encoder once over a data set; return the stacked features (on CPU).
+
+    ``encode`` maps an image batch ``[B, 3, H, W]`` to features (e.g. ``captioner.encode_images``);
+    ``dataset[i]["image"]`` is image ``i`` (ShapesWorld batches are fetched with ``__getitems__``).
+    """
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        indices = list(range(start, min(start + batch_size, len(dataset))))
+        items = dataset.__getitems__(indices) if hasattr(dataset, "__getitems__") else [dataset[i] for i in indices]
+        images = torch.stack([item["image"] for item in items]).to(device)
+        chunks.append(encode(images).float().cpu())
+    return torch.cat(chunks)
+
+
+def train_prefix(
+    captioner: nn.Module,
+    features: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    tokenizer: Any,
+    *,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 20,
+    max_len: int = 40,
+    clip_grad_norm: float | None = 1.0,
+    extra_loss: ExtraLoss | None = None,
+    extra_weight: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> PrefixTrainResult:
+    """Train the parameters of ``captioner`` that require a gradient on cached image features.
+
+    Args:
+        captioner: a :class:`crossalign.models.prefix_lm.PrefixCaptioner`.
+        features: ``[N, ...]`` frozen image features, row ``i`` for image ``i``.
+        captions: the reference captions of each image (``captions[i]`` is a list of strings).
+        tokenizer: turns captions into ``<bos> .. <eos>`` ids (``encode_batch``).
+        steps, batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up and
+            cosine decay to zero.
+        max_len: longest encoded caption (longer ones are cut, keeping ``<eos>``).
+        clip_grad_norm: clip the gradient norm of the trained parameters (``None``: no clipping).
+        extra_loss: ``f(features, input_ids, attention_mask) -> scalar`` added to the caption
+            loss with weight ``extra_weight`` (e.g. ``qformer.contrastive_loss``).
+        seed: seeds the batch order and caption choice (the same seed, the same run).
+        device: where to train.
+        progress: show a progress bar.
+
+    Returns:
+        the history (one ``{"step", "loss", "caption_loss"[, "extra_loss"]}`` per step).
+    """
+    if len(features) != len(captions):
+        raise ValueError(f"features has {len(features)} rows but captions has {len(captions)} entries; "
+                         "give one list of captions per image")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    parameters = [p for p in captioner.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("nothing to train: no parameter of the captioner requires a gradient")
+    captioner.to(device).train()
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(features), generator=generator)
+    cursor = 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for step in tqdm(range(1, steps + 1), desc="prefix", disable=not progress):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(features), generator=generator), 0
+        rows = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        picks = torch.randint(0, 1 << 30, (len(rows),), generator=generator).tolist()
+        texts = [captions[int(i)][pick % len(captions[int(i)])] for i, pick in zip(rows, picks)]
+        input_ids, mask = tokenizer.encode_batch(texts, max_len=max_len)
+        batch_features = features[rows].to(device)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        caption_loss = captioner.loss(batch_features, input_ids, mask)
+        loss = caption_loss
+        record = {"step": float(step), "caption_loss": caption_loss.item()}
+        if extra_loss is not None:
+            extra = extra_loss(batch_features, input_ids, mask)
+            loss = loss + extra_weight * extra
+            record["extra_loss"] = extra.item()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        record["loss"] = loss.item()
+        history.append(record)
+    captioner.eval()
+    return PrefixTrainResult(history=history, seconds=time.perf_counter() - started,
+                             trained_parameters=sum(p.numel() for p in parameters))
