@@ -214,3 +214,17 @@ def test_config_round_trip_and_errors():
         _model("sat")(torch.randn(2, FEATURES + 1, 3, 3, dtype=torch.float64), _padded_ids()[:2])
     with pytest.raises(ValueError, match="max_len"):
         _model("transformer").step(torch.full((1, 17), BOS), _model("transformer").init_state(_features(1)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_several_captions_per_image_equal_repeating_the_image(kind):
+    # Captions grouped by image read the regions of image j // k: the same as feeding each image k times.
+    model, features = _model(kind), _features(batch=2)
+    ids = torch.cat([_padded_ids(), _padded_ids()[[2, 0, 1]]])  # 6 captions, 3 per image
+    shared = model(features, ids)
+    repeated = model(features.repeat_interleave(3, dim=0), ids)
+    assert torch.allclose(shared.logits, repeated.logits, atol=1e-12)
+    assert torch.allclose(shared.attention, repeated.attention, atol=1e-12)
+    assert shared.logits[0].sub(shared.logits[3]).abs().max() > 0  # image 0 and image 1 differ
+    with pytest.raises(ValueError, match="same number of captions"):
+        model(features, ids[:5])

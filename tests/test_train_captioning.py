@@ -19,8 +19,9 @@ from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.captioning import (
     CaptionExperimentConfig, build_caption_dataset, cache_flickr8k_features, default_caption_config_path,
     evaluate_captioner, feature_encoder_id, generate_captions, load_caption_config, load_captioner,
-    save_caption_config, train_captioner,
+    _step_captions, save_caption_config, train_captioner,
 )
+from crossalign.models.captioners import ShowAttendTell
 from crossalign.utils import seed_everything
 from flickr8k_fixtures import make_spec, write_karpathy
 
@@ -72,6 +73,28 @@ def test_training_lowers_the_loss_well_below_chance(tiny_run):
     assert len(losses) == 40
     assert losses[0] > 0.8 * chance
     assert sum(losses[-5:]) / 5 < 0.75 * chance
+
+
+def test_several_captions_per_image_train_on_each_images_first_captions(monkeypatch):
+    # The step's captions are the first k of every image, grouped by image, and the loss sees k per image.
+    config = CaptionExperimentConfig.from_dict(TINY).override(["train.steps=2", "train.batch_size=4", "train.captions_per_image=3"])
+    seen: list[tuple[int, int]] = []
+    original = ShowAttendTell.loss
+
+    def recording_loss(self, inputs, input_ids):
+        seen.append((inputs.shape[0], input_ids.shape[0]))
+        return original(self, inputs, input_ids)
+
+    monkeypatch.setattr(ShowAttendTell, "loss", recording_loss)
+    train_captioner(config)
+    assert seen == [(4, 12), (4, 12)]
+    train_set = build_caption_dataset(config, "train")
+    items = [train_set[i] for i in (5, 9)]
+    assert _step_captions(None, items, 3) == items[0]["captions"][:3] + items[1]["captions"][:3]
+    with pytest.raises(ValueError, match="captions_per_image=6"):
+        _step_captions(None, items, 6)
+    with pytest.raises(ValueError, match="captions_per_image"):
+        train_captioner(config.override(["train.captions_per_image=0"]))
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):

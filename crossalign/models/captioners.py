@@ -6,7 +6,8 @@ features of one), flattened row by row into ``[B, N, C]``. Both share one interf
 - ``forward(inputs, input_ids) -> CaptionOutput``: teacher forcing. ``input_ids`` is
   ``[B, L]`` = ``<bos> w1 ... wn <eos> <pad> ...``; the model predicts ``input_ids[:, 1:]``
   from ``input_ids[:, :-1]`` and returns logits ``[B, L - 1, V]`` and the attention it paid to
-  the regions at each position ``[B, L - 1, N]``.
+  the regions at each position ``[B, L - 1, N]``. ``input_ids`` may also hold ``k`` captions
+  per image (``[k * B_images, L]``, grouped by image): the image encoder then runs once per image.
 - ``init_state(inputs)`` and ``step(tokens, state)``: the step function of
   :mod:`crossalign.decoding`, so greedy and beam search work unchanged on either model, and
   return the per-word attention maps.
@@ -185,6 +186,24 @@ class Captioner(nn.Module, ABC):
             )
         return inputs.to(next(self.parameters()).dtype)  # e.g. fp16 cached features for an fp32 model
 
+    def teacher_regions(self, inputs: torch.Tensor, num_captions: int) -> torch.Tensor:
+        """Regions ``[num_captions, N, C]`` for teacher forcing ``num_captions`` captions of ``inputs``.
+
+        When ``num_captions`` is ``k`` times the number of images, caption ``j`` belongs to image
+        ``j // k`` (captions grouped by image): the encoder runs once per image and its regions
+        are repeated, so several captions of one image cost one CNN pass and their gradients
+        add up in it.
+        """
+        regions = self.regions(inputs)
+        if num_captions == regions.shape[0]:
+            return regions
+        if num_captions < 1 or num_captions % regions.shape[0]:
+            raise ValueError(
+                f"got {num_captions} captions for {regions.shape[0]} images; pass the same number of captions "
+                "for every image, grouped by image"
+            )
+        return regions.repeat_interleave(num_captions // regions.shape[0], dim=0)
+
     def init_state(self, inputs: torch.Tensor) -> Any:
         """The decoder state before the first word (a pytree whose tensors are batch-first)."""
         return self._start(self.regions(inputs))
@@ -305,7 +324,7 @@ class ShowAttendTell(Captioner):
         """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``."""
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
-        state = self.init_state(inputs)
+        state = self._start(self.teacher_regions(inputs, input_ids.shape[0]))
         logits, attention = [], []
         for t in range(input_ids.shape[1] - 1):
             step_logits, state, alpha = self._advance(input_ids[:, t], state)
@@ -416,7 +435,8 @@ class TransformerCaptioner(Captioner):
         """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``, all positions at once."""
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
-        logits, weights = self._decode(input_ids[:, :-1], self.init_state(inputs).memory)
+        memory = self._start(self.teacher_regions(inputs, input_ids.shape[0])).memory
+        logits, weights = self._decode(input_ids[:, :-1], memory)
         return CaptionOutput(logits, weights)
 
 

@@ -72,10 +72,16 @@ class CaptionDataConfig:
 
 @dataclass
 class CaptionTrainConfig:
-    """How to optimise: steps, batch, AdamW, warm-up + cosine schedule, clipping, precision, output."""
+    """How to optimise: steps, batch, AdamW, warm-up + cosine schedule, clipping, precision, output.
+
+    ``batch_size`` counts images; each image contributes ``captions_per_image`` different
+    captions to the step (a random one when 1), so a step sees ``batch_size * captions_per_image``
+    captions for the price of ``batch_size`` image-encoder passes.
+    """
 
     steps: int = 1000
     batch_size: int = 64
+    captions_per_image: int = 1
     lr: float = 2e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -293,6 +299,24 @@ def build_captioner_for(config: CaptionExperimentConfig, tokenizer: Vocabulary, 
 # ------------------------------------------------------------------------------------ training
 
 
+def _step_captions(collator: CaptionCollator, items: Sequence[dict], per_image: int) -> list[str]:
+    """The captions a training step uses: the collator's random pick, or ``per_image`` per image, grouped by image.
+
+    With ``per_image > 1`` each image gives its first ``per_image`` captions (all differ on
+    ShapesWorld, whose five captions are independent draws of the grammar).
+    """
+    if per_image == 1:
+        return collator.choose(items)
+    captions = []
+    for item in items:
+        if len(item["captions"]) < per_image:
+            raise ValueError(
+                f"train.captions_per_image={per_image} but item {item['index']} has only {len(item['captions'])} captions"
+            )
+        captions += item["captions"][:per_image]
+    return captions
+
+
 @dataclass
 class CaptionTrainResult:
     """What :func:`train_captioner` returns."""
@@ -308,8 +332,8 @@ class CaptionTrainResult:
 def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
     """Train the configured captioner with teacher forcing; return it (in eval mode) with its history."""
     cfg = config.train
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise ValueError("train.steps and train.batch_size must both be >= 1")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.captions_per_image < 1:
+        raise ValueError("train.steps, train.batch_size and train.captions_per_image must all be >= 1")
     device = select_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(config.seed)
@@ -330,7 +354,7 @@ def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
         items = _fetch(train_set, [index for _, index in batch])
         inputs = batch_inputs(items).to(device)
         collator.set_epoch(epoch)  # a caption per (epoch, image), whatever the batch order
-        input_ids, _ = tokenizer.encode_batch(collator.choose(items), max_len=config.data.max_len)
+        input_ids, _ = tokenizer.encode_batch(_step_captions(collator, items, cfg.captions_per_image), max_len=config.data.max_len)
         with autocast(cfg.precision, device):
             loss, _ = model.loss(inputs, input_ids.to(device))
         if not torch.isfinite(loss):
