@@ -37,7 +37,7 @@ from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
-from crossalign.train.config import _build_section
+from crossalign.train.config import apply_overrides, build_sections, read_config_file
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import StepBatchSampler, build_optimizer
@@ -126,51 +126,17 @@ class CaptionExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "CaptionExperimentConfig":
         """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-        unknown = set(data) - set(_SECTIONS) - {"seed"}
-        if unknown:
-            raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(_SECTIONS)}")
-        seed = data.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"{source}: seed must be an integer, got {seed!r}")
-        built: dict[str, Any] = {"seed": seed}
-        for name, klass in _SECTIONS.items():
-            values = data.get(name) or {}
-            if not isinstance(values, dict):
-                raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
-            built[name] = _build_section(klass, values, name, source)
-        return cls(**built)
+        return cls(**build_sections(data, _SECTIONS, source))
 
     def override(self, assignments: Sequence[str]) -> "CaptionExperimentConfig":
         """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item or "." not in item.split("=", 1)[0]:
-                raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
-            path, raw = item.split("=", 1)
-            section, key = path.split(".", 1)
-            if section not in _SECTIONS:
-                raise ValueError(f"override {item!r}: section must be one of {', '.join(_SECTIONS)}")
-            try:
-                data[section][key] = yaml.safe_load(raw)
-            except yaml.YAMLError as err:
-                raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem or err})") from None
+        data = apply_overrides(self.to_dict(), assignments, _SECTIONS)
         return CaptionExperimentConfig.from_dict(data, source="overrides")
 
 
 def load_caption_config(path: str | Path) -> CaptionExperimentConfig:
     """Read a captioning config from a YAML or JSON file, naming the file in any error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ValueError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    return CaptionExperimentConfig.from_dict(data or {}, source=str(path))
+    return CaptionExperimentConfig.from_dict(read_config_file(path), source=str(path))
 
 
 def save_caption_config(config: CaptionExperimentConfig, path: str | Path) -> None:

@@ -6,7 +6,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -142,43 +142,57 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ExperimentConfig":
         """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-        sections = {"data": DataConfig, "model": DualEncoderConfig, "train": TrainConfig}
-        unknown = set(data) - set(sections) - {"seed"}
-        if unknown:
-            raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, data, model, train")
-        seed = data.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"{source}: seed must be an integer, got {seed!r}")
-        built: dict[str, Any] = {"seed": seed}
-        for name, klass in sections.items():
-            values = data.get(name, {})
-            values = {} if values is None else values
-            if not isinstance(values, dict):
-                raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
-            built[name] = _build_section(klass, values, name, source)
-        return cls(**built)
+        return cls(**build_sections(data, _SECTIONS, source))
 
     def override(self, assignments: list[str]) -> "ExperimentConfig":
         """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item or "." not in item.split("=", 1)[0]:
-                raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
-            path, raw = item.split("=", 1)
-            section, key = path.split(".", 1)
-            if section not in ("data", "model", "train"):
-                raise ValueError(f"override {item!r}: section must be data, model or train")
-            try:
-                data[section][key] = yaml.safe_load(raw)
-            except yaml.YAMLError as err:
-                raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem or err})") from None
-        return ExperimentConfig.from_dict(data, source="overrides")
+        return ExperimentConfig.from_dict(apply_overrides(self.to_dict(), assignments, _SECTIONS), source="overrides")
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment config from a YAML or JSON file, naming the file in any error."""
+_SECTIONS = {"data": DataConfig, "model": DualEncoderConfig, "train": TrainConfig}
+
+
+def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[str, Any]:
+    """Check a config mapping (``seed`` + one mapping per section) and build each section's dataclass.
+
+    Shared by every experiment config of the package; errors name ``source`` and the bad key.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    unknown = set(data) - set(sections) - {"seed"}
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(sections)}")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{source}: seed must be an integer, got {seed!r}")
+    built: dict[str, Any] = {"seed": seed}
+    for name, klass in sections.items():
+        values = data.get(name)
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+        built[name] = _build_section(klass, values, name, source)
+    return built
+
+
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str], sections: dict[str, type]) -> dict[str, Any]:
+    """Apply ``section.key=value`` assignments (values parsed as YAML) to a config dict in place."""
+    for item in assignments:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
+        path, raw = item.split("=", 1)
+        section, key = path.split(".", 1)
+        if section not in sections:
+            raise ValueError(f"override {item!r}: section must be one of {', '.join(sections)}")
+        try:
+            data[section][key] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem or err})") from None
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict, naming the file (and line) in any error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -189,7 +203,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ValueError(f"{where}: not valid YAML ({problem})") from None
-    return ExperimentConfig.from_dict(data or {}, source=str(path))
+    return data or {}
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read an experiment config from a YAML or JSON file, naming the file in any error."""
+    return ExperimentConfig.from_dict(read_config_file(path), source=str(path))
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
