@@ -73,6 +73,24 @@ def test_small_cnn_shapes(size: int, pool: str) -> None:
     assert torch.equal(model.forward_tokens(images), grid.permute(0, 2, 3, 1).reshape(2, side * side, 32))
 
 
+@pytest.mark.parametrize("size", [32, 45, 64])
+def test_small_cnn_maxpool_grid_matches_strided_and_a_hand_built_stage(size: int) -> None:
+    torch.manual_seed(0)
+    strided = SmallCNN(**TINY_CNN)
+    pooled = SmallCNN(downsample="maxpool", **TINY_CNN).eval()
+    images = _images(2, size)
+    assert pooled.forward_grid(images).shape == strided.forward_grid(images).shape  # ceil(side / 2) per stage
+    conv, norm = pooled.features[0], pooled.features[1]
+    assert conv.stride == (1, 1) and isinstance(pooled.features[3], torch.nn.MaxPool2d)
+    x = torch.cat([images * 2 - 1, coordinate_grid(2, size, size)], dim=1)
+    by_hand = F.max_pool2d(torch.relu(F.batch_norm(F.conv2d(x, conv.weight, padding=1), norm.running_mean,
+                                                   norm.running_var, norm.weight, norm.bias, eps=norm.eps)),
+                           2, ceil_mode=True)
+    torch.testing.assert_close(pooled.features[:4](x), by_hand, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="downsample must be 'stride' or 'maxpool'"):
+        SmallCNN(downsample="avgpool", **TINY_CNN)
+
+
 def test_small_cnn_default_config_at_64() -> None:
     model = SmallCNN()
     images = _images(2, 64)

@@ -87,13 +87,20 @@ def coordinate_grid(
 
 
 class SmallCNN(ImageEncoder):
-    """A fast CNN for small images (ShapesWorld at 32-224 pixels): conv-BN-ReLU stages of stride 2.
+    """A fast CNN for small images (ShapesWorld at 32-224 pixels): conv-BN-ReLU stages that halve the grid.
 
     Args:
         in_channels: image channels (3 for RGB).
         widths: output channels of each stage.
         strides: stride of each stage (default 2 everywhere, halving the grid per stage); a
             first stride of 1 keeps full resolution for small objects at some cost in speed.
+        downsample: how a stage of stride ``s > 1`` shrinks the grid. ``"stride"``: the 3x3
+            convolution itself steps by ``s`` (cheapest). ``"maxpool"``: the convolution runs at
+            full resolution and an ``s x s`` max-pool follows (about twice the compute). A strided
+            convolution sees a small object differently at each of its ``s x s`` sub-pixel
+            offsets, so shape detectors must be learnt once per offset; max-pooling is
+            tolerant to such shifts, and on ShapesWorld it learns *which shape* an object is
+            within ~100 steps where the strided CNN plateaus for hundreds (see chapter 9).
         out_dim: size of the pooled output vector.
         coord_channels: append x/y coordinate channels to the input (see :func:`coordinate_grid`).
         pool: ``"avg"`` averages the final grid (position-blind); ``"flatten"`` averages it to a
@@ -109,6 +116,7 @@ class SmallCNN(ImageEncoder):
         widths: Sequence[int] = (32, 64, 128, 256),
         out_dim: int = 256,
         strides: Sequence[int] | None = None,
+        downsample: str = "stride",
         coord_channels: bool = True,
         pool: str = "avg",
         flatten_grid: int = 4,
@@ -122,13 +130,15 @@ class SmallCNN(ImageEncoder):
         strides = tuple(int(s) for s in strides) if strides is not None else (2,) * len(widths)
         if len(strides) != len(widths) or min(strides) < 1:
             raise ValueError(f"strides must give one positive stride per stage ({len(widths)}), got {strides}")
+        if downsample not in ("stride", "maxpool"):
+            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
         if pool not in ("avg", "flatten"):
             raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
         if flatten_grid < 1:
             raise ValueError(f"flatten_grid must be >= 1, got {flatten_grid}")
         self.config: dict[str, Any] = {
             "name": "small_cnn", "in_channels": in_channels, "widths": list(widths), "out_dim": out_dim,
-            "strides": list(strides),
+            "strides": list(strides), "downsample": downsample,
             "coord_channels": coord_channels, "pool": pool, "flatten_grid": flatten_grid,
             "mean": list(self.channel_mean), "std": list(self.channel_std),
         }
@@ -136,11 +146,14 @@ class SmallCNN(ImageEncoder):
         layers: list[nn.Module] = []
         channels = in_channels + (2 if coord_channels else 0)
         for width, stride in zip(widths, strides):
+            conv_stride = stride if downsample == "stride" else 1
             layers += [
-                nn.Conv2d(channels, width, kernel_size=3, stride=stride, padding=1, bias=False),
+                nn.Conv2d(channels, width, kernel_size=3, stride=conv_stride, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             ]
+            if downsample == "maxpool" and stride > 1:
+                layers.append(nn.MaxPool2d(stride, ceil_mode=True))
             channels = width
         self.features = nn.Sequential(*layers)
         self.grid_dim = widths[-1]
