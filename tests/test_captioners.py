@@ -228,3 +228,18 @@ def test_several_captions_per_image_equal_repeating_the_image(kind):
     assert shared.logits[0].sub(shared.logits[3]).abs().max() > 0  # image 0 and image 1 differ
     with pytest.raises(ValueError, match="same number of captions"):
         model(features, ids[:5])
+
+
+def test_sat_without_region_positions_ignores_region_order_and_with_them_does_not():
+    # Soft attention and the mean-region initial state are sums over regions, so a plain SAT
+    # cannot tell where a region was; the learnt position embedding makes the order matter.
+    ids = _padded_ids()
+    features = _features()
+    order = torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(3))
+    shuffled = features.flatten(2)[:, :, order].transpose(1, 2)  # [B, N, C] regions in another order
+    plain, placed = _model("sat"), _model("sat", region_positions=True)
+    torch.testing.assert_close(plain(shuffled, ids).logits, plain(features, ids).logits)
+    assert not torch.allclose(placed(shuffled, ids).logits, placed(features, ids).logits)
+    assert placed.region_pos.shape == (1, 16, FEATURES) and plain.region_pos is None
+    with pytest.raises(ValueError, match="max_regions=4"):
+        _model("sat", region_positions=True, max_regions=4)(features, ids)

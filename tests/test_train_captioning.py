@@ -97,6 +97,29 @@ def test_several_captions_per_image_train_on_each_images_first_captions(monkeypa
         train_captioner(config.override(["train.captions_per_image=0"]))
 
 
+def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_stays_fixed(monkeypatch):
+    config = CaptionExperimentConfig.from_dict(TINY).override([
+        "train.steps=3", "train.encoder_pretrain_steps=4", "model.freeze_encoder=true",
+    ])
+    snapshots = {}
+    original = ShowAttendTell.loss
+
+    def recording_loss(self, inputs, input_ids):
+        snapshots.setdefault("encoder", {k: v.clone() for k, v in self.encoder.state_dict().items()})
+        return original(self, inputs, input_ids)
+
+    monkeypatch.setattr(ShowAttendTell, "loss", recording_loss)
+    run = train_captioner(config)
+    assert len(run.pretrain_history) == 4 and run.pretrain_seconds > 0 and len(run.history) == 3
+    fresh = build_image_encoder("small_cnn", **config.model.image_kwargs)
+    seed_everything(config.seed)
+    assert all(torch.equal(v, run.model.encoder.state_dict()[k]) for k, v in snapshots["encoder"].items())
+    assert not all(torch.equal(v, fresh.state_dict()[k]) for k, v in snapshots["encoder"].items() if v.is_floating_point())
+    assert not any(p.requires_grad for p in run.model.encoder.parameters())
+    with pytest.raises(ValueError, match="encoder_pretrain_steps=-1"):
+        train_captioner(config.override(["train.encoder_pretrain_steps=-1"]))
+
+
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):
     model, tokenizer, config = load_captioner(tiny_run.checkpoint)
     assert config == tiny_run.config and tokenizer == tiny_run.tokenizer

@@ -61,6 +61,10 @@ class CaptionerConfig:
         dropout: dropout probability in the decoder.
         attention_penalty: weight of the doubly stochastic attention regulariser (SAT only;
             Xu et al. use 1).
+        region_positions: add a learnt position embedding to every region (SAT; the
+            Transformer always has one). Soft attention returns a weighted *sum* of region
+            features, which forgets where the attended regions were; with the embedding the
+            context says where as well as what, which "at the top left" and "left of" need.
     """
 
     kind: str = "sat"
@@ -82,6 +86,7 @@ class CaptionerConfig:
     max_regions: int = 256
     dropout: float = 0.1
     attention_penalty: float = 1.0
+    region_positions: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -299,8 +304,16 @@ class ShowAttendTell(Captioner):
         self.out_z = nn.Linear(c, e)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(e, config.vocab_size)
+        self.region_pos = None
+        if config.region_positions:
+            self.region_pos = nn.Parameter(torch.zeros(1, config.max_regions, c))
+            nn.init.trunc_normal_(self.region_pos, std=0.02)
 
     def _start(self, regions: torch.Tensor) -> SATState:
+        if self.region_pos is not None:
+            if regions.shape[1] > self.config.max_regions:
+                raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
+            regions = regions + self.region_pos[:, : regions.shape[1]].to(regions.dtype)
         mean = regions.mean(dim=1)
         return SATState(torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), regions,
                         self.attention.project_regions(regions))

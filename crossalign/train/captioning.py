@@ -38,6 +38,7 @@ from crossalign.models.captioners import Captioner, CaptionerConfig, build_capti
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
 from crossalign.train.config import apply_overrides, build_sections, read_config_file
+from crossalign.train.encoder_pretraining import pretrain_on_scene_labels
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import StepBatchSampler, build_optimizer
@@ -77,9 +78,16 @@ class CaptionTrainConfig:
     ``batch_size`` counts images; each image contributes ``captions_per_image`` different
     captions to the step (a random one when 1), so a step sees ``batch_size * captions_per_image``
     captions for the price of ``batch_size`` image-encoder passes.
+
+    ``encoder_pretrain_steps > 0`` (ShapesWorld only) first trains the image encoder for that
+    many steps to recognise the shapes, colours and sizes in an image
+    (:func:`~crossalign.train.encoder_pretraining.pretrain_on_scene_labels`), as Show, Attend
+    and Tell starts from an ImageNet-trained CNN; with ``model.freeze_encoder`` it then stays
+    fixed while the decoder learns to caption.
     """
 
     steps: int = 1000
+    encoder_pretrain_steps: int = 0
     batch_size: int = 64
     captions_per_image: int = 1
     lr: float = 2e-3
@@ -293,19 +301,34 @@ class CaptionTrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     seconds: float = 0.0
+    pretrain_history: list[float] = field(default_factory=list)
+    pretrain_seconds: float = 0.0
 
 
 def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
-    """Train the configured captioner with teacher forcing; return it (in eval mode) with its history."""
+    """Train the configured captioner with teacher forcing; return it (in eval mode) with its history.
+
+    ``seconds`` is the wall time of the captioning loop; ``pretrain_seconds`` that of the
+    encoder pretraining before it (``train.encoder_pretrain_steps``), if any.
+    """
     cfg = config.train
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.captions_per_image < 1:
         raise ValueError("train.steps, train.batch_size and train.captions_per_image must all be >= 1")
+    if cfg.encoder_pretrain_steps < 0:
+        raise ValueError(f"train.encoder_pretrain_steps={cfg.encoder_pretrain_steps} must be >= 0")
     device = select_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(config.seed)
     train_set = build_caption_dataset(config, "train")
     tokenizer = build_caption_vocabulary(train_set, config.data.min_freq)
     model = build_captioner_for(config, tokenizer, train_set).to(device)
+    pretrain = None
+    if cfg.encoder_pretrain_steps:
+        if model.encoder is None or not isinstance(train_set, ShapesWorld):
+            raise ValueError("train.encoder_pretrain_steps needs ShapesWorld images and a model.image_encoder "
+                             "(it trains the encoder on scene-graph labels); set it to 0 for this data")
+        pretrain = pretrain_on_scene_labels(model.encoder, train_set, cfg.encoder_pretrain_steps, cfg.batch_size,
+                                            seed=config.seed, device=device, progress=cfg.progress)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     scaler = grad_scaler(cfg.precision, device)
@@ -344,7 +367,8 @@ def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
     if cfg.output_dir:
         saved = {"experiment": config.to_dict(), "captioner": model.config.to_dict(), "tokenizer": tokenizer.to_dict()}
         checkpoint = save_checkpoint(Path(cfg.output_dir) / "checkpoints", cfg.steps, model, saved)
-    return CaptionTrainResult(model, tokenizer, config, history, checkpoint, seconds)
+    return CaptionTrainResult(model, tokenizer, config, history, checkpoint, seconds,
+                              pretrain.history if pretrain else [], pretrain.seconds if pretrain else 0.0)
 
 
 def load_captioner(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Captioner, Vocabulary, CaptionExperimentConfig]:
