@@ -17,6 +17,7 @@ from crossalign.data.vocab import HFTokenizerAdapter, default_text_model_path
 from crossalign.models.image_encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MaxPooledGrid,
     ResNetEncoder,
     SmallCNN,
     ViTEncoder,
@@ -429,3 +430,15 @@ def test_hf_trainable_cls_pooling_and_gradients(minilm_batch) -> None:
 def test_hf_vocab_size_check() -> None:
     with pytest.raises(ValueError, match="larger than the Hugging Face model's vocabulary"):
         build_text_encoder("hf", vocab_size=10**6, freeze=True)
+
+
+def test_max_pooled_grid_is_the_channel_maximum_of_the_wrapped_grid() -> None:
+    cnn = SmallCNN(**TINY_CNN).eval()
+    pooled = MaxPooledGrid(cnn)
+    images = _images(3, 32)
+    grid = cnn.forward_grid(images)
+    assert pooled.out_dim == pooled.grid_dim == cnn.grid_dim
+    torch.testing.assert_close(pooled(images), grid.flatten(2).max(dim=2).values)
+    assert torch.equal(pooled.forward_tokens(images), cnn.forward_tokens(images))
+    with pytest.raises(TypeError, match="no feature grid"):
+        MaxPooledGrid(nn.Linear(2, 2))

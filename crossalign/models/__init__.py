@@ -15,7 +15,7 @@ from crossalign.models.lora import LoRALinear, apply_lora, merge_lora
 from crossalign.models.mlp_lm import MLPLanguageModel
 from crossalign.models.ngram import NGramLM
 from crossalign.models.image_encoders import (
-    ImageEncoder, ResNetEncoder, SmallCNN, ViTEncoder, build_image_encoder, image_encoder_names,
+    ImageEncoder, MaxPooledGrid, ResNetEncoder, SmallCNN, ViTEncoder, build_image_encoder, image_encoder_names,
 )
 from crossalign.models.prefix_lm import IGNORE_INDEX, PrefixCaptioner
 from crossalign.models.projector import LinearProjector, MLPProjector, TransformerMapper, build_projector
@@ -32,6 +32,6 @@ __all__ = [
     "FUSION_NAMES", "ConcatFusion", "CrossAttentionFusion", "FiLMFusion", "FusionModule", "GatedFusion", "MeanFusion",
     "ModalityAttentionFusion", "WeightedSumFusion", "build_fusion",
     "NGramLM", "DualEncoder", "DualEncoderConfig", "GRUTextEncoder", "HFTextEncoder", "ImageEncoder", "ResNetEncoder",
-    "SmallCNN", "TransformerTextEncoder", "ViTEncoder", "build_image_encoder", "build_text_encoder",
+    "MaxPooledGrid", "SmallCNN", "TransformerTextEncoder", "ViTEncoder", "build_image_encoder", "build_text_encoder",
     "image_encoder_names", "text_encoder_names",
 ]

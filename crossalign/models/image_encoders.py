@@ -329,6 +329,36 @@ class ViTEncoder(ImageEncoder):
         return self.head(pooled)
 
 
+class MaxPooledGrid(nn.Module):
+    """An encoder whose pooled vector is the maximum of its feature grid over positions.
+
+    Scene-label pretraining (:mod:`crossalign.train.encoder_pretraining`) trains a CNN's grid
+    through exactly this pooling, so after it the per-channel maximum is the vector that says
+    which shapes, colours and sizes are in the image; the CNN's own ``forward`` (a linear head
+    that pretraining never touched) would not. ``forward_grid`` and ``forward_tokens`` pass
+    through, so attention-based bridges read the same grid.
+    """
+
+    def __init__(self, encoder: ImageEncoder) -> None:
+        super().__init__()
+        if not hasattr(encoder, "forward_grid") or not hasattr(encoder, "grid_dim"):
+            raise TypeError(f"{type(encoder).__name__} has no feature grid (forward_grid, grid_dim) to pool")
+        self.encoder = encoder
+        self.out_dim = self.grid_dim = encoder.grid_dim
+
+    def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """The wrapped encoder's grid ``[B, grid_dim, h, w]``."""
+        return self.encoder.forward_grid(images)
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The wrapped encoder's grid as tokens ``[B, h*w, grid_dim]``."""
+        return self.encoder.forward_tokens(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The maximum of every grid channel over positions: ``[B, grid_dim]``."""
+        return self.forward_grid(images).amax(dim=(2, 3))
+
+
 def image_encoder_names() -> list[str]:
     """Names :func:`build_image_encoder` accepts."""
     return ["small_cnn", "vit", *resnet_names()]
