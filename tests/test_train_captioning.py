@@ -17,7 +17,7 @@ from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_accuracy
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.captioning import (
-    CaptionExperimentConfig, build_caption_dataset, cache_flickr8k_features, default_caption_config_path,
+    CaptionExperimentConfig, build_caption_dataset, build_caption_vocabulary, build_captioner_for, cache_flickr8k_features, default_caption_config_path,
     evaluate_captioner, feature_encoder_id, generate_captions, load_caption_config, load_captioner,
     _step_captions, save_caption_config, train_captioner,
 )
@@ -98,26 +98,33 @@ def test_several_captions_per_image_train_on_each_images_first_captions(monkeypa
 
 
 def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_stays_fixed(monkeypatch):
-    config = CaptionExperimentConfig.from_dict(TINY).override([
-        "train.steps=3", "train.encoder_pretrain_steps=4", "model.freeze_encoder=true",
-    ])
-    snapshots = {}
+    # The encoder at the first captioning step is compared with the one train_captioner builds
+    # (same seed, same construction): pretraining must have moved it, and a run without
+    # pretraining must not (which shows the comparison rebuilds the very same initial weights).
+    steps: list[dict[str, torch.Tensor]] = []  # the encoder's weights at every captioning step
     original = ShowAttendTell.loss
 
     def recording_loss(self, inputs, input_ids):
-        snapshots.setdefault("encoder", {k: v.clone() for k, v in self.encoder.state_dict().items()})
+        steps.append({k: v.clone() for k, v in self.encoder.state_dict().items()})
         return original(self, inputs, input_ids)
 
     monkeypatch.setattr(ShowAttendTell, "loss", recording_loss)
-    run = train_captioner(config)
+    base = CaptionExperimentConfig.from_dict(TINY).override(["train.steps=3", "model.freeze_encoder=true"])
+    results = [train_captioner(base.override([f"train.encoder_pretrain_steps={n}"])) for n in (0, 4)]
+    snapshots = [steps[0], steps[3]]  # the first captioning step of each run
+    seed_everything(base.seed)
+    train_set = build_caption_dataset(base, "train")
+    initial = build_captioner_for(base, build_caption_vocabulary(train_set), train_set).encoder.state_dict()
+    floats = [k for k, v in initial.items() if v.is_floating_point()]
+    assert all(torch.equal(snapshots[0][k], initial[k]) for k in floats)      # no pretraining: untouched
+    assert not all(torch.equal(snapshots[1][k], initial[k]) for k in floats)  # pretrained before captioning
+    run = results[1]
     assert len(run.pretrain_history) == 4 and run.pretrain_seconds > 0 and len(run.history) == 3
-    fresh = build_image_encoder("small_cnn", **config.model.image_kwargs)
-    seed_everything(config.seed)
-    assert all(torch.equal(v, run.model.encoder.state_dict()[k]) for k, v in snapshots["encoder"].items())
-    assert not all(torch.equal(v, fresh.state_dict()[k]) for k, v in snapshots["encoder"].items() if v.is_floating_point())
+    assert results[0].pretrain_history == [] and results[0].pretrain_seconds == 0.0
+    assert all(torch.equal(v, run.model.encoder.state_dict()[k]) for k, v in snapshots[1].items())  # then frozen
     assert not any(p.requires_grad for p in run.model.encoder.parameters())
     with pytest.raises(ValueError, match="encoder_pretrain_steps=-1"):
-        train_captioner(config.override(["train.encoder_pretrain_steps=-1"]))
+        train_captioner(base.override(["train.encoder_pretrain_steps=-1"]))
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):
