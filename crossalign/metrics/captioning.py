@@ -33,7 +33,7 @@ import math
 import re
 import shutil
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["tokenize_caption", "corpus_bleu", "rouge_l", "cider_d", "caption_metrics", "meteor"]
 
@@ -231,7 +231,13 @@ _CountedImage = tuple[_Caption, list[_Caption]]
 
 def _counted(pairs: Sequence[tuple[str, list[str]]]) -> list[_CountedImage]:
     """Count the n-grams of every candidate and reference of checked ``(candidate, references)`` pairs."""
-    return [(_Caption(candidate), [_Caption(ref) for ref in references]) for candidate, references in pairs]
+    return list(_counting(pairs))
+
+
+def _counting(pairs: Sequence[tuple[str, list[str]]]) -> Iterator[_CountedImage]:
+    """Count the n-grams of one image at a time, so that a metric that needs each image once keeps none."""
+    for candidate, references in pairs:
+        yield _Caption(candidate), [_Caption(ref) for ref in references]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def _clipped_matches(candidate_counts: Counter, reference_counts: Sequence[Count
     )
 
 
-def _bleu(images: Sequence[_CountedImage], max_n: int) -> list[float]:
+def _bleu(images: Iterable[_CountedImage], max_n: int) -> list[float]:
     """Corpus BLEU-1..``max_n`` of counted images."""
     matches = [0] * max_n
     possible = [0] * max_n
@@ -298,7 +304,7 @@ def corpus_bleu(candidates: Candidates, references: References, max_n: int = 4) 
     """
     if isinstance(max_n, bool) or not isinstance(max_n, int) or not 1 <= max_n <= _MAX_ORDER:
         raise ValueError(f"max_n must be an integer from 1 to {_MAX_ORDER} (as in pycocoevalcap), got {max_n!r}")
-    return _bleu(_counted(_paired_corpus(candidates, references)), max_n)
+    return _bleu(_counting(_paired_corpus(candidates, references)), max_n)
 
 
 # ---------------------------------------------------------------------------------------------
