@@ -209,6 +209,12 @@ class Captioner(nn.Module, ABC):
             )
         return regions.repeat_interleave(num_captions // regions.shape[0], dim=0)
 
+    def _region_count(self, regions: torch.Tensor) -> int:
+        """The number of regions ``N`` of ``[B, N, C]``, checked against the position table's ``max_regions``."""
+        if regions.shape[1] > self.config.max_regions:
+            raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
+        return regions.shape[1]
+
     def init_state(self, inputs: torch.Tensor) -> Any:
         """The decoder state before the first word (a pytree whose tensors are batch-first)."""
         return self._start(self.regions(inputs))
@@ -311,9 +317,7 @@ class ShowAttendTell(Captioner):
 
     def _start(self, regions: torch.Tensor) -> SATState:
         if self.region_pos is not None:
-            if regions.shape[1] > self.config.max_regions:
-                raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
-            regions = regions + self.region_pos[:, : regions.shape[1]].to(regions.dtype)
+            regions = regions + self.region_pos[:, : self._region_count(regions)].to(regions.dtype)
         mean = regions.mean(dim=1)
         return SATState(torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), regions,
                         self.attention.project_regions(regions))
@@ -422,9 +426,7 @@ class TransformerCaptioner(Captioner):
         self.dropout = nn.Dropout(config.dropout)
 
     def _start(self, regions: torch.Tensor) -> TransformerState:
-        if regions.shape[1] > self.config.max_regions:
-            raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
-        memory = self.region_proj(regions) + self.region_pos[:, : regions.shape[1]]
+        memory = self.region_proj(regions) + self.region_pos[:, : self._region_count(regions)]
         return TransformerState(self.region_norm(memory))
 
     def _decode(self, tokens: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

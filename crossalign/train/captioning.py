@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import yaml
@@ -37,7 +37,7 @@ from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
-from crossalign.train.config import apply_overrides, build_sections, read_config_file
+from crossalign.train.config import SectionedConfig, read_config_file
 from crossalign.train.encoder_pretraining import pretrain_on_scene_labels
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
@@ -114,32 +114,19 @@ class CaptionEvalConfig:
     batch_size: int = 100
 
 
-_SECTIONS = {"data": CaptionDataConfig, "model": CaptionerConfig, "train": CaptionTrainConfig, "eval": CaptionEvalConfig}
-
-
 @dataclass
-class CaptionExperimentConfig:
+class CaptionExperimentConfig(SectionedConfig):
     """A captioning experiment: seed, data, model (a CaptionerConfig), train and eval settings."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {
+        "data": CaptionDataConfig, "model": CaptionerConfig, "train": CaptionTrainConfig, "eval": CaptionEvalConfig,
+    }
 
     seed: int = 0
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
     model: CaptionerConfig = field(default_factory=CaptionerConfig)
     train: CaptionTrainConfig = field(default_factory=CaptionTrainConfig)
     eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, JSON/YAML-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "CaptionExperimentConfig":
-        """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
-        return cls(**build_sections(data, _SECTIONS, source))
-
-    def override(self, assignments: Sequence[str]) -> "CaptionExperimentConfig":
-        """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
-        data = apply_overrides(self.to_dict(), assignments, _SECTIONS)
-        return CaptionExperimentConfig.from_dict(data, source="overrides")
 
 
 def load_caption_config(path: str | Path) -> CaptionExperimentConfig:

@@ -6,7 +6,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Self, Sequence
 
 import yaml
 
@@ -126,30 +126,41 @@ def _build_section(klass: type, values: dict[str, Any], section: str, source: st
     return klass(**checked)
 
 
-@dataclass
-class ExperimentConfig:
-    """A whole experiment: seed, data, model and training settings."""
+class SectionedConfig:
+    """``to_dict``, ``from_dict`` and ``override`` for an experiment config made of sections.
 
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    A subclass is a dataclass with a ``seed`` and one dataclass field per section, and names
+    the section classes in ``SECTIONS`` (section name -> dataclass).
+    """
+
+    SECTIONS: ClassVar[dict[str, type]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON/YAML-serialisable dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ExperimentConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
         """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
-        return cls(**build_sections(data, _SECTIONS, source))
+        return cls(**build_sections(data, cls.SECTIONS, source))
 
-    def override(self, assignments: list[str]) -> "ExperimentConfig":
+    def override(self, assignments: Sequence[str]) -> Self:
         """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
-        return ExperimentConfig.from_dict(apply_overrides(self.to_dict(), assignments, _SECTIONS), source="overrides")
+        return self.from_dict(apply_overrides(self.to_dict(), assignments, self.SECTIONS), source="overrides")
 
 
-_SECTIONS = {"data": DataConfig, "model": DualEncoderConfig, "train": TrainConfig}
+@dataclass
+class ExperimentConfig(SectionedConfig):
+    """A whole experiment: seed, data, model and training settings."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"data": DataConfig, "model": DualEncoderConfig, "train": TrainConfig}
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 
 
 def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[str, Any]:
