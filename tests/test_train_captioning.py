@@ -125,6 +125,8 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
     assert not any(p.requires_grad for p in run.model.encoder.parameters())
     with pytest.raises(ValueError, match="encoder_pretrain_steps=-1"):
         train_captioner(base.override(["train.encoder_pretrain_steps=-1"]))
+    with pytest.raises(ValueError, match="train.encoder_pretrain_labels"):
+        train_captioner(base.override(["train.encoder_pretrain_labels=[shapes]"]))
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):

@@ -38,7 +38,7 @@ from crossalign.models.captioners import Captioner, CaptionerConfig, build_capti
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
 from crossalign.train.config import SectionedConfig, read_config_file
-from crossalign.train.encoder_pretraining import pretrain_on_scene_labels
+from crossalign.train.encoder_pretraining import pretrain_on_scene_labels, scene_label_names
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import StepBatchSampler, build_optimizer
@@ -80,14 +80,17 @@ class CaptionTrainConfig:
     captions for the price of ``batch_size`` image-encoder passes.
 
     ``encoder_pretrain_steps > 0`` (ShapesWorld only) first trains the image encoder for that
-    many steps to recognise the shapes, colours and sizes in an image
+    many steps to recognise what an image holds
     (:func:`~crossalign.train.encoder_pretraining.pretrain_on_scene_labels`), as Show, Attend
     and Tell starts from an ImageNet-trained CNN; with ``model.freeze_encoder`` it then stays
-    fixed while the decoder learns to caption.
+    fixed while the decoder learns to caption. ``encoder_pretrain_labels`` picks the label
+    groups: ``attributes`` (shapes, colours, sizes), ``pairs`` (colour-shape and size-shape)
+    and ``regions`` (which ninths of the image hold an object).
     """
 
     steps: int = 1000
     encoder_pretrain_steps: int = 0
+    encoder_pretrain_labels: list[str] = field(default_factory=lambda: ["attributes"])
     batch_size: int = 64
     captions_per_image: int = 1
     lr: float = 2e-3
@@ -303,6 +306,10 @@ def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
         raise ValueError("train.steps, train.batch_size and train.captions_per_image must all be >= 1")
     if cfg.encoder_pretrain_steps < 0:
         raise ValueError(f"train.encoder_pretrain_steps={cfg.encoder_pretrain_steps} must be >= 0")
+    try:
+        scene_label_names(cfg.encoder_pretrain_labels)
+    except ValueError as err:
+        raise ValueError(f"train.encoder_pretrain_labels: {err}") from None
     device = select_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(config.seed)
@@ -315,7 +322,8 @@ def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
             raise ValueError("train.encoder_pretrain_steps needs ShapesWorld images and a model.image_encoder "
                              "(it trains the encoder on scene-graph labels); set it to 0 for this data")
         pretrain = pretrain_on_scene_labels(model.encoder, train_set, cfg.encoder_pretrain_steps, cfg.batch_size,
-                                            seed=config.seed, device=device, progress=cfg.progress)
+                                            seed=config.seed, device=device, progress=cfg.progress,
+                                            label_groups=cfg.encoder_pretrain_labels)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     scaler = grad_scaler(cfg.precision, device)

@@ -7,12 +7,22 @@ colours and sizes within a few hundred steps, but which shape an object has only
 plateau, if at all within a CPU budget: the shape word is one token in about twelve, and the
 gradient it sends into the CNN is swamped by the easier words (chapter 9 measures this).
 
-The labels used here are what an ImageNet label is to a photo, read off the scene graph:
-which shapes, colours and sizes occur in the image (a multi-label target of
-``len(SCENE_LABELS)`` bits). A linear head on the max-pooled feature grid predicts them with
-binary cross-entropy; max pooling asks for *some* grid cell to detect each thing, so the grid
-learns local detectors, which is what a captioner's attention then reads. The head is thrown
-away afterwards.
+The labels are what an ImageNet label is to a photo, read off the scene graph, in three
+groups that can be combined (``label_groups``):
+
+- ``"attributes"``: which shapes, colours and sizes occur in the image (16 bits);
+- ``"pairs"``: which colour-shape and size-shape pairs occur ("red circle", "small square";
+  55 bits). They ask one grid cell to know *both* attributes of its object, which is what a
+  captioner needs to bind "red" to "circle" in a scene that also holds a blue square;
+- ``"regions"``: which of the nine regions of the image (thirds across and down, the regions a
+  lone object's caption names: "at the top left") hold an object's centre (9 bits). They ask
+  the grid to know *where* inside its cell an object lies: a 4 x 4 grid's cells straddle the
+  thirds, so which cell fires cannot say it alone.
+
+A linear head on the max-pooled feature grid predicts the chosen bits with binary
+cross-entropy; max pooling asks for *some* grid cell to detect each thing, so the grid learns
+local detectors, which is what a captioner's attention then reads. The head is thrown away
+afterwards.
 """
 
 from __future__ import annotations
@@ -26,33 +36,70 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from crossalign.data.shapes import COLOURS, SHAPES, SIZES, SceneGraph, ShapesWorld
+from crossalign.data.shapes import COLOURS, SHAPES, SIZES, SceneGraph, ShapeObject, ShapesWorld
 from crossalign.train.schedule import warmup_cosine_scheduler
 
-__all__ = ["SCENE_LABELS", "EncoderPretrainResult", "pretrain_on_scene_labels", "scene_label_targets"]
+__all__ = [
+    "LABEL_GROUPS", "SCENE_LABELS", "EncoderPretrainResult", "pretrain_on_scene_labels", "scene_label_names",
+    "scene_label_targets",
+]
 
-#: The label bits, in order: every shape, then every colour, then every size.
-SCENE_LABELS: tuple[str, ...] = (*SHAPES, *COLOURS, *SIZES)
-_LABEL_INDEX = {name: i for i, name in enumerate(SCENE_LABELS)}
+_VERTICAL = ("top", "middle", "bottom")
+_HORIZONTAL = ("left", "centre", "right")
+
+#: The label bits of each group, in order. An object sets, in every group, the bits it matches.
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "attributes": (*SHAPES, *COLOURS, *SIZES),
+    "pairs": (*(f"{c} {s}" for c in COLOURS for s in SHAPES), *(f"{z} {s}" for z in SIZES for s in SHAPES)),
+    "regions": tuple(f"{v} {h}" for v in _VERTICAL for h in _HORIZONTAL),
+}
+#: The bits of the default group, ``"attributes"``: every shape, then every colour, then every size.
+SCENE_LABELS: tuple[str, ...] = LABEL_GROUPS["attributes"]
 
 
-def scene_label_targets(scenes: Sequence[SceneGraph]) -> torch.Tensor:
-    """Multi-hot targets ``[N, len(SCENE_LABELS)]``: bit ``j`` is 1 when some object has attribute ``SCENE_LABELS[j]``."""
-    targets = torch.zeros(len(scenes), len(SCENE_LABELS))
+def _object_labels(obj: ShapeObject) -> tuple[str, ...]:
+    """Every label ``obj`` switches on, in any group."""
+    return (
+        obj.shape, obj.colour, obj.size, f"{obj.colour} {obj.shape}", f"{obj.size} {obj.shape}", " ".join(obj.region()),
+    )
+
+
+def scene_label_names(label_groups: Sequence[str] = ("attributes",)) -> tuple[str, ...]:
+    """The label bits of ``label_groups`` (names from :data:`LABEL_GROUPS`), in that order."""
+    if isinstance(label_groups, str) or not label_groups:
+        raise ValueError(f"label_groups must be a non-empty list of group names, got {label_groups!r}")
+    unknown = [group for group in label_groups if group not in LABEL_GROUPS]
+    if unknown or len(set(label_groups)) != len(label_groups):
+        raise ValueError(
+            f"label_groups={list(label_groups)} must name distinct groups among {', '.join(LABEL_GROUPS)}"
+        )
+    return tuple(name for group in label_groups for name in LABEL_GROUPS[group])
+
+
+def scene_label_targets(scenes: Sequence[SceneGraph], label_groups: Sequence[str] = ("attributes",)) -> torch.Tensor:
+    """Multi-hot targets ``[N, len(names)]`` with ``names = scene_label_names(label_groups)``.
+
+    Bit ``j`` is 1 when some object of the scene has label ``names[j]``: the attribute, the
+    colour-shape or size-shape pair, or the region its centre lies in.
+    """
+    index = {name: j for j, name in enumerate(scene_label_names(label_groups))}
+    targets = torch.zeros(len(scenes), len(index))
     for row, scene in enumerate(scenes):
         for obj in scene.objects:
-            for value in (obj.shape, obj.colour, obj.size):
-                targets[row, _LABEL_INDEX[value]] = 1.0
+            for label in _object_labels(obj):
+                if label in index:
+                    targets[row, index[label]] = 1.0
     return targets
 
 
 @dataclass
 class EncoderPretrainResult:
-    """What :func:`pretrain_on_scene_labels` returns: the loss of every step, wall time and the head."""
+    """What :func:`pretrain_on_scene_labels` returns: the loss of every step, wall time, the head and its labels."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     head: nn.Module | None = None
+    labels: tuple[str, ...] = ()
 
 
 def pretrain_on_scene_labels(
@@ -65,6 +112,7 @@ def pretrain_on_scene_labels(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    label_groups: Sequence[str] = ("attributes",),
 ) -> EncoderPretrainResult:
     """Train ``encoder`` (in place) to tell which shapes, colours and sizes a ShapesWorld image holds.
 
@@ -78,9 +126,11 @@ def pretrain_on_scene_labels(
         seed: seeds the head's initialisation and the batches (same seed, same run).
         device: where to train.
         progress: show a progress bar.
+        label_groups: which label groups of :data:`LABEL_GROUPS` to predict (module docstring).
 
     Returns:
-        the per-step losses, the wall time and the trained linear head (for inspection).
+        the per-step losses, the wall time, the trained linear head and the names of its
+        outputs (for inspection).
     """
     if not isinstance(dataset, ShapesWorld):
         raise TypeError(f"scene-label pretraining needs a ShapesWorld data set (it reads scene graphs), got {type(dataset).__name__}")
@@ -88,10 +138,11 @@ def pretrain_on_scene_labels(
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     if not hasattr(encoder, "forward_grid"):
         raise TypeError(f"{type(encoder).__name__} has no forward_grid: pretraining reads the encoder's feature grid")
+    labels = scene_label_names(label_groups)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = nn.Linear(encoder.grid_dim, len(SCENE_LABELS))
+        head = nn.Linear(encoder.grid_dim, len(labels))
     encoder.to(device)
     head.to(device)
     flags = [p.requires_grad for p in encoder.parameters()]
@@ -106,7 +157,7 @@ def pretrain_on_scene_labels(
         for step in tqdm(range(1, steps + 1), desc="pretrain encoder", disable=not progress):
             indices = torch.randint(len(dataset), (batch_size,), generator=generator).tolist()
             images = dataset.render(indices).to(device)
-            targets = scene_label_targets(dataset.scenes(indices)).to(device)
+            targets = scene_label_targets(dataset.scenes(indices), label_groups).to(device)
             logits = head(encoder.forward_grid(images).amax(dim=(2, 3)))
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             if not torch.isfinite(loss):
@@ -120,4 +171,4 @@ def pretrain_on_scene_labels(
         for parameter, flag in zip(encoder.parameters(), flags):
             parameter.requires_grad_(flag)
         encoder.train(was_training)
-    return EncoderPretrainResult(history=history, seconds=time.perf_counter() - started, head=head.eval())
+    return EncoderPretrainResult(history=history, seconds=time.perf_counter() - started, head=head.eval(), labels=labels)
