@@ -7,6 +7,8 @@ and fusion modules compared on tasks that need both modalities.
   seed, score retrieval, swap accuracies and geometry, print one table
 - ``crossalign.experiments.lit``      locked-text tuning: an image tower trained into the frozen
   MiniLM sentence space
+- ``crossalign.experiments.scene_oracle``  an image tower given the scene graph instead of pixels,
+  to tell which tower limits a score (relation-swap accuracy)
 - ``crossalign.experiments.fusion_tasks``  fusion modules trained on ShapesWorld matching and
   question answering over frozen aligned towers ("align, then fuse")
 """

@@ -320,12 +320,15 @@ def train_method(
     config: CompareConfig,
     data: ComparisonData | None = None,
     teacher: DualEncoder | None = None,
+    image_encoder: nn.Module | None = None,
 ) -> MethodResult:
     """Train the default dual encoder with method ``name`` under ``config``'s budget, and score it.
 
     ``data`` (from :func:`prepare_data`) is shared between calls to save the rendering;
     ``teacher`` is the trained model that ``distillation`` learns from (by default an
-    ``infonce`` model trained first with the same budget).
+    ``infonce`` model trained first with the same budget). ``image_encoder`` replaces the
+    default image tower (it reads ``data``'s images and must have the default tower's
+    ``out_dim``); :mod:`crossalign.experiments.scene_oracle` uses it.
     """
     data = data or prepare_data(config)
     if isinstance(name, AlignmentMethod):
@@ -339,7 +342,16 @@ def train_method(
     experiment = config.experiment()
     device = select_device(config.device)
     seed_everything(config.seed)
-    model = build_model(experiment, data.tokenizer).to(device)
+    model = build_model(experiment, data.tokenizer)
+    if image_encoder is not None:
+        expected = model.image_encoder.out_dim
+        if getattr(image_encoder, "out_dim", None) != expected:
+            raise ValueError(
+                f"image_encoder.out_dim={getattr(image_encoder, 'out_dim', None)} must equal the default image "
+                f"tower's out_dim ({expected}), which the image projection reads"
+            )
+        model.image_encoder = image_encoder
+    model = model.to(device)
     auxiliary = method.auxiliary(model.config.embed_dim)
     trainable = nn.ModuleDict({"model": model, **({"auxiliary": auxiliary} if auxiliary is not None else {})}).to(device)
     num_images, captions_per_image = data.train_ids.shape[:2]

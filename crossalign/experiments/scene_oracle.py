@@ -1,0 +1,104 @@
+"""An image tower handed the answer: it reads the scene graph instead of the pixels.
+
+Relation-swap accuracy (does the image score "the circle is left of the square" above "the
+circle is right of the square"?) needs both towers: the image tower must see which object is
+left of which, and the text tower must read which object the caption puts on the left. When
+the score is low, which tower is to blame? Replace the image tower by one that is *given*
+every object's shape, colour, size and centre (:class:`SceneGraphEncoder`) and train again
+with the same text tower, loss, data and budget (:func:`train_with_scene_oracle`): whatever is
+still wrong cannot be the image tower's fault, so it is the text tower's (or the data's).
+
+The encoder is a Deep Sets model (Zaheer et al. 2017): one MLP per object, summed over the
+objects, so it sees each object's attributes *with* its position and does not depend on the
+order of the objects. It cannot read images; it exists only for this diagnosis
+(``benchmarks/relation_swap_towers.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
+from crossalign.experiments.compare import CompareConfig, ComparisonData, MethodResult, prepare_data, train_method
+from crossalign.experiments.methods import AlignmentMethod
+
+__all__ = ["MAX_SCENE_OBJECTS", "SCENE_FEATURES", "SceneGraphEncoder", "scene_features", "train_with_scene_oracle"]
+
+#: Object slots per scene (ShapesWorld draws 1-3 objects).
+MAX_SCENE_OBJECTS = 3
+#: Features of one slot: one-hot shape, colour and size, centre x and y in [-1, 1], present flag.
+SCENE_FEATURES = len(SHAPES) + len(COLOURS) + len(SIZES) + 3
+
+
+def scene_features(world: ShapesWorld) -> torch.Tensor:
+    """Every scene of ``world`` as ``[N, MAX_SCENE_OBJECTS, SCENE_FEATURES]``; absent objects are all zeros.
+
+    A slot holds one-hot shape, colour and size, then the centre (x right, y down, mapped from
+    [0, 1] to [-1, 1]) and a 1 marking a real object, in the scene graph's object order.
+    """
+    if not isinstance(world, ShapesWorld):
+        raise TypeError(f"scene_features needs a ShapesWorld (it reads scene graphs), got {type(world).__name__}")
+    features = torch.zeros(len(world), MAX_SCENE_OBJECTS, SCENE_FEATURES)
+    colour_at, size_at, place_at = len(SHAPES), len(SHAPES) + len(COLOURS), len(SHAPES) + len(COLOURS) + len(SIZES)
+    for row, scene in enumerate(world.scenes(range(len(world)))):
+        for slot, obj in enumerate(scene.objects):
+            features[row, slot, SHAPES.index(obj.shape)] = 1.0
+            features[row, slot, colour_at + COLOURS.index(obj.colour)] = 1.0
+            features[row, slot, size_at + SIZES.index(obj.size)] = 1.0
+            features[row, slot, place_at : place_at + 3] = torch.tensor([2 * obj.x - 1, 2 * obj.y - 1, 1.0])
+    return features
+
+
+class SceneGraphEncoder(nn.Module):
+    """Deep Sets over object slots: ``sum_k present_k * MLP(slot_k)`` -> ``[B, out_dim]``.
+
+    Input: ``[B, MAX_SCENE_OBJECTS, SCENE_FEATURES]`` from :func:`scene_features` (the last
+    feature marks real objects; empty slots contribute nothing).
+    """
+
+    def __init__(self, out_dim: int = 256, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.config: dict[str, Any] = {"name": "scene_graph", "out_dim": out_dim, "hidden_dim": hidden_dim}
+        self.mlp = nn.Sequential(
+            nn.Linear(SCENE_FEATURES, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, scenes: torch.Tensor) -> torch.Tensor:
+        """Sum the per-object vectors of the real objects of each scene."""
+        if scenes.dim() != 3 or scenes.shape[-1] != SCENE_FEATURES:
+            raise ValueError(
+                f"scenes must have shape [B, objects, {SCENE_FEATURES}] (see scene_features), got {tuple(scenes.shape)}"
+            )
+        return (self.mlp(scenes) * scenes[..., -1:]).sum(dim=1)
+
+
+def train_with_scene_oracle(
+    name: str | AlignmentMethod, config: CompareConfig, data: ComparisonData | None = None
+) -> MethodResult:
+    """Train method ``name`` exactly as :func:`~crossalign.experiments.compare.train_method` does,
+    but with a :class:`SceneGraphEncoder` in place of the image tower, fed the scene graphs.
+
+    Same text tower, batches, steps, optimiser and seed; the test scores (retrieval, swap
+    accuracies, geometry) are computed on the same test split, from its scene graphs.
+    """
+    data = data or prepare_data(config)
+    test_set = ShapesWorld("test", size=config.test_size, image_size=config.image_size, seed=config.seed)
+    if len(test_set) != len(data.test_images) or len(data.train_set) != len(data.train_images):
+        raise ValueError("data must come from prepare_data with the same config (split sizes differ)")
+    scenes = dataclasses.replace(
+        data, train_images=scene_features(data.train_set), test_images=scene_features(test_set), negatives=data.negatives
+    )
+    out_dim = config.experiment().model.image_kwargs.get("out_dim", 256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        encoder = SceneGraphEncoder(out_dim=out_dim)
+    result = train_method(name, config, scenes, image_encoder=encoder)
+    if data.negatives is None:
+        data.negatives = scenes.negatives  # keep the tokenised swaps for the caller's next run
+    return result
