@@ -91,9 +91,7 @@ def train_with_scene_oracle(
     test_set = ShapesWorld("test", size=config.test_size, image_size=config.image_size, seed=config.seed)
     if len(test_set) != len(data.test_images) or len(data.train_set) != len(data.train_images):
         raise ValueError("data must come from prepare_data with the same config (split sizes differ)")
-    scenes = dataclasses.replace(
-        data, train_images=scene_features(data.train_set), test_images=scene_features(test_set), negatives=data.negatives
-    )
+    scenes = dataclasses.replace(data, train_images=scene_features(data.train_set), test_images=scene_features(test_set))
     out_dim = config.experiment().model.image_kwargs.get("out_dim", 256)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

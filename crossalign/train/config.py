@@ -161,8 +161,6 @@ class ExperimentConfig(SectionedConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-
-
 def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[str, Any]:
     """Check a config mapping (``seed`` + one mapping per section) and build each section's dataclass.
 
