@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from crossalign.data.shapes import COLOURS, SHAPES, SIZES, SceneGraph, ShapeObject, ShapesWorld
+from crossalign.data.shapes import COLOURS, REGION_WORDS, SHAPES, SIZES, SceneGraph, ShapeObject, ShapesWorld
 from crossalign.train.schedule import warmup_cosine_scheduler
 
 __all__ = [
@@ -44,14 +44,12 @@ __all__ = [
     "scene_label_targets",
 ]
 
-_VERTICAL = ("top", "middle", "bottom")
-_HORIZONTAL = ("left", "centre", "right")
-
 #: The label bits of each group, in order. An object sets, in every group, the bits it matches.
 LABEL_GROUPS: dict[str, tuple[str, ...]] = {
     "attributes": (*SHAPES, *COLOURS, *SIZES),
     "pairs": (*(f"{c} {s}" for c in COLOURS for s in SHAPES), *(f"{z} {s}" for z in SIZES for s in SHAPES)),
-    "regions": tuple(f"{v} {h}" for v in _VERTICAL for h in _HORIZONTAL),
+    # "top left", "top centre", ...: the regions of ShapesWorld's grammar, named as ShapeObject.region() gives them
+    "regions": tuple(" ".join(region) for region in REGION_WORDS),
 }
 #: The bits of the default group, ``"attributes"``: every shape, then every colour, then every size.
 SCENE_LABELS: tuple[str, ...] = LABEL_GROUPS["attributes"]
