@@ -21,15 +21,10 @@ included):
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
+from caption_setup import caption_benchmark_setup
 from crossalign.data.shapes import ShapesWorld
 from crossalign.metrics.semantic import parse_caption
-from crossalign.train.captioning import (
-    default_caption_config_path, evaluate_captioner, build_caption_dataset, load_caption_config, train_captioner,
-)
+from crossalign.train.captioning import build_caption_dataset, evaluate_captioner, train_captioner
 
 VARIANTS: dict[str, list[str]] = {
     "strided, scratch": ["model.image_kwargs={widths: [16, 32, 64, 128], downsample: stride}", "model.freeze_encoder=false",
@@ -55,16 +50,7 @@ def lone_object_accuracy(captions: list[str], test: ShapesWorld) -> tuple[float,
 
 def main() -> int:
     """Train every variant, evaluate it and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="captioning steps (default: the config's)")
-    parser.add_argument("--test-size", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = load_caption_config(default_caption_config_path()).override(["train.progress=false"])
-    if args.steps:
-        base = base.override([f"train.steps={args.steps}"])
+    args, base = caption_benchmark_setup(__doc__.splitlines()[0])
     header = (f"{'variant':<20}{'BLEU-4':>8}{'CIDEr-D':>9}{'parses':>8}{'count':>7}{'attrs':>7}{'exact':>7}"
               f"{'1-obj shape':>12}{'1-obj region':>13}{'train s':>9}")
     print(header)

@@ -1,5 +1,6 @@
-"""The scene-graph oracle tower: features read off the scene graph, a set function that ignores
-empty slots and object order, and training through the comparison runner's own loop."""
+"""The scene-graph oracle: features read off the scene graph, a set function that ignores
+empty slots and object order, training through the comparison runner's own loop, and
+captioners trained on scene graphs through the captioning loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import torch
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
 from crossalign.experiments.compare import CompareConfig, prepare_data, train_method
 from crossalign.experiments.scene_oracle import (
-    MAX_SCENE_OBJECTS, SCENE_FEATURES, SceneGraphEncoder, scene_features, train_with_scene_oracle,
+    MAX_SCENE_OBJECTS, SCENE_FEATURES, SceneGraphCaptions, SceneGraphEncoder, oracle_caption_config,
+    oracle_caption_dataset, scene_features, train_captioner_with_scene_oracle, train_with_scene_oracle,
+)
+from crossalign.train.captioning import (
+    build_caption_dataset, default_caption_config_path, evaluate_captioner, load_caption_config,
 )
 
 
@@ -69,3 +74,44 @@ def test_train_method_refuses_an_image_encoder_of_the_wrong_width():
     config = CompareConfig.fast(train_size=64, test_size=16, steps=1, batch_size=32)
     with pytest.raises(ValueError, match="out_dim"):
         train_method("infonce", config, image_encoder=SceneGraphEncoder(out_dim=7))
+
+
+def _tiny_caption_config(*overrides: str):
+    return load_caption_config(default_caption_config_path()).override([
+        "data.train_size=64", "data.test_size=16", "data.image_size=32", "train.steps=3", "train.batch_size=8",
+        "train.warmup_steps=1", "train.progress=false", "model.hidden_dim=32", "model.embed_dim=16",
+        "model.attention_dim=16", *overrides,
+    ])
+
+
+def test_scene_graph_captions_are_the_image_worlds_scenes_and_captions():
+    config = _tiny_caption_config()
+    images, graphs = build_caption_dataset(config, "test"), oracle_caption_dataset(config, "test")
+    assert isinstance(graphs, SceneGraphCaptions) and len(graphs) == len(images) == 16
+    assert torch.equal(graphs.features, scene_features(images))
+    items = graphs.__getitems__([3, 0, 15])
+    for item, index in zip(items, [3, 0, 15]):
+        assert set(item) == {"features", "captions", "index"} and item["index"] == index
+        assert torch.equal(item["features"], scene_features(images)[index])
+        assert item["captions"] == images[index]["captions"] == images.captions(index)
+        assert graphs.scene(index) == images.scene(index)
+
+
+def test_captioner_trains_and_decodes_from_scene_graphs_without_touching_the_config():
+    config = _tiny_caption_config()
+    before = config.to_dict()
+    run = train_captioner_with_scene_oracle(config)
+    assert config.to_dict() == before  # the caller's config keeps its image encoder
+    assert run.model.encoder is None and run.model.feature_dim == SCENE_FEATURES and run.pretrain_seconds == 0.0
+    assert run.config.model.image_encoder is None and run.config.train.encoder_pretrain_steps == 0
+    assert len(run.history) == 3 and all(torch.isfinite(torch.tensor([h["loss"] for h in run.history])))
+    result = evaluate_captioner(run.model, oracle_caption_dataset(config, "test"), run.tokenizer, beam_size=2, max_len=12)
+    assert len(result.captions) == 16 and 0.0 <= result.metrics["semantic"] <= 1.0 and "BLEU-4" in result.metrics
+    again = train_captioner_with_scene_oracle(config)
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in run.history]  # seeded: the same run twice
+
+
+def test_scene_graph_oracle_needs_shapesworld():
+    config = _tiny_caption_config("data.name=flickr8k", "data.root=/nonexistent")
+    with pytest.raises(ValueError, match="data.name"):
+        oracle_caption_config(config)

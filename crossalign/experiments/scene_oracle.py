@@ -12,12 +12,20 @@ The encoder is a Deep Sets model (Zaheer et al. 2017): one MLP per object, summe
 objects, so it sees each object's attributes *with* its position and does not depend on the
 order of the objects. It cannot read images; it exists only for this diagnosis
 (``benchmarks/relation_swap_towers.py``).
+
+The same question arises for captioning: when a captioner states a false relation, did the
+CNN fail to see where the objects are, or did the decoder fail to compare them?
+:func:`train_captioner_with_scene_oracle` trains the configured captioner on the scene graphs
+themselves (:class:`SceneGraphCaptions`: one region per object slot, holding its attributes and
+centre) with the same decoder, captions, steps and seed
+(``benchmarks/caption_relations.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +33,14 @@ from torch import nn
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
 from crossalign.experiments.compare import CompareConfig, ComparisonData, MethodResult, prepare_data, train_method
 from crossalign.experiments.methods import AlignmentMethod
+from crossalign.train.captioning import (
+    CaptionExperimentConfig, CaptionTrainResult, build_caption_dataset, train_captioner,
+)
 
-__all__ = ["MAX_SCENE_OBJECTS", "SCENE_FEATURES", "SceneGraphEncoder", "scene_features", "train_with_scene_oracle"]
+__all__ = [
+    "MAX_SCENE_OBJECTS", "SCENE_FEATURES", "SceneGraphCaptions", "SceneGraphEncoder", "oracle_caption_config",
+    "oracle_caption_dataset", "scene_features", "train_captioner_with_scene_oracle", "train_with_scene_oracle",
+]
 
 #: Object slots per scene (ShapesWorld draws 1-3 objects).
 MAX_SCENE_OBJECTS = 3
@@ -100,3 +114,56 @@ def train_with_scene_oracle(
     if data.negatives is None:
         data.negatives = scenes.negatives  # keep the tokenised swaps for the caller's next run
     return result
+
+
+class SceneGraphCaptions(ShapesWorld):
+    """A ShapesWorld split whose items hold the scene graph instead of the image.
+
+    Items are ``{"features": [MAX_SCENE_OBJECTS, SCENE_FEATURES], "captions", "index"}``: the
+    rows of :func:`scene_features`, which a captioner built with ``image_encoder=None`` and
+    ``feature_dim=SCENE_FEATURES`` reads as its regions (one per object slot). Scenes, captions
+    and everything else are those of the ShapesWorld built with the same arguments, so the
+    semantic scores of :func:`~crossalign.train.captioning.evaluate_captioner` apply unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.features = scene_features(self)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        idx = self._check_indices(indices)
+        captions = self._captions_of(idx, layout=self.layout(idx))
+        return [{"features": self.features[i], "captions": captions[row], "index": int(i)} for row, i in enumerate(idx)]
+
+
+def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentConfig:
+    """``config`` with the image encoder replaced by scene-graph regions; decoder and training unchanged.
+
+    No image encoder (so no encoder pretraining), regions ``SCENE_FEATURES`` wide, and no
+    region position embedding in Show, Attend and Tell: an object slot's index says nothing
+    about where the object is (its centre is in the features).
+    """
+    if config.data.name != "shapes":
+        raise ValueError(f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}")
+    oracle = copy.deepcopy(config)
+    oracle.model.image_encoder, oracle.model.image_kwargs = None, {}
+    oracle.model.feature_dim, oracle.model.freeze_encoder, oracle.model.region_positions = SCENE_FEATURES, False, False
+    oracle.train.encoder_pretrain_steps = 0
+    return oracle
+
+
+def train_captioner_with_scene_oracle(config: CaptionExperimentConfig) -> CaptionTrainResult:
+    """Train ``config``'s captioner exactly as :func:`~crossalign.train.captioning.train_captioner`
+    does, but on the training split's scene graphs (:class:`SceneGraphCaptions`) instead of its images.
+
+    Evaluate it on ``oracle_caption_dataset(config, "test")``. The returned result's ``config``
+    is the oracle's (:func:`oracle_caption_config`).
+    """
+    oracle = oracle_caption_config(config)
+    return train_captioner(oracle, train_set=oracle_caption_dataset(oracle, "train"))
+
+
+def oracle_caption_dataset(config: CaptionExperimentConfig, split: str, size: int | None = None) -> SceneGraphCaptions:
+    """The scene-graph twin of ``build_caption_dataset(config, split, size)``: same scenes, same captions."""
+    world = build_caption_dataset(oracle_caption_config(config), split, size)
+    return SceneGraphCaptions(world.split, size=len(world), image_size=world.image_size, seed=world.seed, noise=world.noise)

@@ -134,6 +134,12 @@ def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> to
     to receive about one unit of attention over the whole caption, so that the model looks at
     every part of the image. The paper sums over regions; the mean used here keeps the weight's
     meaning independent of the grid size (the sum is ``N`` times larger).
+
+    A caption of ``T`` words hands out ``T`` units in all, so with ``T > N`` (a 20-word
+    ShapesWorld caption over a 4 x 4 grid) no attention can meet every target, and the
+    penalty is smallest when every region gets ``T / N``: it pulls attention towards uniform,
+    away from the one object a word is about (``benchmarks/caption_relations.py`` measures the
+    cost). Xu et al. had 196 regions and shorter captions, where ``T < N``.
     """
     if attention.dim() != 3 or mask.shape != attention.shape[:2]:
         raise ValueError(f"attention must be [B, T, N] and mask [B, T]; got {tuple(attention.shape)} and {tuple(mask.shape)}")

@@ -295,9 +295,12 @@ class CaptionTrainResult:
     pretrain_seconds: float = 0.0
 
 
-def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
+def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None = None) -> CaptionTrainResult:
     """Train the configured captioner with teacher forcing; return it (in eval mode) with its history.
 
+    ``train_set`` replaces the training split that ``config.data`` describes (its items must
+    carry ``"image"`` or ``"features"`` and ``"captions"``), e.g. scene graphs instead of images
+    in :func:`crossalign.experiments.scene_oracle.train_captioner_with_scene_oracle`.
     ``seconds`` is the wall time of the captioning loop; ``pretrain_seconds`` that of the
     encoder pretraining before it (``train.encoder_pretrain_steps``), if any.
     """
@@ -313,7 +316,8 @@ def train_captioner(config: CaptionExperimentConfig) -> CaptionTrainResult:
     device = select_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(config.seed)
-    train_set = build_caption_dataset(config, "train")
+    if train_set is None:
+        train_set = build_caption_dataset(config, "train")
     tokenizer = build_caption_vocabulary(train_set, config.data.min_freq)
     model = build_captioner_for(config, tokenizer, train_set).to(device)
     pretrain = None
