@@ -98,6 +98,23 @@ def test_doubly_stochastic_penalty_by_hand_and_padding_free():
     assert torch.equal(doubly_stochastic_penalty(attention, mask), doubly_stochastic_penalty(changed, mask))
 
 
+def test_doubly_stochastic_penalty_favours_uniform_attention_when_words_outnumber_regions():
+    # 20 words over 16 regions: uniform attention gives every region 20/16 units, the minimum (1 - 20/16)^2;
+    # attention on the two cells of one object, however split, costs more.
+    steps, regions = 20, 16
+    mask = torch.ones(1, steps, dtype=torch.bool)
+    uniform = torch.full((1, steps, regions), 1.0 / regions, dtype=torch.float64)
+    assert doubly_stochastic_penalty(uniform, mask).item() == pytest.approx((1 - steps / regions) ** 2)
+    focused = torch.zeros(1, steps, regions, dtype=torch.float64)
+    focused[..., 5], focused[..., 6] = 0.5, 0.5
+    # regions 5 and 6 receive 10 units each, the other 14 none: (2 * 81 + 14) / 16
+    assert doubly_stochastic_penalty(focused, mask).item() == pytest.approx((2 * 81 + 14) / 16)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        random = torch.rand(1, steps, regions, generator=generator, dtype=torch.float64).softmax(-1)
+        assert doubly_stochastic_penalty(random, mask) >= doubly_stochastic_penalty(uniform, mask)
+
+
 def test_sat_loss_adds_the_weighted_attention_penalty():
     features, ids = _features(), _padded_ids()
     plain, _ = _model("sat", attention_penalty=0.0).loss(features, ids)
