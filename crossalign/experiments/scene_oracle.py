@@ -132,8 +132,13 @@ class SceneGraphCaptions(ShapesWorld):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         idx = self._check_indices(indices)
-        captions = self._captions_of(idx, layout=self.layout(idx))
+        captions = self._captions_of(idx)
         return [{"features": self.features[i], "captions": captions[row], "index": int(i)} for row, i in enumerate(idx)]
+
+
+def _require_shapes(config: CaptionExperimentConfig) -> None:
+    if config.data.name != "shapes":
+        raise ValueError(f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}")
 
 
 def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentConfig:
@@ -143,8 +148,7 @@ def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentC
     region position embedding in Show, Attend and Tell: an object slot's index says nothing
     about where the object is (its centre is in the features).
     """
-    if config.data.name != "shapes":
-        raise ValueError(f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}")
+    _require_shapes(config)
     oracle = copy.deepcopy(config)
     oracle.model.image_encoder, oracle.model.image_kwargs = None, {}
     oracle.model.feature_dim, oracle.model.freeze_encoder, oracle.model.region_positions = SCENE_FEATURES, False, False
@@ -165,5 +169,6 @@ def train_captioner_with_scene_oracle(config: CaptionExperimentConfig) -> Captio
 
 def oracle_caption_dataset(config: CaptionExperimentConfig, split: str, size: int | None = None) -> SceneGraphCaptions:
     """The scene-graph twin of ``build_caption_dataset(config, split, size)``: same scenes, same captions."""
-    world = build_caption_dataset(oracle_caption_config(config), split, size)
+    _require_shapes(config)
+    world = build_caption_dataset(config, split, size)
     return SceneGraphCaptions(world.split, size=len(world), image_size=world.image_size, seed=world.seed, noise=world.noise)

@@ -112,7 +112,7 @@ def pretrain_on_scene_labels(
     progress: bool = False,
     label_groups: Sequence[str] = ("attributes",),
 ) -> EncoderPretrainResult:
-    """Train ``encoder`` (in place) to tell which shapes, colours and sizes a ShapesWorld image holds.
+    """Train ``encoder`` (in place) to tell what a ShapesWorld image holds: the labels of ``label_groups``.
 
     Args:
         encoder: an image encoder with ``forward_grid`` and ``grid_dim`` (see
