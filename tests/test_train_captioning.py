@@ -17,7 +17,7 @@ from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_accuracy
 from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.captioning import (
-    CaptionExperimentConfig, build_caption_dataset, build_caption_vocabulary, build_captioner_for, cache_flickr8k_features, default_caption_config_path,
+    CaptionExperimentConfig, build_caption_dataset, encode_regions, build_caption_vocabulary, build_captioner_for, cache_flickr8k_features, default_caption_config_path,
     evaluate_captioner, feature_encoder_id, generate_captions, load_caption_config, load_captioner,
     _step_captions, save_caption_config, train_captioner,
 )
@@ -127,6 +127,40 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
         train_captioner(base.override(["train.encoder_pretrain_steps=-1"]))
     with pytest.raises(ValueError, match="train.encoder_pretrain_labels"):
         train_captioner(base.override(["train.encoder_pretrain_labels=[shapes]"]))
+
+
+def test_a_frozen_encoder_encodes_the_training_images_once_and_trains_the_same(monkeypatch):
+    inputs_seen: list[int] = []  # the dimensions of what the captioner reads at each step
+    original = ShowAttendTell.loss
+
+    def recording_loss(self, inputs, input_ids):
+        inputs_seen.append(inputs.dim())
+        return original(self, inputs, input_ids)
+
+    monkeypatch.setattr(ShowAttendTell, "loss", recording_loss)
+    base = CaptionExperimentConfig.from_dict(TINY).override(
+        ["train.steps=6", "model.freeze_encoder=true", "train.encoder_pretrain_steps=3"])
+    cached = train_captioner(base)
+    assert inputs_seen == [3] * 6  # regions [B, N, C], not images
+    images = train_captioner(base.override(["train.cache_frozen_regions=false"]))
+    assert inputs_seen[6:] == [4] * 6
+    torch.testing.assert_close(torch.tensor([h["loss"] for h in cached.history]),
+                               torch.tensor([h["loss"] for h in images.history]), rtol=1e-5, atol=1e-6)
+    unfrozen = train_captioner(base.override(["model.freeze_encoder=false", "train.encoder_pretrain_steps=0"]))
+    assert inputs_seen[12:] == [4] * 6 and len(unfrozen.history) == 6  # a trained encoder is never cached
+
+
+def test_encode_regions_gives_every_image_its_own_regions_whatever_the_batch():
+    config = CaptionExperimentConfig.from_dict(TINY).override(["model.freeze_encoder=true"])
+    dataset = build_caption_dataset(config, "test")
+    model = build_captioner_for(config, build_caption_vocabulary(dataset), dataset).train()
+    regions = encode_regions(model, dataset, batch_size=5)
+    assert regions.shape == (12, 64, 16) and model.training and not model.encoder.training
+    torch.testing.assert_close(regions, model.regions(dataset.render(range(12))), rtol=1e-5, atol=1e-6)
+    without_encoder = build_captioner_for(config.override(["model.image_encoder=null", "model.feature_dim=16"]),
+                                          build_caption_vocabulary(dataset), dataset)
+    with pytest.raises(ValueError, match="needs a captioner with an image encoder"):
+        encode_regions(without_encoder, dataset)
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):

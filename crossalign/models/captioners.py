@@ -65,6 +65,14 @@ class CaptionerConfig:
             Transformer always has one). Soft attention returns a weighted *sum* of region
             features, which forgets where the attended regions were; with the embedding the
             context says where as well as what, which "at the top left" and "left of" need.
+        attend_with_word: let the SAT's attention query read the previous word as well as the
+            LSTM state. In Xu et al. the attention for word ``t`` is computed from ``h_{t-1}``,
+            which has not yet read word ``t - 1``: when a caption may name its objects in any
+            order, the decoder cannot know which object was just named ("red") until a step
+            later, so its attention lags a word behind. With the word in the query it can look
+            at the object the caption has just named, as the top-down attention of Anderson et
+            al. (2018) and the adaptive attention of Lu et al. (2017) do by attending after the
+            word has been read.
     """
 
     kind: str = "sat"
@@ -87,6 +95,7 @@ class CaptionerConfig:
     dropout: float = 0.1
     attention_penalty: float = 1.0
     region_positions: bool = False
+    attend_with_word: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -185,12 +194,21 @@ class Captioner(nn.Module, ABC):
         return self
 
     def regions(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Image regions ``[B, N, C]`` from images (through the encoder) or from precomputed features."""
-        if self.encoder is not None:
+        """Image regions ``[B, N, C]`` from images (through the encoder) or from precomputed features.
+
+        A captioner with an image encoder encodes 4-D images ``[B, 3, H, W]`` and also accepts
+        3-D regions ``[B, N, C]`` that its encoder produced earlier: a frozen encoder's regions
+        can be computed once per image and reused at every epoch
+        (``train.cache_frozen_regions`` in :mod:`crossalign.train.captioning`).
+        """
+        if self.encoder is not None and inputs.dim() == 4:
             return self.encoder.forward_tokens(inputs)
         if inputs.dim() == 4:
             inputs = inputs.flatten(2).transpose(1, 2)
         if inputs.dim() != 3 or inputs.shape[-1] != self.feature_dim:
+            if self.encoder is not None:
+                raise ValueError(f"inputs must be images [B, 3, H, W] or their regions [B, N, {self.feature_dim}], "
+                                 f"got {tuple(inputs.shape)}")
             raise ValueError(
                 f"precomputed features must be [B, {self.feature_dim}, h, w] or [B, N, {self.feature_dim}], "
                 f"got {tuple(inputs.shape)}"
@@ -296,7 +314,8 @@ class SATState(NamedTuple):
 class ShowAttendTell(Captioner):
     """Show, Attend and Tell (Xu et al. 2015) with soft attention.
 
-    At each step: attend over the regions with the previous hidden state, scale the context by
+    At each step: attend over the regions with the previous hidden state (and, with
+    ``attend_with_word``, the previous word's embedding), scale the context by
     a learnt gate ``beta = sigmoid(f_beta(h))``, feed ``[word embedding; beta * context]`` to an
     LSTM cell, and predict the next word with the paper's *deep output*
     ``L_o(E y + L_h h + L_z z)``. The LSTM starts from ``tanh`` projections of the mean region.
@@ -307,7 +326,7 @@ class ShowAttendTell(Captioner):
         super().__init__(config)
         c, e, h = self.feature_dim, config.embed_dim, config.hidden_dim
         self.embedding = nn.Embedding(config.vocab_size, e)
-        self.attention = AdditiveAttention(c, h, config.attention_dim)
+        self.attention = AdditiveAttention(c, h + (e if config.attend_with_word else 0), config.attention_dim)
         self.init_h = nn.Linear(c, h)
         self.init_c = nn.Linear(c, h)
         self.gate = nn.Linear(h, 1)
@@ -328,32 +347,60 @@ class ShowAttendTell(Captioner):
         return SATState(torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), regions,
                         self.attention.project_regions(regions))
 
-    def _advance(self, words: torch.Tensor, state: SATState) -> tuple[torch.Tensor, SATState, torch.Tensor]:
-        """One LSTM step on the previous words ``[B]``: logits ``[B, V]``, new state, attention ``[B, N]``."""
-        embedded = self.embedding(words)
-        context, alpha = self.attention(state.regions, state.projected, state.h)
+    def _recur(self, embedded: torch.Tensor, state: SATState) -> tuple[SATState, torch.Tensor, torch.Tensor]:
+        """Attend with the previous state (and word), then one LSTM step on the previous word's embedding ``[B, E]``.
+
+        Returns the new state, the gated context ``[B, C]`` and the attention ``[B, N]``.
+        """
+        query = torch.cat([state.h, embedded], dim=-1) if self.config.attend_with_word else state.h
+        context, alpha = self.attention(state.regions, state.projected, query)
         context = torch.sigmoid(self.gate(state.h)) * context
         h, c = self.cell(torch.cat([embedded, context], dim=-1), (state.h, state.c))
+        return SATState(h, c, state.regions, state.projected), context, alpha
+
+    def _deep_output(self, embedded: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Next-word logits from the deep output ``L_o(E y + L_h h + L_z z)``, for one step or many at once."""
         deep = embedded + self.out_h(self.dropout(h)) + self.out_z(context)
-        logits = self.output(self.dropout(deep))
-        return logits, SATState(h, c, state.regions, state.projected), alpha
+        return self.output(self.dropout(deep))
 
     def step(self, tokens: torch.Tensor, state: SATState) -> tuple[torch.Tensor, SATState, torch.Tensor]:
         """Decoding step: only the last token of ``tokens`` is read; the LSTM state carries the rest."""
-        logits, state, alpha = self._advance(tokens[:, -1], state)
+        embedded = self.embedding(tokens[:, -1])
+        state, context, alpha = self._recur(embedded, state)
+        logits = self._deep_output(embedded, state.h, context)
         return _at_least_fp32(logits).log_softmax(dim=-1), state, alpha
 
     def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
-        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``."""
+        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``.
+
+        Only the recurrence (attention and LSTM cell) runs position by position, as in
+        :meth:`step`, and only for the captions that still have a real (non-padding) target
+        there: the captions are sorted by length, so at position ``t`` it runs on the first
+        ``active[t]`` of them. A batch's captions are far from equally long (ShapesWorld's average
+        is two thirds of a batch's longest), so this skips about a third of the work. Positions
+        past a caption's last target are never run: their attention is zero and their logits
+        those of a zero state, and the loss does not read them. The word embeddings and the
+        deep output, which do not feed back into the recurrence, are computed for all positions
+        at once.
+        """
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
-        state = self._start(self.teacher_regions(inputs, input_ids.shape[0]))
-        logits, attention = [], []
-        for t in range(input_ids.shape[1] - 1):
-            step_logits, state, alpha = self._advance(input_ids[:, t], state)
-            logits.append(step_logits)
-            attention.append(alpha)
-        return CaptionOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))
+        batch, positions = input_ids.shape[0], input_ids.shape[1] - 1
+        lengths = (input_ids[:, 1:] != self.config.pad_id).sum(dim=1)
+        order = lengths.argsort(descending=True, stable=True)
+        active = (lengths[order].unsqueeze(0) > torch.arange(positions, device=lengths.device).unsqueeze(1)).sum(dim=1)
+        state = self._start(self.teacher_regions(inputs, batch)[order])
+        embedded = self.embedding(input_ids[order, :-1])
+        outputs: dict[str, list[torch.Tensor]] = {"h": [], "context": [], "alpha": []}
+        for t, count in enumerate(active.tolist()):
+            state = SATState(*(part[:count] for part in state))
+            state, context, alpha = self._recur(embedded[:count, t], state)
+            for name, value in zip(outputs, (state.h, context, alpha)):
+                outputs[name].append(F.pad(value, (0, 0, 0, batch - count)))
+        h, context, alpha = (torch.stack(values, dim=1) for values in outputs.values())
+        logits = self._deep_output(embedded, h, context)
+        restore = order.argsort()
+        return CaptionOutput(logits[restore], alpha[restore])
 
     def loss(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, CaptionOutput]:
         """Cross-entropy over real tokens plus ``attention_penalty`` x the doubly stochastic penalty."""
