@@ -377,9 +377,10 @@ class ShowAttendTell(Captioner):
         :meth:`step`, and only for the captions that still have a real (non-padding) target
         there: the captions are sorted by length, so at position ``t`` it runs on the first
         ``active[t]`` of them. A batch's captions are far from equally long (ShapesWorld's average
-        is two thirds of a batch's longest), so this skips about a third of the work. Positions
-        past a caption's last target are never run: their attention is zero and their logits
-        those of a zero state, and the loss does not read them. The word embeddings and the
+        is two thirds of a batch's longest), so this skips about a third of the recurrence's
+        steps (``benchmarks/bench_caption_training.py``). Positions past a caption's last target
+        are never run: their attention is zero and their logits those of a zero state and
+        context, and the loss does not read them. The word embeddings and the
         deep output, which do not feed back into the recurrence, are computed for all positions
         at once.
         """
