@@ -3,7 +3,8 @@
 Both searches decode the same batch of images with the same randomly initialised attentive
 GRU decoder (vocabulary 1000, hidden size 256 by default), alternating which goes first in
 each repetition; each reported time is the median over the repetitions. The run checks that
-both return the same captions and scores (to 1e-4 in float32) and exits with status 1 if they
+both return the same captions and scores (to 1e-5 relative: a score is a float32 sum of about 20
+log-probabilities, which each search computes in batches of other shapes) and exits with status 1 if they
 do not; timings are a report, not a test.
 
     python benchmarks/bench_decoding.py
@@ -25,7 +26,7 @@ from crossalign.decoding import DecodeResult, beam_search, beam_search_reference
 from crossalign.utils import seed_everything, select_device
 
 BOS, EOS = 1, 2
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5  # relative, on scores of about -50
 
 
 class ToyCaptioner(nn.Module):
@@ -61,10 +62,10 @@ def timed(function: Callable[[], DecodeResult], device: torch.device) -> tuple[f
 
 
 def same_outputs(batched: DecodeResult, reference: DecodeResult) -> bool:
-    """True when both searches chose the same captions with scores equal to TOLERANCE."""
+    """True when both searches chose the same captions with scores equal to a relative TOLERANCE."""
     return (torch.equal(batched.tokens.cpu(), reference.tokens.cpu())
             and torch.equal(batched.lengths.cpu(), reference.lengths.cpu())
-            and bool(torch.allclose(batched.scores.cpu(), reference.scores.cpu(), rtol=0, atol=TOLERANCE)))
+            and bool(torch.allclose(batched.scores.cpu(), reference.scores.cpu(), rtol=TOLERANCE, atol=0)))
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,7 +113,7 @@ def main() -> int:
     print(f"device {device}, batch {args.batch_size}, beam {args.beam_size}, vocab {args.vocab_size}, "
           f"hidden {args.hidden}, max_len {args.max_len}, repeats {args.repeats}")
     print(f"mean caption length {results['batched'].lengths.float().mean():.1f} tokens")
-    print(f"same captions and scores (to {TOLERANCE:g}): {'PASS' if equal else 'FAIL'}")
+    print(f"same captions and scores (to {TOLERANCE:g} relative): {'PASS' if equal else 'FAIL'}")
     print(f"{'search':>10} {'median s':>9} {'captions/s':>11}")
     for name, seconds in times.items():
         median = statistics.median(seconds)
