@@ -25,6 +25,7 @@ from crossalign.models.image_encoders import (
     coordinate_grid,
 )
 from crossalign.models.text_encoders import (
+    ConvTextEncoder,
     GRUTextEncoder,
     HFTextEncoder,
     TransformerTextEncoder,
@@ -280,10 +281,12 @@ def _tiny_text_encoder(kind: str, pool: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "gru":
         return GRUTextEncoder(50, embed_dim=16, hidden_dim=12, pool=pool)
+    if kind == "conv":
+        return ConvTextEncoder(50, embed_dim=16, width=12, dilations=(1, 2), pool=pool)
     return TransformerTextEncoder(50, dim=16, depth=2, heads=2, max_len=16, pool=pool)
 
 
-TEXT_CASES = [("gru", "last"), ("gru", "mean"), ("transformer", "mean"), ("transformer", "cls")]
+TEXT_CASES = [("gru", "last"), ("gru", "mean"), ("conv", "max"), ("conv", "mean"), ("transformer", "mean"), ("transformer", "cls")]
 
 
 @pytest.mark.parametrize("kind, pool", TEXT_CASES)
@@ -330,13 +333,66 @@ def test_gru_matches_unpacked_reference(bidirectional: bool) -> None:
             torch.testing.assert_close(final, torch.cat([outputs[0, -1, :12], outputs[0, 0, 12:]]))
 
 
+
+def _conv_reference(encoder: ConvTextEncoder, ids: list[int]) -> torch.Tensor:
+    """The convolution stack written out with explicit loops over positions and taps: [L, width]."""
+    x = encoder.embed.weight[torch.tensor(ids)].double()  # [L, embed_dim]
+    length = len(ids)
+    for layer, conv in enumerate(encoder.convs):
+        weight, bias = conv.weight.double(), conv.bias.double()  # [out, in, k], [out]
+        half, step = (conv.kernel_size[0] - 1) // 2, conv.dilation[0]
+        out = torch.zeros(length, weight.shape[0], dtype=torch.float64)
+        for position in range(length):
+            total = bias.clone()
+            for tap in range(conv.kernel_size[0]):
+                source = position + (tap - half) * step
+                if 0 <= source < length:  # words past either end count as zeros
+                    total += weight[:, :, tap] @ x[source]
+            out[position] = F.gelu(total)
+        x = out if layer == 0 else x + out
+    return x
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_conv_text_encoder_matches_a_loop_reference(pool: str) -> None:
+    encoder = ConvTextEncoder(40, embed_dim=6, width=5, kernel_size=3, dilations=(1, 2, 3), pool=pool).eval()
+    ids, mask = _random_batch(vocab_size=40)
+    tokens, pooled = encoder.forward_tokens(ids, mask), encoder(ids, mask)
+    for row in range(ids.shape[0]):
+        length = int(mask[row].sum())
+        expected = _conv_reference(encoder, ids[row, :length].tolist())
+        torch.testing.assert_close(tokens[row, :length].double(), expected, rtol=1e-5, atol=1e-6)
+        summary = expected.amax(dim=0) if pool == "max" else expected.mean(dim=0)
+        torch.testing.assert_close(pooled[row].double(), summary, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_text_encoder_window() -> None:
+    encoder = ConvTextEncoder(40, embed_dim=8, width=8, kernel_size=3, dilations=(1, 2, 4)).eval()
+    assert encoder.window == 15  # 1 + 2 * (1 + 2 + 4)
+    ids = torch.randint(1, 40, (1, 30), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, 15] = 1 if ids[0, 15] != 1 else 2
+    moved = (encoder.forward_tokens(ids) - encoder.forward_tokens(changed)).abs().sum(dim=-1)[0]
+    reach = (moved > 0).nonzero().flatten()
+    assert reach.min() == 15 - 7 and reach.max() == 15 + 7  # exactly the positions whose window holds word 15
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"pool": "last"}, "pool must be"), ({"kernel_size": 4}, "must be odd"), ({"dilations": ()}, "dilations"),
+     ({"dilations": (1, 0)}, "dilations"), ({"pad_id": 40}, "pad_id")],
+)
+def test_conv_text_encoder_rejects_bad_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConvTextEncoder(40, **kwargs)
+
 @pytest.mark.parametrize("kind, pool", TEXT_CASES)
 def test_text_gradients_flow(kind: str, pool: str) -> None:
     encoder = _tiny_text_encoder(kind, pool).train()
     ids, mask = _random_batch()
     encoder(ids, mask).pow(2).sum().backward()
     _assert_all_parameters_get_gradients(encoder)
-    embedding = encoder.embed if kind == "gru" else encoder.token_embed
+    embedding = encoder.token_embed if kind == "transformer" else encoder.embed
     assert embedding.weight.grad[encoder.pad_id].abs().sum() == 0  # the padding embedding never learns
 
 
@@ -369,7 +425,10 @@ def test_build_text_encoder_registry() -> None:
     assert isinstance(rebuilt, TransformerTextEncoder) and rebuilt.config == transformer.config
     with pytest.raises(ValueError, match="needs vocab_size"):
         build_text_encoder("gru")
-    with pytest.raises(ValueError, match="valid names: gru, transformer, hf"):
+    conv = build_text_encoder("conv", vocab_size=30, width=24, dilations=(1, 3))
+    rebuilt = build_text_encoder(**json.loads(json.dumps(conv.config)))
+    assert isinstance(rebuilt, ConvTextEncoder) and rebuilt.config == conv.config and rebuilt.out_dim == 24
+    with pytest.raises(ValueError, match="valid names: gru, conv, transformer, hf"):
         build_text_encoder("lstm", vocab_size=30)
 
 

@@ -9,6 +9,7 @@ batch under the shared optimiser.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -184,6 +185,30 @@ def test_compare_methods_scores_are_in_range_and_distillation_reuses_infonce() -
         assert 0.0 <= result.geometry["modality_gap"] <= 2.0 and result.seconds > 0
     with pytest.raises(ValueError, match="unknown alignment methods"):
         compare_methods(["infonce", "nope"], TINY)
+
+
+def test_format_table_widens_the_name_column_for_long_names() -> None:
+    retrieval = {f"{d}_r{k}": 0.5 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    geometry = {"modality_gap": 0.25, "alignment": 0.5, "uniformity_image": -3.0, "uniformity_text": -2.0}
+    rows = [MethodResult("infonce, oracle, conv tower", retrieval, 0.5, 0.75, geometry, 1.0),
+            MethodResult("vse0", retrieval, 0.5, 0.75, geometry, 1.0)]
+    lines = format_table(rows).splitlines()
+    assert lines[2].split()[:4] == ["infonce,", "oracle,", "conv", "tower"]
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    assert lines[0].index("i2t R@1") == lines[3].index("0.50") - 3
+
+
+def test_text_tower_choice_builds_the_named_encoder(data) -> None:
+    from crossalign.experiments.compare import COMPARISON_TEXT_TOWER
+    from crossalign.models.text_encoders import ConvTextEncoder, GRUTextEncoder
+    conv = build_model(TINY.experiment(), data.tokenizer).text_encoder
+    assert isinstance(conv, ConvTextEncoder)
+    assert {k: conv.config[k] for k in COMPARISON_TEXT_TOWER if k != "name"} == \
+        {k: v for k, v in COMPARISON_TEXT_TOWER.items() if k != "name"}
+    recipe = dataclasses.replace(TINY, text_tower="recipe")
+    assert isinstance(build_model(recipe.experiment(), data.tokenizer).text_encoder, GRUTextEncoder)
+    with pytest.raises(ValueError, match="text_tower='lstm' must be one of"):
+        dataclasses.replace(TINY, text_tower="lstm").experiment()
 
 
 def test_config_checks() -> None:

@@ -7,8 +7,8 @@ the image tower (the default recipe's SmallCNN, from scratch) and a linear proje
 384-dimensional sentence space, with the symmetric InfoNCE loss and a learnt temperature.
 
 :func:`compare_lit` sets this against training both towers, which on a CPU means the default
-recipe's GRU text tower from scratch (fine-tuning MiniLM is too slow there), with the same
-budget, on the standard test split and on the compositional split (colour-shape pairs never
+comparison's text tower from scratch (:data:`~crossalign.experiments.compare.COMPARISON_TEXT_TOWER`;
+fine-tuning MiniLM is too slow there), with the same budget, on the standard test split and on the compositional split (colour-shape pairs never
 seen in training).
 """
 
@@ -214,10 +214,10 @@ def train_lit(config: CompareConfig, data: ComparisonData | None = None, text_en
 def compare_lit(config: CompareConfig | None = None, data: ComparisonData | None = None,
                 text_encoder: HFTextEncoder | None = None, captions_per_image: int = 5,
                 both_towers: MethodResult | None = None) -> list[LiTResult]:
-    """LiT (frozen MiniLM) against both towers trained (GRU text tower from scratch), same budget and seed.
+    """LiT (frozen MiniLM) against both towers trained (text tower from scratch), same budget and seed.
 
-    ``captions_per_image`` limits the captions LiT trains on (see :func:`train_lit`); the GRU
-    model trains on all five, as its text tower costs nothing to run. ``both_towers`` reuses an
+    ``captions_per_image`` limits the captions LiT trains on (see :func:`train_lit`); the
+    from-scratch model trains on all five, as its text tower costs nothing to run. ``both_towers`` reuses an
     ``infonce`` result of the same config instead of training it again.
     """
     config = config or CompareConfig.fast()
@@ -234,7 +234,7 @@ def both_towers_result(both: MethodResult, config: CompareConfig, data: Comparis
     device = select_device(config.device)
     comp_text_emb = embed_texts(both.model, comp_texts, data.tokenizer, device=device, max_len=config.max_len)
     return LiTResult(
-        name="both towers trained (GRU)",
+        name=f"both towers trained ({'conv' if config.text_tower == 'conv' else 'GRU'})",
         test=both.retrieval,
         compositional=_retrieval(both.model, compositional.render(range(len(compositional))).to(device),
                                  comp_text_emb.to(device), comp_owner),

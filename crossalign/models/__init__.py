@@ -21,7 +21,7 @@ from crossalign.models.prefix_lm import IGNORE_INDEX, PrefixCaptioner
 from crossalign.models.projector import LinearProjector, MLPProjector, TransformerMapper, build_projector
 from crossalign.models.qformer import QFormer
 from crossalign.models.text_encoders import (
-    GRUTextEncoder, HFTextEncoder, TransformerTextEncoder, build_text_encoder, text_encoder_names,
+    ConvTextEncoder, GRUTextEncoder, HFTextEncoder, TransformerTextEncoder, build_text_encoder, text_encoder_names,
 )
 
 __all__ = [
@@ -31,7 +31,8 @@ __all__ = [
     "apply_lora", "build_projector", "merge_lora",
     "FUSION_NAMES", "ConcatFusion", "CrossAttentionFusion", "FiLMFusion", "FusionModule", "GatedFusion", "MeanFusion",
     "ModalityAttentionFusion", "WeightedSumFusion", "build_fusion",
-    "NGramLM", "DualEncoder", "DualEncoderConfig", "GRUTextEncoder", "HFTextEncoder", "ImageEncoder", "ResNetEncoder",
+    "NGramLM", "DualEncoder", "DualEncoderConfig", "ConvTextEncoder", "GRUTextEncoder", "HFTextEncoder", "ImageEncoder",
+    "ResNetEncoder",
     "MaxPooledGrid", "SmallCNN", "TransformerTextEncoder", "ViTEncoder", "build_image_encoder", "build_text_encoder",
     "image_encoder_names", "text_encoder_names",
 ]
