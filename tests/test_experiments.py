@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from crossalign.experiments.compare import (
-    CompareConfig, MethodResult, batch_indices, compare_methods, format_table, make_batch, optimise, prepare_data,
+    COMPARISON_TEXT_TOWER, CompareConfig, MethodResult, batch_indices, compare_methods, format_table, make_batch, optimise, prepare_data,
     swap_accuracy,
 )
 from crossalign.experiments.methods import AlignmentBatch, get_method, method_names
 from crossalign.losses import clip_loss
+from crossalign.models.text_encoders import ConvTextEncoder, GRUTextEncoder
 from crossalign.train.trainer import build_model
 from crossalign.utils import seed_everything
 
@@ -199,8 +200,6 @@ def test_format_table_widens_the_name_column_for_long_names() -> None:
 
 
 def test_text_tower_choice_builds_the_named_encoder(data) -> None:
-    from crossalign.experiments.compare import COMPARISON_TEXT_TOWER
-    from crossalign.models.text_encoders import ConvTextEncoder, GRUTextEncoder
     conv = build_model(TINY.experiment(), data.tokenizer).text_encoder
     assert isinstance(conv, ConvTextEncoder)
     assert {k: conv.config[k] for k in COMPARISON_TEXT_TOWER if k != "name"} == \
