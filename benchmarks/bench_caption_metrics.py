@@ -33,7 +33,9 @@ from crossalign.metrics.captioning import caption_metrics, cider_d, corpus_bleu,
 
 TOLERANCE = 1e-6
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
-Timings = dict[str, tuple[list[float], list[float]]]  # row -> (crossalign seconds, pycocoevalcap seconds)
+Timings = dict[
+    str, tuple[list[float], list[float]]
+]  # row -> (crossalign seconds, pycocoevalcap seconds)
 
 
 def synthetic_corpus(
@@ -55,16 +57,27 @@ def synthetic_corpus(
         refs = []
         for _ in range(n_references):
             length = rng.randint(8, 16)
-            refs.append(" ".join(rng.choice(scene) if rng.random() < 0.7 else rng.choices(words, frequencies)[0]
-                                 for _ in range(length)))
-        edited = [rng.choices(words, frequencies)[0] if rng.random() < 0.35 else word
-                  for word in rng.choice(refs).split() if rng.random() > 0.1]
+            refs.append(
+                " ".join(
+                    rng.choice(scene)
+                    if rng.random() < 0.7
+                    else rng.choices(words, frequencies)[0]
+                    for _ in range(length)
+                )
+            )
+        edited = [
+            rng.choices(words, frequencies)[0] if rng.random() < 0.35 else word
+            for word in rng.choice(refs).split()
+            if rng.random() > 0.1
+        ]
         candidates[image] = " ".join(edited)
         references[image] = refs
     return candidates, references
 
 
-def pycocoevalcap_scores(candidates: dict[int, str], references: dict[int, list[str]]) -> dict[str, float]:
+def pycocoevalcap_scores(
+    candidates: dict[int, str], references: dict[int, list[str]]
+) -> dict[str, float]:
     """All six scores from pycocoevalcap's scorers, fed the ``{id: [caption]}`` form they expect."""
     results = {image: [caption] for image, caption in candidates.items()}
     bleu, _ = Bleu(4).compute_score(references, results, verbose=0)
@@ -80,16 +93,28 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def measure(candidates: dict[int, str], references: dict[int, list[str]], repeats: int) -> Timings:
+def measure(
+    candidates: dict[int, str], references: dict[int, list[str]], repeats: int
+) -> Timings:
     """Time every row ``repeats`` times, alternating which implementation goes first."""
     results = {image: [caption] for image, caption in candidates.items()}
     rows: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
-        "BLEU-1..4": (lambda: corpus_bleu(candidates, references),
-                      lambda: Bleu(4).compute_score(references, results, verbose=0)),
-        "ROUGE-L": (lambda: rouge_l(candidates, references), lambda: Rouge().compute_score(references, results)),
-        "CIDEr-D": (lambda: cider_d(candidates, references), lambda: Cider().compute_score(references, results)),
-        "all six": (lambda: caption_metrics(candidates, references),
-                    lambda: pycocoevalcap_scores(candidates, references)),
+        "BLEU-1..4": (
+            lambda: corpus_bleu(candidates, references),
+            lambda: Bleu(4).compute_score(references, results, verbose=0),
+        ),
+        "ROUGE-L": (
+            lambda: rouge_l(candidates, references),
+            lambda: Rouge().compute_score(references, results),
+        ),
+        "CIDEr-D": (
+            lambda: cider_d(candidates, references),
+            lambda: Cider().compute_score(references, results),
+        ),
+        "all six": (
+            lambda: caption_metrics(candidates, references),
+            lambda: pycocoevalcap_scores(candidates, references),
+        ),
     }
     times: Timings = {row: ([], []) for row in rows}
     for repetition in range(repeats):
@@ -108,12 +133,18 @@ def check_equal(candidates: dict[int, str], references: dict[int, list[str]]) ->
     """Print both implementations' scores and their difference; True when all agree to TOLERANCE."""
     ours = caption_metrics(candidates, references)
     theirs = pycocoevalcap_scores(candidates, references)
-    print(f"{'metric':>8} {'crossalign':>14} {'pycocoevalcap':>14} {'|difference|':>13}")
+    print(
+        f"{'metric':>8} {'crossalign':>14} {'pycocoevalcap':>14} {'|difference|':>13}"
+    )
     for name in METRIC_NAMES:
-        print(f"{name:>8} {ours[name]:>14.10f} {theirs[name]:>14.10f} {abs(ours[name] - theirs[name]):>13.2e}")
+        print(
+            f"{name:>8} {ours[name]:>14.10f} {theirs[name]:>14.10f} {abs(ours[name] - theirs[name]):>13.2e}"
+        )
     worst = max(abs(ours[name] - theirs[name]) for name in METRIC_NAMES)
     equal = worst <= TOLERANCE
-    print(f"equal to {TOLERANCE:g}: {'PASS' if equal else 'FAIL'} (largest difference {worst:.2e})\n")
+    print(
+        f"equal to {TOLERANCE:g}: {'PASS' if equal else 'FAIL'} (largest difference {worst:.2e})\n"
+    )
     return equal
 
 
@@ -123,18 +154,30 @@ def report(times: Timings) -> None:
     print(f"{header} {'speed-up':>9}")
     for row, (ours, theirs) in times.items():
         ratio = statistics.median(theirs) / statistics.median(ours)
-        print(f"{row:>10} {statistics.median(ours):>13.3f} {min(ours):>6.3f}-{max(ours):<6.3f} "
-              f"{statistics.median(theirs):>16.3f} {min(theirs):>6.3f}-{max(theirs):<6.3f} {ratio:>8.1f}x")
+        print(
+            f"{row:>10} {statistics.median(ours):>13.3f} {min(ours):>6.3f}-{max(ours):<6.3f} "
+            f"{statistics.median(theirs):>16.3f} {min(theirs):>6.3f}-{max(theirs):<6.3f} {ratio:>8.1f}x"
+        )
 
 
 def parse_args() -> argparse.Namespace:
     """Read the command line (corpus size, repetitions, seed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="images in the corpus (default: 1000)")
-    parser.add_argument("--references", type=int, default=5, help="references per image (default: 5)")
-    parser.add_argument("--vocab-size", type=int, default=2000, help="distinct words (default: 2000)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions (default: 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus (default: 0)")
+    parser.add_argument(
+        "--images", type=int, default=1000, help="images in the corpus (default: 1000)"
+    )
+    parser.add_argument(
+        "--references", type=int, default=5, help="references per image (default: 5)"
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, default=2000, help="distinct words (default: 2000)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating repetitions (default: 3)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic corpus (default: 0)"
+    )
     args = parser.parse_args()
     if min(args.images, args.references, args.vocab_size, args.repeats) < 1:
         parser.error("--images, --references, --vocab-size and --repeats must be >= 1")
@@ -145,10 +188,16 @@ def main() -> None:
     """Build the corpus, check that both implementations agree, then time them side by side."""
     args = parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print("Caption metrics: crossalign.metrics.captioning vs pycocoevalcap (pure-Python scorers)")
-    print(f"{args.images} images x {args.references} references, {args.vocab_size} words, seed {args.seed}; "
-          f"{os.cpu_count()} CPUs, 1-min load average {load:.2f} at start\n")
-    candidates, references = synthetic_corpus(args.images, args.references, args.vocab_size, args.seed)
+    print(
+        "Caption metrics: crossalign.metrics.captioning vs pycocoevalcap (pure-Python scorers)"
+    )
+    print(
+        f"{args.images} images x {args.references} references, {args.vocab_size} words, seed {args.seed}; "
+        f"{os.cpu_count()} CPUs, 1-min load average {load:.2f} at start\n"
+    )
+    candidates, references = synthetic_corpus(
+        args.images, args.references, args.vocab_size, args.seed
+    )
     equal = check_equal(candidates, references)
     print(f"{args.repeats} alternating repetitions; medians over repetitions")
     report(measure(candidates, references, args.repeats))

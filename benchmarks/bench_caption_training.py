@@ -29,24 +29,40 @@ import time
 import torch
 
 from crossalign.train.captioning import (
-    batch_inputs, build_caption_dataset, build_caption_vocabulary, build_captioner_for, default_caption_config_path,
-    load_caption_config, train_captioner,
+    batch_inputs,
+    build_caption_dataset,
+    build_caption_vocabulary,
+    build_captioner_for,
+    default_caption_config_path,
+    load_caption_config,
+    train_captioner,
 )
 
 
-def time_training(config, repeats: int) -> tuple[float, float, list[float], list[float]]:
+def time_training(
+    config, repeats: int
+) -> tuple[float, float, list[float], list[float]]:
     """Median seconds of ``train_captioner`` with and without the region cache, and the two loss curves."""
     seconds: dict[bool, list[float]] = {True: [], False: []}
     losses: dict[bool, list[float]] = {}
     for _ in range(repeats):
         for cache in (True, False):
-            run = train_captioner(config.override([f"train.cache_frozen_regions={str(cache).lower()}"]))
+            run = train_captioner(
+                config.override([f"train.cache_frozen_regions={str(cache).lower()}"])
+            )
             seconds[cache].append(run.seconds)
             losses[cache] = [h["loss"] for h in run.history]
-    return statistics.median(seconds[True]), statistics.median(seconds[False]), losses[True], losses[False]
+    return (
+        statistics.median(seconds[True]),
+        statistics.median(seconds[False]),
+        losses[True],
+        losses[False],
+    )
 
 
-def time_padding(config, repeats: int, batch_size: int = 64) -> tuple[float, float, float]:
+def time_padding(
+    config, repeats: int, batch_size: int = 64
+) -> tuple[float, float, float]:
     """Median seconds of one forward-backward on real captions and on the same captions with no padding left."""
     dataset = build_caption_dataset(config, "train", size=batch_size)
     tokenizer = build_caption_vocabulary(dataset)
@@ -54,7 +70,9 @@ def time_padding(config, repeats: int, batch_size: int = 64) -> tuple[float, flo
     items = [dataset[i] for i in range(batch_size)]
     with torch.no_grad():
         regions = model.regions(batch_inputs(items))
-    ids, _ = tokenizer.encode_batch([item["captions"][0] for item in items], max_len=config.data.max_len)
+    ids, _ = tokenizer.encode_batch(
+        [item["captions"][0] for item in items], max_len=config.data.max_len
+    )
     filled = ids.clone()
     filled[ids == tokenizer.pad_id] = tokenizer.token_to_id("a")
     real_share = float((ids[:, 1:] != tokenizer.pad_id).float().mean())
@@ -70,35 +88,64 @@ def time_padding(config, repeats: int, batch_size: int = 64) -> tuple[float, flo
     for _ in range(repeats):
         timings["real"].append(once(ids))
         timings["filled"].append(once(filled))
-    return statistics.median(timings["real"]), statistics.median(timings["filled"]), real_share
+    return (
+        statistics.median(timings["real"]),
+        statistics.median(timings["filled"]),
+        real_share,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="captioning steps per timed run (default: the config's)")
-    parser.add_argument("--train-size", type=int, default=None,
-                        help="training images, all encoded once when cached (default: the config's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="captioning steps per timed run (default: the config's)",
+    )
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="training images, all encoded once when cached (default: the config's)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: leave torch's default)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_caption_config(default_caption_config_path())
-    config = config.override([
-        "train.progress=false", f"train.steps={args.steps or config.train.steps}",
-        f"data.train_size={args.train_size or config.data.train_size}",
-        "train.encoder_pretrain_steps=0",  # pretraining is the same with or without the cache; it is not timed here
-    ])
+    config = config.override(
+        [
+            "train.progress=false",
+            f"train.steps={args.steps or config.train.steps}",
+            f"data.train_size={args.train_size or config.data.train_size}",
+            "train.encoder_pretrain_steps=0",  # pretraining is the same with or without the cache; it is not timed here
+        ]
+    )
     cached, uncached, with_cache, without_cache = time_training(config, args.repeats)
     gap = max(abs(a - b) for a, b in zip(with_cache[:100], without_cache[:100]))
-    print(f"training, {config.train.steps} steps of {config.train.batch_size} captions, {config.data.train_size} "
-          f"training images (threads: {torch.get_num_threads()}):")
-    print(f"  {'regions cached (default)':<28}{cached:>8.1f} s  (encoding the training images once included)")
+    print(
+        f"training, {config.train.steps} steps of {config.train.batch_size} captions, {config.data.train_size} "
+        f"training images (threads: {torch.get_num_threads()}):"
+    )
+    print(
+        f"  {'regions cached (default)':<28}{cached:>8.1f} s  (encoding the training images once included)"
+    )
     print(f"  {'encoder pass every step':<28}{uncached:>8.1f} s")
-    print(f"  speed-up {uncached / cached:.2f}x; largest gap between the first 100 losses {gap:.1e}, "
-          f"final losses {with_cache[-1]:.4f} and {without_cache[-1]:.4f}")
+    print(
+        f"  speed-up {uncached / cached:.2f}x; largest gap between the first 100 losses {gap:.1e}, "
+        f"final losses {with_cache[-1]:.4f} and {without_cache[-1]:.4f}"
+    )
     real, filled, share = time_padding(config, max(5, args.repeats * 5))
-    print(f"one forward-backward of 64 training captions (real targets: {share:.0%} of the positions):")
+    print(
+        f"one forward-backward of 64 training captions (real targets: {share:.0%} of the positions):"
+    )
     print(f"  {'padded positions skipped':<28}{real * 1000:>8.1f} ms")
     print(f"  {'every position run':<28}{filled * 1000:>8.1f} ms")
     print(f"  speed-up {filled / real:.2f}x")

@@ -26,7 +26,9 @@ from crossalign.data.shapes import ShapesWorld
 TARGET_IMAGE_SIZE = 64
 TARGET_IMAGES_PER_SECOND = 20_000
 TARGET_RATIO = 10.0
-WORLD_SIZE = 2**40  # large enough that every measurement renders images never drawn before
+WORLD_SIZE = (
+    2**40
+)  # large enough that every measurement renders images never drawn before
 
 
 @dataclass
@@ -42,7 +44,9 @@ class IndexStream:
         return list(range(start, start + n))
 
 
-def vectorised_rate(world: ShapesWorld, indices: IndexStream, batch_size: int, seconds: float) -> float:
+def vectorised_rate(
+    world: ShapesWorld, indices: IndexStream, batch_size: int, seconds: float
+) -> float:
     """Images per second of ``world.render`` on whole batches, run for about ``seconds``."""
     images = 0
     start = time.perf_counter()
@@ -80,7 +84,9 @@ class SizeResult:
         return statistics.median(self.vectorised) / statistics.median(self.per_sample)
 
 
-def measure(image_size: int, batch_size: int, seconds: float, repeats: int) -> SizeResult:
+def measure(
+    image_size: int, batch_size: int, seconds: float, repeats: int
+) -> SizeResult:
     """Warm both paths up, then alternate them ``repeats`` times (order flipped every repetition)."""
     world = ShapesWorld("train", size=WORLD_SIZE, image_size=image_size)
     indices = IndexStream()
@@ -91,10 +97,14 @@ def measure(image_size: int, batch_size: int, seconds: float, repeats: int) -> S
     for repetition in range(repeats):
         vectorised_first = repetition % 2 == 0
         if vectorised_first:
-            result.vectorised.append(vectorised_rate(world, indices, batch_size, seconds))
+            result.vectorised.append(
+                vectorised_rate(world, indices, batch_size, seconds)
+            )
         result.per_sample.append(per_sample_rate(world, indices, seconds))
         if not vectorised_first:
-            result.vectorised.append(vectorised_rate(world, indices, batch_size, seconds))
+            result.vectorised.append(
+                vectorised_rate(world, indices, batch_size, seconds)
+            )
     return result
 
 
@@ -105,7 +115,9 @@ def spread(rates: list[float]) -> str:
 
 def report(results: list[SizeResult]) -> None:
     """Print the table of medians (with the range over repetitions) and the verdict on the targets."""
-    print(f"{'size':>5} {'vectorised img/s':>17} {'(range)':>17} {'per-sample img/s':>17} {'(range)':>15} {'ratio':>7}")
+    print(
+        f"{'size':>5} {'vectorised img/s':>17} {'(range)':>17} {'per-sample img/s':>17} {'(range)':>15} {'ratio':>7}"
+    )
     for r in results:
         print(
             f"{r.image_size:>5} {statistics.median(r.vectorised):>17,.0f} {spread(r.vectorised):>17} "
@@ -114,27 +126,56 @@ def report(results: list[SizeResult]) -> None:
     target = next((r for r in results if r.image_size == TARGET_IMAGE_SIZE), None)
     print()
     if target is None:
-        print(f"targets not checked: they are set at {TARGET_IMAGE_SIZE} px, which was not measured")
+        print(
+            f"targets not checked: they are set at {TARGET_IMAGE_SIZE} px, which was not measured"
+        )
         return
     rate = statistics.median(target.vectorised)
     print(f"target at {TARGET_IMAGE_SIZE}x{TARGET_IMAGE_SIZE} (set for 2 CPU cores):")
     fast_enough = "PASS" if rate >= TARGET_IMAGES_PER_SECOND else "FAIL"
     ratio_reached = "PASS" if target.ratio >= TARGET_RATIO else "FAIL"
-    print(f"  vectorised >= {TARGET_IMAGES_PER_SECOND:,} img/s: {fast_enough} ({rate:,.0f} img/s)")
-    print(f"  vectorised >= {TARGET_RATIO:.0f}x per-sample: {ratio_reached} ({target.ratio:.1f}x)")
+    print(
+        f"  vectorised >= {TARGET_IMAGES_PER_SECOND:,} img/s: {fast_enough} ({rate:,.0f} img/s)"
+    )
+    print(
+        f"  vectorised >= {TARGET_RATIO:.0f}x per-sample: {ratio_reached} ({target.ratio:.1f}x)"
+    )
 
 
 def parse_args() -> argparse.Namespace:
     """Read the command line (image sizes, batch size, seconds, repetitions, threads)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, nargs="+", default=[32, 64, 128],
-                        help="image sides in pixels to measure (default: 32 64 128)")
-    parser.add_argument("--batch-size", type=int, default=512, help="images per render() call (default: 512)")
-    parser.add_argument("--seconds", type=float, default=1.0,
-                        help="seconds per measurement of one path (default: 1.0)")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating repetitions per size (default: 5)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: leave torch's own default untouched)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[32, 64, 128],
+        help="image sides in pixels to measure (default: 32 64 128)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=512,
+        help="images per render() call (default: 512)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=1.0,
+        help="seconds per measurement of one path (default: 1.0)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="alternating repetitions per size (default: 5)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: leave torch's own default untouched)",
+    )
     args = parser.parse_args()
     if args.batch_size < 1 or args.seconds <= 0 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be >= 1 and --seconds > 0")
@@ -150,11 +191,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print("ShapesWorld rendering: vectorised render() vs per-sample render_one()")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
-          f"1-min load average {load:.2f} at start")
-    print(f"batch {args.batch_size}, {args.repeats} alternating repetitions of ~{args.seconds:g} s per path; "
-          "medians over repetitions\n")
-    results = [measure(size, args.batch_size, args.seconds, args.repeats) for size in args.image_size]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+        f"1-min load average {load:.2f} at start"
+    )
+    print(
+        f"batch {args.batch_size}, {args.repeats} alternating repetitions of ~{args.seconds:g} s per path; "
+        "medians over repetitions\n"
+    )
+    results = [
+        measure(size, args.batch_size, args.seconds, args.repeats)
+        for size in args.image_size
+    ]
     report(results)
 
 

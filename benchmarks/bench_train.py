@@ -40,20 +40,41 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="also torch.compile the optimised path")
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile the optimised path"
+    )
     args = parser.parse_args()
     device = select_device(args.device)
-    bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    base = load_config(default_config_path()).override([
-        f"train.batch_size={args.batch_size}", f"train.device={device}", "train.warmup_steps=1",
-    ])
-    plain = base.override(["train.precision=fp32", "train.channels_last=false", "train.fused_optimizer=false", "train.compile=false"])
-    optimised = base.override([
-        f"train.precision={'bf16' if bf16 else 'fp16'}", "train.channels_last=true", "train.fused_optimizer=true",
-        f"train.compile={str(args.compile).lower()}",
-    ])
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats")
+    bf16 = device.type == "cpu" or (
+        device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    base = load_config(default_config_path()).override(
+        [
+            f"train.batch_size={args.batch_size}",
+            f"train.device={device}",
+            "train.warmup_steps=1",
+        ]
+    )
+    plain = base.override(
+        [
+            "train.precision=fp32",
+            "train.channels_last=false",
+            "train.fused_optimizer=false",
+            "train.compile=false",
+        ]
+    )
+    optimised = base.override(
+        [
+            f"train.precision={'bf16' if bf16 else 'fp16'}",
+            "train.channels_last=true",
+            "train.fused_optimizer=true",
+            f"train.compile={str(args.compile).lower()}",
+        ]
+    )
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats"
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -63,10 +84,19 @@ def main() -> int:
     for _ in range(args.repeats):
         rates["plain"].append(run(plain, args.steps))
         rates["optimised"].append(run(optimised, args.steps))
-    plain_rate, fast_rate = statistics.median(rates["plain"]), statistics.median(rates["optimised"])
-    print(f"plain fp32 eager loop : {plain_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['plain'])})")
-    print(f"optimised path        : {fast_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['optimised'])})")
-    print(f"ratio optimised/plain : {fast_rate / plain_rate:10.2f}x  (GPU target: >= 2x)")
+    plain_rate, fast_rate = (
+        statistics.median(rates["plain"]),
+        statistics.median(rates["optimised"]),
+    )
+    print(
+        f"plain fp32 eager loop : {plain_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['plain'])})"
+    )
+    print(
+        f"optimised path        : {fast_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['optimised'])})"
+    )
+    print(
+        f"ratio optimised/plain : {fast_rate / plain_rate:10.2f}x  (GPU target: >= 2x)"
+    )
     return 0
 
 

@@ -28,17 +28,35 @@ the scratch rows run their encoder at every step, so their seconds are higher.
 from __future__ import annotations
 
 from caption_setup import caption_benchmark_setup
+
 from crossalign.data.shapes import ShapesWorld
 from crossalign.metrics.semantic import parse_caption
-from crossalign.train.captioning import build_caption_dataset, evaluate_captioner, train_captioner
+from crossalign.train.captioning import (
+    build_caption_dataset,
+    evaluate_captioner,
+    train_captioner,
+)
 
 H_ONLY = "model.attend_with_word=false"
 VARIANTS: dict[str, list[str]] = {
-    "strided, scratch": ["model.image_kwargs={widths: [16, 32, 64, 128], downsample: stride}", "model.freeze_encoder=false",
-                         "train.encoder_pretrain_steps=0", "model.region_positions=false", H_ONLY],
-    "max-pool, scratch": ["model.freeze_encoder=false", "train.encoder_pretrain_steps=0", "model.region_positions=false",
-                          H_ONLY],
-    "+ pretrain, frozen": ["model.region_positions=false", "train.encoder_pretrain_labels=[attributes]", H_ONLY],
+    "strided, scratch": [
+        "model.image_kwargs={widths: [16, 32, 64, 128], downsample: stride}",
+        "model.freeze_encoder=false",
+        "train.encoder_pretrain_steps=0",
+        "model.region_positions=false",
+        H_ONLY,
+    ],
+    "max-pool, scratch": [
+        "model.freeze_encoder=false",
+        "train.encoder_pretrain_steps=0",
+        "model.region_positions=false",
+        H_ONLY,
+    ],
+    "+ pretrain, frozen": [
+        "model.region_positions=false",
+        "train.encoder_pretrain_labels=[attributes]",
+        H_ONLY,
+    ],
     "+ region positions": ["train.encoder_pretrain_labels=[attributes]", H_ONLY],
     "+ pair, region labels": [H_ONLY],
     "default": [],
@@ -60,20 +78,31 @@ def lone_object_accuracy(captions: list[str], test: ShapesWorld) -> tuple[float,
 def main() -> int:
     """Train every variant, evaluate it and print the table."""
     args, base = caption_benchmark_setup(__doc__.splitlines()[0])
-    header = (f"{'variant':<22}{'BLEU-4':>8}{'CIDEr-D':>9}{'parses':>8}{'count':>7}{'attrs':>7}{'exact':>7}"
-              f"{'1-obj shape':>12}{'1-obj region':>13}{'train s':>9}")
+    header = (
+        f"{'variant':<22}{'BLEU-4':>8}{'CIDEr-D':>9}{'parses':>8}{'count':>7}{'attrs':>7}{'exact':>7}"
+        f"{'1-obj shape':>12}{'1-obj region':>13}{'train s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, overrides in VARIANTS.items():
         config = base.override(overrides)
         run = train_captioner(config)
         test = build_caption_dataset(config, "test", size=args.test_size)
-        result = evaluate_captioner(run.model, test, run.tokenizer, beam_size=config.eval.beam_size, max_len=config.eval.max_len)
+        result = evaluate_captioner(
+            run.model,
+            test,
+            run.tokenizer,
+            beam_size=config.eval.beam_size,
+            max_len=config.eval.max_len,
+        )
         m = result.metrics
         lone_shape, lone_region = lone_object_accuracy(result.captions, test)
-        print(f"{name:<22}{m['BLEU-4']:>8.3f}{m['CIDEr-D']:>9.3f}{m['semantic/grammatical']:>8.3f}"
-              f"{m['semantic/object_count']:>7.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
-              f"{lone_shape:>12.3f}{lone_region:>13.3f}{run.seconds + run.pretrain_seconds:>9.0f}", flush=True)
+        print(
+            f"{name:<22}{m['BLEU-4']:>8.3f}{m['CIDEr-D']:>9.3f}{m['semantic/grammatical']:>8.3f}"
+            f"{m['semantic/object_count']:>7.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
+            f"{lone_shape:>12.3f}{lone_region:>13.3f}{run.seconds + run.pretrain_seconds:>9.0f}",
+            flush=True,
+        )
     return 0
 
 

@@ -34,14 +34,22 @@ them: the decoder has not learnt to compare two objects' positions.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from caption_setup import caption_benchmark_setup
+
 from crossalign.data.shapes import ShapesWorld
-from crossalign.experiments.scene_oracle import oracle_caption_dataset, train_captioner_with_scene_oracle
+from crossalign.experiments.scene_oracle import (
+    oracle_caption_dataset,
+    train_captioner_with_scene_oracle,
+)
 from crossalign.metrics.semantic import caption_matches_scene, parse_caption
 from crossalign.train.captioning import (
-    CaptionExperimentConfig, CaptionTrainResult, build_caption_dataset, evaluate_captioner, train_captioner,
+    CaptionExperimentConfig,
+    CaptionTrainResult,
+    build_caption_dataset,
+    evaluate_captioner,
+    train_captioner,
 )
 
 Trainer = Callable[[CaptionExperimentConfig], CaptionTrainResult]
@@ -50,17 +58,34 @@ TestSet = Callable[[CaptionExperimentConfig, str, int], ShapesWorld]
 H_ONLY = ["model.attend_with_word=false"]
 ROWS: dict[str, tuple[list[str], Trainer, TestSet]] = {
     "SAT, images": ([], train_captioner, build_caption_dataset),
-    "SAT, penalty 1": (["model.attention_penalty=1"], train_captioner, build_caption_dataset),
+    "SAT, penalty 1": (
+        ["model.attention_penalty=1"],
+        train_captioner,
+        build_caption_dataset,
+    ),
     "SAT, h-only attention": (H_ONLY, train_captioner, build_caption_dataset),
     "SAT, scene graph": ([], train_captioner_with_scene_oracle, oracle_caption_dataset),
-    "SAT, graph, h-only": (H_ONLY, train_captioner_with_scene_oracle, oracle_caption_dataset),
-    "Transformer, images": (["model.kind=transformer"], train_captioner, build_caption_dataset),
+    "SAT, graph, h-only": (
+        H_ONLY,
+        train_captioner_with_scene_oracle,
+        oracle_caption_dataset,
+    ),
+    "Transformer, images": (
+        ["model.kind=transformer"],
+        train_captioner,
+        build_caption_dataset,
+    ),
 }
 
 
 def top_relation_share(captions: list[str]) -> float:
     """Share of the most frequent relation among every relation the parsable ``captions`` state."""
-    counts = Counter(relation for caption in captions if (parsed := parse_caption(caption)) for _, relation, _ in parsed.relations)
+    counts = Counter(
+        relation
+        for caption in captions
+        if (parsed := parse_caption(caption))
+        for _, relation, _ in parsed.relations
+    )
     return max(counts.values()) / sum(counts.values()) if counts else 0.0
 
 
@@ -78,23 +103,36 @@ def main() -> int:
     """Train every row, evaluate it and print the table."""
     args, base = caption_benchmark_setup(__doc__.splitlines()[0])
     references = build_caption_dataset(base, "test", size=args.test_size)
-    reference_share = top_relation_share([references.captions(i)[0] for i in range(len(references))])
+    reference_share = top_relation_share(
+        [references.captions(i)[0] for i in range(len(references))]
+    )
     print(f"references: top rel {reference_share:.3f}")
-    header = (f"{'row':<26}{'BLEU-4':>8}{'attrs':>7}{'exact':>7}{'rel | attrs':>12}"
-              f"{'1 obj':>7}{'2 obj':>7}{'3 obj':>7}{'top rel':>9}{'train s':>9}")
+    header = (
+        f"{'row':<26}{'BLEU-4':>8}{'attrs':>7}{'exact':>7}{'rel | attrs':>12}"
+        f"{'1 obj':>7}{'2 obj':>7}{'3 obj':>7}{'top rel':>9}{'train s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, (overrides, train, test_set) in ROWS.items():
         config = base.override(overrides)
         run = train(config)
         test = test_set(config, "test", args.test_size)
-        result = evaluate_captioner(run.model, test, run.tokenizer, beam_size=config.eval.beam_size, max_len=config.eval.max_len)
+        result = evaluate_captioner(
+            run.model,
+            test,
+            run.tokenizer,
+            beam_size=config.eval.beam_size,
+            max_len=config.eval.max_len,
+        )
         m = result.metrics
         by_count = exact_by_count(result.captions, test)
-        print(f"{name:<26}{m['BLEU-4']:>8.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
-              f"{m['semantic'] / max(m['semantic/attributes'], 1e-9):>12.3f}"
-              f"{by_count.get(1, 0.0):>7.3f}{by_count.get(2, 0.0):>7.3f}{by_count.get(3, 0.0):>7.3f}"
-              f"{top_relation_share(result.captions):>9.3f}{run.seconds + run.pretrain_seconds:>9.0f}", flush=True)
+        print(
+            f"{name:<26}{m['BLEU-4']:>8.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
+            f"{m['semantic'] / max(m['semantic/attributes'], 1e-9):>12.3f}"
+            f"{by_count.get(1, 0.0):>7.3f}{by_count.get(2, 0.0):>7.3f}{by_count.get(3, 0.0):>7.3f}"
+            f"{top_relation_share(result.captions):>9.3f}{run.seconds + run.pretrain_seconds:>9.0f}",
+            flush=True,
+        )
     return 0
 
 

@@ -18,7 +18,12 @@ import time
 
 import torch
 
-from crossalign.experiments.compare import CompareConfig, compare_methods, format_table, prepare_data
+from crossalign.experiments.compare import (
+    CompareConfig,
+    compare_methods,
+    format_table,
+    prepare_data,
+)
 from crossalign.experiments.lit import compare_lit, format_lit_table
 from crossalign.experiments.methods import method_names
 from crossalign.utils import select_device
@@ -28,30 +33,62 @@ def main() -> int:
     """Parse the options, run the comparison and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--fast", action="store_true", help="the CPU setting (default without a GPU)")
-    size.add_argument("--full", action="store_true", help="the default recipe's size (default with a GPU)")
-    parser.add_argument("--methods", default=",".join(method_names()), help="comma-separated method names")
+    size.add_argument(
+        "--fast", action="store_true", help="the CPU setting (default without a GPU)"
+    )
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="the default recipe's size (default with a GPU)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(method_names()),
+        help="comma-separated method names",
+    )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    parser.add_argument("--lit", action="store_true", help="also run the LiT experiment (frozen MiniLM text tower)")
-    parser.add_argument("--lit-captions", type=int, default=2, help="captions per training image LiT embeds with MiniLM")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: leave torch's default)",
+    )
+    parser.add_argument(
+        "--lit",
+        action="store_true",
+        help="also run the LiT experiment (frozen MiniLM text tower)",
+    )
+    parser.add_argument(
+        "--lit-captions",
+        type=int,
+        default=2,
+        help="captions per training image LiT embeds with MiniLM",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     fast = args.fast or (not args.full and device.type == "cpu")
-    config = CompareConfig.fast(device=str(device)) if fast else CompareConfig(device=str(device), progress=False)
+    config = (
+        CompareConfig.fast(device=str(device))
+        if fast
+        else CompareConfig(device=str(device), progress=False)
+    )
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{'fast' if fast else 'full'} setting: {config.train_size} images of {config.image_size} px, "
-          f"{config.steps} steps x {config.batch_size}, lr {config.lr}, seed {config.seed}")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{'fast' if fast else 'full'} setting: {config.train_size} images of {config.image_size} px, "
+        f"{config.steps} steps x {config.batch_size}, lr {config.lr}, seed {config.seed}"
+    )
     started = time.process_time()
     data = prepare_data(config)
     results = compare_methods(names, config, data)
     print(format_table(results), flush=True)
     if args.lit:
         infonce = next((result for result in results if result.name == "infonce"), None)
-        lit = compare_lit(config, data, captions_per_image=args.lit_captions, both_towers=infonce)
+        lit = compare_lit(
+            config, data, captions_per_image=args.lit_captions, both_towers=infonce
+        )
         print()
         print(format_lit_table(lit))
     print(f"\nCPU time of the process: {time.process_time() - started:.0f} s")

@@ -22,23 +22,49 @@ import dataclasses
 
 import torch
 
-from crossalign.experiments.compare import CompareConfig, format_table, prepare_data, train_method
+from crossalign.experiments.compare import (
+    CompareConfig,
+    format_table,
+    prepare_data,
+    train_method,
+)
 from crossalign.experiments.scene_oracle import train_with_scene_oracle
 
 
 def main() -> int:
     """Train the five rows and print the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the fast setting's)")
-    parser.add_argument("--train-size", type=int, default=None, help="training images (default: the fast setting's)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (default: the fast setting's)",
+    )
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="training images (default: the fast setting's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: leave torch's default)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {key: value for key, value in (("steps", args.steps), ("train_size", args.train_size)) if value}
+    overrides = {
+        key: value
+        for key, value in (("steps", args.steps), ("train_size", args.train_size))
+        if value
+    }
     config = CompareConfig.fast(**overrides)
-    print(f"fast setting: {config.train_size} images of {config.image_size} px, {config.steps} steps x "
-          f"{config.batch_size}, seed {config.seed}")
+    print(
+        f"fast setting: {config.train_size} images of {config.image_size} px, {config.steps} steps x "
+        f"{config.batch_size}, seed {config.seed}"
+    )
     data = prepare_data(config)
     rows = []
     for tower, label in (("recipe", "GRU"), ("conv", "conv")):

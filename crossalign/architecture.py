@@ -23,14 +23,16 @@ import importlib
 import pkgutil
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 Edge = tuple[str, str]
 
 _NODE = r"([A-Za-z_][\w]*)\s*(?:\[\s*\"?([^\]\"]*)\"?\s*\])?"
-_EDGE_LINE = re.compile(rf"^\s*{_NODE}\s*(-->|-\.->|==>)\s*(?:\|[^|]*\|\s*)?{_NODE}\s*;?\s*$")
+_EDGE_LINE = re.compile(
+    rf"^\s*{_NODE}\s*(-->|-\.->|==>)\s*(?:\|[^|]*\|\s*)?{_NODE}\s*;?\s*$"
+)
 _NODE_LINE = re.compile(rf"^\s*{_NODE}\s*;?\s*$")
 _HEADER = re.compile(r"^\s*(graph|flowchart)\s+(TD|TB|BT|LR|RL)\s*$")
 
@@ -41,7 +43,9 @@ class CycleError(ValueError):
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = list(cycle)
         path = " --> ".join([*self.cycle, self.cycle[0]])
-        super().__init__(f"the graph has a cycle: {path}; a data flow must be a DAG (remove or reverse an edge)")
+        super().__init__(
+            f"the graph has a cycle: {path}; a data flow must be a DAG (remove or reverse an edge)"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,20 @@ def parse_mermaid_edges(text: str) -> Flowchart:
     the first one given for it (its id otherwise). Any other line raises a ``ValueError`` naming the line, so that a typo does not silently drop an
     edge from the graph being checked.
     """
-    lines = [line for line in text.strip().splitlines() if line.strip() and not line.strip().startswith("%%")]
+    lines = [
+        line
+        for line in text.strip().splitlines()
+        if line.strip() and not line.strip().startswith("%%")
+    ]
     if not lines:
-        raise ValueError("text is empty: expected a Mermaid flowchart starting with 'graph TD'")
+        raise ValueError(
+            "text is empty: expected a Mermaid flowchart starting with 'graph TD'"
+        )
     header = _HEADER.match(lines[0])
     if header is None:
-        raise ValueError(f"line 1 {lines[0].strip()!r} must be a header such as 'graph TD' or 'flowchart LR'")
+        raise ValueError(
+            f"line 1 {lines[0].strip()!r} must be a header such as 'graph TD' or 'flowchart LR'"
+        )
     labels: dict[str, str] = {}
     edges: list[Edge] = []
     for number, line in enumerate(lines[1:], start=2):
@@ -84,7 +96,9 @@ def parse_mermaid_edges(text: str) -> Flowchart:
             declared = [(source, source_label), (target, target_label)]
             edges.append((source, target))
         else:
-            raise ValueError(f"line {number} {line.strip()!r} is not an edge of the form 'A[label] --> B[label]'")
+            raise ValueError(
+                f"line {number} {line.strip()!r} is not an edge of the form 'A[label] --> B[label]'"
+            )
         for node, label in declared:
             if node not in labels or (labels[node] == node and label):
                 labels[node] = label.strip() if label else node
@@ -126,11 +140,13 @@ def topological_order(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> list[
     """
     edges = list(edges)
     successors = _successors(edges, nodes)
-    indegree = {node: 0 for node in successors}
+    indegree = dict.fromkeys(successors, 0)
     for _, target in edges:
         indegree[target] += 1
     position = {node: i for i, node in enumerate(successors)}
-    ready = sorted((node for node, d in indegree.items() if d == 0), key=position.__getitem__)
+    ready = sorted(
+        (node for node, d in indegree.items() if d == 0), key=position.__getitem__
+    )
     order: list[str] = []
     while ready:
         node = ready.pop(0)
@@ -147,7 +163,9 @@ def topological_order(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> list[
     return order
 
 
-def _successors(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> dict[str, list[str]]:
+def _successors(
+    edges: Iterable[Edge], nodes: Iterable[str] = ()
+) -> dict[str, list[str]]:
     """Adjacency lists in first-appearance order (duplicates kept: they count for in-degrees)."""
     successors: dict[str, list[str]] = {node: [] for node in nodes}
     for source, target in edges:
@@ -156,12 +174,19 @@ def _successors(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> dict[str, l
     return successors
 
 
-def flowchart_mermaid(labels: dict[str, str], edges: Sequence[Edge], direction: str = "TD", dashed: Iterable[Edge] = ()) -> str:
+def flowchart_mermaid(
+    labels: dict[str, str],
+    edges: Sequence[Edge],
+    direction: str = "TD",
+    dashed: Iterable[Edge] = (),
+) -> str:
     """Mermaid text for a flowchart: one ``id["label"]`` line per node, then one line per edge."""
     dashed = set(dashed)
     unknown = sorted({node for edge in edges for node in edge} - set(labels))
     if unknown:
-        raise ValueError(f"edges use nodes without a label: {unknown}; add them to labels")
+        raise ValueError(
+            f"edges use nodes without a label: {unknown}; add them to labels"
+        )
     lines = [f"graph {direction}"]
     lines += [f'    {node}["{label}"]' for node, label in labels.items()]
     lines += [f"    {a} {'-.->' if (a, b) in dashed else '-->'} {b}" for a, b in edges]
@@ -185,7 +210,17 @@ def package_modules(package: str = "crossalign") -> list[str]:
         for info in pkgutil.iter_modules(paths, prefix=f"{prefix}."):
             names.append(info.name)
             if info.ispkg:
-                folders.append(([str(Path(info.module_finder.path) / info.name.rpartition(".")[2])], info.name))
+                folders.append(
+                    (
+                        [
+                            str(
+                                Path(info.module_finder.path)
+                                / info.name.rpartition(".")[2]
+                            )
+                        ],
+                        info.name,
+                    )
+                )
     return sorted(names)
 
 
@@ -241,7 +276,9 @@ def import_graph(package: str = "crossalign") -> list[ImportEdge]:
     return [ImportEdge(a, b, lazy) for (a, b), lazy in sorted(found.items())]
 
 
-def _imports_with_scope(tree: ast.AST) -> Iterable[tuple[ast.Import | ast.ImportFrom, bool]]:
+def _imports_with_scope(
+    tree: ast.AST,
+) -> Iterable[tuple[ast.Import | ast.ImportFrom, bool]]:
     """Every import statement of ``tree`` with whether it sits inside a function."""
     stack: list[tuple[ast.AST, bool]] = [(tree, False)]
     while stack:
@@ -249,11 +286,15 @@ def _imports_with_scope(tree: ast.AST) -> Iterable[tuple[ast.Import | ast.Import
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child, in_function
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inner = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            )
             stack.append((child, inner))
 
 
-def _import_targets(node: ast.Import | ast.ImportFrom, module: str, is_init: bool, known: set[str]) -> list[str]:
+def _import_targets(
+    node: ast.Import | ast.ImportFrom, module: str, is_init: bool, known: set[str]
+) -> list[str]:
     """The package modules one import statement reaches."""
     if isinstance(node, ast.Import):
         return [t for t in (_resolve(alias.name, known) for alias in node.names) if t]
@@ -284,7 +325,9 @@ def group_of(module: str, package: str = "crossalign") -> str:
     return module[len(package) + 1 :].split(".")[0]
 
 
-def group_by_subpackage(package: str = "crossalign") -> tuple[dict[str, list[str]], list[ImportEdge]]:
+def group_by_subpackage(
+    package: str = "crossalign",
+) -> tuple[dict[str, list[str]], list[ImportEdge]]:
     """Fold the module graph into groups: ``{group: [module short names]}`` and group-level edges.
 
     A group edge is lazy only if every module-level import behind it is lazy; edges inside a
@@ -293,7 +336,11 @@ def group_by_subpackage(package: str = "crossalign") -> tuple[dict[str, list[str
     groups: dict[str, list[str]] = {}
     for module in package_modules(package):
         group = group_of(module, package)
-        short = module[len(package) + 1 :].split(".", 1)[1] if module.count(".") > 1 else None
+        short = (
+            module[len(package) + 1 :].split(".", 1)[1]
+            if module.count(".") > 1
+            else None
+        )
         groups.setdefault(group, [])
         if short is not None:
             groups[group].append(short)
@@ -302,7 +349,9 @@ def group_by_subpackage(package: str = "crossalign") -> tuple[dict[str, list[str
         a, b = group_of(edge.source, package), group_of(edge.target, package)
         if a != b and b != package:
             lazy[(a, b)] = lazy.get((a, b), True) and edge.lazy
-    return groups, [ImportEdge(a, b, is_lazy) for (a, b), is_lazy in sorted(lazy.items())]
+    return groups, [
+        ImportEdge(a, b, is_lazy) for (a, b), is_lazy in sorted(lazy.items())
+    ]
 
 
 def architecture_mermaid(package: str = "crossalign") -> str:
@@ -317,7 +366,9 @@ def architecture_mermaid(package: str = "crossalign") -> str:
         if members:
             labels[_node_id(group)] = f"{group}/<br/>{', '.join(members)}"
         else:
-            labels[_node_id(group)] = f"{group}.py" if group != package else f"{package}/__init__"
+            labels[_node_id(group)] = (
+                f"{group}.py" if group != package else f"{package}/__init__"
+            )
     pairs = [(_node_id(e.source), _node_id(e.target)) for e in edges]
     dashed = [(_node_id(e.source), _node_id(e.target)) for e in edges if e.lazy]
     return flowchart_mermaid(labels, pairs, direction="LR", dashed=dashed)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -24,50 +24,142 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossalign", description="Train and use cross-modal dual encoders.")
+    parser = argparse.ArgumentParser(
+        prog="crossalign", description="Train and use cross-modal dual encoders."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a dual encoder from a YAML config")
-    train.add_argument("--config", type=Path, default=None, help="experiment YAML (default: the packaged ShapesWorld CLIP config)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one config value, e.g. --set train.steps=100 (repeatable)")
-    train.add_argument("--output-dir", type=Path, default=None, help="where checkpoints and history go (default: runs/<config name>)")
-    train.add_argument("--resume", type=Path, default=None, help="checkpoint (or run folder) to continue from")
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML (default: the packaged ShapesWorld CLIP config)",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.steps=100 (repeatable)",
+    )
+    train.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where checkpoints and history go (default: runs/<config name>)",
+    )
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="checkpoint (or run folder) to continue from",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    evaluate = sub.add_parser("evaluate", help="retrieval metrics of a checkpoint on a data split")
+    evaluate = sub.add_parser(
+        "evaluate", help="retrieval metrics of a checkpoint on a data split"
+    )
     evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--split", default="test", help="data split (ShapesWorld also has 'compositional')")
-    evaluate.add_argument("--size", type=int, default=None, help="number of images (ShapesWorld only)")
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        help="data split (ShapesWorld also has 'compositional')",
+    )
+    evaluate.add_argument(
+        "--size", type=int, default=None, help="number of images (ShapesWorld only)"
+    )
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    evaluate.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the metrics to this JSON file",
+    )
 
-    retrieve = sub.add_parser("retrieve", help="find the images that best match a sentence")
+    retrieve = sub.add_parser(
+        "retrieve", help="find the images that best match a sentence"
+    )
     retrieve.add_argument("checkpoint", type=Path)
     retrieve.add_argument("--query", required=True, help="the sentence to search with")
     retrieve.add_argument("--top-k", type=int, default=5)
     retrieve.add_argument("--split", default="test")
-    retrieve.add_argument("--size", type=int, default=None, help="number of images searched (ShapesWorld only)")
+    retrieve.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="number of images searched (ShapesWorld only)",
+    )
     retrieve.add_argument("--device", default="auto")
-    retrieve.add_argument("--save", type=Path, default=None, help="save a figure of the query and its top-k images")
+    retrieve.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="save a figure of the query and its top-k images",
+    )
 
-    caption = sub.add_parser("caption", help="train a captioner, or caption a data split with one")
+    caption = sub.add_parser(
+        "caption", help="train a captioner, or caption a data split with one"
+    )
     caption_sub = caption.add_subparsers(dest="caption_command", required=True)
-    caption_train = caption_sub.add_parser("train", help="train a captioner from a YAML config, then score it on the test split")
-    caption_train.add_argument("--config", type=Path, default=None,
-                               help="captioning YAML (default: the packaged ShapesWorld captioning config)")
-    caption_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                               help="override one config value, e.g. --set train.steps=100 (repeatable)")
-    caption_train.add_argument("--output-dir", type=Path, default=None, help="where the checkpoint goes (default: runs/<config name>)")
+    caption_train = caption_sub.add_parser(
+        "train",
+        help="train a captioner from a YAML config, then score it on the test split",
+    )
+    caption_train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="captioning YAML (default: the packaged ShapesWorld captioning config)",
+    )
+    caption_train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.steps=100 (repeatable)",
+    )
+    caption_train.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the checkpoint goes (default: runs/<config name>)",
+    )
     caption_train.add_argument("--quiet", action="store_true", help="no progress bar")
-    caption_eval = caption_sub.add_parser("evaluate", help="caption a split with a trained captioner and score the captions")
+    caption_eval = caption_sub.add_parser(
+        "evaluate",
+        help="caption a split with a trained captioner and score the captions",
+    )
     caption_eval.add_argument("checkpoint", type=Path)
-    caption_eval.add_argument("--split", default="test", help="data split (ShapesWorld also has 'compositional')")
-    caption_eval.add_argument("--size", type=int, default=None, help="number of images (ShapesWorld only)")
-    caption_eval.add_argument("--beam-size", type=int, default=None, help="1 = greedy (default: the config's eval.beam_size)")
-    caption_eval.add_argument("--show", type=int, default=5, help="print this many captions beside their first reference")
+    caption_eval.add_argument(
+        "--split",
+        default="test",
+        help="data split (ShapesWorld also has 'compositional')",
+    )
+    caption_eval.add_argument(
+        "--size", type=int, default=None, help="number of images (ShapesWorld only)"
+    )
+    caption_eval.add_argument(
+        "--beam-size",
+        type=int,
+        default=None,
+        help="1 = greedy (default: the config's eval.beam_size)",
+    )
+    caption_eval.add_argument(
+        "--show",
+        type=int,
+        default=5,
+        help="print this many captions beside their first reference",
+    )
     caption_eval.add_argument("--device", default="auto")
-    caption_eval.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    caption_eval.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the metrics to this JSON file",
+    )
     return parser
 
 
@@ -82,7 +174,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config_path = args.config or default_config_path()
     config = load_config(config_path).override(args.overrides)
-    output_dir = args.output_dir or Path(config.train.output_dir or Path("runs") / config_path.stem)
+    output_dir = args.output_dir or Path(
+        config.train.output_dir or Path("runs") / config_path.stem
+    )
     config.train.output_dir = str(output_dir)
     if args.quiet:
         config.train.progress = False
@@ -91,11 +185,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     save_config(config, output_dir / "config.yaml")
     atomic_write_text(output_dir / "history.json", json.dumps(result.history, indent=1))
-    print(f"trained to step {config.train.steps} in {result.seconds:.1f} s "
-          f"({result.samples_per_second:.0f} samples/s); checkpoint: {result.checkpoint}")
+    print(
+        f"trained to step {config.train.steps} in {result.seconds:.1f} s "
+        f"({result.samples_per_second:.0f} samples/s); checkpoint: {result.checkpoint}"
+    )
     test = build_dataset(config.data, "test", seed=config.seed)
-    metrics = evaluate_retrieval(result.model, test, result.tokenizer, device=next(result.model.parameters()).device,
-                                 max_len=config.data.max_len)
+    metrics = evaluate_retrieval(
+        result.model,
+        test,
+        result.tokenizer,
+        device=next(result.model.parameters()).device,
+        max_len=config.data.max_len,
+    )
     print(f"test split ({len(test)} images):")
     print(format_retrieval(metrics))
     return 0
@@ -120,7 +221,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from crossalign.utils import atomic_write_text
 
     model, tokenizer, config, dataset, device = _load(args)
-    metrics = evaluate_retrieval(model, dataset, tokenizer, device=device, max_len=config.data.max_len)
+    metrics = evaluate_retrieval(
+        model, dataset, tokenizer, device=device, max_len=config.data.max_len
+    )
     print(f"{args.split} split ({len(dataset)} images):")
     print(format_retrieval(metrics))
     if args.json:
@@ -135,12 +238,18 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         raise ValueError("--query is empty; give a sentence to search with")
     model, tokenizer, config, dataset, device = _load(args)
     if not 1 <= args.top_k <= len(dataset):
-        raise ValueError(f"--top-k {args.top_k} must be between 1 and the number of images ({len(dataset)})")
+        raise ValueError(
+            f"--top-k {args.top_k} must be between 1 and the number of images ({len(dataset)})"
+        )
     image_emb = embed_images(model, dataset, device=device)
-    query_emb = embed_texts(model, [args.query], tokenizer, device=device, max_len=config.data.max_len)
+    query_emb = embed_texts(
+        model, [args.query], tokenizer, device=device, max_len=config.data.max_len
+    )
     scores, indices = (query_emb @ image_emb.T)[0].topk(args.top_k)
     print(f'query: "{args.query}"')
-    for rank, (score, index) in enumerate(zip(scores.tolist(), indices.tolist()), start=1):
+    for rank, (score, index) in enumerate(
+        zip(scores.tolist(), indices.tolist()), start=1
+    ):
         caption = dataset[index]["captions"][0]
         print(f"{rank:>2}. image {index:<6} score {score:+.3f}  ({caption})")
     if args.save:
@@ -159,30 +268,48 @@ def _print_caption_metrics(metrics: dict[str, float]) -> None:
 
 def _cmd_caption_train(args: argparse.Namespace) -> int:
     from crossalign.train.captioning import (
-        build_caption_dataset, default_caption_config_path, evaluate_captioner, load_caption_config, save_caption_config,
+        build_caption_dataset,
+        default_caption_config_path,
+        evaluate_captioner,
+        load_caption_config,
+        save_caption_config,
         train_captioner,
     )
 
     config_path = args.config or default_caption_config_path()
     config = load_caption_config(config_path).override(args.overrides)
-    output_dir = args.output_dir or Path(config.train.output_dir or Path("runs") / config_path.stem)
+    output_dir = args.output_dir or Path(
+        config.train.output_dir or Path("runs") / config_path.stem
+    )
     config.train.output_dir = str(output_dir)
     if args.quiet:
         config.train.progress = False
     result = train_captioner(config)
     save_caption_config(config, output_dir / "config.yaml")
-    print(f"trained to step {config.train.steps} in {result.seconds:.1f} s; checkpoint: {result.checkpoint}")
+    print(
+        f"trained to step {config.train.steps} in {result.seconds:.1f} s; checkpoint: {result.checkpoint}"
+    )
     test = build_caption_dataset(config, "test")
-    evaluation = evaluate_captioner(result.model, test, result.tokenizer, beam_size=config.eval.beam_size,
-                                    max_len=config.eval.max_len, length_penalty=config.eval.length_penalty,
-                                    batch_size=config.eval.batch_size)
+    evaluation = evaluate_captioner(
+        result.model,
+        test,
+        result.tokenizer,
+        beam_size=config.eval.beam_size,
+        max_len=config.eval.max_len,
+        length_penalty=config.eval.length_penalty,
+        batch_size=config.eval.batch_size,
+    )
     print(f"test split ({len(test)} images, beam size {config.eval.beam_size}):")
     _print_caption_metrics(evaluation.metrics)
     return 0
 
 
 def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
-    from crossalign.train.captioning import build_caption_dataset, evaluate_captioner, load_captioner
+    from crossalign.train.captioning import (
+        build_caption_dataset,
+        evaluate_captioner,
+        load_captioner,
+    )
     from crossalign.utils import atomic_write_text, select_device
 
     device = select_device(args.device)
@@ -195,9 +322,16 @@ def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
     if args.show < 0:
         raise ValueError(f"--show {args.show} must be >= 0")
     dataset = build_caption_dataset(config, args.split, size=args.size)
-    evaluation = evaluate_captioner(model, dataset, tokenizer, beam_size=beam_size, max_len=config.eval.max_len,
-                                    length_penalty=config.eval.length_penalty, batch_size=config.eval.batch_size,
-                                    device=device)
+    evaluation = evaluate_captioner(
+        model,
+        dataset,
+        tokenizer,
+        beam_size=beam_size,
+        max_len=config.eval.max_len,
+        length_penalty=config.eval.length_penalty,
+        batch_size=config.eval.batch_size,
+        device=device,
+    )
     for index in range(min(args.show, len(dataset))):
         print(f"{index:>4}: {evaluation.captions[index]}")
         print(f"      (reference: {evaluation.references[index][0]})")
@@ -209,13 +343,20 @@ def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    return {"train": _cmd_caption_train, "evaluate": _cmd_caption_evaluate}[args.caption_command](args)
+    return {"train": _cmd_caption_train, "evaluate": _cmd_caption_evaluate}[
+        args.caption_command
+    ](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success, 2 on bad input)."""
     args = _parser().parse_args(argv)
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "retrieve": _cmd_retrieve, "caption": _cmd_caption}
+    commands = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "retrieve": _cmd_retrieve,
+        "caption": _cmd_caption,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, IndexError, KeyError) as err:

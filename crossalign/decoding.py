@@ -62,7 +62,9 @@ class StepFunction(Protocol):
     None)``.
     """
 
-    def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    def __call__(
+        self, tokens: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """Predict the next token of every row of ``tokens``."""
         ...
 
@@ -103,7 +105,9 @@ def reorder_state(state: Any, indices: torch.Tensor) -> Any:
         raise ValueError("indices must be a 1-D tensor of row numbers")
     if isinstance(state, torch.Tensor):
         if state.dim() == 0:
-            raise ValueError("every tensor in the decoder state needs a batch dimension; got a 0-d tensor")
+            raise ValueError(
+                "every tensor in the decoder state needs a batch dimension; got a 0-d tensor"
+            )
         return state.index_select(0, indices.to(device=state.device, dtype=torch.long))
     if state is None:
         return None
@@ -112,7 +116,9 @@ def reorder_state(state: Any, indices: torch.Tensor) -> Any:
     if isinstance(state, (tuple, list)):
         return type(state)(reorder_state(item, indices) for item in state)
     if isinstance(state, Mapping):
-        return type(state)({key: reorder_state(value, indices) for key, value in state.items()})
+        return type(state)(
+            {key: reorder_state(value, indices) for key, value in state.items()}
+        )
     raise TypeError(
         f"cannot reorder a decoder state holding {type(state).__name__}; "
         "use tensors (batch first) inside tuples, lists, dicts or None"
@@ -139,8 +145,14 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_arguments(
-    init_state: Any, batch_size: int, bos_id: int, eos_id: int, max_len: int,
-    beam_size: int = 1, length_penalty: float = 0.0, pad_id: int | None = None,
+    init_state: Any,
+    batch_size: int,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    beam_size: int = 1,
+    length_penalty: float = 0.0,
+    pad_id: int | None = None,
 ) -> None:
     """Validate the arguments shared by the searches, naming the one at fault."""
     _check_int("batch_size", batch_size, 1)
@@ -151,9 +163,13 @@ def _check_arguments(
     if pad_id is not None:
         _check_int("pad_id", pad_id, 0)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
-        raise TypeError(f"length_penalty must be a number, got {type(length_penalty).__name__}")
+        raise TypeError(
+            f"length_penalty must be a number, got {type(length_penalty).__name__}"
+        )
     if not math.isfinite(length_penalty) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be finite and >= 0, got {length_penalty}")
+        raise ValueError(
+            f"length_penalty must be finite and >= 0, got {length_penalty}"
+        )
     for tensor in _state_tensors(init_state):
         if tensor.dim() == 0 or tensor.shape[0] != batch_size:
             raise ValueError(
@@ -164,15 +180,33 @@ def _check_arguments(
 
 def _check_step_output(log_probs: Any, attention: Any, rows: int, eos_id: int) -> int:
     """Raise unless the step returned ``[rows, V]`` log-probabilities (V > eos_id); return V."""
-    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2 or log_probs.shape[0] != rows:
-        shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
-        raise ValueError(f"the step function must return log_probs of shape [{rows}, vocab], got {shape}")
+    if (
+        not isinstance(log_probs, torch.Tensor)
+        or log_probs.dim() != 2
+        or log_probs.shape[0] != rows
+    ):
+        shape = (
+            tuple(log_probs.shape)
+            if isinstance(log_probs, torch.Tensor)
+            else type(log_probs).__name__
+        )
+        raise ValueError(
+            f"the step function must return log_probs of shape [{rows}, vocab], got {shape}"
+        )
     if not log_probs.is_floating_point():
-        raise ValueError(f"the step function must return floating-point log_probs, got {log_probs.dtype}")
+        raise ValueError(
+            f"the step function must return floating-point log_probs, got {log_probs.dtype}"
+        )
     if eos_id >= log_probs.shape[1]:
-        raise ValueError(f"eos_id={eos_id} is outside the step function's vocabulary of {log_probs.shape[1]}")
-    if attention is not None and (not isinstance(attention, torch.Tensor) or attention.shape[0] != rows):
-        raise ValueError(f"the step function's attention must be None or a tensor with {rows} rows")
+        raise ValueError(
+            f"eos_id={eos_id} is outside the step function's vocabulary of {log_probs.shape[1]}"
+        )
+    if attention is not None and (
+        not isinstance(attention, torch.Tensor) or attention.shape[0] != rows
+    ):
+        raise ValueError(
+            f"the step function's attention must be None or a tensor with {rows} rows"
+        )
     return log_probs.shape[1]
 
 
@@ -182,7 +216,9 @@ def _input_device(state: Any) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
 
 
-def _normalize(scores: torch.Tensor, lengths: torch.Tensor | int, length_penalty: float) -> torch.Tensor:
+def _normalize(
+    scores: torch.Tensor, lengths: torch.Tensor | int, length_penalty: float
+) -> torch.Tensor:
     """Length-normalised scores ``scores / lengths ** length_penalty`` (the plain sum when it is 0)."""
     if length_penalty == 0:
         return scores
@@ -191,8 +227,13 @@ def _normalize(scores: torch.Tensor, lengths: torch.Tensor | int, length_penalty
 
 
 def greedy_decode(
-    step: StepFunction, init_state: Any, batch_size: int, bos_id: int, eos_id: int,
-    max_len: int = 20, pad_id: int | None = None,
+    step: StepFunction,
+    init_state: Any,
+    batch_size: int,
+    bos_id: int,
+    eos_id: int,
+    max_len: int = 20,
+    pad_id: int | None = None,
 ) -> DecodeResult:
     """Decode by taking the most likely token at every step, for the whole batch at once.
 
@@ -213,11 +254,21 @@ def greedy_decode(
         _check_step_output(log_probs, attention, batch_size, eos_id)
         best_log_prob, best = log_probs.max(dim=1)
         best = torch.where(finished, torch.full_like(best, pad), best.to(device))
-        gained = torch.where(finished.to(best_log_prob.device), torch.zeros_like(best_log_prob), best_log_prob)
+        gained = torch.where(
+            finished.to(best_log_prob.device),
+            torch.zeros_like(best_log_prob),
+            best_log_prob,
+        )
         scores = gained if scores is None else scores + gained
         if attention is not None:
-            keep = (~finished).to(attention.device).view(-1, *([1] * (attention.dim() - 1)))
-            attention_maps.append(torch.where(keep, attention, torch.zeros_like(attention)))
+            keep = (
+                (~finished)
+                .to(attention.device)
+                .view(-1, *([1] * (attention.dim() - 1)))
+            )
+            attention_maps.append(
+                torch.where(keep, attention, torch.zeros_like(attention))
+            )
         lengths += (~finished).long()
         finished |= best == eos_id
         tokens = torch.cat([tokens, best.unsqueeze(1)], dim=1)
@@ -236,17 +287,34 @@ def greedy_decode(
 class _BatchedPool:
     """The ``beam_size`` best finished hypotheses of every image, as padded tensors."""
 
-    def __init__(self, batch_size: int, beam_size: int, max_len: int, pad: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        beam_size: int,
+        max_len: int,
+        pad: int,
+        device: torch.device,
+    ) -> None:
         self.normalized = torch.full((batch_size, beam_size), -math.inf, device=device)
         self.scores = torch.full((batch_size, beam_size), -math.inf, device=device)
-        self.lengths = torch.zeros(batch_size, beam_size, dtype=torch.long, device=device)
-        self.tokens = torch.full((batch_size, beam_size, max_len + 1), pad, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(
+            batch_size, beam_size, dtype=torch.long, device=device
+        )
+        self.tokens = torch.full(
+            (batch_size, beam_size, max_len + 1), pad, dtype=torch.long, device=device
+        )
         self.attention: torch.Tensor | None = None
         self.max_len = max_len
         self.pad = pad
 
-    def add(self, accepted: torch.Tensor, scores: torch.Tensor, normalized: torch.Tensor,
-            tokens: torch.Tensor, attention: torch.Tensor | None) -> None:
+    def add(
+        self,
+        accepted: torch.Tensor,
+        scores: torch.Tensor,
+        normalized: torch.Tensor,
+        tokens: torch.Tensor,
+        attention: torch.Tensor | None,
+    ) -> None:
         """Merge candidates ``[B, n]`` where ``accepted``, keeping each image's best, best first.
 
         ``tokens`` is ``[B, n, t]`` (with ``bos_id``), ``attention`` ``[B, n, t - 1, ...]``.
@@ -256,24 +324,41 @@ class _BatchedPool:
             self.normalized = self.normalized.to(scores.dtype)
             self.scores = self.scores.to(scores.dtype)
         length = tokens.shape[2]
-        padded = torch.full((*tokens.shape[:2], self.max_len + 1), self.pad, dtype=torch.long, device=tokens.device)
+        padded = torch.full(
+            (*tokens.shape[:2], self.max_len + 1),
+            self.pad,
+            dtype=torch.long,
+            device=tokens.device,
+        )
         padded[:, :, :length] = tokens
-        candidate_normalized = torch.where(accepted, normalized, torch.full_like(normalized, -math.inf))
+        candidate_normalized = torch.where(
+            accepted, normalized, torch.full_like(normalized, -math.inf)
+        )
         merged = torch.cat([self.normalized, candidate_normalized], dim=1)
         self.normalized, order = merged.topk(beam_size, dim=1)
         self.scores = torch.cat([self.scores, scores], dim=1).gather(1, order)
-        new_lengths = torch.full(accepted.shape, length - 1, dtype=torch.long, device=accepted.device)
+        new_lengths = torch.full(
+            accepted.shape, length - 1, dtype=torch.long, device=accepted.device
+        )
         self.lengths = torch.cat([self.lengths, new_lengths], dim=1).gather(1, order)
         all_tokens = torch.cat([self.tokens, padded], dim=1)
-        self.tokens = all_tokens.gather(1, order.unsqueeze(2).expand(-1, -1, all_tokens.shape[2]))
+        self.tokens = all_tokens.gather(
+            1, order.unsqueeze(2).expand(-1, -1, all_tokens.shape[2])
+        )
         if attention is not None:
             extra = attention.shape[3:]
             if self.attention is None:
-                self.attention = attention.new_zeros(batch_size, beam_size, self.max_len, *extra)
-            padded_attention = attention.new_zeros(*attention.shape[:2], self.max_len, *extra)
+                self.attention = attention.new_zeros(
+                    batch_size, beam_size, self.max_len, *extra
+                )
+            padded_attention = attention.new_zeros(
+                *attention.shape[:2], self.max_len, *extra
+            )
             padded_attention[:, :, : attention.shape[2]] = attention
             all_attention = torch.cat([self.attention, padded_attention], dim=1)
-            index = order.view(*order.shape, *([1] * (all_attention.dim() - 2))).expand(-1, -1, *all_attention.shape[2:])
+            index = order.view(*order.shape, *([1] * (all_attention.dim() - 2))).expand(
+                -1, -1, *all_attention.shape[2:]
+            )
             self.attention = all_attention.gather(1, index)
 
     def result(self, return_all: bool) -> DecodeResult:
@@ -289,9 +374,16 @@ class _BatchedPool:
 
 
 def beam_search(
-    step: StepFunction, init_state: Any, batch_size: int, bos_id: int, eos_id: int,
-    beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-    pad_id: int | None = None, return_all: bool = False,
+    step: StepFunction,
+    init_state: Any,
+    batch_size: int,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 3,
+    max_len: int = 20,
+    length_penalty: float = 0.0,
+    pad_id: int | None = None,
+    return_all: bool = False,
 ) -> DecodeResult:
     """Beam search for a whole batch at once: every image's beams go through ``step`` as one batch.
 
@@ -303,52 +395,83 @@ def beam_search(
     only with a tiny vocabulary, have score ``-inf`` and length 0). Sequences are padded with
     ``pad_id`` (default ``eos_id``).
     """
-    _check_arguments(init_state, batch_size, bos_id, eos_id, max_len, beam_size, length_penalty, pad_id)
+    _check_arguments(
+        init_state,
+        batch_size,
+        bos_id,
+        eos_id,
+        max_len,
+        beam_size,
+        length_penalty,
+        pad_id,
+    )
     pad = eos_id if pad_id is None else pad_id
     k = beam_size
     device = _input_device(init_state)
     image_offsets = torch.arange(batch_size, device=device).unsqueeze(1) * k
-    state = reorder_state(init_state, torch.arange(batch_size, device=device).repeat_interleave(k))
+    state = reorder_state(
+        init_state, torch.arange(batch_size, device=device).repeat_interleave(k)
+    )
     tokens = torch.full((batch_size * k, 1), bos_id, dtype=torch.long, device=device)
     beam_scores = torch.full((batch_size, k), -math.inf, device=device)
-    beam_scores[:, 0] = 0.0  # one live beam per image at the start: the others would repeat it
-    history: torch.Tensor | None = None  # [B * k, t - 1, ...] attention of each beam so far
+    beam_scores[:, 0] = (
+        0.0  # one live beam per image at the start: the others would repeat it
+    )
+    history: torch.Tensor | None = (
+        None  # [B * k, t - 1, ...] attention of each beam so far
+    )
     pool = _BatchedPool(batch_size, k, max_len, pad, device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for length in range(1, max_len + 1):
         log_probs, state, attention = step(tokens, state)
         vocab_size = _check_step_output(log_probs, attention, batch_size * k, eos_id)
         beam_scores = beam_scores.to(device=log_probs.device, dtype=log_probs.dtype)
-        extended = (beam_scores.view(-1, 1) + log_probs).view(batch_size, k * vocab_size)
+        extended = (beam_scores.view(-1, 1) + log_probs).view(
+            batch_size, k * vocab_size
+        )
         n_candidates = min(2 * k, k * vocab_size)
         top_scores, top_index = extended.topk(n_candidates, dim=1)
         top_scores, top_index = top_scores.to(device), top_index.to(device)
-        source = top_index // vocab_size + image_offsets  # [B, n] row of the beam each candidate extends
+        source = (
+            top_index // vocab_size + image_offsets
+        )  # [B, n] row of the beam each candidate extends
         token = top_index % vocab_size
         valid = torch.isfinite(top_scores)
         is_eos = token == eos_id
         if attention is not None:
             attention = attention.to(device)
             step_attention = attention.unsqueeze(1)
-            history = step_attention if history is None else torch.cat([history, step_attention], dim=1)
+            history = (
+                step_attention
+                if history is None
+                else torch.cat([history, step_attention], dim=1)
+            )
 
         ranked_first = torch.arange(n_candidates, device=device) < k
         finishing = is_eos & valid & ranked_first & ~done.unsqueeze(1)
         if bool(finishing.any()):
             first = slice(0, k)
             rows = source[:, first]
-            candidate_tokens = torch.cat([tokens[rows], token[:, first].unsqueeze(2)], dim=2)
+            candidate_tokens = torch.cat(
+                [tokens[rows], token[:, first].unsqueeze(2)], dim=2
+            )
             pool.add(
-                finishing[:, first], top_scores[:, first],
-                _normalize(top_scores[:, first], length, length_penalty), candidate_tokens,
+                finishing[:, first],
+                top_scores[:, first],
+                _normalize(top_scores[:, first], length, length_penalty),
+                candidate_tokens,
                 None if history is None else history[rows],
             )
 
         continuing = ~is_eos & valid
         positions = torch.arange(n_candidates, device=device)
-        order = torch.where(continuing, positions, positions + n_candidates).argsort(dim=1)[:, :k]
+        order = torch.where(continuing, positions, positions + n_candidates).argsort(
+            dim=1
+        )[:, :k]
         kept = continuing.gather(1, order)
-        beam_scores = torch.where(kept, top_scores.gather(1, order), torch.full_like(beam_scores, -math.inf))
+        beam_scores = torch.where(
+            kept, top_scores.gather(1, order), torch.full_like(beam_scores, -math.inf)
+        )
         rows = source.gather(1, order).view(-1)
         tokens = torch.cat([tokens[rows], token.gather(1, order).view(-1, 1)], dim=1)
         state = reorder_state(state, rows)
@@ -357,16 +480,22 @@ def beam_search(
 
         best_live = beam_scores.max(dim=1).values
         pool_full = torch.isfinite(pool.normalized).all(dim=1)
-        cannot_improve = _normalize(best_live, max_len, length_penalty) <= pool.normalized[:, -1]
+        cannot_improve = (
+            _normalize(best_live, max_len, length_penalty) <= pool.normalized[:, -1]
+        )
         done |= (pool_full & cannot_improve) | ~torch.isfinite(best_live)
         if bool(done.all()):
             break
     else:
         running = ~done.unsqueeze(1) & torch.isfinite(beam_scores)
         pool.add(
-            running, beam_scores, _normalize(beam_scores, max_len, length_penalty),
+            running,
+            beam_scores,
+            _normalize(beam_scores, max_len, length_penalty),
             tokens.view(batch_size, k, -1),
-            None if history is None else history.view(batch_size, k, *history.shape[1:]),
+            None
+            if history is None
+            else history.view(batch_size, k, *history.shape[1:]),
         )
     return pool.result(return_all)
 
@@ -381,16 +510,32 @@ class _Hypothesis:
 
 
 def beam_search_reference(
-    step: StepFunction, init_state: Any, batch_size: int, bos_id: int, eos_id: int,
-    beam_size: int = 3, max_len: int = 20, length_penalty: float = 0.0,
-    pad_id: int | None = None, return_all: bool = False,
+    step: StepFunction,
+    init_state: Any,
+    batch_size: int,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 3,
+    max_len: int = 20,
+    length_penalty: float = 0.0,
+    pad_id: int | None = None,
+    return_all: bool = False,
 ) -> DecodeResult:
     """Beam search one image at a time, with lists and loops: the reference for :func:`beam_search`.
 
     Same arguments, rules and result as :func:`beam_search`; the step function sees only one
     image's live beams at a time. Written for clarity, not speed.
     """
-    _check_arguments(init_state, batch_size, bos_id, eos_id, max_len, beam_size, length_penalty, pad_id)
+    _check_arguments(
+        init_state,
+        batch_size,
+        bos_id,
+        eos_id,
+        max_len,
+        beam_size,
+        length_penalty,
+        pad_id,
+    )
     pad = eos_id if pad_id is None else pad_id
     device = _input_device(init_state)
     per_image: list[list[tuple[float, _Hypothesis]]] = []
@@ -398,22 +543,33 @@ def beam_search_reference(
     for image in range(batch_size):
         state = reorder_state(init_state, torch.tensor([image], device=device))
         live = [_Hypothesis([bos_id], 0.0, [])]
-        pool: list[tuple[float, _Hypothesis]] = []  # (normalised score, hypothesis), best first
+        pool: list[
+            tuple[float, _Hypothesis]
+        ] = []  # (normalised score, hypothesis), best first
 
         def add_to_pool(hypothesis: _Hypothesis, score: torch.Tensor) -> None:
-            normalized = float(_normalize(score, len(hypothesis.tokens) - 1, length_penalty))
+            normalized = float(
+                _normalize(score, len(hypothesis.tokens) - 1, length_penalty)
+            )
             pool.append((normalized, hypothesis))
-            pool.sort(key=lambda entry: entry[0], reverse=True)  # stable: earlier entries win ties
+            pool.sort(
+                key=lambda entry: entry[0], reverse=True
+            )  # stable: earlier entries win ties
             del pool[beam_size:]
 
         done = False
         for length in range(1, max_len + 1):
-            tokens = torch.tensor([hypothesis.tokens for hypothesis in live], device=device)
+            tokens = torch.tensor(
+                [hypothesis.tokens for hypothesis in live], device=device
+            )
             log_probs, state, attention = step(tokens, state)
             vocab_size = _check_step_output(log_probs, attention, len(live), eos_id)
             dtype = log_probs.dtype
-            scores = torch.tensor([hypothesis.score for hypothesis in live], dtype=log_probs.dtype,
-                                  device=log_probs.device)
+            scores = torch.tensor(
+                [hypothesis.score for hypothesis in live],
+                dtype=log_probs.dtype,
+                device=log_probs.device,
+            )
             extended = (scores.unsqueeze(1) + log_probs).flatten()
             top_scores, top_index = extended.topk(min(2 * beam_size, extended.numel()))
             next_live: list[_Hypothesis] = []
@@ -423,8 +579,14 @@ def beam_search_reference(
                     break
                 row, token = divmod(index, vocab_size)
                 parent = live[row]
-                step_attention = [] if attention is None else [attention[row].to(device)]
-                child = _Hypothesis(parent.tokens + [token], float(score), parent.attention + step_attention)
+                step_attention = (
+                    [] if attention is None else [attention[row].to(device)]
+                )
+                child = _Hypothesis(
+                    parent.tokens + [token],
+                    float(score),
+                    parent.attention + step_attention,
+                )
                 if token == eos_id:
                     if rank < beam_size:
                         add_to_pool(child, score)
@@ -436,7 +598,9 @@ def beam_search_reference(
                 done = True
                 break
             state = reorder_state(state, torch.tensor(next_rows, device=device))
-            best_live = torch.tensor(max(hypothesis.score for hypothesis in live), dtype=log_probs.dtype)
+            best_live = torch.tensor(
+                max(hypothesis.score for hypothesis in live), dtype=log_probs.dtype
+            )
             bound = float(_normalize(best_live, max_len, length_penalty))
             if len(pool) == beam_size and bound <= pool[-1][0]:
                 done = True
@@ -449,8 +613,12 @@ def beam_search_reference(
 
 
 def _reference_result(
-    per_image: list[list[tuple[float, _Hypothesis]]], beam_size: int, pad: int,
-    device: torch.device, dtype: torch.dtype, return_all: bool,
+    per_image: list[list[tuple[float, _Hypothesis]]],
+    beam_size: int,
+    pad: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    return_all: bool,
 ) -> DecodeResult:
     """Pack the reference search's pools into a :class:`DecodeResult` shaped like beam_search's."""
     kept = per_image if return_all else [pool[:1] for pool in per_image]
@@ -461,9 +629,14 @@ def _reference_result(
     lengths = torch.zeros(batch_size, width, dtype=torch.long)
     scores = torch.full((batch_size, width), -math.inf, dtype=dtype)
     normalized = torch.full((batch_size, width), -math.inf, dtype=dtype)
-    sample = next((h.attention[0] for pool in kept for _, h in pool if h.attention), None)
-    attention = None if sample is None else torch.zeros(batch_size, width, longest, *sample.shape,
-                                                        dtype=sample.dtype)
+    sample = next(
+        (h.attention[0] for pool in kept for _, h in pool if h.attention), None
+    )
+    attention = (
+        None
+        if sample is None
+        else torch.zeros(batch_size, width, longest, *sample.shape, dtype=sample.dtype)
+    )
     for image, pool in enumerate(kept):
         for slot, (normalized_score, hypothesis) in enumerate(pool):
             generated = hypothesis.tokens[1:]
@@ -472,8 +645,12 @@ def _reference_result(
             scores[image, slot] = hypothesis.score
             normalized[image, slot] = normalized_score
             if attention is not None and hypothesis.attention:
-                attention[image, slot, : len(generated)] = torch.stack(hypothesis.attention).cpu()
+                attention[image, slot, : len(generated)] = torch.stack(
+                    hypothesis.attention
+                ).cpu()
     fields = (tokens, lengths, scores, normalized, attention)
     if not return_all:
         fields = tuple(None if field is None else field[:, 0] for field in fields)
-    return DecodeResult(*(None if field is None else field.to(device) for field in fields))
+    return DecodeResult(
+        *(None if field is None else field.to(device) for field in fields)
+    )

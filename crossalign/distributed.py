@@ -57,10 +57,14 @@ def _env_int(name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise ValueError(
+            f"environment variable {name}={value!r} is not an integer"
+        ) from None
 
 
-def init_distributed(backend: str | None = None, timeout: timedelta | None = None) -> DistInfo:
+def init_distributed(
+    backend: str | None = None, timeout: timedelta | None = None
+) -> DistInfo:
     """Join the process group described by ``torchrun``'s environment and say where we are.
 
     ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` and
@@ -74,19 +78,31 @@ def init_distributed(backend: str | None = None, timeout: timedelta | None = Non
     """
     world_size = _env_int("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world_size < 1:
-        raise ValueError(f"environment variable WORLD_SIZE={world_size} must be at least 1")
+        raise ValueError(
+            f"environment variable WORLD_SIZE={world_size} must be at least 1"
+        )
     if world_size == 1 and not dist.is_initialized():
-        return DistInfo(rank=0, world_size=1, local_rank=0, device=select_device("auto"), is_main=True)
+        return DistInfo(
+            rank=0,
+            world_size=1,
+            local_rank=0,
+            device=select_device("auto"),
+            is_main=True,
+        )
 
     rank = _env_int("RANK")
     local_rank = _env_int("LOCAL_RANK")
     if not 0 <= rank < world_size:
-        raise ValueError(f"environment variable RANK={rank} is outside [0, WORLD_SIZE={world_size})")
+        raise ValueError(
+            f"environment variable RANK={rank} is outside [0, WORLD_SIZE={world_size})"
+        )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise ValueError("backend='nccl' needs CUDA, which is not available here; use backend='gloo'")
+            raise ValueError(
+                "backend='nccl' needs CUDA, which is not available here; use backend='gloo'"
+            )
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
                 f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
@@ -99,7 +115,9 @@ def init_distributed(backend: str | None = None, timeout: timedelta | None = Non
 
     if not dist.is_initialized():
         kwargs = {} if timeout is None else {"timeout": timeout}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, **kwargs
+        )
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
@@ -211,7 +229,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     # and all of them raise the same error below instead of hanging.
     record = torch.full((1 + _MAX_GATHER_DIMS,), -1, dtype=torch.long, device=x.device)
     record[0] = x.dim()
-    record[1 : 1 + min(x.dim(), _MAX_GATHER_DIMS)] = torch.tensor(x.shape[:_MAX_GATHER_DIMS], dtype=torch.long)
+    record[1 : 1 + min(x.dim(), _MAX_GATHER_DIMS)] = torch.tensor(
+        x.shape[:_MAX_GATHER_DIMS], dtype=torch.long
+    )
     records = [torch.empty_like(record) for _ in range(dist.get_world_size())]
     dist.all_gather(records, record)
     shapes = [tuple(int(n) for n in r[1 : 1 + int(r[0])]) for r in records]

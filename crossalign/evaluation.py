@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -15,30 +16,49 @@ def _stack_images(items: Sequence[dict]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed_images(model: Any, dataset: Dataset, batch_size: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
+def embed_images(
+    model: Any,
+    dataset: Dataset,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Unit-length embeddings [N, D] of every image of ``dataset``, in index order (on the CPU)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_stack_images)
-    return torch.cat([model.encode_image(images.to(device)).float().cpu() for images in loader])
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=_stack_images
+    )
+    return torch.cat(
+        [model.encode_image(images.to(device)).float().cpu() for images in loader]
+    )
 
 
 @torch.inference_mode()
 def embed_texts(
-    model: Any, texts: Sequence[str], tokenizer: Any, batch_size: int = 512,
-    device: str | torch.device = "cpu", max_len: int | None = None,
+    model: Any,
+    texts: Sequence[str],
+    tokenizer: Any,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    max_len: int | None = None,
 ) -> torch.Tensor:
     """Unit-length embeddings [N, D] of ``texts`` (on the CPU)."""
     model.eval()
     chunks = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer.encode_batch(list(texts[start : start + batch_size]), max_len=max_len)
+        ids, mask = tokenizer.encode_batch(
+            list(texts[start : start + batch_size]), max_len=max_len
+        )
         chunks.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(chunks)
 
 
 def evaluate_retrieval(
-    model: Any, dataset: Dataset, tokenizer: Any, batch_size: int = 256,
-    device: str | torch.device = "cpu", max_len: int | None = None,
+    model: Any,
+    dataset: Dataset,
+    tokenizer: Any,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    max_len: int | None = None,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image R@1/5/10 and ranks over every caption of ``dataset``.
 
@@ -47,5 +67,12 @@ def evaluate_retrieval(
     """
     texts, owner = dataset.caption_image_index()
     image_emb = embed_images(model, dataset, batch_size=batch_size, device=device)
-    text_emb = embed_texts(model, texts, tokenizer, batch_size=2 * batch_size, device=device, max_len=max_len)
+    text_emb = embed_texts(
+        model,
+        texts,
+        tokenizer,
+        batch_size=2 * batch_size,
+        device=device,
+        max_len=max_len,
+    )
     return retrieval_metrics(image_emb, text_emb, owner)

@@ -34,16 +34,24 @@ def _check_matrix(name: str, value: torch.Tensor) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [samples, features], got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D [samples, features], got shape {tuple(value.shape)}"
+        )
     if value.shape[0] == 0 or value.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(value.shape)}); it needs samples and features")
+        raise ValueError(
+            f"{name} is empty (shape {tuple(value.shape)}); it needs samples and features"
+        )
     if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}; convert it with .float()")
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {value.dtype}; convert it with .float()"
+        )
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _check_pair(first_name: str, first: torch.Tensor, second_name: str, second: torch.Tensor) -> None:
+def _check_pair(
+    first_name: str, first: torch.Tensor, second_name: str, second: torch.Tensor
+) -> None:
     """Raise unless two data matrices are valid and hold the same samples on the same device."""
     _check_matrix(first_name, first)
     _check_matrix(second_name, second)
@@ -62,7 +70,9 @@ def _check_width(name: str, value: torch.Tensor, expected: int) -> None:
     """Raise unless ``value`` is a valid data matrix with ``expected`` columns (as seen in fit)."""
     _check_matrix(name, value)
     if value.shape[1] != expected:
-        raise ValueError(f"{name} has {value.shape[1]} features but the model was fitted on {expected}")
+        raise ValueError(
+            f"{name} has {value.shape[1]} features but the model was fitted on {expected}"
+        )
 
 
 def orthogonal_procrustes(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -124,7 +134,7 @@ class ProcrustesAligner:
         fitted = "unfitted" if self.weight is None else f"dim={self.weight.shape[0]}"
         return f"ProcrustesAligner(center={self.center}, scale={self.scale}, {fitted})"
 
-    def fit(self, source: torch.Tensor, target: torch.Tensor) -> "ProcrustesAligner":
+    def fit(self, source: torch.Tensor, target: torch.Tensor) -> ProcrustesAligner:
         """Find the rotation (and shift, scale if enabled) taking ``source`` rows onto ``target`` rows."""
         _check_pair("source", source, "target", target)
         if source.shape[1] != target.shape[1]:
@@ -137,23 +147,38 @@ class ProcrustesAligner:
         if self.center:
             source_mean, target_mean = src.mean(dim=0), tgt.mean(dim=0)
         else:
-            source_mean = target_mean = torch.zeros(width, dtype=torch.float64, device=src.device)
+            source_mean = target_mean = torch.zeros(
+                width, dtype=torch.float64, device=src.device
+            )
         src_centred, tgt_centred = src - source_mean, tgt - target_mean
         u, singular_values, vh = torch.linalg.svd(src_centred.T @ tgt_centred)
         scale_factor = torch.ones((), dtype=torch.float64, device=src.device)
         if self.scale:
             energy = src_centred.square().sum()
             if float(energy) == 0.0:
-                raise ValueError("source has no spread around its mean; a scale cannot be fitted (use scale=False)")
+                raise ValueError(
+                    "source has no spread around its mean; a scale cannot be fitted (use scale=False)"
+                )
             scale_factor = singular_values.sum() / energy
         self.weight = u @ vh
-        self.source_mean, self.target_mean, self.scale_factor = source_mean, target_mean, scale_factor
+        self.source_mean, self.target_mean, self.scale_factor = (
+            source_mean,
+            target_mean,
+            scale_factor,
+        )
         return self
 
     def _fitted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The fitted parameters, or a RuntimeError when :meth:`fit` has not run."""
-        if self.weight is None or self.source_mean is None or self.target_mean is None or self.scale_factor is None:
-            raise RuntimeError("this ProcrustesAligner is not fitted yet; call fit(source, target) first")
+        if (
+            self.weight is None
+            or self.source_mean is None
+            or self.target_mean is None
+            or self.scale_factor is None
+        ):
+            raise RuntimeError(
+                "this ProcrustesAligner is not fitted yet; call fit(source, target) first"
+            )
         return self.weight, self.source_mean, self.target_mean, self.scale_factor
 
     def transform(self, source: torch.Tensor) -> torch.Tensor:
@@ -161,7 +186,11 @@ class ProcrustesAligner:
         weight, source_mean, target_mean, scale_factor = self._fitted()
         _check_width("source", source, weight.shape[0])
         device = source.device
-        mapped = scale_factor.to(device) * (source.double() - source_mean.to(device)) @ weight.to(device)
+        mapped = (
+            scale_factor.to(device)
+            * (source.double() - source_mean.to(device))
+            @ weight.to(device)
+        )
         return (mapped + target_mean.to(device)).to(source.dtype)
 
     def inverse_transform(self, target: torch.Tensor) -> torch.Tensor:
@@ -169,17 +198,31 @@ class ProcrustesAligner:
         weight, source_mean, target_mean, scale_factor = self._fitted()
         _check_width("target", target, weight.shape[1])
         device = target.device
-        mapped = (target.double() - target_mean.to(device)) @ weight.to(device).T / scale_factor.to(device)
+        mapped = (
+            (target.double() - target_mean.to(device))
+            @ weight.to(device).T
+            / scale_factor.to(device)
+        )
         return (mapped + source_mean.to(device)).to(target.dtype)
 
 
-def _regularised_covariance(centred: torch.Tensor, reg: float, name: str) -> torch.Tensor:
+def _regularised_covariance(
+    centred: torch.Tensor, reg: float, name: str
+) -> torch.Tensor:
     """Sample covariance of centred rows plus ``reg`` times the mean variance on the diagonal."""
     covariance = centred.T @ centred / (centred.shape[0] - 1)
     mean_variance = float(covariance.diagonal().mean())
     if mean_variance == 0.0:
-        raise ValueError(f"{name} is constant (every feature has zero variance); CCA needs variation")
-    ridge = reg * mean_variance * torch.eye(covariance.shape[0], dtype=covariance.dtype, device=covariance.device)
+        raise ValueError(
+            f"{name} is constant (every feature has zero variance); CCA needs variation"
+        )
+    ridge = (
+        reg
+        * mean_variance
+        * torch.eye(
+            covariance.shape[0], dtype=covariance.dtype, device=covariance.device
+        )
+    )
     return covariance + ridge
 
 
@@ -188,7 +231,11 @@ def _cholesky(covariance: torch.Tensor, name: str, n_samples: int) -> torch.Tens
     factor, info = torch.linalg.cholesky_ex(covariance)
     # Rounding can let an exactly singular matrix through with a tiny last pivot; treat a
     # pivot below the float64 resolution of the largest variance as zero.
-    resolution = covariance.shape[0] * torch.finfo(covariance.dtype).eps * covariance.diagonal().max()
+    resolution = (
+        covariance.shape[0]
+        * torch.finfo(covariance.dtype).eps
+        * covariance.diagonal().max()
+    )
     if int(info) != 0 or bool(factor.diagonal().square().min() <= resolution):
         raise ValueError(
             f"the covariance of {name} is singular ({n_samples} samples, {covariance.shape[0]} features: "
@@ -224,9 +271,20 @@ class CCA:
     """
 
     def __init__(self, n_components: int, reg: float = 1e-4) -> None:
-        if isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral) or n_components < 1:
-            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-        if isinstance(reg, bool) or not isinstance(reg, numbers.Real) or not math.isfinite(reg) or reg < 0:
+        if (
+            isinstance(n_components, bool)
+            or not isinstance(n_components, numbers.Integral)
+            or n_components < 1
+        ):
+            raise ValueError(
+                f"n_components must be a positive integer, got {n_components!r}"
+            )
+        if (
+            isinstance(reg, bool)
+            or not isinstance(reg, numbers.Real)
+            or not math.isfinite(reg)
+            or reg < 0
+        ):
             raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
         self.n_components = int(n_components)
         self.reg = float(reg)
@@ -240,13 +298,15 @@ class CCA:
         state = "unfitted" if self.x_weights is None else "fitted"
         return f"CCA(n_components={self.n_components}, reg={self.reg}, {state})"
 
-    def fit(self, X: torch.Tensor, Y: torch.Tensor) -> "CCA":
+    def fit(self, X: torch.Tensor, Y: torch.Tensor) -> CCA:
         """Find the canonical directions of paired rows ``X`` [N, p] and ``Y`` [N, q]."""
         _check_pair("X", X, "Y", Y)
         n_samples, p = X.shape
         q = Y.shape[1]
         if n_samples < 2:
-            raise ValueError(f"CCA needs at least 2 paired samples to estimate covariances, got {n_samples}")
+            raise ValueError(
+                f"CCA needs at least 2 paired samples to estimate covariances, got {n_samples}"
+            )
         if self.n_components > min(p, q):
             raise ValueError(
                 f"n_components={self.n_components} exceeds min(p, q) = min({p}, {q}); "
@@ -255,11 +315,17 @@ class CCA:
         x, y = X.double(), Y.double()
         x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
         x_centred, y_centred = x - x_mean, y - y_mean
-        lx = _cholesky(_regularised_covariance(x_centred, self.reg, "X"), "X", n_samples)
-        ly = _cholesky(_regularised_covariance(y_centred, self.reg, "Y"), "Y", n_samples)
+        lx = _cholesky(
+            _regularised_covariance(x_centred, self.reg, "X"), "X", n_samples
+        )
+        ly = _cholesky(
+            _regularised_covariance(y_centred, self.reg, "Y"), "Y", n_samples
+        )
         cross = x_centred.T @ y_centred / (n_samples - 1)
         whitened = torch.linalg.solve_triangular(lx, cross, upper=False)  # Lx^-1 Cxy
-        whitened = torch.linalg.solve_triangular(ly, whitened.T, upper=False).T  # ... Ly^-T
+        whitened = torch.linalg.solve_triangular(
+            ly, whitened.T, upper=False
+        ).T  # ... Ly^-T
         u, singular_values, vh = torch.linalg.svd(whitened, full_matrices=False)
         k = self.n_components
         x_weights = torch.linalg.solve_triangular(lx.T, u[:, :k], upper=True)
@@ -274,7 +340,12 @@ class CCA:
 
     def _fitted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x_mean, x_weights, y_mean, y_weights)``, or a RuntimeError when :meth:`fit` has not run."""
-        if self.x_weights is None or self.y_weights is None or self.x_mean is None or self.y_mean is None:
+        if (
+            self.x_weights is None
+            or self.y_weights is None
+            or self.x_mean is None
+            or self.y_mean is None
+        ):
             raise RuntimeError("this CCA is not fitted yet; call fit(X, Y) first")
         return self.x_mean, self.x_weights, self.y_mean, self.y_weights
 
@@ -292,7 +363,9 @@ class CCA:
         device = Y.device
         return ((Y.double() - y_mean.to(device)) @ y_weights.to(device)).to(Y.dtype)
 
-    def transform(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(
+        self, X: torch.Tensor, Y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Project both sides into the shared space: ``(X_c [N, k], Y_c [M, k])``.
 
         The two inputs need not be paired here (retrieval projects a gallery and queries of

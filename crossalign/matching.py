@@ -69,12 +69,21 @@ ATTRIBUTES: tuple[tuple[str, str], ...] = (
 def _attribute_lookup() -> dict[str, int]:
     """Map every attribute word of the grammar (synonyms included) to its column in ``ATTRIBUTES``."""
     lookup: dict[str, int] = {}
-    for kind, table in (("shape", SHAPE_WORDS), ("colour", COLOUR_WORDS), ("size", SIZE_WORDS)):
+    for kind, table in (
+        ("shape", SHAPE_WORDS),
+        ("colour", COLOUR_WORDS),
+        ("size", SIZE_WORDS),
+    ):
         for name, words in table.items():
             column = ATTRIBUTES.index((kind, name))
             for word in words:
-                if simple_tokenize(word) != [word] or lookup.get(word, column) != column:
-                    raise ValueError(f"attribute word {word!r} of {kind} {name!r} must be one word naming one value")
+                if (
+                    simple_tokenize(word) != [word]
+                    or lookup.get(word, column) != column
+                ):
+                    raise ValueError(
+                        f"attribute word {word!r} of {kind} {name!r} must be one word naming one value"
+                    )
                 lookup[word] = column
     return lookup
 
@@ -85,10 +94,14 @@ _ATTRIBUTE_OF_WORD = _attribute_lookup()
 def _check_captions(captions: Sequence[str]) -> None:
     """Raise unless ``captions`` is a sequence of strings (and not a single string)."""
     if isinstance(captions, str):
-        raise TypeError("captions must be a list of strings, not a single str; wrap it in a list")
+        raise TypeError(
+            "captions must be a list of strings, not a single str; wrap it in a list"
+        )
     for index, caption in enumerate(captions):
         if not isinstance(caption, str):
-            raise TypeError(f"captions[{index}] must be a str, got {type(caption).__name__}")
+            raise TypeError(
+                f"captions[{index}] must be a str, got {type(caption).__name__}"
+            )
 
 
 def caption_attribute_counts(captions: Sequence[str]) -> torch.Tensor:
@@ -101,7 +114,9 @@ def caption_attribute_counts(captions: Sequence[str]) -> torch.Tensor:
     return _word_counts(captions, _ATTRIBUTE_OF_WORD, len(ATTRIBUTES))
 
 
-def _word_counts(captions: Sequence[str], column_of: dict[str, int], width: int) -> torch.Tensor:
+def _word_counts(
+    captions: Sequence[str], column_of: dict[str, int], width: int
+) -> torch.Tensor:
     """Count, per caption, the words that ``column_of`` maps to a column: float32 [n_captions, width]."""
     counts = [[0] * width for _ in captions]
     for row, caption in zip(counts, captions):
@@ -117,14 +132,22 @@ def scene_attribute_counts(scenes: Sequence[SceneGraph]) -> torch.Tensor:
     counts = torch.zeros(len(scenes), len(ATTRIBUTES), dtype=torch.float32)
     for row, scene in enumerate(scenes):
         if not isinstance(scene, SceneGraph):
-            raise TypeError(f"scenes[{row}] must be a SceneGraph (from ShapesWorld.scenes), got {type(scene).__name__}")
+            raise TypeError(
+                f"scenes[{row}] must be a SceneGraph (from ShapesWorld.scenes), got {type(scene).__name__}"
+            )
         for obj in scene.objects:
-            for kind, value in (("shape", obj.shape), ("colour", obj.colour), ("size", obj.size)):
+            for kind, value in (
+                ("shape", obj.shape),
+                ("colour", obj.colour),
+                ("size", obj.size),
+            ):
                 counts[row, ATTRIBUTES.index((kind, value))] += 1
     return counts
 
 
-def keyword_match_scores(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> torch.Tensor:
+def keyword_match_scores(
+    captions: Sequence[str], scenes: Sequence[SceneGraph]
+) -> torch.Tensor:
     """Rule-based matching: how many of a caption's attribute words each scene graph contains.
 
     The rule: count the caption's mentions of every attribute value (colour, shape, size;
@@ -143,7 +166,18 @@ def keyword_match_scores(captions: Sequence[str], scenes: Sequence[SceneGraph]) 
     mentions = caption_attribute_counts(captions)
     present = scene_attribute_counts(scenes)
     # min(a, b) = sum over m >= 1 of [a >= m][b >= m]: the score becomes one matrix product.
-    levels = int(max([1.0, *(float(counts.max()) for counts in (mentions, present) if counts.numel())]))
+    levels = int(
+        max(
+            [
+                1.0,
+                *(
+                    float(counts.max())
+                    for counts in (mentions, present)
+                    if counts.numel()
+                ),
+            ]
+        )
+    )
     thresholds = torch.arange(1, levels + 1, dtype=torch.float32)
     mentions_at_least = (mentions.unsqueeze(-1) >= thresholds).flatten(1).float()
     present_at_least = (present.unsqueeze(-1) >= thresholds).flatten(1).float()
@@ -171,7 +205,9 @@ _CHUNK = 256
 def _colour_codes(images: torch.Tensor) -> torch.Tensor:
     """Quantise every pixel to one of ``_LEVELS ** 3`` colours: LongTensor [B, H, W]."""
     levels = (images.clamp(0.0, 1.0) * _LEVELS).floor_().clamp_(max=_LEVELS - 1)
-    place_values = torch.tensor([_LEVELS**2, _LEVELS, 1], dtype=levels.dtype, device=levels.device)
+    place_values = torch.tensor(
+        [_LEVELS**2, _LEVELS, 1], dtype=levels.dtype, device=levels.device
+    )
     return (levels * place_values.view(1, 3, 1, 1)).sum(dim=1).long()
 
 
@@ -185,12 +221,16 @@ def _region_colour_histograms(codes: torch.Tensor) -> torch.Tensor:
     counts = torch.zeros(batch, _GRID * _GRID * _CODES, device=codes.device)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
     pixels_per_region = torch.bincount(region, minlength=_GRID * _GRID).float()
-    return (counts.view(batch, _GRID * _GRID, _CODES) / pixels_per_region[:, None]).flatten(1)
+    return (
+        counts.view(batch, _GRID * _GRID, _CODES) / pixels_per_region[:, None]
+    ).flatten(1)
 
 
 def _one_hot_bins(values: torch.Tensor, edges: tuple[float, ...]) -> torch.Tensor:
     """One-hot bin membership of each value: [..., len(edges) + 1]."""
-    index = torch.bucketize(values, torch.tensor(edges, dtype=values.dtype, device=values.device))
+    index = torch.bucketize(
+        values, torch.tensor(edges, dtype=values.dtype, device=values.device)
+    )
     return F.one_hot(index, len(edges) + 1).to(values.dtype)
 
 
@@ -215,7 +255,9 @@ def _blob_shape_histograms(codes: torch.Tensor) -> torch.Tensor:
 
     def reduce(values: torch.Tensor, how: str, start: float) -> torch.Tensor:
         out = torch.full((batch, _CODES), start, device=device)
-        return out.scatter_reduce_(1, flat, values.float(), reduce=how, include_self=how != "sum")
+        return out.scatter_reduce_(
+            1, flat, values.float(), reduce=how, include_self=how != "sum"
+        )
 
     area = reduce(torch.ones_like(ys), "sum", 0.0)
     top, bottom = reduce(ys, "amin", float(height)), reduce(ys, "amax", -1.0)
@@ -226,7 +268,10 @@ def _blob_shape_histograms(codes: torch.Tensor) -> torch.Tensor:
     box_height = (bottom - top + 1).clamp_min(1.0)
     fill = area / (box_height * (right - left + 1).clamp_min(1.0))
     centroid = (row_sum / area.clamp_min(1.0) - top + 0.5) / box_height
-    fill_bins, centroid_bins = _one_hot_bins(fill, _FILL_BINS), _one_hot_bins(centroid, _CENTROID_BINS)
+    fill_bins, centroid_bins = (
+        _one_hot_bins(fill, _FILL_BINS),
+        _one_hot_bins(centroid, _CENTROID_BINS),
+    )
     shape_bins = (fill_bins.unsqueeze(-1) * centroid_bins.unsqueeze(-2)).flatten(2)
     size_bins = _one_hot_bins(area / (height * width), _AREA_BINS)
     per_blob = torch.cat([shape_bins, size_bins], dim=2) * is_blob.unsqueeze(-1)
@@ -242,13 +287,21 @@ def _edge_orientation_histogram(images: torch.Tensor) -> torch.Tensor:
     """
     grey = images.mean(dim=1)
     across_columns = grey[:, :, 2:] - grey[:, :, :-2]
-    gradient_x = across_columns[:, :-2] + 2 * across_columns[:, 1:-1] + across_columns[:, 2:]
+    gradient_x = (
+        across_columns[:, :-2] + 2 * across_columns[:, 1:-1] + across_columns[:, 2:]
+    )
     across_rows = grey[:, 2:] - grey[:, :-2]
-    gradient_y = across_rows[..., :-2] + 2 * across_rows[..., 1:-1] + across_rows[..., 2:]
+    gradient_y = (
+        across_rows[..., :-2] + 2 * across_rows[..., 1:-1] + across_rows[..., 2:]
+    )
     magnitude = torch.hypot(gradient_x, gradient_y).flatten(1)
     angle = torch.atan2(gradient_y, gradient_x).flatten(1)
-    bins = torch.round(angle * (_ORIENTATIONS / math.pi)).long().remainder_(_ORIENTATIONS)
-    histogram = torch.zeros(images.shape[0], _ORIENTATIONS, device=images.device, dtype=magnitude.dtype)
+    bins = (
+        torch.round(angle * (_ORIENTATIONS / math.pi)).long().remainder_(_ORIENTATIONS)
+    )
+    histogram = torch.zeros(
+        images.shape[0], _ORIENTATIONS, device=images.device, dtype=magnitude.dtype
+    )
     histogram.scatter_add_(1, bins, magnitude)
     return histogram / magnitude.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -258,11 +311,15 @@ def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty [B, 3, H, W] RGB batch, got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a non-empty [B, 3, H, W] RGB batch, got shape {tuple(images.shape)}"
+        )
     if not images.is_floating_point():
         raise TypeError(f"images must hold floats in [0, 1], got dtype {images.dtype}")
     if min(images.shape[2:]) < _GRID:
-        raise ValueError(f"images must be at least {_GRID} pixels on a side, got {tuple(images.shape[2:])}")
+        raise ValueError(
+            f"images must be at least {_GRID} pixels on a side, got {tuple(images.shape[2:])}"
+        )
 
 
 def handcrafted_image_features(images: torch.Tensor) -> torch.Tensor:
@@ -289,7 +346,11 @@ def handcrafted_image_features(images: torch.Tensor) -> torch.Tensor:
         codes = _colour_codes(chunk)
         blocks.append(
             torch.cat(
-                [_region_colour_histograms(codes), _blob_shape_histograms(codes), _edge_orientation_histogram(chunk)],
+                [
+                    _region_colour_histograms(codes),
+                    _blob_shape_histograms(codes),
+                    _edge_orientation_histogram(chunk),
+                ],
                 dim=1,
             )
         )
@@ -299,10 +360,14 @@ def handcrafted_image_features(images: torch.Tensor) -> torch.Tensor:
 def _checked_vocabulary(vocabulary: Sequence[str]) -> dict[str, int]:
     """Map each word of ``vocabulary`` to its column, refusing empty, non-string or repeated entries."""
     if isinstance(vocabulary, str) or len(vocabulary) == 0:
-        raise ValueError("vocabulary must be a non-empty list of words, e.g. crossalign.data.caption_words()")
+        raise ValueError(
+            "vocabulary must be a non-empty list of words, e.g. crossalign.data.caption_words()"
+        )
     for index, word in enumerate(vocabulary):
         if not isinstance(word, str):
-            raise TypeError(f"vocabulary[{index}] must be a str, got {type(word).__name__}")
+            raise TypeError(
+                f"vocabulary[{index}] must be a str, got {type(word).__name__}"
+            )
     repeated = sorted(word for word, count in Counter(vocabulary).items() if count > 1)
     if repeated:
         raise ValueError(f"vocabulary words must be unique; repeated: {repeated[:10]}")
@@ -361,7 +426,9 @@ class CorrelationMatcher:
             or not math.isfinite(correlation_power)
             or correlation_power < 0
         ):
-            raise ValueError(f"correlation_power must be a finite number >= 0, got {correlation_power!r}")
+            raise ValueError(
+                f"correlation_power must be a finite number >= 0, got {correlation_power!r}"
+            )
         self.correlation_power = float(correlation_power)
         self.cca = CCA(n_components=n_components, reg=reg)
 
@@ -372,19 +439,31 @@ class CorrelationMatcher:
         )
 
     def fit(
-        self, images: torch.Tensor, captions: Sequence[str], caption_to_image: torch.Tensor | Sequence[int]
-    ) -> "CorrelationMatcher":
+        self,
+        images: torch.Tensor,
+        captions: Sequence[str],
+        caption_to_image: torch.Tensor | Sequence[int],
+    ) -> CorrelationMatcher:
         """Fit the CCA on training pairs: caption ``j`` describes ``images[caption_to_image[j]]``."""
         _check_images(images)
         words = bag_of_words(captions, self.vocabulary)
         owner = torch.as_tensor(caption_to_image)
-        if owner.is_floating_point() or owner.dtype == torch.bool or owner.dim() != 1 or owner.numel() != len(captions):
+        if (
+            owner.is_floating_point()
+            or owner.dtype == torch.bool
+            or owner.dim() != 1
+            or owner.numel() != len(captions)
+        ):
             raise ValueError(
                 f"caption_to_image must hold one integer image index per caption ({len(captions)}), "
                 f"got dtype {owner.dtype} and shape {tuple(owner.shape)}"
             )
-        if owner.numel() and (int(owner.min()) < 0 or int(owner.max()) >= images.shape[0]):
-            raise ValueError(f"caption_to_image holds indices outside 0..{images.shape[0] - 1} (the images given)")
+        if owner.numel() and (
+            int(owner.min()) < 0 or int(owner.max()) >= images.shape[0]
+        ):
+            raise ValueError(
+                f"caption_to_image holds indices outside 0..{images.shape[0] - 1} (the images given)"
+            )
         features = handcrafted_image_features(images)
         owner = owner.to(device=features.device, dtype=torch.long)
         self.cca.fit(features[owner], words.to(features.device))
@@ -399,7 +478,10 @@ class CorrelationMatcher:
 
     def _weighted(self, projections: torch.Tensor) -> torch.Tensor:
         """Scale the shared dimensions by ``correlations ** correlation_power`` and L2-normalise rows."""
-        weights = self.cca.correlations.to(projections.device).clamp_min(0.0) ** self.correlation_power
+        weights = (
+            self.cca.correlations.to(projections.device).clamp_min(0.0)
+            ** self.correlation_power
+        )
         return F.normalize(projections * weights.to(projections.dtype), dim=1)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -439,5 +521,12 @@ def correlation_match(
     the (correlation-weighted) shared CCA space, on the test images' device. See
     :class:`CorrelationMatcher` for the arguments.
     """
-    matcher = CorrelationMatcher(vocabulary, n_components=n_components, reg=reg, correlation_power=correlation_power)
-    return matcher.fit(train_images, train_captions, train_caption_to_image).scores(test_images, test_captions)
+    matcher = CorrelationMatcher(
+        vocabulary,
+        n_components=n_components,
+        reg=reg,
+        correlation_power=correlation_power,
+    )
+    return matcher.fit(train_images, train_captions, train_caption_to_image).scores(
+        test_images, test_captions
+    )

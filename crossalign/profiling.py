@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -41,7 +41,12 @@ class ProfileSummary:
         return [op.name for op in self.ops]
 
 
-def profile_callable(fn: Callable[[], object], row_limit: int = 10, warmup: int = 1, device_time: bool | None = None) -> ProfileSummary:
+def profile_callable(
+    fn: Callable[[], object],
+    row_limit: int = 10,
+    warmup: int = 1,
+    device_time: bool | None = None,
+) -> ProfileSummary:
     """Run ``fn`` ``warmup`` times unprofiled, then once under ``torch.profiler``; return the top ops.
 
     Operators are ranked by *self* time (time spent in the operator itself, not in operators it
@@ -57,7 +62,9 @@ def profile_callable(fn: Callable[[], object], row_limit: int = 10, warmup: int 
         raise ValueError("device_time=True needs CUDA, which is not available here")
     for _ in range(warmup):
         fn()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_time else [])
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if device_time else []
+    )
     with profile(activities=activities) as prof:
         fn()
         if device_time:
@@ -65,9 +72,20 @@ def profile_callable(fn: Callable[[], object], row_limit: int = 10, warmup: int 
     events = prof.key_averages()
     self_key = "self_device_time_total" if device_time else "self_cpu_time_total"
     total_key = "device_time_total" if device_time else "cpu_time_total"
-    ranked = sorted(events, key=lambda e: getattr(e, self_key), reverse=True)[:row_limit]
-    ops = [OpStat(e.key, int(e.count), getattr(e, self_key) / 1e3, getattr(e, total_key) / 1e3) for e in ranked]
-    return ProfileSummary(ops=ops, table=events.table(sort_by=self_key, row_limit=row_limit), device_time=device_time)
+    ranked = sorted(events, key=lambda e: getattr(e, self_key), reverse=True)[
+        :row_limit
+    ]
+    ops = [
+        OpStat(
+            e.key, int(e.count), getattr(e, self_key) / 1e3, getattr(e, total_key) / 1e3
+        )
+        for e in ranked
+    ]
+    return ProfileSummary(
+        ops=ops,
+        table=events.table(sort_by=self_key, row_limit=row_limit),
+        device_time=device_time,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,9 +132,16 @@ def time_side_by_side(
             seconds[name].append(clock() - start)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     if medians[baseline] <= 0:
-        raise ValueError(f"the baseline {baseline!r} took no measurable time; give it more work")
+        raise ValueError(
+            f"the baseline {baseline!r} took no measurable time; give it more work"
+        )
     return [
-        VariantTiming(name, tuple(seconds[name]), medians[name], medians[baseline] / medians[name] if medians[name] > 0 else float("inf"))
+        VariantTiming(
+            name,
+            tuple(seconds[name]),
+            medians[name],
+            medians[baseline] / medians[name] if medians[name] > 0 else float("inf"),
+        )
         for name in names
     ]
 
@@ -128,5 +153,8 @@ def format_timings(rows: list[VariantTiming], unit: str = "ms") -> str:
         raise ValueError(f"unit={unit!r} is not known; use one of {sorted(scale)}")
     width = max(len("variant"), *(len(row.name) for row in rows))
     lines = [f"{'variant':<{width}}  {'median ' + unit:>12}  {'speed-up':>8}"]
-    lines += [f"{row.name:<{width}}  {row.median * scale[unit]:12.2f}  {row.speedup:7.2f}x" for row in rows]
+    lines += [
+        f"{row.name:<{width}}  {row.median * scale[unit]:12.2f}  {row.speedup:7.2f}x"
+        for row in rows
+    ]
     return "\n".join(lines)

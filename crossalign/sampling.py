@@ -22,25 +22,42 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-__all__ = ["filter_logits", "generate", "sample_next_token", "top_k_filter", "top_p_filter"]
+__all__ = [
+    "filter_logits",
+    "generate",
+    "sample_next_token",
+    "top_k_filter",
+    "top_p_filter",
+]
 
 
 def _check_logits(logits: torch.Tensor) -> None:
     """Raise when ``logits`` is not a floating tensor with a last (vocabulary) dimension."""
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 1:
-        raise ValueError("logits must be a floating-point tensor of shape (..., vocab_size)")
+    if (
+        not isinstance(logits, torch.Tensor)
+        or not logits.is_floating_point()
+        or logits.dim() < 1
+    ):
+        raise ValueError(
+            "logits must be a floating-point tensor of shape (..., vocab_size)"
+        )
 
 
 def _check_temperature(temperature: float) -> float:
     """``temperature`` as a float, or a ValueError unless it is a finite number >= 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-        math.isfinite(temperature) and temperature >= 0
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not (math.isfinite(temperature) and temperature >= 0)
     ):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy argmax), got {temperature!r}")
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy argmax), got {temperature!r}"
+        )
     return float(temperature)
 
 
@@ -79,13 +96,18 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def filter_logits(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """Divide by ``temperature`` (> 0), then apply :func:`top_k_filter` and :func:`top_p_filter` when given."""
     _check_logits(logits)
     temperature = _check_temperature(temperature)
     if temperature == 0:
-        raise ValueError("temperature=0 is greedy decoding, which has no distribution to filter; use argmax")
+        raise ValueError(
+            "temperature=0 is greedy decoding, which has no distribution to filter; use argmax"
+        )
     logits = logits / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
@@ -107,10 +129,14 @@ def sample_next_token(
     """
     _check_logits(logits)
     if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B, vocab_size), got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape (B, vocab_size), got {tuple(logits.shape)}"
+        )
     if _check_temperature(temperature) == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p).float(), dim=-1)
+    probs = torch.softmax(
+        filter_logits(logits, temperature, top_k, top_p).float(), dim=-1
+    )
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -118,7 +144,9 @@ def _logits_of(output: Any) -> torch.Tensor:
     """The logits tensor of a model output: the tensor itself, or its ``.logits`` (Hugging Face)."""
     logits = output.logits if hasattr(output, "logits") else output
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise ValueError("the model must return logits of shape (B, T, vocab_size) (or an object with .logits)")
+        raise ValueError(
+            "the model must return logits of shape (B, T, vocab_size) (or an object with .logits)"
+        )
     return logits
 
 
@@ -142,13 +170,29 @@ def generate(
     generation stops early when every row has. All prompts share one length (no padding), so
     a batch is the same prompt repeated or prompts of equal length.
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must be a LongTensor of shape (B, T) with T >= 1 (the prompts)")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if (
+        not isinstance(input_ids, torch.Tensor)
+        or input_ids.dim() != 2
+        or input_ids.shape[1] == 0
+    ):
+        raise ValueError(
+            "input_ids must be a LongTensor of shape (B, T) with T >= 1 (the prompts)"
+        )
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, numbers.Integral)
+        or max_new_tokens < 0
+    ):
+        raise ValueError(
+            f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}"
+        )
     if block_size is None:
         block_size = getattr(getattr(model, "config", None), "block_size", None)
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or block_size < 1
+    ):
         raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
     was_training = getattr(model, "training", False)
     if was_training:

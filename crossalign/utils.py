@@ -6,8 +6,8 @@ import contextlib
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,14 +37,23 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if (
+            getattr(torch.backends, "mps", None) is not None
+            and torch.backends.mps.is_available()
+        ):
             return torch.device("mps")
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} was asked for, but Apple MPS is not available here; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"device={device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'"
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"device={device!r} was asked for, but Apple MPS is not available here; use 'cpu' or 'auto'"
+        )
     return dev
 
 
@@ -57,7 +66,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -76,4 +87,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def default_cache_dir() -> Path:
     """Where data sets and cached features go: ``$CROSSALIGN_CACHE`` or ``~/.cache/crossalign``."""
-    return Path(os.environ.get("CROSSALIGN_CACHE", Path.home() / ".cache" / "crossalign")).expanduser()
+    return Path(
+        os.environ.get("CROSSALIGN_CACHE", Path.home() / ".cache" / "crossalign")
+    ).expanduser()

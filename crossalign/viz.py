@@ -14,13 +14,13 @@ once, by ``_to_numpy``. Images are ``[K, 3, H, W]`` with values in ``[0, 1]``.
 from __future__ import annotations
 
 import functools
-
 import math
 import numbers
 import os
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -51,8 +51,7 @@ _THUMBNAIL_LEFT = -1.6
 _IMAGE_RANGE_TOLERANCE = 1e-3
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _activate_display_backend() -> None:
     """Let pyplot pick its backend once, so that Jupyter registers its PNG display for figures.
 
@@ -68,6 +67,7 @@ def _new_figure(**kwargs: Any) -> Figure:
     """A matplotlib figure that pyplot does not track (see :func:`_activate_display_backend`)."""
     _activate_display_backend()
     return Figure(**kwargs)
+
 
 def similarity_heatmap(
     similarity: ArrayLike,
@@ -98,9 +98,13 @@ def similarity_heatmap(
     """
     sim = _to_numpy(similarity, "similarity")
     if sim.ndim != 2 or 0 in sim.shape:
-        raise ValueError(f"similarity must be a non-empty 2-D matrix [N_img, N_txt], got shape {tuple(sim.shape)}")
+        raise ValueError(
+            f"similarity must be a non-empty 2-D matrix [N_img, N_txt], got shape {tuple(sim.shape)}"
+        )
     if not np.isfinite(sim).all():
-        raise ValueError("similarity contains NaN or infinite values; check the embeddings it was computed from")
+        raise ValueError(
+            "similarity contains NaN or infinite values; check the embeddings it was computed from"
+        )
     n_img, n_txt = sim.shape
     _check_label_count(row_labels, n_img, "row_labels", "rows (images)")
     _check_label_count(col_labels, n_txt, "col_labels", "columns (texts)")
@@ -114,14 +118,18 @@ def similarity_heatmap(
 
     if ax is None:
         width = min(16.0, 2.5 + 0.55 * n_txt + (1.0 if thumbnails is not None else 0.0))
-        height = min(16.0, 1.5 + 0.55 * n_img + (1.2 if col_labels is not None else 0.0))
+        height = min(
+            16.0, 1.5 + 0.55 * n_img + (1.2 if col_labels is not None else 0.0)
+        )
         fig = _new_figure(figsize=(width, height), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = _root_figure(ax)
 
     cmap, norm = _colour_scale(sim)
-    heatmap = ax.imshow(sim, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal")
+    heatmap = ax.imshow(
+        sim, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal"
+    )
     ax.figure.colorbar(heatmap, ax=ax, label="similarity")
 
     ax.set_xticks(range(n_txt))
@@ -137,7 +145,10 @@ def similarity_heatmap(
     ax.set_yticks(range(n_img))
     if thumbnails is None:
         if row_labels is not None:
-            ax.set_yticklabels([_wrap(label, width=28, max_lines=2) for label in row_labels], fontsize="small")
+            ax.set_yticklabels(
+                [_wrap(label, width=28, max_lines=2) for label in row_labels],
+                fontsize="small",
+            )
         ax.set_ylabel("images")
     else:
         ax.set_yticklabels([])
@@ -179,7 +190,9 @@ def retrieval_grid(
     k = len(pictures)
     score_values = _to_numpy(scores, "scores")
     if score_values.ndim != 1 or len(score_values) != k:
-        raise ValueError(f"scores must hold one number per image: got shape {tuple(score_values.shape)} for {k} images")
+        raise ValueError(
+            f"scores must hold one number per image: got shape {tuple(score_values.shape)} for {k} images"
+        )
     _check_label_count(correct, k, "correct", "images")
     _check_label_count(titles, k, "titles", "images")
 
@@ -222,13 +235,17 @@ def image_grid(
     ncols = min(int(ncols), len(pictures))
     nrows = math.ceil(len(pictures) / ncols)
     title_height = 0.35 if titles is not None else 0.0
-    fig = _new_figure(figsize=(1.8 * ncols, (1.8 + title_height) * nrows), layout="constrained")
+    fig = _new_figure(
+        figsize=(1.8 * ncols, (1.8 + title_height) * nrows), layout="constrained"
+    )
     for index, picture in enumerate(pictures):
         ax = fig.add_subplot(nrows, ncols, index + 1)
         ax.imshow(picture, interpolation="nearest")
         ax.set_axis_off()
         if titles is not None:
-            ax.set_title(_wrap(titles[index], width=22, max_lines=2), fontsize="x-small")
+            ax.set_title(
+                _wrap(titles[index], width=22, max_lines=2), fontsize="x-small"
+            )
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
@@ -252,18 +269,30 @@ def training_curves(
         raise ValueError("history is empty; log at least one step before plotting")
     for index, entry in enumerate(history):
         if not isinstance(entry, Mapping) or _as_float(entry.get("step")) is None:
-            raise ValueError(f"history[{index}] must be a dict with a numeric 'step', got {entry!r}")
+            raise ValueError(
+                f"history[{index}] must be a dict with a numeric 'step', got {entry!r}"
+            )
     if keys is None:
         keys = _numeric_keys(history)
         if not keys:
-            raise ValueError("history has no numeric values besides 'step'; nothing to plot")
+            raise ValueError(
+                "history has no numeric values besides 'step'; nothing to plot"
+            )
     series = {}
     for key in keys:
-        points = [(_as_float(entry["step"]), _as_float(entry[key])) for entry in history if key in entry]
+        points = [
+            (_as_float(entry["step"]), _as_float(entry[key]))
+            for entry in history
+            if key in entry
+        ]
         if not points:
-            raise ValueError(f"key {key!r} is in no entry of history; available keys: {_numeric_keys(history)}")
+            raise ValueError(
+                f"key {key!r} is in no entry of history; available keys: {_numeric_keys(history)}"
+            )
         if any(value is None for _, value in points):
-            raise ValueError(f"key {key!r} has non-numeric values in history; pick numeric keys only")
+            raise ValueError(
+                f"key {key!r} has non-numeric values in history; pick numeric keys only"
+            )
         series[key] = points
 
     ncols = min(3, len(series))
@@ -340,7 +369,9 @@ def embedding_projection(
     n_pairs = min(int(pairs), n_img)
     _check_label_count(labels, n_img, "labels", "images")
     if labels is not None and n_pairs == 0:
-        raise ValueError("labels are written beside the joined pairs; pass pairs > 0 to show them")
+        raise ValueError(
+            "labels are written beside the joined pairs; pass pairs > 0 to show them"
+        )
     try:
         projected, _, variance_ratio = pca(torch.cat([images, texts]), k=2)
     except ValueError as error:
@@ -354,18 +385,57 @@ def embedding_projection(
         fig = _root_figure(ax)
     if n_pairs > 0:
         segments = np.stack([image_xy[:n_pairs], text_xy[:n_pairs]], axis=1)
-        pair_lines = LineCollection(segments, colors="0.6", linewidths=0.6, zorder=1, label=f"first {n_pairs} pairs")
+        pair_lines = LineCollection(
+            segments,
+            colors="0.6",
+            linewidths=0.6,
+            zorder=1,
+            label=f"first {n_pairs} pairs",
+        )
         ax.add_collection(pair_lines)
-    ax.scatter(*image_xy.T, s=16, color=IMAGE_COLOUR, marker="o", alpha=0.7, zorder=2, label=f"images ({n_img})")
-    ax.scatter(*text_xy.T, s=18, color=TEXT_COLOUR, marker="^", alpha=0.7, zorder=2, label=f"texts ({n_txt})")
+    ax.scatter(
+        *image_xy.T,
+        s=16,
+        color=IMAGE_COLOUR,
+        marker="o",
+        alpha=0.7,
+        zorder=2,
+        label=f"images ({n_img})",
+    )
+    ax.scatter(
+        *text_xy.T,
+        s=18,
+        color=TEXT_COLOUR,
+        marker="^",
+        alpha=0.7,
+        zorder=2,
+        label=f"texts ({n_txt})",
+    )
     if labels is not None:
         for (x, y), label in zip(image_xy[:n_pairs], labels):
             short_label = _wrap(label, width=24, max_lines=1)
-            ax.annotate(short_label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+            ax.annotate(
+                short_label,
+                (x, y),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize="x-small",
+            )
     image_centroid, text_centroid = image_xy.mean(axis=0), text_xy.mean(axis=0)
     gap_x, gap_y = np.stack([image_centroid, text_centroid]).T
-    ax.plot(gap_x, gap_y, color="black", linestyle="--", linewidth=1.5, zorder=3, label=f"modality gap = {gap:.3f}")
-    for centroid, colour, name in ((image_centroid, IMAGE_COLOUR, "image"), (text_centroid, TEXT_COLOUR, "text")):
+    ax.plot(
+        gap_x,
+        gap_y,
+        color="black",
+        linestyle="--",
+        linewidth=1.5,
+        zorder=3,
+        label=f"modality gap = {gap:.3f}",
+    )
+    for centroid, colour, name in (
+        (image_centroid, IMAGE_COLOUR, "image"),
+        (text_centroid, TEXT_COLOUR, "text"),
+    ):
         ax.plot(
             *centroid,
             marker="X",
@@ -415,22 +485,33 @@ def attention_overlay(
         if grid is None:
             side = math.isqrt(n)
             if side * side != n:
-                raise ValueError(f"attention has {n} regions, which is not a square grid; pass grid=(h, w)")
+                raise ValueError(
+                    f"attention has {n} regions, which is not a square grid; pass grid=(h, w)"
+                )
             grid = (side, side)
         if grid[0] * grid[1] != n:
-            raise ValueError(f"grid={tuple(grid)} has {grid[0] * grid[1]} regions but attention has {n}")
+            raise ValueError(
+                f"grid={tuple(grid)} has {grid[0] * grid[1]} regions but attention has {n}"
+            )
         maps = maps.reshape(maps.shape[0], grid[0], grid[1])
     if maps.ndim != 3:
-        raise ValueError(f"attention must be [T, N] or [T, h, w], got shape {tuple(maps.shape)}")
+        raise ValueError(
+            f"attention must be [T, N] or [T, h, w], got shape {tuple(maps.shape)}"
+        )
     if len(words) != maps.shape[0]:
-        raise ValueError(f"got {len(words)} words for {maps.shape[0]} attention maps; give one word per map")
+        raise ValueError(
+            f"got {len(words)} words for {maps.shape[0]} attention maps; give one word per map"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     height, width = picture.shape[:2]
     upsampled = torch.nn.functional.interpolate(
-        torch.from_numpy(maps)[:, None], size=(height, width), mode="bilinear", align_corners=False
+        torch.from_numpy(maps)[:, None],
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
     )[:, 0].numpy()
     panels = 1 + len(words)
     ncols = min(int(ncols), panels)
@@ -477,14 +558,18 @@ def _to_numpy(values: ArrayLike | Sequence[float], name: str) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a tensor, an array or a sequence of numbers: {error}") from error
+        raise ValueError(
+            f"{name} must be a tensor, an array or a sequence of numbers: {error}"
+        ) from error
 
 
 def _to_display_images(images: ArrayLike, name: str) -> np.ndarray:
     """Check ``[K, 3, H, W]`` images in ``[0, 1]`` and return them as ``[K, H, W, 3]`` for imshow."""
     array = _to_numpy(images, name)
     if array.ndim != 4 or array.shape[1] != 3 or array.shape[0] == 0:
-        raise ValueError(f"{name} must have shape [K, 3, H, W] with K >= 1, got {tuple(array.shape)}")
+        raise ValueError(
+            f"{name} must have shape [K, 3, H, W] with K >= 1, got {tuple(array.shape)}"
+        )
     low, high = float(array.min()), float(array.max())
     if low < -_IMAGE_RANGE_TOLERANCE or high > 1 + _IMAGE_RANGE_TOLERANCE:
         raise ValueError(
@@ -505,7 +590,14 @@ def _colour_scale(sim: np.ndarray) -> tuple[str, Normalize]:
 def _outline_row_argmax(ax: Axes, sim: np.ndarray, colour: str) -> None:
     """Draw a box around each row's largest cell (tagged with ``ARGMAX_GID`` so it can be found)."""
     for row, col in enumerate(sim.argmax(axis=1)):
-        outline = Rectangle((col - 0.5, row - 0.5), 1.0, 1.0, fill=False, edgecolor=colour, linewidth=2.0)
+        outline = Rectangle(
+            (col - 0.5, row - 0.5),
+            1.0,
+            1.0,
+            fill=False,
+            edgecolor=colour,
+            linewidth=2.0,
+        )
         outline.set_gid(ARGMAX_GID)
         ax.add_patch(outline)
 
@@ -516,24 +608,48 @@ def _write_cell_values(ax: Axes, heatmap: AxesImage) -> None:
         r, g, b, _ = heatmap.cmap(heatmap.norm(value))
         luminance = 0.299 * r + 0.587 * g + 0.114 * b
         text_colour = "black" if luminance > 0.5 else "white"
-        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize="small", color=text_colour)
+        ax.text(
+            col,
+            row,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize="small",
+            color=text_colour,
+        )
 
 
-def _draw_row_thumbnails(ax: Axes, thumbnails: np.ndarray, row_labels: Sequence[str] | None) -> None:
+def _draw_row_thumbnails(
+    ax: Axes, thumbnails: np.ndarray, row_labels: Sequence[str] | None
+) -> None:
     """Draw one thumbnail left of each heatmap row, in data coordinates so each fills one cell."""
     for row, picture in enumerate(thumbnails):
-        thumb_ax = ax.inset_axes((_THUMBNAIL_LEFT, row - 0.5, 1.0, 1.0), transform=ax.transData)
+        thumb_ax = ax.inset_axes(
+            (_THUMBNAIL_LEFT, row - 0.5, 1.0, 1.0), transform=ax.transData
+        )
         thumb_ax.imshow(picture, interpolation="nearest")
         thumb_ax.set_axis_off()
         if row_labels is not None:
             label = _wrap(row_labels[row], width=20, max_lines=2)
-            thumb_ax.text(-0.08, 0.5, label, transform=thumb_ax.transAxes, ha="right", va="center", fontsize="small")
+            thumb_ax.text(
+                -0.08,
+                0.5,
+                label,
+                transform=thumb_ax.transAxes,
+                ha="right",
+                va="center",
+                fontsize="small",
+            )
 
 
-def _check_label_count(labels: Sequence[Any] | None, expected: int, name: str, what: str) -> None:
+def _check_label_count(
+    labels: Sequence[Any] | None, expected: int, name: str, what: str
+) -> None:
     """Raise a ``ValueError`` unless ``labels`` is None or holds exactly ``expected`` items."""
     if labels is not None and len(labels) != expected:
-        raise ValueError(f"{name} has {len(labels)} items but there are {expected} {what}; give one per item")
+        raise ValueError(
+            f"{name} has {len(labels)} items but there are {expected} {what}; give one per item"
+        )
 
 
 def _wrap(text: str, width: int, max_lines: int) -> str:
@@ -551,7 +667,11 @@ def _as_float(value: Any) -> float | None:
         return None
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and value.dtype != torch.bool
+    ):
         return float(value.item())
     return None
 

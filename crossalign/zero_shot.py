@@ -18,12 +18,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crossalign.data.shapes import COLOUR_WORDS, COLOURS, SHAPE_WORDS, SHAPES, ShapesWorld
+from crossalign.data.shapes import (
+    COLOUR_WORDS,
+    COLOURS,
+    SHAPE_WORDS,
+    SHAPES,
+    ShapesWorld,
+)
 from crossalign.evaluation import embed_texts
 
 __all__ = [
-    "ATTRIBUTE_CLASSES", "ATTRIBUTE_SYNONYMS", "COLOUR_TEMPLATES", "SHAPE_TEMPLATES", "attribute_images",
-    "class_embeddings", "zero_shot_accuracy", "zero_shot_predict",
+    "ATTRIBUTE_CLASSES",
+    "ATTRIBUTE_SYNONYMS",
+    "COLOUR_TEMPLATES",
+    "SHAPE_TEMPLATES",
+    "attribute_images",
+    "class_embeddings",
+    "zero_shot_accuracy",
+    "zero_shot_predict",
 ]
 
 #: Templates for colour classes ("{}" is the colour); they vary size, shape and wording.
@@ -49,18 +61,30 @@ SHAPE_TEMPLATES: tuple[str, ...] = (
     "a big cyan {} at the bottom right",
 )
 ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES}
-ATTRIBUTE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {"colour": COLOUR_WORDS, "shape": SHAPE_WORDS}
-_TEMPLATES: dict[str, tuple[str, ...]] = {"colour": COLOUR_TEMPLATES, "shape": SHAPE_TEMPLATES}
+ATTRIBUTE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "colour": COLOUR_WORDS,
+    "shape": SHAPE_WORDS,
+}
+_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "colour": COLOUR_TEMPLATES,
+    "shape": SHAPE_TEMPLATES,
+}
 
 
 def _check_attribute(attribute: str) -> None:
     if attribute not in ATTRIBUTE_CLASSES:
-        raise ValueError(f"attribute must be one of {sorted(ATTRIBUTE_CLASSES)}, got {attribute!r}")
+        raise ValueError(
+            f"attribute must be one of {sorted(ATTRIBUTE_CLASSES)}, got {attribute!r}"
+        )
 
 
 def class_embeddings(
-    model: Any, tokenizer: Any, class_names: Sequence[str], templates: Sequence[str],
-    synonyms: dict[str, Sequence[str]] | None = None, device: str | torch.device = "cpu",
+    model: Any,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    synonyms: dict[str, Sequence[str]] | None = None,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """One unit vector per class ``[C, E]``: the mean of its prompts' text embeddings, renormalised.
 
@@ -72,7 +96,9 @@ def class_embeddings(
         raise ValueError("class_names and templates must both be non-empty")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise ValueError(f"every template needs exactly one '{{}}' for the class name; these do not: {bad}")
+        raise ValueError(
+            f"every template needs exactly one '{{}}' for the class name; these do not: {bad}"
+        )
     rows = []
     for name in class_names:
         words = synonyms.get(name, (name,)) if synonyms else (name,)
@@ -83,31 +109,54 @@ def class_embeddings(
 
 
 @torch.inference_mode()
-def zero_shot_predict(model: Any, images: torch.Tensor, classes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def zero_shot_predict(
+    model: Any, images: torch.Tensor, classes: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """Class index ``[B]`` of each image: the class embedding with the highest cosine similarity."""
     model.eval()
     device = classes.device
     predictions = []
     for start in range(0, images.shape[0], batch_size):
-        embedded = model.encode_image(images[start:start + batch_size].to(device)).float()
+        embedded = model.encode_image(
+            images[start : start + batch_size].to(device)
+        ).float()
         predictions.append((embedded @ classes.T.float()).argmax(dim=1).cpu())
     return torch.cat(predictions)
 
 
-def attribute_images(attribute: str, size: int = 400, split: str = "test", seed: int = 0,
-                     image_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def attribute_images(
+    attribute: str,
+    size: int = 400,
+    split: str = "test",
+    seed: int = 0,
+    image_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-object ShapesWorld images and the class index of their ``attribute`` (colour or shape)."""
     _check_attribute(attribute)
-    world = ShapesWorld(split, size=size, seed=seed, image_size=image_size, min_objects=1, max_objects=1)
+    world = ShapesWorld(
+        split, size=size, seed=seed, image_size=image_size, min_objects=1, max_objects=1
+    )
     images = world.render(range(size))
     names = ATTRIBUTE_CLASSES[attribute]
-    labels = torch.tensor([names.index(getattr(scene.objects[0], attribute)) for scene in world.scenes(range(size))])
+    labels = torch.tensor(
+        [
+            names.index(getattr(scene.objects[0], attribute))
+            for scene in world.scenes(range(size))
+        ]
+    )
     return images, labels
 
 
 def zero_shot_accuracy(
-    model: Any, tokenizer: Any, attribute: str, ensemble: bool = True, size: int = 400, split: str = "test",
-    seed: int = 0, image_size: int = 64, device: str | torch.device = "cpu",
+    model: Any,
+    tokenizer: Any,
+    attribute: str,
+    ensemble: bool = True,
+    size: int = 400,
+    split: str = "test",
+    seed: int = 0,
+    image_size: int = 64,
+    device: str | torch.device = "cpu",
 ) -> float:
     """Zero-shot accuracy on the ``attribute`` ("colour" or "shape") of single-object images.
 
@@ -117,6 +166,17 @@ def zero_shot_accuracy(
     _check_attribute(attribute)
     templates = _TEMPLATES[attribute] if ensemble else _TEMPLATES[attribute][:1]
     synonyms = ATTRIBUTE_SYNONYMS[attribute] if ensemble else None
-    classes = class_embeddings(model, tokenizer, ATTRIBUTE_CLASSES[attribute], templates, synonyms, device=device)
-    images, labels = attribute_images(attribute, size=size, split=split, seed=seed, image_size=image_size)
-    return int((zero_shot_predict(model, images, classes) == labels).sum()) / len(labels)
+    classes = class_embeddings(
+        model,
+        tokenizer,
+        ATTRIBUTE_CLASSES[attribute],
+        templates,
+        synonyms,
+        device=device,
+    )
+    images, labels = attribute_images(
+        attribute, size=size, split=split, seed=seed, image_size=image_size
+    )
+    return int((zero_shot_predict(model, images, classes) == labels).sum()) / len(
+        labels
+    )

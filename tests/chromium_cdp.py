@@ -57,7 +57,9 @@ class PageEvents:
     """What one page did while it loaded: requests, failures and errors it reported."""
 
     requests: list[str] = field(default_factory=list)  # every URL requested, in order
-    failed: list[str] = field(default_factory=list)  # "<error> for <URL>" of loads that failed
+    failed: list[str] = field(
+        default_factory=list
+    )  # "<error> for <URL>" of loads that failed
     errors: list[str] = field(default_factory=list)
 
     def outside_requests(self) -> list[str]:
@@ -71,7 +73,12 @@ class HeadlessChromium:
     Use it as a context manager; the browser process and its profile folder are removed on exit.
     """
 
-    def __init__(self, executable: str, window: tuple[int, int] = (1280, 900), timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        executable: str,
+        window: tuple[int, int] = (1280, 900),
+        timeout: float = 30.0,
+    ) -> None:
         self.executable = executable
         self.window = window
         self.timeout = timeout
@@ -108,17 +115,25 @@ class HeadlessChromium:
             "about:blank",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            arguments.insert(1, "--no-sandbox")  # Chromium refuses to start its sandbox as root
+            arguments.insert(
+                1, "--no-sandbox"
+            )  # Chromium refuses to start its sandbox as root
         return arguments
 
     def __enter__(self) -> HeadlessChromium:
-        self._profile = tempfile.TemporaryDirectory(prefix="crossalign-chromium-", ignore_cleanup_errors=True)
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="crossalign-chromium-", ignore_cleanup_errors=True
+        )
         self._process = subprocess.Popen(
-            self.command_line(self._profile.name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command_line(self._profile.name),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             self._socket = websocket.create_connection(
-                self._page_socket_url(Path(self._profile.name)), timeout=self.timeout, suppress_origin=True
+                self._page_socket_url(Path(self._profile.name)),
+                timeout=self.timeout,
+                suppress_origin=True,
             )
             for domain in ("Page", "Runtime", "Network", "Log"):
                 self.call(f"{domain}.enable")
@@ -130,7 +145,9 @@ class HeadlessChromium:
     def __exit__(self, *exc_info: object) -> None:
         if self._socket is not None:
             try:
-                self.call("Browser.close")  # a clean exit lets Chromium flush and close its profile
+                self.call(
+                    "Browser.close"
+                )  # a clean exit lets Chromium flush and close its profile
             except (DevToolsError, websocket.WebSocketException, OSError):
                 pass
             self._socket.close()
@@ -160,21 +177,29 @@ class HeadlessChromium:
         deadline = time.monotonic() + self.timeout
         while not (port_file.is_file() and port_file.read_text().strip()):
             if self._process is not None and self._process.poll() is not None:
-                raise DevToolsError(f"{self.executable} exited with code {self._process.returncode} at start")
+                raise DevToolsError(
+                    f"{self.executable} exited with code {self._process.returncode} at start"
+                )
             if time.monotonic() > deadline:
-                raise DevToolsError(f"{self.executable} did not open a DevTools port within {self.timeout} s")
+                raise DevToolsError(
+                    f"{self.executable} did not open a DevTools port within {self.timeout} s"
+                )
             time.sleep(0.05)
         port = int(port_file.read_text().splitlines()[0])
         while True:
             connection = websocket.create_connection(
-                f"ws://127.0.0.1:{port}" + port_file.read_text().splitlines()[1], timeout=self.timeout, suppress_origin=True
+                f"ws://127.0.0.1:{port}" + port_file.read_text().splitlines()[1],
+                timeout=self.timeout,
+                suppress_origin=True,
             )
             try:
                 connection.send(json.dumps({"id": 1, "method": "Target.getTargets"}))
                 reply = self._receive_reply(connection, 1)
             finally:
                 connection.close()
-            pages = [target for target in reply["targetInfos"] if target["type"] == "page"]
+            pages = [
+                target for target in reply["targetInfos"] if target["type"] == "page"
+            ]
             if pages:
                 return f"ws://127.0.0.1:{port}/devtools/page/{pages[0]['targetId']}"
             if time.monotonic() > deadline:
@@ -182,29 +207,39 @@ class HeadlessChromium:
             time.sleep(0.05)
 
     @staticmethod
-    def _receive_reply(connection: websocket.WebSocket, message_id: int) -> dict[str, Any]:
+    def _receive_reply(
+        connection: websocket.WebSocket, message_id: int
+    ) -> dict[str, Any]:
         """Read from ``connection`` until the reply to ``message_id`` arrives; return its result."""
         while True:
             message = json.loads(connection.recv())
             if message.get("id") == message_id:
                 if "error" in message:
-                    raise DevToolsError(message["error"].get("message", str(message["error"])))
+                    raise DevToolsError(
+                        message["error"].get("message", str(message["error"]))
+                    )
                 return message.get("result", {})
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Send one DevTools command and return its result; events that arrive meanwhile are kept."""
         if self._socket is None:
-            raise DevToolsError("the browser is not running: use HeadlessChromium as a context manager")
+            raise DevToolsError(
+                "the browser is not running: use HeadlessChromium as a context manager"
+            )
         self._next_id += 1
         message_id = self._next_id
-        self._socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        self._socket.send(
+            json.dumps({"id": message_id, "method": method, "params": params})
+        )
         while True:
             message = json.loads(self._socket.recv())
             if "method" in message:
                 self._events.append(message)
             elif message.get("id") == message_id:
                 if "error" in message:
-                    raise DevToolsError(f"{method}: {message['error'].get('message', message['error'])}")
+                    raise DevToolsError(
+                        f"{method}: {message['error'].get('message', message['error'])}"
+                    )
                 return message.get("result", {})
 
     def _wait_for_event(self, method: str, timeout: float) -> None:
@@ -234,17 +269,29 @@ class HeadlessChromium:
         self._wait_for_event("Page.loadEventFired", self.timeout)
         deadline = time.monotonic() + self.timeout
         # A late load event of the previous page can arrive first: wait until this one is loaded.
-        while self.evaluate("document.readyState === 'complete' ? location.href : ''") != url:
+        while (
+            self.evaluate("document.readyState === 'complete' ? location.href : ''")
+            != url
+        ):
             if time.monotonic() > deadline:
-                raise DevToolsError(f"{url} did not finish loading within {self.timeout} s")
+                raise DevToolsError(
+                    f"{url} did not finish loading within {self.timeout} s"
+                )
             time.sleep(0.05)
 
     def evaluate(self, expression: str) -> Any:
         """Evaluate JavaScript in the page (awaiting a promise it returns) and return the value."""
-        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate",
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise DevToolsError(f"script failed: {details.get('exception', {}).get('description', details.get('text'))}")
+            raise DevToolsError(
+                f"script failed: {details.get('exception', {}).get('description', details.get('text'))}"
+            )
         return result["result"].get("value")
 
     def events(self) -> PageEvents:
@@ -257,16 +304,37 @@ class HeadlessChromium:
                 urls[params["requestId"]] = params["request"]["url"]
                 summary.requests.append(params["request"]["url"])
             elif method == "Network.loadingFailed" and not params.get("canceled"):
-                summary.failed.append(f"{params.get('errorText', 'failed')} for {urls.get(params['requestId'], '?')}")
-            elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
-                summary.errors.append(f"HTTP {params['response']['status']} for {params['response']['url']}")
+                summary.failed.append(
+                    f"{params.get('errorText', 'failed')} for {urls.get(params['requestId'], '?')}"
+                )
+            elif (
+                method == "Network.responseReceived"
+                and params["response"]["status"] >= 400
+            ):
+                summary.errors.append(
+                    f"HTTP {params['response']['status']} for {params['response']['url']}"
+                )
             elif method == "Runtime.exceptionThrown":
                 details = params["exceptionDetails"]
-                summary.errors.append(details.get("exception", {}).get("description", details.get("text", "exception")))
-            elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-                summary.errors.append(" ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"]))
+                summary.errors.append(
+                    details.get("exception", {}).get(
+                        "description", details.get("text", "exception")
+                    )
+                )
+            elif method == "Runtime.consoleAPICalled" and params["type"] in (
+                "error",
+                "assert",
+            ):
+                summary.errors.append(
+                    " ".join(
+                        str(arg.get("value", arg.get("description", "")))
+                        for arg in params["args"]
+                    )
+                )
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                summary.errors.append(f"{params['entry']['text']} {params['entry'].get('url', '')}".strip())
+                summary.errors.append(
+                    f"{params['entry']['text']} {params['entry'].get('url', '')}".strip()
+                )
         return summary
 
     def screenshot(self, path: Path) -> None:

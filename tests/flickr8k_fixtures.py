@@ -24,9 +24,24 @@ SPLIT_FILE_NAMES = {
     "val": "Flickr_8k.devImages.txt",
     "test": "Flickr_8k.testImages.txt",
 }
-_SUBJECTS = ["A dog", "Two children", "A man in a red shirt", "A woman", "A black cat", "Three birds", "A girl"]
+_SUBJECTS = [
+    "A dog",
+    "Two children",
+    "A man in a red shirt",
+    "A woman",
+    "A black cat",
+    "Three birds",
+    "A girl",
+]
 _VERBS = ["ran across", "sat on", "jumped over", "looked at", "played near"]
-_PLACES = ["the grass", "a wooden bench", "the beach , near the water", "a fence", "the snow , at night", "a road"]
+_PLACES = [
+    "the grass",
+    "a wooden bench",
+    "the beach , near the water",
+    "a fence",
+    "the snow , at night",
+    "a road",
+]
 
 
 @dataclass
@@ -46,7 +61,9 @@ def image_name(i: int) -> str:
     return f"{1000268201 + 104729 * i}_{hashlib.sha1(str(i).encode()).hexdigest()[:10]}.jpg"
 
 
-def make_spec(n_train: int = 12, n_val: int = 4, n_test: int = 4, captions_per_image: int = 5) -> Flickr8kSpec:
+def make_spec(
+    n_train: int = 12, n_val: int = 4, n_test: int = 4, captions_per_image: int = 5
+) -> Flickr8kSpec:
     """Build a spec: distinct multi-word captions, some with commas and one with double quotes."""
     counts = {"train": n_train, "val": n_val, "test": n_test}
     captions: dict[str, list[str]] = {}
@@ -78,18 +95,25 @@ def image_colour(i: int) -> tuple[int, int, int]:
     return (40 + 37 * i % 200, 200 - 23 * i % 180, 60 + 53 * i % 190)
 
 
-def write_images(image_dir: Path, names: list[str], size: tuple[int, int] = (40, 32)) -> None:
+def write_images(
+    image_dir: Path, names: list[str], size: tuple[int, int] = (40, 32)
+) -> None:
     """Write one solid-colour JPEG (``size`` = width, height) per name, colour ``image_colour(i)``."""
     width, height = size
     for i, name in enumerate(names):
-        write_jpeg(image_dir / name, np.full((height, width, 3), image_colour(i), dtype=np.uint8))
+        write_jpeg(
+            image_dir / name,
+            np.full((height, width, 3), image_colour(i), dtype=np.uint8),
+        )
 
 
 def write_corrupt_jpeg(path: Path, kind: str = "truncated") -> None:
     """Write a broken file with a ``.jpg`` name: a JPEG cut in half, or bytes that are no image."""
     if kind == "truncated":
         buffer = io.BytesIO()
-        noise = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+        noise = np.random.default_rng(0).integers(
+            0, 256, size=(32, 32, 3), dtype=np.uint8
+        )
         Image.fromarray(noise, "RGB").save(buffer, "JPEG", quality=95)
         path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     elif kind == "garbage":
@@ -98,7 +122,9 @@ def write_corrupt_jpeg(path: Path, kind: str = "truncated") -> None:
         raise ValueError(f"kind={kind!r} must be 'truncated' or 'garbage'")
 
 
-def _caption_rows(spec: Flickr8kSpec, quirks: bool) -> list[tuple[str, int, str, str | None]]:
+def _caption_rows(
+    spec: Flickr8kSpec, quirks: bool
+) -> list[tuple[str, int, str, str | None]]:
     """``(image, k, caption, quirk)`` rows in file order, quirk rows inserted when asked.
 
     A blank row's caption is the text of the blank line (white space or nothing).
@@ -106,7 +132,9 @@ def _caption_rows(spec: Flickr8kSpec, quirks: bool) -> list[tuple[str, int, str,
     rows: list[tuple[str, int, str, str | None]] = []
     for i, image in enumerate(spec.image_ids):
         for k, caption in enumerate(spec.captions[image]):
-            rows.append((image, k, caption, "normalised" if quirks and i == 0 else None))
+            rows.append(
+                (image, k, caption, "normalised" if quirks and i == 0 else None)
+            )
         if quirks and i == 1:
             rows.append((image, len(spec.captions[image]), "A", "short"))
         if quirks and i == 2:
@@ -118,7 +146,9 @@ def _caption_rows(spec: Flickr8kSpec, quirks: bool) -> list[tuple[str, int, str,
     return rows
 
 
-def _quirk_lines(rows: list[tuple[str, int, str, str | None]], first_line: int) -> dict[str, list[int]]:
+def _quirk_lines(
+    rows: list[tuple[str, int, str, str | None]], first_line: int
+) -> dict[str, list[int]]:
     lines: dict[str, list[int]] = {}
     for offset, (_, _, _, quirk) in enumerate(rows):
         if quirk is not None:
@@ -129,7 +159,9 @@ def _quirk_lines(rows: list[tuple[str, int, str, str | None]], first_line: int) 
 def write_split_files(root: Path, splits: dict[str, list[str]]) -> None:
     """Write the three original split files (one file name per line)."""
     for split, file_name in SPLIT_FILE_NAMES.items():
-        (root / file_name).write_text("".join(f"{name}\n" for name in splits[split]), encoding="utf-8")
+        (root / file_name).write_text(
+            "".join(f"{name}\n" for name in splits[split]), encoding="utf-8"
+        )
 
 
 def write_original(
@@ -148,7 +180,9 @@ def write_original(
         if quirk == "blank":
             lines.append(caption)
         else:
-            lines.append(f"{image}{'.1' if quirk == 'normalised' else ''}#{k}\t{caption}")
+            lines.append(
+                f"{image}{'.1' if quirk == 'normalised' else ''}#{k}\t{caption}"
+            )
     (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if split_files:
         write_split_files(root, spec.splits)
@@ -158,7 +192,11 @@ def write_original(
 
 
 def write_kaggle(
-    root: Path, spec: Flickr8kSpec, *, quirks: bool = False, image_folder: str | None = "Images"
+    root: Path,
+    spec: Flickr8kSpec,
+    *,
+    quirks: bool = False,
+    image_folder: str | None = "Images",
 ) -> dict[str, list[int]]:
     """Write the Kaggle layout (``captions.txt`` CSV + ``Images/``); return quirk line numbers."""
     root.mkdir(parents=True, exist_ok=True)
@@ -170,7 +208,9 @@ def write_kaggle(
             if quirk == "blank":
                 handle.write(caption + "\n")
             else:
-                writer.writerow([f"{image}{'.1' if quirk == 'normalised' else ''}", caption])
+                writer.writerow(
+                    [f"{image}{'.1' if quirk == 'normalised' else ''}", caption]
+                )
     if image_folder is not None:
         write_images(root / image_folder, spec.image_ids)
     return _quirk_lines(rows, first_line=2)
@@ -204,8 +244,14 @@ def write_karpathy(
             split = "restval"
         sentences = []
         for raw in raws:
-            tokens = [token.lower() for token in raw.replace('"', " ").split() if token.isalnum()]
-            sentences.append({"tokens": tokens, "raw": raw, "imgid": i, "sentid": sentence_id})
+            tokens = [
+                token.lower()
+                for token in raw.replace('"', " ").split()
+                if token.isalnum()
+            ]
+            sentences.append(
+                {"tokens": tokens, "raw": raw, "imgid": i, "sentid": sentence_id}
+            )
             sentence_id += 1
         filename = f"{image}.1" if quirks and i == 0 else image
         if quirks and i == 0:
@@ -219,7 +265,9 @@ def write_karpathy(
                 "filename": filename,
             }
         )
-    (root / "dataset_flickr8k.json").write_text(json.dumps({"images": entries, "dataset": "flickr8k"}), encoding="utf-8")
+    (root / "dataset_flickr8k.json").write_text(
+        json.dumps({"images": entries, "dataset": "flickr8k"}), encoding="utf-8"
+    )
     if image_folder is not None:
         write_images(root / image_folder, spec.image_ids)
     return locations

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 
-def central_differences(f: Callable[[], torch.Tensor], x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def central_differences(
+    f: Callable[[], torch.Tensor], x: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Numerical gradient of the scalar ``f()`` with respect to ``x``, one coordinate at a time.
 
     ``x`` is perturbed in place (through a detached view, so ``f`` sees the change) and

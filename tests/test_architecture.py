@@ -37,18 +37,37 @@ graph TD
 def test_parse_seed_flowchart():
     chart = parse_mermaid_edges(SEED_GRAPH)
     assert chart.direction == "TD"
-    assert chart.edges == [("A", "B"), ("C", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F")]
-    assert chart.labels == {"A": "数据预处理", "B": "特征提取", "C": "模态融合", "D": "对齐算法应用", "E": "模型训练", "F": "模型评估"}
+    assert chart.edges == [
+        ("A", "B"),
+        ("C", "B"),
+        ("B", "C"),
+        ("C", "D"),
+        ("D", "E"),
+        ("E", "F"),
+    ]
+    assert chart.labels == {
+        "A": "数据预处理",
+        "B": "特征提取",
+        "C": "模态融合",
+        "D": "对齐算法应用",
+        "E": "模型训练",
+        "F": "模型评估",
+    }
 
 
 def test_parse_edge_texts_comments_and_arrow_kinds():
-    chart = parse_mermaid_edges('flowchart LR\n  %% a comment\n  x["in put"] -->|yes| y\n  y -.-> z[Z]\n  z ==> x')
+    chart = parse_mermaid_edges(
+        'flowchart LR\n  %% a comment\n  x["in put"] -->|yes| y\n  y -.-> z[Z]\n  z ==> x'
+    )
     assert chart.direction == "LR"
     assert chart.edges == [("x", "y"), ("y", "z"), ("z", "x")]
     assert chart.labels == {"x": "in put", "y": "y", "z": "Z"}
 
 
-@pytest.mark.parametrize("text, where", [("", "empty"), ("A --> B", "line 1"), ("graph TD\n  A -> B", "line 2")])
+@pytest.mark.parametrize(
+    "text, where",
+    [("", "empty"), ("A --> B", "line 1"), ("graph TD\n  A -> B", "line 2")],
+)
 def test_parse_rejects_bad_lines_naming_them(text, where):
     with pytest.raises(ValueError, match=where):
         parse_mermaid_edges(text)
@@ -81,7 +100,10 @@ def test_topological_order_and_find_cycle_agree_with_brute_force_on_all_small_gr
         cycle = find_cycle(edges)
         assert (cycle is not None) == cyclic, edges
         if cycle:  # the cycle is real: consecutive nodes (and last -> first) are edges
-            assert all((cycle[i], cycle[(i + 1) % len(cycle)]) in edges for i in range(len(cycle)))
+            assert all(
+                (cycle[i], cycle[(i + 1) % len(cycle)]) in edges
+                for i in range(len(cycle))
+            )
             with pytest.raises(CycleError):
                 topological_order(edges, nodes)
         else:
@@ -133,7 +155,13 @@ def toy_package(tmp_path, monkeypatch):
 
 def test_package_modules_lists_every_module(toy_package):
     assert package_modules(toy_package) == [
-        "toypkg", "toypkg.cli", "toypkg.data", "toypkg.data.reader", "toypkg.models", "toypkg.models.net", "toypkg.util",
+        "toypkg",
+        "toypkg.cli",
+        "toypkg.data",
+        "toypkg.data.reader",
+        "toypkg.models",
+        "toypkg.models.net",
+        "toypkg.util",
     ]
 
 
@@ -152,10 +180,19 @@ def test_import_graph_resolves_absolute_relative_and_lazy_imports(toy_package):
 
 def test_grouping_and_diagram_of_toy_package(toy_package):
     groups, edges = group_by_subpackage(toy_package)
-    assert groups == {"toypkg": [], "cli": [], "data": ["reader"], "models": ["net"], "util": []}
+    assert groups == {
+        "toypkg": [],
+        "cli": [],
+        "data": ["reader"],
+        "models": ["net"],
+        "util": [],
+    }
     assert edges == [
-        ImportEdge("cli", "models", True), ImportEdge("cli", "util", True),
-        ImportEdge("data", "util", False), ImportEdge("models", "cli", True), ImportEdge("models", "data", False),
+        ImportEdge("cli", "models", True),
+        ImportEdge("cli", "util", True),
+        ImportEdge("data", "util", False),
+        ImportEdge("models", "cli", True),
+        ImportEdge("models", "data", False),
         ImportEdge("toypkg", "util", False),
     ]
     chart = parse_mermaid_edges(architecture_mermaid(toy_package))
@@ -173,11 +210,20 @@ def test_group_of_rejects_foreign_modules():
 
 def test_crossalign_diagram_covers_every_module_file():
     root = Path(importlib.import_module("crossalign").__path__[0])
-    def in_regular_package(path: Path) -> bool:  # every folder up to the root has an __init__.py
-        return all((folder / "__init__.py").is_file() for folder in path.parents if folder.is_relative_to(root))
+
+    def in_regular_package(
+        path: Path,
+    ) -> bool:  # every folder up to the root has an __init__.py
+        return all(
+            (folder / "__init__.py").is_file()
+            for folder in path.parents
+            if folder.is_relative_to(root)
+        )
 
     on_disk = {
-        ".".join(("crossalign", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        ".".join(
+            ("crossalign", *p.relative_to(root).with_suffix("").parts)
+        ).removesuffix(".__init__")
         for p in root.rglob("*.py")
         if in_regular_package(p)
     }
@@ -186,4 +232,6 @@ def test_crossalign_diagram_covers_every_module_file():
     for module in on_disk - {"crossalign"}:
         assert module.split(".")[-1] in text, module
     top_level = [(e.source, e.target) for e in group_by_subpackage()[1] if not e.lazy]
-    assert find_cycle(top_level) is None  # module-level imports between sub-packages form a DAG
+    assert (
+        find_cycle(top_level) is None
+    )  # module-level imports between sub-packages form a DAG

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from chromium_cdp import HeadlessChromium, PageEvents, find_chromium, leaves_localhost
 
 pytestmark = pytest.mark.site
@@ -69,7 +68,9 @@ The hidden answer is $x = 1$.
 PROBE_MATH_ELEMENTS = 5
 # Not part of any page: fetched once on purpose to prove that the wall holds and is counted.
 NETWORK_PROBE_URL = "http://network-probe.example/blocked"
-REFRESH = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.IGNORECASE)
+REFRESH = re.compile(
+    r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.IGNORECASE
+)
 REQUIRE_BROWSER = os.environ.get("CROSSALIGN_REQUIRE_BROWSER") == "1"
 
 # Runs in each page once it has loaded: waits for MathJax and Mermaid, then reports.
@@ -177,7 +178,14 @@ def prepare_source(source: Path) -> None:
     """
     source.mkdir(parents=True)
     for entry in ROOT.iterdir():
-        if entry.name not in {".git", ".venv", "_build", "_config.yml", "_toc.yml", "book"}:
+        if entry.name not in {
+            ".git",
+            ".venv",
+            "_build",
+            "_config.yml",
+            "_toc.yml",
+            "book",
+        }:
             (source / entry.name).symlink_to(entry)
     (source / "book").mkdir()
     for entry in (ROOT / "book").iterdir():
@@ -186,12 +194,20 @@ def prepare_source(source: Path) -> None:
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     config.setdefault("execute", {})["execute_notebooks"] = "off"
-    (source / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (source / "_config.yml").write_text(
+        yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
+    )
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    entries = toc["parts"][-1].setdefault("chapters", []) if "parts" in toc else toc.setdefault("chapters", [])
+    entries = (
+        toc["parts"][-1].setdefault("chapters", [])
+        if "parts" in toc
+        else toc.setdefault("chapters", [])
+    )
     entries.append({"file": f"book/{PROBE_NAME}"})
-    (source / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
+    (source / "_toc.yml").write_text(
+        yaml.safe_dump(toc, sort_keys=False), encoding="utf-8"
+    )
 
 
 def build_site(workdir: Path) -> Path:
@@ -205,23 +221,32 @@ def build_site(workdir: Path) -> Path:
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        pytest.fail(f"the book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
+        pytest.fail(
+            f"the book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        )
     return workdir / "_build" / "html"
 
 
 class QuietSiteHandler(http.server.SimpleHTTPRequestHandler):
     """Serves the site's files, with the JavaScript module type browsers insist on, silently."""
 
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript"}
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".js": "text/javascript",
+    }
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The built site: ``CROSSALIGN_SITE`` if set, else a fresh no-execution build."""
-    require(VENDOR_STAMP.is_file(), "web assets missing: run python tools/fetch_web_assets.py (make assets)")
+    require(
+        VENDOR_STAMP.is_file(),
+        "web assets missing: run python tools/fetch_web_assets.py (make assets)",
+    )
     given = os.environ.get("CROSSALIGN_SITE")
     if given:
         path = Path(given).resolve()
@@ -234,14 +259,22 @@ def site(tmp_path_factory) -> Path:
 def redirect_target(site: Path, page: str) -> str | None:
     """Where ``page`` sends the browser at once (a ``<meta http-equiv="Refresh">`` page), if anywhere."""
     match = REFRESH.search((site / page).read_text(encoding="utf-8"))
-    return None if match is None else (Path(page).parent / match.group(1)).as_posix().removeprefix("./")
+    return (
+        None
+        if match is None
+        else (Path(page).parent / match.group(1)).as_posix().removeprefix("./")
+    )
 
 
 def site_pages(site: Path) -> list[str]:
     """Every content page of ``site``, relative to it (assets, sources and redirects left out)."""
     skipped = ("_static/", "_sources/", "_images/", "_downloads/")
     pages = [path.relative_to(site).as_posix() for path in site.rglob("*.html")]
-    return sorted(page for page in pages if not page.startswith(skipped) and redirect_target(site, page) is None)
+    return sorted(
+        page
+        for page in pages
+        if not page.startswith(skipped) and redirect_target(site, page) is None
+    )
 
 
 def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
@@ -261,11 +294,19 @@ def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
     )
 
 
-def take_screenshots(browser: HeadlessChromium, base: str, pages: list[str], landing: str) -> list[Path]:
+def take_screenshots(
+    browser: HeadlessChromium, base: str, pages: list[str], landing: str
+) -> list[Path]:
     """Save the landing page and chapter 4's first diagram (when the chapter exists) as PNGs."""
     views = [(landing, "landing.png", None)]
     if CHAPTER_4 in pages:
-        views.append((CHAPTER_4, "04_alignment_pipeline.png", "document.querySelector('.mermaid')?.scrollIntoView({block: 'center'})"))
+        views.append(
+            (
+                CHAPTER_4,
+                "04_alignment_pipeline.png",
+                "document.querySelector('.mermaid')?.scrollIntoView({block: 'center'})",
+            )
+        )
     saved = []
     for page, name, arrange in views:
         browser.open(f"{base}/{page}")
@@ -281,7 +322,10 @@ def take_screenshots(browser: HeadlessChromium, base: str, pages: list[str], lan
 def browser_run(site: Path, request) -> BrowserRun:
     """Serve ``site`` on loopback, open every page in walled-off Chromium, take screenshots."""
     chromium = find_chromium()
-    require(chromium is not None, "Chromium not installed (Debian: apt-get install chromium)")
+    require(
+        chromium is not None,
+        "Chromium not installed (Debian: apt-get install chromium)",
+    )
     handler = functools.partial(QuietSiteHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -290,7 +334,9 @@ def browser_run(site: Path, request) -> BrowserRun:
     try:
         with HeadlessChromium(chromium) as browser:
             reports = {page: visit(browser, base, page) for page in site_pages(site)}
-            assert landing in reports, f"index.html leads to {landing}, which is not a page of the site"
+            assert landing in reports, (
+                f"index.html leads to {landing}, which is not a page of the site"
+            )
             screenshots = take_screenshots(browser, base, list(reports), landing)
 
             dropdowns = None
@@ -299,7 +345,9 @@ def browser_run(site: Path, request) -> BrowserRun:
                 dropdowns = browser.evaluate(DROPDOWN_REPORT_JS)
 
             browser.open(f"{base}/{landing}")
-            outcome = browser.evaluate(f"fetch({NETWORK_PROBE_URL!r}).then(() => 'reached', () => 'blocked')")
+            outcome = browser.evaluate(
+                f"fetch({NETWORK_PROBE_URL!r}).then(() => 'reached', () => 'blocked')"
+            )
             probe_events = browser.events()
     finally:
         server.shutdown()
@@ -342,7 +390,9 @@ def test_the_probe_page_renders_its_known_diagram_and_equations(browser_run):
     assert probe.typeset == PROBE_MATH_ELEMENTS
 
 
-def test_the_probe_exercise_renders_and_its_solution_stays_hidden_until_clicked(browser_run):
+def test_the_probe_exercise_renders_and_its_solution_stays_hidden_until_clicked(
+    browser_run,
+):
     probe_report(browser_run)
     report = browser_run.dropdowns
     assert report["dropdowns"] == 1
@@ -351,24 +401,40 @@ def test_the_probe_exercise_renders_and_its_solution_stays_hidden_until_clicked(
 
 
 def test_every_mermaid_block_became_an_svg(browser_run):
-    failed = {page: f"{r.svgs} of {r.diagrams}" for page, r in browser_run.reports.items() if r.svgs != r.diagrams}
+    failed = {
+        page: f"{r.svgs} of {r.diagrams}"
+        for page, r in browser_run.reports.items()
+        if r.svgs != r.diagrams
+    }
     assert not failed, f"diagrams not rendered: {failed}"
 
 
 def test_all_math_typeset_without_errors_or_raw_tex(browser_run):
     for page, report in browser_run.reports.items():
-        assert report.typeset == report.math, f"{page}: {report.typeset} of {report.math} math blocks typeset"
+        assert report.typeset == report.math, (
+            f"{page}: {report.typeset} of {report.math} math blocks typeset"
+        )
         assert report.tex_errors == 0, f"{page}: {report.tex_errors} TeX errors"
-        assert report.raw_tex == [], f"{page}: raw TeX left in the text: {report.raw_tex}"
+        assert report.raw_tex == [], (
+            f"{page}: raw TeX left in the text: {report.raw_tex}"
+        )
 
 
 def test_no_request_leaves_localhost(browser_run):
-    outside = {page: r.events.outside_requests() for page, r in browser_run.reports.items() if r.events.outside_requests()}
+    outside = {
+        page: r.events.outside_requests()
+        for page, r in browser_run.reports.items()
+        if r.events.outside_requests()
+    }
     assert not outside, f"pages fetched from the network: {outside}"
 
 
 def test_no_console_errors_or_failed_loads(browser_run):
-    errors = {page: r.events.errors + r.events.failed for page, r in browser_run.reports.items() if r.events.errors or r.events.failed}
+    errors = {
+        page: r.events.errors + r.events.failed
+        for page, r in browser_run.reports.items()
+        if r.events.errors or r.events.failed
+    }
     assert not errors, f"errors reported by pages: {errors}"
 
 
@@ -395,17 +461,25 @@ def test_leaves_localhost_classifies_urls():
 
 def notebook_pages(site: Path) -> list[Path]:
     """The built pages whose source is a notebook (they are the ones with launch buttons)."""
-    return sorted(site / "book" / f"{path.stem}.html" for path in (ROOT / "book").glob("*.ipynb") if (site / "book" / f"{path.stem}.html").is_file())
+    return sorted(
+        site / "book" / f"{path.stem}.html"
+        for path in (ROOT / "book").glob("*.ipynb")
+        if (site / "book" / f"{path.stem}.html").is_file()
+    )
 
 
 def test_every_notebook_page_has_a_colab_launch_button(site):
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    repository = config["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+    repository = (
+        config["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+    )
     pages = notebook_pages(site)
     assert pages, "no notebook page was built"
     for page in pages:
         expected = f"https://colab.research.google.com/github/{repository}/blob/{config['repository']['branch']}/book/{page.stem}.ipynb"
-        assert expected in page.read_text(encoding="utf-8"), f"{page.name}: no Colab button linking {expected}"
+        assert expected in page.read_text(encoding="utf-8"), (
+            f"{page.name}: no Colab button linking {expected}"
+        )
 
 
 def test_pages_load_only_the_intended_vendor_scripts(site):
@@ -414,7 +488,14 @@ def test_pages_load_only_the_intended_vendor_scripts(site):
         html = (site / page).read_text(encoding="utf-8")
         tags = re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html)
         vendor = [src for src in tags if "vendor/" in src]
-        assert all("vendor/mathjax/tex-mml-chtml.js" in src for src in vendor), f"{page}: {vendor}"
-        assert not [src for src in tags if leaves_localhost(src)], f"{page}: scripts from the network"
+        assert all("vendor/mathjax/tex-mml-chtml.js" in src for src in vendor), (
+            f"{page}: {vendor}"
+        )
+        assert not [src for src in tags if leaves_localhost(src)], (
+            f"{page}: scripts from the network"
+        )
         if 'class="mermaid"' in html:
-            assert re.search(r"import mermaid from \"[./]*_static/vendor/mermaid/mermaid\.esm\.min\.mjs\"", html), page
+            assert re.search(
+                r"import mermaid from \"[./]*_static/vendor/mermaid/mermaid\.esm\.min\.mjs\"",
+                html,
+            ), page

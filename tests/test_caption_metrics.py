@@ -20,12 +20,21 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from crossalign.metrics import captioning
-from crossalign.metrics.captioning import caption_metrics, cider_d, corpus_bleu, meteor, rouge_l, tokenize_caption
+from crossalign.metrics.captioning import (
+    caption_metrics,
+    cider_d,
+    corpus_bleu,
+    meteor,
+    rouge_l,
+    tokenize_caption,
+)
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 
 
-def pycocoevalcap_scores(candidates: dict, references: dict, sigma: float = 6.0) -> dict[str, float]:
+def pycocoevalcap_scores(
+    candidates: dict, references: dict, sigma: float = 6.0
+) -> dict[str, float]:
     """The six scores from pycocoevalcap, fed the ``{id: [caption]}`` candidates it expects."""
     results = {image: [caption] for image, caption in candidates.items()}
     bleu, _ = Bleu(4).compute_score(references, results, verbose=0)
@@ -38,10 +47,16 @@ def assert_same_scores(ours: dict[str, float], theirs: dict[str, float]) -> None
     """Equal to float rounding: relative 1e-9 (far inside the 1e-6 promised), so tiny BLEU-4 values count too."""
     assert ours.keys() == theirs.keys()
     for name in ours:
-        assert math.isclose(ours[name], theirs[name], rel_tol=1e-9, abs_tol=1e-13), (name, ours[name], theirs[name])
+        assert math.isclose(ours[name], theirs[name], rel_tol=1e-9, abs_tol=1e-13), (
+            name,
+            ours[name],
+            theirs[name],
+        )
 
 
-def random_corpus(seed: int, n_images: int, vocab_size: int) -> tuple[dict[int, str], dict[int, list[str]]]:
+def random_corpus(
+    seed: int, n_images: int, vocab_size: int
+) -> tuple[dict[int, str], dict[int, list[str]]]:
     """A seeded corpus of 1-7 references per image and candidates of every awkward kind.
 
     Candidates are empty, one word, a repeated short n-gram, a reference with edits, or random;
@@ -66,7 +81,9 @@ def random_corpus(seed: int, n_images: int, vocab_size: int) -> tuple[dict[int, 
             candidates[image] = " ".join([caption(1, 2)] * rng.randint(2, 5))
         elif kind == "edited":
             source = rng.choice(references[image]).split()
-            candidates[image] = " ".join(w if rng.random() < 0.7 else rng.choice(words) for w in source)
+            candidates[image] = " ".join(
+                w if rng.random() < 0.7 else rng.choice(words) for w in source
+            )
         else:
             candidates[image] = caption(1, 15)
     return candidates, references
@@ -74,13 +91,26 @@ def random_corpus(seed: int, n_images: int, vocab_size: int) -> tuple[dict[int, 
 
 @pytest.mark.parametrize(
     ("seed", "n_images", "vocab_size"),
-    [(0, 1, 6), (1, 2, 3), (2, 3, 12), (3, 12, 4), (4, 30, 40), (5, 90, 150), (6, 200, 600), (7, 600, 2000)],
+    [
+        (0, 1, 6),
+        (1, 2, 3),
+        (2, 3, 12),
+        (3, 12, 4),
+        (4, 30, 40),
+        (5, 90, 150),
+        (6, 200, 600),
+        (7, 600, 2000),
+    ],
 )
-def test_all_metrics_equal_pycocoevalcap_on_random_corpora(seed: int, n_images: int, vocab_size: int) -> None:
+def test_all_metrics_equal_pycocoevalcap_on_random_corpora(
+    seed: int, n_images: int, vocab_size: int
+) -> None:
     candidates, references = random_corpus(seed, n_images, vocab_size)
     ours = caption_metrics(candidates, references)
     assert_same_scores(ours, pycocoevalcap_scores(candidates, references))
-    assert corpus_bleu(candidates, references) == [ours[f"BLEU-{n}"] for n in range(1, 5)]
+    assert corpus_bleu(candidates, references) == [
+        ours[f"BLEU-{n}"] for n in range(1, 5)
+    ]
     assert rouge_l(candidates, references) == ours["ROUGE-L"]
     assert cider_d(candidates, references) == ours["CIDEr-D"]
 
@@ -93,10 +123,14 @@ def test_random_corpora_cover_the_awkward_cases() -> None:
     assert any(len(c.split()) > len(set(c.split())) for c in candidates.values())
 
 
-@pytest.mark.parametrize("candidate", ["", "w1", "w1 w1 w1 w1 w1"], ids=["empty", "one word", "one word repeated"])
+@pytest.mark.parametrize(
+    "candidate",
+    ["", "w1", "w1 w1 w1 w1 w1"],
+    ids=["empty", "one word", "one word repeated"],
+)
 def test_degenerate_candidates_equal_pycocoevalcap(candidate: str) -> None:
     _, references = random_corpus(7, 20, 10)
-    candidates = {image: candidate for image in references}
+    candidates = dict.fromkeys(references, candidate)
     ours = caption_metrics(candidates, references)
     assert_same_scores(ours, pycocoevalcap_scores(candidates, references))
     if candidate == "":
@@ -105,7 +139,13 @@ def test_degenerate_candidates_equal_pycocoevalcap(candidate: str) -> None:
 
 def test_single_image_corpus_equals_pycocoevalcap_and_has_zero_cider() -> None:
     candidates = {"only": "a dog runs on the grass"}
-    references = {"only": ["a dog is running on the grass", "the dog runs", "a brown dog on grass"]}
+    references = {
+        "only": [
+            "a dog is running on the grass",
+            "the dog runs",
+            "a brown dog on grass",
+        ]
+    }
     ours = caption_metrics(candidates, references)
     assert_same_scores(ours, pycocoevalcap_scores(candidates, references))
     assert ours["CIDEr-D"] == 0.0  # log(N / df) = log(1 / 1) for every reference n-gram
@@ -152,7 +192,10 @@ REALISTIC_REFERENCES = {
         "Someone skiing down a mountain slope",
         "The man's skis are crossed as he jumps .",
     ],
-    "guitar": ["A man plays the guitar on stage.", "A musician is playing an electric guitar."],
+    "guitar": [
+        "A man plays the guitar on stage.",
+        "A musician is playing an electric guitar.",
+    ],
     "cat": [
         "A cat is sleeping on a couch.",
         "A gray cat naps on the sofa.",
@@ -177,8 +220,13 @@ def test_realistic_corpus_equals_pycocoevalcap() -> None:
     def tokenised(text: str) -> str:
         return " ".join(tokenize_caption(text))
 
-    candidates = {image: tokenised(text) for image, text in REALISTIC_CANDIDATES.items()}
-    references = {image: [tokenised(text) for text in texts] for image, texts in REALISTIC_REFERENCES.items()}
+    candidates = {
+        image: tokenised(text) for image, text in REALISTIC_CANDIDATES.items()
+    }
+    references = {
+        image: [tokenised(text) for text in texts]
+        for image, texts in REALISTIC_REFERENCES.items()
+    }
     ours = caption_metrics(candidates, references)
     assert_same_scores(ours, pycocoevalcap_scores(candidates, references))
     assert 0.3 < ours["BLEU-4"] < ours["BLEU-1"] < 1 and ours["CIDEr-D"] > 1
@@ -187,24 +235,39 @@ def test_realistic_corpus_equals_pycocoevalcap() -> None:
 @pytest.mark.parametrize("max_n", [1, 2, 3])
 def test_shorter_bleu_equals_pycocoevalcap(max_n: int) -> None:
     candidates, references = random_corpus(8, 40, 15)
-    theirs, _ = Bleu(max_n).compute_score(references, {i: [c] for i, c in candidates.items()}, verbose=0)
+    theirs, _ = Bleu(max_n).compute_score(
+        references, {i: [c] for i, c in candidates.items()}, verbose=0
+    )
     ours = corpus_bleu(candidates, references, max_n=max_n)
     assert len(ours) == max_n
-    assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-13) for a, b in zip(ours, theirs))
+    assert all(
+        math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-13) for a, b in zip(ours, theirs)
+    )
 
 
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 20.0])
 def test_cider_d_sigma_equals_pycocoevalcap(sigma: float) -> None:
     candidates, references = random_corpus(9, 40, 15)
-    theirs, _ = Cider(sigma=sigma).compute_score(references, {i: [c] for i, c in candidates.items()})
-    assert math.isclose(cider_d(candidates, references, sigma=sigma), theirs, rel_tol=1e-9)
+    theirs, _ = Cider(sigma=sigma).compute_score(
+        references, {i: [c] for i, c in candidates.items()}
+    )
+    assert math.isclose(
+        cider_d(candidates, references, sigma=sigma), theirs, rel_tol=1e-9
+    )
 
 
 def test_irregular_spaces_are_split_as_pycocoevalcap_splits_them() -> None:
     # BLEU and CIDEr split on any whitespace, ROUGE on single spaces (a double space is an empty token).
     candidates = {0: "a  dog runs ", 1: " two cats", 2: "a bird\tflies"}
-    references = {0: ["a dog  runs", "dogs run"], 1: ["two cats  sit"], 2: ["a bird flies", "a  bird"]}
-    assert_same_scores(caption_metrics(candidates, references), pycocoevalcap_scores(candidates, references))
+    references = {
+        0: ["a dog  runs", "dogs run"],
+        1: ["two cats  sit"],
+        2: ["a bird flies", "a  bird"],
+    }
+    assert_same_scores(
+        caption_metrics(candidates, references),
+        pycocoevalcap_scores(candidates, references),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,7 +289,11 @@ SMOOTHED = 1e-6  # the smoothing constants move a hand-computed precision by at 
         # Brevity penalty: 2 words against 6, exp(1 - 6/2).
         (["the cat"], [["the cat sat on the mat"]], math.exp(-2)),
         # A slightly short candidate is penalised too: 19 words against 20, exp(1 - 20/19).
-        ([" ".join("abcdefghijklmnopqrs")], [[" ".join("abcdefghijklmnopqrst")]], math.exp(1 - 20 / 19)),
+        (
+            [" ".join("abcdefghijklmnopqrs")],
+            [[" ".join("abcdefghijklmnopqrst")]],
+            math.exp(1 - 20 / 19),
+        ),
         # The closest reference length (2) is used: no penalty.
         (["the cat"], [["the cat sat on the mat", "a cat"]], 1.0),
         # Tie between lengths 3 and 5 for a 4-word candidate: the shorter wins, so no penalty.
@@ -234,11 +301,23 @@ SMOOTHED = 1e-6  # the smoothing constants move a hand-computed precision by at 
         # Corpus pooling: (2 + 0) / (2 + 4) = 1/3, where the mean of per-image BLEU-1 would be 1/2.
         (["a b", "c d e f"], [["a b"], ["w x y z"]], 1 / 3),
     ],
-    ids=["overlap", "clipping", "clip by best reference", "brevity", "slight brevity", "closest length", "tie",
-         "pooling"],
+    ids=[
+        "overlap",
+        "clipping",
+        "clip by best reference",
+        "brevity",
+        "slight brevity",
+        "closest length",
+        "tie",
+        "pooling",
+    ],
 )
-def test_bleu_1_hand_computed(candidates: list[str], references: list[list[str]], expected: float) -> None:
-    assert corpus_bleu(candidates, references, max_n=1)[0] == pytest.approx(expected, rel=SMOOTHED)
+def test_bleu_1_hand_computed(
+    candidates: list[str], references: list[list[str]], expected: float
+) -> None:
+    assert corpus_bleu(candidates, references, max_n=1)[0] == pytest.approx(
+        expected, rel=SMOOTHED
+    )
 
 
 def test_bleu_4_without_a_4_gram_match_is_tiny_but_positive() -> None:
@@ -246,8 +325,12 @@ def test_bleu_4_without_a_4_gram_match_is_tiny_but_positive() -> None:
     references = [["a b c x"], ["e f g y"]]
     bleu = corpus_bleu(candidates, references)
     # p1 = 6/8, p2 = 4/6, p3 = 2/4, p4 = 1e-15 / 2: BLEU-4 = (p1 p2 p3 p4)^(1/4).
-    assert bleu[:3] == pytest.approx([0.75, (0.75 * 4 / 6) ** 0.5, (0.75 * 4 / 6 * 0.5) ** (1 / 3)], rel=SMOOTHED)
-    assert bleu[3] == pytest.approx((0.75 * 4 / 6 * 0.5 * 1e-15 / 2) ** 0.25, rel=SMOOTHED)
+    assert bleu[:3] == pytest.approx(
+        [0.75, (0.75 * 4 / 6) ** 0.5, (0.75 * 4 / 6 * 0.5) ** (1 / 3)], rel=SMOOTHED
+    )
+    assert bleu[3] == pytest.approx(
+        (0.75 * 4 / 6 * 0.5 * 1e-15 / 2) ** 0.25, rel=SMOOTHED
+    )
     assert 0 < bleu[3] < 1e-3
 
 
@@ -271,17 +354,23 @@ def rouge_f(precision: float, recall: float) -> float:
     ],
     ids=["lcs", "separate maxima", "order", "no overlap", "empty candidate"],
 )
-def test_rouge_l_hand_computed(candidate: str, references: list[str], expected: float) -> None:
+def test_rouge_l_hand_computed(
+    candidate: str, references: list[str], expected: float
+) -> None:
     assert rouge_l([candidate], [references]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_rouge_l_is_the_mean_over_images() -> None:
-    assert rouge_l(["a b", "a b c d"], [["a b"], ["a c e d f"]]) == pytest.approx((1 + rouge_f(3 / 4, 3 / 5)) / 2)
+    assert rouge_l(["a b", "a b c d"], [["a b"], ["a c e d f"]]) == pytest.approx(
+        (1 + rouge_f(3 / 4, 3 / 5)) / 2
+    )
 
 
 def test_cider_d_of_perfect_captions_with_distinct_words_is_10() -> None:
     # Every n-gram is in one image out of 2 (idf = log 2 for all), so each order's cosine is 1.
-    assert cider_d(["a b c d e", "f g h i"], [["a b c d e"], ["f g h i"]]) == pytest.approx(10.0, rel=1e-12)
+    assert cider_d(
+        ["a b c d e", "f g h i"], [["a b c d e"], ["f g h i"]]
+    ) == pytest.approx(10.0, rel=1e-12)
     # A one-word caption has only a unigram: orders 2-4 give 0, so 10 x 1/4.
     assert cider_d(["a", "b"], [["a"], ["b"]]) == pytest.approx(2.5, rel=1e-12)
 
@@ -292,14 +381,20 @@ def test_lcs_length_equals_dynamic_programming() -> None:
         for token in first:
             diagonal = 0
             for j, other in enumerate(second, start=1):
-                diagonal, row[j] = row[j], diagonal + 1 if token == other else max(row[j], row[j - 1])
+                diagonal, row[j] = (
+                    row[j],
+                    diagonal + 1 if token == other else max(row[j], row[j - 1]),
+                )
         return row[-1]
 
     rng = random.Random(0)
     for _ in range(300):
         first = rng.choices("abcd", k=rng.randint(0, 12))
         second = rng.choices("abcde", k=rng.randint(0, 12))
-        assert captioning._lcs_length(first, second) == lcs_table(first, second), (first, second)
+        assert captioning._lcs_length(first, second) == lcs_table(first, second), (
+            first,
+            second,
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,8 +406,13 @@ def test_lists_dicts_and_pycocoevalcap_form_give_the_same_scores() -> None:
     candidates, references = random_corpus(10, 15, 8)
     as_dicts = caption_metrics(candidates, references)
     ids = list(references)
-    assert caption_metrics([candidates[i] for i in ids], [references[i] for i in ids]) == as_dicts
-    assert caption_metrics({i: [c] for i, c in candidates.items()}, references) == as_dicts
+    assert (
+        caption_metrics([candidates[i] for i in ids], [references[i] for i in ids])
+        == as_dicts
+    )
+    assert (
+        caption_metrics({i: [c] for i, c in candidates.items()}, references) == as_dicts
+    )
     shuffled = dict(reversed(list(candidates.items())))
     assert caption_metrics(shuffled, references) == pytest.approx(as_dicts, rel=1e-12)
 
@@ -320,7 +420,12 @@ def test_lists_dicts_and_pycocoevalcap_form_give_the_same_scores() -> None:
 @pytest.mark.parametrize(
     ("candidates", "references", "error", "message"),
     [
-        ({1: "a"}, {2: ["a"]}, ValueError, r"same image ids.*no references: \[1\].*no candidate: \[2\]"),
+        (
+            {1: "a"},
+            {2: ["a"]},
+            ValueError,
+            r"same image ids.*no references: \[1\].*no candidate: \[2\]",
+        ),
         (["a", "b"], [["a"]], ValueError, "2 candidates but 1 reference lists"),
         ([], [], ValueError, "corpus is empty"),
         ({1: "a"}, [["a"]], TypeError, "same form"),
@@ -329,13 +434,31 @@ def test_lists_dicts_and_pycocoevalcap_form_give_the_same_scores() -> None:
         ({1: "a"}, {1: "a dog"}, TypeError, "got one str; wrap it in a list"),
         (["a"], [["a dog", "  "]], ValueError, "reference 1 at index 0 is empty"),
         (["a"], [["a dog", 3]], TypeError, "reference 1 at index 0 must be a str"),
-        ([["a", "b"]], [["a"]], TypeError, "candidate at index 0 must be one caption string"),
+        (
+            [["a", "b"]],
+            [["a"]],
+            TypeError,
+            "candidate at index 0 must be one caption string",
+        ),
         ([None], [["a"]], TypeError, "candidate at index 0"),
     ],
-    ids=["ids", "lengths", "empty", "mixed forms", "str corpus", "no references", "str references",
-         "empty reference", "non-str reference", "two candidates", "None candidate"],
+    ids=[
+        "ids",
+        "lengths",
+        "empty",
+        "mixed forms",
+        "str corpus",
+        "no references",
+        "str references",
+        "empty reference",
+        "non-str reference",
+        "two candidates",
+        "None candidate",
+    ],
 )
-def test_bad_inputs_raise_clear_errors(candidates: object, references: object, error: type, message: str) -> None:
+def test_bad_inputs_raise_clear_errors(
+    candidates: object, references: object, error: type, message: str
+) -> None:
     for metric in (caption_metrics, corpus_bleu, rouge_l, cider_d):
         with pytest.raises(error, match=message):
             metric(candidates, references)
@@ -363,17 +486,13 @@ PTB_TOKENISED = {
     "A dog runs.": "a dog runs",
     "A Dog, a CAT; and a bird: all running!": "a dog a cat and a bird all running",
     "The dog's ball isn't red.": "the dog 's ball is n't red",
-    "They're sure it can't be, and we'll see; I'm here, you've gone, he'd go.":
-        "they 're sure it ca n't be and we 'll see i 'm here you 've gone he 'd go",
+    "They're sure it can't be, and we'll see; I'm here, you've gone, he'd go.": "they 're sure it ca n't be and we 'll see i 'm here you 've gone he 'd go",
     "A man in a t-shirt and black-and-white shoes.": "a man in a t-shirt and black-and-white shoes",
-    "A 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres.":
-        "a 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres",
+    "A 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres.": "a 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres",
     "She said \"hello\" and 'goodbye' to the dogs' owner.": "she said hello and goodbye to the dogs owner",
     "Wait... what?! Really?? No!": "wait what ?! really ?? no",
-    "A sign reads $5 & 20% off #1 (cheap) [new] {big}":
-        "a sign reads $ 5 & 20 % off # 1 -lrb- cheap -rrb- -lsb- new -rsb- -lcb- big -rcb-",
-    "A woman from the U.S. meets Mr. Smith at 5 p.m. on Main St.":
-        "a woman from the u.s. meets mr. smith at 5 p.m. on main st.",
+    "A sign reads $5 & 20% off #1 (cheap) [new] {big}": "a sign reads $ 5 & 20 % off # 1 -lrb- cheap -rrb- -lsb- new -rsb- -lcb- big -rcb-",
+    "A woman from the U.S. meets Mr. Smith at 5 p.m. on Main St.": "a woman from the u.s. meets mr. smith at 5 p.m. on main st.",
     "Two dogs -- one big - one small -- play.": "two dogs one big one small play",
     "I cannot wanna gonna do it.": "i can not wan na gon na do it",
     "a dog ' s ball and it 's here": "a dog s ball and it 's here",
@@ -395,12 +514,18 @@ def test_tokenize_caption_rejects_non_strings() -> None:
         tokenize_caption(["a", "dog"])
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer of pycocoevalcap needs Java")
+@pytest.mark.skipif(
+    shutil.which("java") is None, reason="the PTB tokenizer of pycocoevalcap needs Java"
+)
 def test_tokenize_caption_matches_the_java_ptb_tokenizer() -> None:
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    texts = list(PTB_TOKENISED) + [text for texts in REALISTIC_REFERENCES.values() for text in texts]
-    tokenised = PTBTokenizer().tokenize({i: [{"caption": text}] for i, text in enumerate(texts)})
+    texts = list(PTB_TOKENISED) + [
+        text for texts in REALISTIC_REFERENCES.values() for text in texts
+    ]
+    tokenised = PTBTokenizer().tokenize(
+        {i: [{"caption": text}] for i, text in enumerate(texts)}
+    )
     for i, text in enumerate(texts):
         assert " ".join(tokenize_caption(text)) == tokenised[i][0], text
 
@@ -410,7 +535,9 @@ def test_tokenize_caption_matches_the_java_ptb_tokenizer() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_meteor_without_java_says_java_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_meteor_without_java_says_java_is_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="METEOR needs Java.*no 'java' executable"):
         meteor(["a dog"], [["a dog runs"]])
@@ -418,6 +545,8 @@ def test_meteor_without_java_says_java_is_required(monkeypatch: pytest.MonkeyPat
 
 def test_meteor_without_pycocoevalcap_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/java")
-    monkeypatch.setitem(sys.modules, "pycocoevalcap.meteor.meteor", None)  # makes the import fail
+    monkeypatch.setitem(
+        sys.modules, "pycocoevalcap.meteor.meteor", None
+    )  # makes the import fail
     with pytest.raises(RuntimeError, match="METEOR needs the pycocoevalcap package"):
         meteor(["a dog"], [["a dog runs"]])

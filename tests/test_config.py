@@ -9,20 +9,46 @@ import pytest
 import yaml
 
 from crossalign.models.dual_encoder import DualEncoderConfig
-from crossalign.train.config import ExperimentConfig, default_config_path, load_config, save_config
+from crossalign.train.config import (
+    ExperimentConfig,
+    default_config_path,
+    load_config,
+    save_config,
+)
 
 
 def non_default_dict() -> dict:
     """A complete config dict in which every section differs from the defaults."""
     data = ExperimentConfig().to_dict()
     data["seed"] = 11
-    data["data"].update(name="flickr8k", root="datasets/flickr8k", image_size=48, noise=0.1, tokenizer="hf",
-                        tokenizer_name="some-text-model", max_len=24, min_freq=2)
-    data["model"].update(image_kwargs={"widths": [8, 16], "out_dim": 16, "pool": "flatten"},
-                         text_kwargs={"embed_dim": 8, "hidden_dim": 8}, embed_dim=8, projection="mlp",
-                         init_temperature=0.05, learn_temperature=False)
-    data["train"].update(steps=10, lr=0.0005, betas=[0.85, 0.95], clip_grad_norm=None, precision="bf16",
-                         compile=True, output_dir="runs/non_default", progress=False)
+    data["data"].update(
+        name="flickr8k",
+        root="datasets/flickr8k",
+        image_size=48,
+        noise=0.1,
+        tokenizer="hf",
+        tokenizer_name="some-text-model",
+        max_len=24,
+        min_freq=2,
+    )
+    data["model"].update(
+        image_kwargs={"widths": [8, 16], "out_dim": 16, "pool": "flatten"},
+        text_kwargs={"embed_dim": 8, "hidden_dim": 8},
+        embed_dim=8,
+        projection="mlp",
+        init_temperature=0.05,
+        learn_temperature=False,
+    )
+    data["train"].update(
+        steps=10,
+        lr=0.0005,
+        betas=[0.85, 0.95],
+        clip_grad_norm=None,
+        precision="bf16",
+        compile=True,
+        output_dir="runs/non_default",
+        progress=False,
+    )
     return data
 
 
@@ -82,10 +108,17 @@ def test_unknown_key_in_a_section_names_key_section_and_file(tmp_path):
     path = write(tmp_path, "train:\n  stepz: 3\n")
     with pytest.raises(ValueError) as err:
         load_config(path)
-    assert "stepz" in str(err.value) and "'train'" in str(err.value) and str(path) in str(err.value)
+    assert (
+        "stepz" in str(err.value)
+        and "'train'" in str(err.value)
+        and str(path) in str(err.value)
+    )
 
 
-@pytest.mark.parametrize("text, section", [("data: [1, 2]\n", "data"), ("train: 5\n", "train"), ("model: a gru\n", "model")])
+@pytest.mark.parametrize(
+    "text, section",
+    [("data: [1, 2]\n", "data"), ("train: 5\n", "train"), ("model: a gru\n", "model")],
+)
 def test_section_that_is_not_a_mapping_names_section_and_file(tmp_path, text, section):
     path = write(tmp_path, text)
     with pytest.raises(ValueError) as err:
@@ -111,17 +144,25 @@ def test_missing_file_names_the_path(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("item, section, key, expected", [
-    ("train.steps=7", "train", "steps", 7),
-    ("train.lr=0.01", "train", "lr", 0.01),
-    ("data.noise=0.25", "data", "noise", 0.25),
-    ("train.betas=[0.8, 0.95]", "train", "betas", [0.8, 0.95]),
-    ("model.image_kwargs={widths: [4, 8], out_dim: 12}", "model", "image_kwargs", {"widths": [4, 8], "out_dim": 12}),
-    ("train.clip_grad_norm=null", "train", "clip_grad_norm", None),
-    ("train.compile=true", "train", "compile", True),
-    ("data.name=flickr8k", "data", "name", "flickr8k"),
-    ("data.root=folder=with=equals", "data", "root", "folder=with=equals"),
-])
+@pytest.mark.parametrize(
+    "item, section, key, expected",
+    [
+        ("train.steps=7", "train", "steps", 7),
+        ("train.lr=0.01", "train", "lr", 0.01),
+        ("data.noise=0.25", "data", "noise", 0.25),
+        ("train.betas=[0.8, 0.95]", "train", "betas", [0.8, 0.95]),
+        (
+            "model.image_kwargs={widths: [4, 8], out_dim: 12}",
+            "model",
+            "image_kwargs",
+            {"widths": [4, 8], "out_dim": 12},
+        ),
+        ("train.clip_grad_norm=null", "train", "clip_grad_norm", None),
+        ("train.compile=true", "train", "compile", True),
+        ("data.name=flickr8k", "data", "name", "flickr8k"),
+        ("data.root=folder=with=equals", "data", "root", "folder=with=equals"),
+    ],
+)
 def test_override_parses_values_as_yaml(item, section, key, expected):
     value = getattr(getattr(ExperimentConfig().override([item]), section), key)
     assert value == expected and type(value) is type(expected)
@@ -137,14 +178,17 @@ def test_override_changes_only_its_key_and_leaves_the_original_alone():
     assert base == ExperimentConfig()
 
 
-@pytest.mark.parametrize("item, named", [
-    ("train.steps", "train.steps"),
-    ("steps=3", "steps=3"),
-    ("=3", "=3"),
-    ("optim.lr=0.1", "optim.lr"),
-    ("train.nosuch=1", "nosuch"),
-    ("model.image_kwargs.widths=[4]", "image_kwargs.widths"),
-])
+@pytest.mark.parametrize(
+    "item, named",
+    [
+        ("train.steps", "train.steps"),
+        ("steps=3", "steps=3"),
+        ("=3", "=3"),
+        ("optim.lr=0.1", "optim.lr"),
+        ("train.nosuch=1", "nosuch"),
+        ("model.image_kwargs.widths=[4]", "image_kwargs.widths"),
+    ],
+)
 def test_override_rejects_malformed_items_naming_them(item, named):
     with pytest.raises(ValueError) as err:
         ExperimentConfig().override([item])
@@ -164,7 +208,11 @@ def test_override_reads_exponent_notation_as_a_float():
 
 
 def test_dual_encoder_config_from_dict_round_trips_and_rejects_unknown_keys():
-    values = {"image_kwargs": {"widths": [4], "out_dim": 4}, "embed_dim": 16, "projection": "mlp"}
+    values = {
+        "image_kwargs": {"widths": [4], "out_dim": 4},
+        "embed_dim": 16,
+        "projection": "mlp",
+    }
     config = DualEncoderConfig.from_dict(values)
     assert config == DualEncoderConfig(**values)
     assert DualEncoderConfig.from_dict(config.to_dict()) == config

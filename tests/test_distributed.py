@@ -48,7 +48,9 @@ class TinyDualEncoder(nn.Module):
         self.text_proj = nn.Linear(5, 4, dtype=torch.float64)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0), dtype=torch.float64))
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, texts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image_features = F.normalize(self.image_proj(images), dim=1)
         text_features = F.normalize(self.text_proj(texts), dim=1)
         return image_features, text_features, self.log_scale.exp()
@@ -64,7 +66,9 @@ def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """The global batch of WORLD_SIZE * LOCAL_BATCH (image, text) inputs."""
     gen = torch.Generator().manual_seed(1)
     n = WORLD_SIZE * LOCAL_BATCH
-    return torch.randn(n, 6, generator=gen, dtype=torch.float64), torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    return torch.randn(n, 6, generator=gen, dtype=torch.float64), torch.randn(
+        n, 5, generator=gen, dtype=torch.float64
+    )
 
 
 def gather_input(rank: int) -> torch.Tensor:
@@ -90,9 +94,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     info = init_distributed(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     results: dict[str, object] = {}
     try:
-        results["info"] = [info.rank, info.world_size, info.local_rank, int(info.is_main), str(info.device)]
+        results["info"] = [
+            info.rank,
+            info.world_size,
+            info.local_rank,
+            int(info.is_main),
+            str(info.device),
+        ]
         results["helpers"] = [get_rank(), get_world_size(), int(is_distributed())]
-        results["reduced_mean"] = all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
+        results["reduced_mean"] = all_reduce_mean(
+            torch.tensor([rank + 1.0, 10.0 * rank])
+        )
         results["reduced_int_mean"] = all_reduce_mean(torch.tensor(rank + 2))
         barrier()
 
@@ -111,7 +123,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         loss.backward()
         results["local_loss"] = loss.detach()
         results["mean_loss"] = all_reduce_mean(loss)
-        results["grads"] = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results["grads"] = {
+            name: p.grad.clone() for name, p in model.named_parameters()
+        }
 
         uneven = torch.zeros(LOCAL_BATCH + rank, 4, dtype=torch.float64)
         try:
@@ -149,15 +163,22 @@ def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(_import_root())
-        context = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
+        context = mp.spawn(
+            _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False
+        )
     deadline = time.monotonic() + SPAWN_DEADLINE_S
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:
             for process in context.processes:
                 if process.is_alive():
                     process.kill()
-            pytest.fail(f"the {WORLD_SIZE} Gloo ranks did not finish within {SPAWN_DEADLINE_S:.0f} s (killed)")
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+            pytest.fail(
+                f"the {WORLD_SIZE} Gloo ranks did not finish within {SPAWN_DEADLINE_S:.0f} s (killed)"
+            )
+    return [
+        torch.load(out_dir / f"rank{rank}.pt", weights_only=True)
+        for rank in range(WORLD_SIZE)
+    ]
 
 
 def test_init_distributed_reads_torchrun_environment(rank_results: list[dict]) -> None:
@@ -178,7 +199,12 @@ def test_gather_with_grad_values_and_gradient(rank_results: list[dict]) -> None:
     for rank, result in enumerate(rank_results):
         torch.testing.assert_close(result["gathered"], expected_values, rtol=0, atol=0)
         # d/dx_r of sum_s <gathered, w_s> is the rank-r slice of sum_s w_s.
-        torch.testing.assert_close(result["gather_grad"], total_weights[3 * rank : 3 * rank + 3], rtol=0, atol=0)
+        torch.testing.assert_close(
+            result["gather_grad"],
+            total_weights[3 * rank : 3 * rank + 3],
+            rtol=0,
+            atol=0,
+        )
 
 
 def _single_process_reference() -> tuple[float, dict[str, torch.Tensor]]:
@@ -190,17 +216,35 @@ def _single_process_reference() -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), {name: p.grad for name, p in model.named_parameters()}
 
 
-def test_ddp_clip_loss_equals_single_process_on_concatenated_batch(rank_results: list[dict]) -> None:
+def test_ddp_clip_loss_equals_single_process_on_concatenated_batch(
+    rank_results: list[dict],
+) -> None:
     reference_loss, reference_grads = _single_process_reference()
     for result in rank_results:
-        assert result["mean_loss"].item() == pytest.approx(reference_loss, rel=1e-5, abs=1e-5)
+        assert result["mean_loss"].item() == pytest.approx(
+            reference_loss, rel=1e-5, abs=1e-5
+        )
         assert result["mean_loss"].item() == pytest.approx(reference_loss, rel=1e-12)
         assert result["grads"].keys() == reference_grads.keys()
         for name, grad in reference_grads.items():
-            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-5, msg=f"gradient of {name}")
-            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+            torch.testing.assert_close(
+                result["grads"][name],
+                grad,
+                rtol=1e-5,
+                atol=1e-5,
+                msg=f"gradient of {name}",
+            )
+            torch.testing.assert_close(
+                result["grads"][name],
+                grad,
+                rtol=1e-10,
+                atol=1e-12,
+                msg=f"gradient of {name}",
+            )
     # The ranks' own losses differ (different rows); only their mean is the global loss.
-    assert rank_results[0]["local_loss"].item() != pytest.approx(rank_results[1]["local_loss"].item(), rel=1e-6)
+    assert rank_results[0]["local_loss"].item() != pytest.approx(
+        rank_results[1]["local_loss"].item(), rel=1e-6
+    )
 
 
 def test_uneven_local_batches_raise_on_every_rank(rank_results: list[dict]) -> None:
@@ -217,17 +261,26 @@ def no_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_single_process_run_is_not_initialised(no_torchrun_env: pytest.MonkeyPatch) -> None:
+def test_single_process_run_is_not_initialised(
+    no_torchrun_env: pytest.MonkeyPatch,
+) -> None:
     info = init_distributed()
     assert isinstance(info, DistInfo)
-    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (0, 1, 0, True)
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (
+        0,
+        1,
+        0,
+        True,
+    )
     assert not torch.distributed.is_initialized()
     assert (get_rank(), get_world_size(), is_distributed()) == (0, 1, False)
     barrier()
     cleanup()
 
 
-def test_single_process_collectives_are_identities(no_torchrun_env: pytest.MonkeyPatch) -> None:
+def test_single_process_collectives_are_identities(
+    no_torchrun_env: pytest.MonkeyPatch,
+) -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
     mean = all_reduce_mean(x)
@@ -237,7 +290,9 @@ def test_single_process_collectives_are_identities(no_torchrun_env: pytest.Monke
         all_reduce_mean(3.0)
 
 
-def test_init_distributed_rejects_incomplete_environment(no_torchrun_env: pytest.MonkeyPatch) -> None:
+def test_init_distributed_rejects_incomplete_environment(
+    no_torchrun_env: pytest.MonkeyPatch,
+) -> None:
     no_torchrun_env.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
         init_distributed(backend="gloo")
@@ -254,7 +309,9 @@ def test_init_distributed_rejects_incomplete_environment(no_torchrun_env: pytest
     assert not torch.distributed.is_initialized()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the error raised when CUDA is absent"
+)
 def test_nccl_without_cuda_is_refused(no_torchrun_env: pytest.MonkeyPatch) -> None:
     no_torchrun_env.setenv("WORLD_SIZE", "2")
     no_torchrun_env.setenv("RANK", "0")

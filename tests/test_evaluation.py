@@ -55,7 +55,9 @@ class OracleModel:
         index = torch.cdist(images.flatten(1), self.references).argmin(dim=1)
         return F.one_hot(index, self.dim).double()
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         self.modes.append(self.training)
         return F.one_hot(self.text_target[input_ids[:, 0]], self.dim).double()
 
@@ -77,16 +79,24 @@ def world():
     owners_of = {}
     for text, image in zip(texts, owner.tolist()):
         owners_of.setdefault(text, set()).add(image)
-    assert all(len(images) == 1 for images in owners_of.values()), "the oracle needs captions unique to one image"
+    assert all(len(images) == 1 for images in owners_of.values()), (
+        "the oracle needs captions unique to one image"
+    )
     return dataset, texts, owner
 
 
 def test_oracle_gets_perfect_recall_both_ways(world):
     dataset, texts, _ = world
-    metrics = evaluate_retrieval(OracleModel(dataset), dataset, TextIdTokenizer(texts), batch_size=5)
+    metrics = evaluate_retrieval(
+        OracleModel(dataset), dataset, TextIdTokenizer(texts), batch_size=5
+    )
     for direction in ("i2t", "t2i"):
         assert metrics[f"{direction}_r1"] == metrics[f"{direction}_r10"] == 1.0
-        assert metrics[f"{direction}_median_rank"] == metrics[f"{direction}_mean_rank"] == 1.0
+        assert (
+            metrics[f"{direction}_median_rank"]
+            == metrics[f"{direction}_mean_rank"]
+            == 1.0
+        )
 
 
 def test_partly_wrong_oracle_gives_the_hand_computed_metrics(world):
@@ -98,12 +108,20 @@ def test_partly_wrong_oracle_gives_the_hand_computed_metrics(world):
     the image before them (rank 6); images 0, 3, 6, 9 score 0 with all 60 captions (rank 56).
     """
     dataset, texts, _ = world
-    oracle = OracleModel(dataset, target=lambda image: image + 1 if image % 3 == 0 else image)
+    oracle = OracleModel(
+        dataset, target=lambda image: image + 1 if image % 3 == 0 else image
+    )
     metrics = evaluate_retrieval(oracle, dataset, TextIdTokenizer(texts), batch_size=5)
     expected = {
-        "t2i_r1": 40 / 60, "t2i_r5": 40 / 60, "t2i_r10": 40 / 60, "t2i_median_rank": 1.0,
+        "t2i_r1": 40 / 60,
+        "t2i_r5": 40 / 60,
+        "t2i_r10": 40 / 60,
+        "t2i_median_rank": 1.0,
         "t2i_mean_rank": (40 * 1 + 20 * 12) / 60,
-        "i2t_r1": 4 / 12, "i2t_r5": 4 / 12, "i2t_r10": 8 / 12, "i2t_median_rank": 6.0,
+        "i2t_r1": 4 / 12,
+        "i2t_r5": 4 / 12,
+        "i2t_r10": 8 / 12,
+        "i2t_median_rank": 6.0,
         "i2t_mean_rank": (4 * 1 + 4 * 6 + 4 * 56) / 12,
     }
     assert metrics == pytest.approx(expected)
@@ -111,16 +129,30 @@ def test_partly_wrong_oracle_gives_the_hand_computed_metrics(world):
 
 def test_constant_model_gets_the_worst_ranks(world):
     dataset, texts, _ = world
-    metrics = evaluate_retrieval(ConstantModel(dataset), dataset, TextIdTokenizer(texts))
+    metrics = evaluate_retrieval(
+        ConstantModel(dataset), dataset, TextIdTokenizer(texts)
+    )
     worst_i2t = 5 * N_IMAGES - 5 + 1
-    assert metrics == pytest.approx({
-        "i2t_r1": 0.0, "i2t_r5": 0.0, "i2t_r10": 0.0, "i2t_median_rank": worst_i2t, "i2t_mean_rank": worst_i2t,
-        "t2i_r1": 0.0, "t2i_r5": 0.0, "t2i_r10": 0.0, "t2i_median_rank": N_IMAGES, "t2i_mean_rank": N_IMAGES,
-    })
+    assert metrics == pytest.approx(
+        {
+            "i2t_r1": 0.0,
+            "i2t_r5": 0.0,
+            "i2t_r10": 0.0,
+            "i2t_median_rank": worst_i2t,
+            "i2t_mean_rank": worst_i2t,
+            "t2i_r1": 0.0,
+            "t2i_r5": 0.0,
+            "t2i_r10": 0.0,
+            "t2i_median_rank": N_IMAGES,
+            "t2i_mean_rank": N_IMAGES,
+        }
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 12, 256])
-def test_embed_images_returns_rows_in_index_order_in_float32_eval_mode(world, batch_size):
+def test_embed_images_returns_rows_in_index_order_in_float32_eval_mode(
+    world, batch_size
+):
     dataset, _, _ = world
     oracle = OracleModel(dataset)
     embeddings = embed_images(oracle, dataset, batch_size=batch_size)
@@ -154,13 +186,26 @@ def test_real_dual_encoder_embeddings_do_not_depend_on_batching(world):
     dataset, texts, _ = world
     vocab = Vocabulary.build(caption_words())
     torch.manual_seed(0)
-    model = DualEncoder(DualEncoderConfig(
-        image_kwargs={"widths": [4, 8], "out_dim": 8},
-        text_kwargs={"vocab_size": len(vocab), "pad_id": vocab.pad_id, "embed_dim": 8, "hidden_dim": 8},
-        embed_dim=8,
-    ))
+    model = DualEncoder(
+        DualEncoderConfig(
+            image_kwargs={"widths": [4, 8], "out_dim": 8},
+            text_kwargs={
+                "vocab_size": len(vocab),
+                "pad_id": vocab.pad_id,
+                "embed_dim": 8,
+                "hidden_dim": 8,
+            },
+            embed_dim=8,
+        )
+    )
     one_by_one = embed_texts(model, texts, vocab, batch_size=1)
-    torch.testing.assert_close(embed_texts(model, texts, vocab, batch_size=7), one_by_one, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(embed_images(model, dataset, batch_size=5), embed_images(model, dataset, batch_size=1),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        embed_texts(model, texts, vocab, batch_size=7), one_by_one, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        embed_images(model, dataset, batch_size=5),
+        embed_images(model, dataset, batch_size=1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert not model.training

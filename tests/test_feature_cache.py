@@ -7,12 +7,17 @@ import shutil
 
 import pytest
 import torch
+from flickr8k_fixtures import make_spec, write_original
 from safetensors import safe_open
 from torch import nn
 
-from crossalign.data.feature_cache import CachedFeatures, cache_image_features, load_feature_cache, sidecar_path
+from crossalign.data.feature_cache import (
+    CachedFeatures,
+    cache_image_features,
+    load_feature_cache,
+    sidecar_path,
+)
 from crossalign.data.flickr8k import Flickr8k
-from flickr8k_fixtures import make_spec, write_original
 
 FP16_RTOL = 6e-4  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11 ~ 4.9e-4 (bf16: 3.9e-3)
 
@@ -42,13 +47,20 @@ class ImageDicts(torch.utils.data.Dataset):
     """Random images with captions and ids, as items of the project's data sets look."""
 
     def __init__(self, n: int = 10, size: int = 12) -> None:
-        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+        self.images = torch.rand(
+            n, 3, size, size, generator=torch.Generator().manual_seed(1)
+        )
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "captions": [f"image {i}", f"picture {i}"], "image_id": f"{i:03d}.jpg", "index": i}
+        return {
+            "image": self.images[i],
+            "captions": [f"image {i}", f"picture {i}"],
+            "image_id": f"{i:03d}.jpg",
+            "index": i,
+        }
 
 
 def reference_features(encoder: TinyEncoder, images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +72,14 @@ def reference_features(encoder: TinyEncoder, images: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("grid", [False, True], ids=["pooled", "grid"])
 def test_cached_features_equal_the_fp32_output_to_fp16_precision(tmp_path, grid):
     data, encoder = ImageDicts(), TinyEncoder(grid)
-    path = cache_image_features(encoder, data, tmp_path / "feats.safetensors", batch_size=4, progress=False, encoder_id="tiny-v1")
+    path = cache_image_features(
+        encoder,
+        data,
+        tmp_path / "feats.safetensors",
+        batch_size=4,
+        progress=False,
+        encoder_id="tiny-v1",
+    )
     expected = reference_features(TinyEncoder(grid), data.images)
     with safe_open(str(path), framework="pt") as handle:
         assert handle.get_tensor("features").dtype == torch.float16
@@ -71,23 +90,38 @@ def test_cached_features_equal_the_fp32_output_to_fp16_precision(tmp_path, grid)
     assert not torch.equal(stacked, expected)
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["encoder_class"] == "TinyEncoder" and meta["encoder_id"] == "tiny-v1"
-    assert meta["num_items"] == 10 and meta["feature_shape"] == list(expected.shape[1:]) and meta["dtype"] == "float16"
+    assert (
+        meta["num_items"] == 10
+        and meta["feature_shape"] == list(expected.shape[1:])
+        and meta["dtype"] == "float16"
+    )
     assert meta["image_ids"] == [f"{i:03d}.jpg" for i in range(10)]
     assert cached[7]["captions"] == ["image 7", "picture 7"] and cached[7]["index"] == 7
 
 
 def test_float32_cache_matches_to_float32_precision(tmp_path):
     data = ImageDicts()
-    path = cache_image_features(TinyEncoder(), data, tmp_path / "f.safetensors", batch_size=3, dtype=torch.float32, progress=False)
+    path = cache_image_features(
+        TinyEncoder(),
+        data,
+        tmp_path / "f.safetensors",
+        batch_size=3,
+        dtype=torch.float32,
+        progress=False,
+    )
     features, meta = load_feature_cache(path)
     assert features.dtype == torch.float32 and meta["dtype"] == "float32"
-    torch.testing.assert_close(features, reference_features(TinyEncoder(), data.images), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        features, reference_features(TinyEncoder(), data.images), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_encoder_runs_in_eval_and_inference_mode_and_keeps_its_mode(tmp_path):
     encoder = TinyEncoder().train()
     running_mean = encoder.bn.running_mean.clone()
-    cache_image_features(encoder, ImageDicts(), tmp_path / "f.safetensors", batch_size=4, progress=False)
+    cache_image_features(
+        encoder, ImageDicts(), tmp_path / "f.safetensors", batch_size=4, progress=False
+    )
     assert encoder.calls == [(False, True)] * 3
     assert encoder.training
     torch.testing.assert_close(encoder.bn.running_mean, running_mean, rtol=0, atol=0)
@@ -103,18 +137,39 @@ class CrashingEncoder(TinyEncoder):
 def test_a_crash_midway_leaves_no_file_and_an_earlier_cache_intact(tmp_path):
     path = tmp_path / "f.safetensors"
     with pytest.raises(RuntimeError, match="out of memory"):
-        cache_image_features(CrashingEncoder(), ImageDicts(), path, batch_size=4, progress=False)
+        cache_image_features(
+            CrashingEncoder(), ImageDicts(), path, batch_size=4, progress=False
+        )
     assert list(tmp_path.iterdir()) == []
-    cache_image_features(TinyEncoder(), ImageDicts(), path, batch_size=4, progress=False, encoder_id="first")
+    cache_image_features(
+        TinyEncoder(),
+        ImageDicts(),
+        path,
+        batch_size=4,
+        progress=False,
+        encoder_id="first",
+    )
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(RuntimeError, match="out of memory"):
-        cache_image_features(CrashingEncoder(), ImageDicts(), path, batch_size=4, progress=False, encoder_id="second")
+        cache_image_features(
+            CrashingEncoder(),
+            ImageDicts(),
+            path,
+            batch_size=4,
+            progress=False,
+            encoder_id="second",
+        )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    assert CachedFeatures(path, expected_encoder_id="first").metadata["encoder_id"] == "first"
+    assert (
+        CachedFeatures(path, expected_encoder_id="first").metadata["encoder_id"]
+        == "first"
+    )
 
 
 def test_missing_sidecar_is_named(tmp_path):
-    path = cache_image_features(TinyEncoder(), ImageDicts(), tmp_path / "f.safetensors", progress=False)
+    path = cache_image_features(
+        TinyEncoder(), ImageDicts(), tmp_path / "f.safetensors", progress=False
+    )
     sidecar_path(path).unlink()
     with pytest.raises(FileNotFoundError, match="f.json"):
         CachedFeatures(path)
@@ -123,8 +178,24 @@ def test_missing_sidecar_is_named(tmp_path):
 
 
 def test_metadata_that_does_not_match_the_callers_expectation_is_refused(tmp_path):
-    path = cache_image_features(TinyEncoder(), ImageDicts(), tmp_path / "f.safetensors", progress=False, encoder_id="resnet50-imagenet")
-    assert len(CachedFeatures(path, expected_encoder_id="resnet50-imagenet", expected_num_items=10, expected_feature_shape=[8])) == 10
+    path = cache_image_features(
+        TinyEncoder(),
+        ImageDicts(),
+        tmp_path / "f.safetensors",
+        progress=False,
+        encoder_id="resnet50-imagenet",
+    )
+    assert (
+        len(
+            CachedFeatures(
+                path,
+                expected_encoder_id="resnet50-imagenet",
+                expected_num_items=10,
+                expected_feature_shape=[8],
+            )
+        )
+        == 10
+    )
     for kwargs, field in [
         ({"expected_encoder_id": "vit-b16"}, "encoder_id"),
         ({"expected_num_items": 8000}, "num_items"),
@@ -135,8 +206,12 @@ def test_metadata_that_does_not_match_the_callers_expectation_is_refused(tmp_pat
 
 
 def test_a_sidecar_from_another_run_is_refused(tmp_path):
-    first = cache_image_features(TinyEncoder(), ImageDicts(), tmp_path / "a.safetensors", progress=False)
-    second = cache_image_features(TinyEncoder(), ImageDicts(), tmp_path / "b.safetensors", progress=False)
+    first = cache_image_features(
+        TinyEncoder(), ImageDicts(), tmp_path / "a.safetensors", progress=False
+    )
+    second = cache_image_features(
+        TinyEncoder(), ImageDicts(), tmp_path / "b.safetensors", progress=False
+    )
     shutil.copy(sidecar_path(second), sidecar_path(first))
     with pytest.raises(ValueError, match="different runs"):
         CachedFeatures(first)
@@ -144,16 +219,25 @@ def test_a_sidecar_from_another_run_is_refused(tmp_path):
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
-        cache_image_features(TinyEncoder(), ImageDicts(), tmp_path / "f.pt", progress=False)
+        cache_image_features(
+            TinyEncoder(), ImageDicts(), tmp_path / "f.pt", progress=False
+        )
 
     class TupleEncoder(TinyEncoder):
         def forward(self, images):
             return (super().forward(images),)
 
     with pytest.raises(TypeError, match="encoder must return a tensor"):
-        cache_image_features(TupleEncoder(), ImageDicts(), tmp_path / "f.safetensors", progress=False)
+        cache_image_features(
+            TupleEncoder(), ImageDicts(), tmp_path / "f.safetensors", progress=False
+        )
     with pytest.raises(TypeError, match="'image' tensor"):
-        cache_image_features(TinyEncoder(), [torch.rand(3, 8, 8)], tmp_path / "f.safetensors", progress=False)
+        cache_image_features(
+            TinyEncoder(),
+            [torch.rand(3, 8, 8)],
+            tmp_path / "f.safetensors",
+            progress=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -161,23 +245,47 @@ def test_a_flickr8k_cache_carries_captions_and_ids_so_images_are_not_needed(tmp_
     spec = make_spec()
     write_original(tmp_path / "flickr8k", spec)
     data = Flickr8k(tmp_path / "flickr8k", "test", image_size=16, progress=False)
-    path = cache_image_features(TinyEncoder(grid=True), data, tmp_path / "test.safetensors", batch_size=3, progress=False)
+    path = cache_image_features(
+        TinyEncoder(grid=True),
+        data,
+        tmp_path / "test.safetensors",
+        batch_size=3,
+        progress=False,
+    )
     shutil.rmtree(tmp_path / "flickr8k")
     cached = CachedFeatures(path, expected_num_items=len(spec.splits["test"]))
     assert cached.image_ids == spec.splits["test"]
-    assert [cached[i]["captions"] for i in range(len(cached))] == [spec.captions[name] for name in spec.splits["test"]]
+    assert [cached[i]["captions"] for i in range(len(cached))] == [
+        spec.captions[name] for name in spec.splits["test"]
+    ]
     captions, image_index = cached.caption_image_index()
-    assert captions[5] == spec.captions[spec.splits["test"][1]][0] and image_index.tolist() == [i for i in range(4) for _ in range(5)]
-    assert cached[0]["features"].shape == (8, 16, 16) and cached.metadata["dataset_class"] == "Flickr8k"
+    assert captions[5] == spec.captions[spec.splits["test"][1]][
+        0
+    ] and image_index.tolist() == [i for i in range(4) for _ in range(5)]
+    assert (
+        cached[0]["features"].shape == (8, 16, 16)
+        and cached.metadata["dataset_class"] == "Flickr8k"
+    )
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_caching_on_cuda_matches_cpu(tmp_path):
     data = ImageDicts(n=20, size=32)
-    on_cpu = cache_image_features(TinyEncoder(), data, tmp_path / "cpu.safetensors", batch_size=8, progress=False)
-    on_gpu = cache_image_features(TinyEncoder(), data, tmp_path / "gpu.safetensors", batch_size=8, device="cuda", progress=False)
+    on_cpu = cache_image_features(
+        TinyEncoder(), data, tmp_path / "cpu.safetensors", batch_size=8, progress=False
+    )
+    on_gpu = cache_image_features(
+        TinyEncoder(),
+        data,
+        tmp_path / "gpu.safetensors",
+        batch_size=8,
+        device="cuda",
+        progress=False,
+    )
     cpu_features, _ = load_feature_cache(on_cpu)
     gpu_features, _ = load_feature_cache(on_gpu)
     assert gpu_features.device.type == "cpu"
-    torch.testing.assert_close(gpu_features.float(), cpu_features.float(), rtol=2e-3, atol=1e-4)
+    torch.testing.assert_close(
+        gpu_features.float(), cpu_features.float(), rtol=2e-3, atol=1e-4
+    )

@@ -15,12 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from crossalign.data import download
-from crossalign.data import flickr8k as f8k
-from crossalign.data.download import check_flickr8k_structure, download_file, download_flickr8k, extract_archive
-from crossalign.data.flickr8k import Flickr8k, detect_format, fallback_split, flatten_captions, resize_center_crop
 from flickr8k_fixtures import (
     SPLIT_FILE_NAMES,
     image_colour,
@@ -31,6 +25,23 @@ from flickr8k_fixtures import (
     write_karpathy,
     write_original,
     write_split_files,
+)
+from PIL import Image
+
+from crossalign.data import download
+from crossalign.data import flickr8k as f8k
+from crossalign.data.download import (
+    check_flickr8k_structure,
+    download_file,
+    download_flickr8k,
+    extract_archive,
+)
+from crossalign.data.flickr8k import (
+    Flickr8k,
+    detect_format,
+    fallback_split,
+    flatten_captions,
+    resize_center_crop,
 )
 
 SPEC = make_spec(n_train=12, n_val=4, n_test=4)
@@ -83,14 +94,21 @@ def test_karpathy_restval_is_part_of_train(tmp_path):
 def test_split_all_is_train_then_val_then_test(tmp_path):
     write_original(tmp_path, SPEC)
     data = load(tmp_path, "all")
-    assert data.image_ids == SPEC.splits["train"] + SPEC.splits["val"] + SPEC.splits["test"]
+    assert (
+        data.image_ids
+        == SPEC.splits["train"] + SPEC.splits["val"] + SPEC.splits["test"]
+    )
 
 
 def test_auto_detection_and_its_order(tmp_path):
     write_kaggle(tmp_path / "k", SPEC, image_folder=None)
     write_karpathy(tmp_path / "j", SPEC, image_folder=None)
     write_original(tmp_path / "o", SPEC, image_folder=None)
-    assert [detect_format(tmp_path / name) for name in "kjo"] == ["kaggle", "karpathy", "original"]
+    assert [detect_format(tmp_path / name) for name in "kjo"] == [
+        "kaggle",
+        "karpathy",
+        "original",
+    ]
     write_kaggle(tmp_path / "o", SPEC, image_folder=None)
     assert detect_format(tmp_path / "o") == "original"
 
@@ -98,7 +116,12 @@ def test_auto_detection_and_its_order(tmp_path):
 def test_no_annotations_names_every_file_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         load(tmp_path)
-    for name in ("Flickr8k.token.txt", "dataset_flickr8k.json", "captions.txt", str(tmp_path)):
+    for name in (
+        "Flickr8k.token.txt",
+        "dataset_flickr8k.json",
+        "captions.txt",
+        str(tmp_path),
+    ):
         assert name in str(error.value)
 
 
@@ -110,7 +133,11 @@ def test_explicit_format_whose_file_is_absent_names_it(tmp_path):
 
 def test_bad_arguments_name_the_argument(tmp_path):
     write_original(tmp_path, SPEC)
-    for kwargs, name in [({"split": "dev"}, "split"), ({"on_error": "ignore"}, "on_error"), ({"fmt": "coco"}, "fmt")]:
+    for kwargs, name in [
+        ({"split": "dev"}, "split"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"fmt": "coco"}, "fmt"),
+    ]:
         with pytest.raises(ValueError, match=name):
             Flickr8k(tmp_path, progress=False, **kwargs)
     with pytest.raises(ValueError, match="image_size"):
@@ -132,7 +159,9 @@ def test_image_folder_names_in_circulation_and_explicit_image_dir(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         load(tmp_path)
     assert all(name in str(error.value) for name in f8k.IMAGE_DIR_NAMES)
-    assert len(load(tmp_path, image_dir=tmp_path / "elsewhere")) == len(SPEC.splits["train"])
+    assert len(load(tmp_path, image_dir=tmp_path / "elsewhere")) == len(
+        SPEC.splits["train"]
+    )
 
 
 # --- the Kaggle layout alone: a deterministic fallback split, announced --------------------------
@@ -141,14 +170,25 @@ def test_image_folder_names_in_circulation_and_explicit_image_dir(tmp_path):
 def test_kaggle_without_split_files_warns_and_splits_deterministically(tmp_path):
     write_kaggle(tmp_path, SPEC)
     with pytest.warns(UserWarning, match="fallback split"):
-        splits = {split: load(tmp_path, split).image_ids for split in ("train", "val", "test")}
+        splits = {
+            split: load(tmp_path, split).image_ids for split in ("train", "val", "test")
+        }
     n = len(SPEC.image_ids)
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [n - 2 * (n // 8), n // 8, n // 8]
-    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(SPEC.image_ids)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [
+        n - 2 * (n // 8),
+        n // 8,
+        n // 8,
+    ]
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(
+        SPEC.image_ids
+    )
     assert all(names == sorted(names) for names in splits.values())
     with pytest.warns(UserWarning):
         again = load(tmp_path, "test")
-    assert again.image_ids == splits["test"] and again.split_source == "fallback split (seed=0)"
+    assert (
+        again.image_ids == splits["test"]
+        and again.split_source == "fallback split (seed=0)"
+    )
     with pytest.warns(UserWarning):
         assert load(tmp_path, "test", split_seed=1).image_ids != splits["test"]
 
@@ -160,7 +200,10 @@ def test_fallback_split_is_6000_1000_1000_on_8000_names_and_ignores_input_order(
     assert sorted(splits["train"] + splits["val"] + splits["test"]) == names
     assert fallback_split(names[::-1], seed=0) == splits
     assert fallback_split(names, seed=1)["test"] != splits["test"]
-    assert [len(fallback_split(names[:8091] + [f"x{i}.jpg" for i in range(91)])[s]) for s in ("val", "test")] == [1011, 1011]
+    assert [
+        len(fallback_split(names[:8091] + [f"x{i}.jpg" for i in range(91)])[s])
+        for s in ("val", "test")
+    ] == [1011, 1011]
 
 
 # --- quirks: fixed by rule, reported in both modes -------------------------------------------------
@@ -185,7 +228,11 @@ def test_quirks_are_fixed_and_reported_with_their_place(tmp_path, layout):
     items = [item for item, _ in report]
     for kind, place_list in places.items():
         for place in place_list:
-            where = f"{annotation_file}:{place}" if isinstance(place, int) else f"{annotation_file}: {place}"
+            where = (
+                f"{annotation_file}:{place}"
+                if isinstance(place, int)
+                else f"{annotation_file}: {place}"
+            )
             assert where in items, (kind, where, items)
     first = SPEC.image_ids[0]
     assert any(f"{first}.1" in reason and f"{first}'" in reason for _, reason in report)
@@ -220,7 +267,10 @@ def test_malformed_token_line_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=f"{token_file}:7: expected"):
         load(tmp_path)
     data = load(tmp_path, on_error="skip")
-    assert data.report.count(f8k.MALFORMED) == 1 and data.report.entries[0][0] == f"{token_file}:7"
+    assert (
+        data.report.count(f8k.MALFORMED) == 1
+        and data.report.entries[0][0] == f"{token_file}:7"
+    )
     assert data.captions == [SPEC.captions[name] for name in SPEC.splits["train"]]
 
 
@@ -259,7 +309,10 @@ def test_image_listed_in_two_splits_is_refused(tmp_path):
     with pytest.raises(ValueError, match=f"{leaked}.*both train and test"):
         load(tmp_path, "test")
     data = load(tmp_path, "test", on_error="skip")
-    assert data.image_ids == SPEC.splits["test"] and data.report.count(f8k.SPLIT_CONFLICT) == 1
+    assert (
+        data.image_ids == SPEC.splits["test"]
+        and data.report.count(f8k.SPLIT_CONFLICT) == 1
+    )
     assert leaked in load(tmp_path, "train", on_error="skip").image_ids
 
 
@@ -284,7 +337,9 @@ def test_corrupt_jpeg_raises_naming_it_or_is_skipped(tmp_path, kind):
         load(tmp_path, "test")
     data = load(tmp_path, "test", on_error="skip")
     assert bad.name not in data.image_ids and len(data) == len(SPEC.splits["test"]) - 1
-    assert data.report.count(f8k.CORRUPT_IMAGE) == 1 and data.report.entries[0][0] == str(bad)
+    assert data.report.count(f8k.CORRUPT_IMAGE) == 1 and data.report.entries[0][
+        0
+    ] == str(bad)
     assert all(data[i]["image"].shape == (3, 16, 16) for i in range(len(data)))
 
 
@@ -311,8 +366,13 @@ def test_item_holds_the_resized_image_all_captions_and_ids(tmp_path):
     assert item["captions"] == SPEC.captions[name]
     image = item["image"]
     assert image.dtype == torch.float32 and image.shape == (3, 16, 16)
-    colour = torch.tensor(image_colour(SPEC.image_ids.index(name)), dtype=torch.float32) / 255
-    torch.testing.assert_close(image, colour[:, None, None].expand(3, 16, 16), atol=3 / 255, rtol=0)
+    colour = (
+        torch.tensor(image_colour(SPEC.image_ids.index(name)), dtype=torch.float32)
+        / 255
+    )
+    torch.testing.assert_close(
+        image, colour[:, None, None].expand(3, 16, 16), atol=3 / 255, rtol=0
+    )
     assert data[-1]["image_id"] == SPEC.splits["val"][-1] and data[-1]["index"] == 3
     with pytest.raises(IndexError):
         data[4]
@@ -343,11 +403,14 @@ def test_caption_image_index_maps_every_caption_to_its_image(tmp_path):
     data = load(tmp_path, "val")
     captions, image_index = data.caption_image_index()
     assert data.num_captions == len(captions) == 20
-    assert image_index.dtype == torch.long and image_index.tolist() == [i for i in range(4) for _ in range(5)]
-    assert all(captions[j] in data.captions[image_index[j]] for j in range(len(captions)))
+    assert image_index.dtype == torch.long and image_index.tolist() == [
+        i for i in range(4) for _ in range(5)
+    ]
+    assert all(
+        captions[j] in data.captions[image_index[j]] for j in range(len(captions))
+    )
     flat, index = flatten_captions([["a dog", "a cat"], ["two birds"], []])
     assert flat == ["a dog", "a cat", "two birds"] and index.tolist() == [0, 0, 1]
-
 
 
 # --- download: atomic files, safe extraction, structure checks -----------------------------------
@@ -358,7 +421,11 @@ class CutConnection:
 
     def __init__(self, response, fail: bool) -> None:
         self.response, self.fail, self.chunks = response, fail, 0
-        self.headers = {"Content-Length": str(int(response.headers["Content-Length"]) + (0 if fail else 1000))}
+        self.headers = {
+            "Content-Length": str(
+                int(response.headers["Content-Length"]) + (0 if fail else 1000)
+            )
+        }
 
     def read(self, size: int) -> bytes:
         self.chunks += 1
@@ -385,10 +452,20 @@ def test_download_file_copies_the_bytes_and_checks_the_checksum(tmp_path):
     source = payload(tmp_path)
     dest = tmp_path / "out" / "file.bin"
     good = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert download_file(source.as_uri(), dest, sha256=good, progress=False, chunk_size=1000) == dest
+    assert (
+        download_file(
+            source.as_uri(), dest, sha256=good, progress=False, chunk_size=1000
+        )
+        == dest
+    )
     assert dest.read_bytes() == source.read_bytes()
     with pytest.raises(ValueError, match="checksum mismatch") as error:
-        download_file(source.as_uri(), tmp_path / "out" / "other.bin", sha256="0" * 64, progress=False)
+        download_file(
+            source.as_uri(),
+            tmp_path / "out" / "other.bin",
+            sha256="0" * 64,
+            progress=False,
+        )
     assert good in str(error.value)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.bin"]
 
@@ -406,17 +483,29 @@ def test_a_checksum_mismatch_keeps_the_earlier_file(tmp_path):
 def test_an_interrupted_download_leaves_no_file(tmp_path, monkeypatch, fail):
     source = payload(tmp_path)
     real_urlopen = urllib.request.urlopen
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutConnection(real_urlopen(url), fail))
+    monkeypatch.setattr(
+        urllib.request,
+        "urlopen",
+        lambda url, timeout: CutConnection(real_urlopen(url), fail),
+    )
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(OSError, match="connection reset" if fail else "stopped after 1000 of"):
-        download_file(source.as_uri(), out / "file.bin", progress=False, chunk_size=1000)
+    with pytest.raises(
+        OSError, match="connection reset" if fail else "stopped after 1000 of"
+    ):
+        download_file(
+            source.as_uri(), out / "file.bin", progress=False, chunk_size=1000
+        )
     assert list(out.iterdir()) == []
 
 
 def test_an_unreachable_url_leaves_no_file(tmp_path):
     with pytest.raises(urllib.error.URLError):
-        download_file((tmp_path / "absent.zip").as_uri(), tmp_path / "out" / "absent.zip", progress=False)
+        download_file(
+            (tmp_path / "absent.zip").as_uri(),
+            tmp_path / "out" / "absent.zip",
+            progress=False,
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -442,10 +531,18 @@ def make_tar(path: Path, members: dict[str, bytes], symlink: str | None = None) 
 
 @pytest.mark.parametrize("maker", [make_zip, make_tar], ids=["zip", "tar.gz"])
 def test_extract_archive_unpacks_into_dest_and_drops_macos_metadata(tmp_path, maker):
-    members = {"folder/a.txt": b"alpha", "b.txt": b"beta", "__MACOSX/folder/._a.txt": b"resource fork"}
-    archive = maker(tmp_path / f"archive.{'zip' if maker is make_zip else 'tar.gz'}", members)
+    members = {
+        "folder/a.txt": b"alpha",
+        "b.txt": b"beta",
+        "__MACOSX/folder/._a.txt": b"resource fork",
+    }
+    archive = maker(
+        tmp_path / f"archive.{'zip' if maker is make_zip else 'tar.gz'}", members
+    )
     dest = extract_archive(archive, tmp_path / "dest")
-    assert (dest / "folder" / "a.txt").read_bytes() == b"alpha" and (dest / "b.txt").read_bytes() == b"beta"
+    assert (dest / "folder" / "a.txt").read_bytes() == b"alpha" and (
+        dest / "b.txt"
+    ).read_bytes() == b"beta"
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt", "folder"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name, "dest"]
     with pytest.raises(FileExistsError, match="b.txt"):
@@ -455,18 +552,27 @@ def test_extract_archive_unpacks_into_dest_and_drops_macos_metadata(tmp_path, ma
 
 @pytest.mark.parametrize(
     "maker, name",
-    [(make_zip, "../evil.txt"), (make_zip, "/etc/evil.txt"), (make_zip, "ok/../../evil.txt"), (make_tar, "../evil.txt")],
+    [
+        (make_zip, "../evil.txt"),
+        (make_zip, "/etc/evil.txt"),
+        (make_zip, "ok/../../evil.txt"),
+        (make_tar, "../evil.txt"),
+    ],
 )
 def test_extract_archive_refuses_path_traversal(tmp_path, maker, name):
     (tmp_path / "inner").mkdir()
-    archive = maker(tmp_path / "inner" / "bad.archive", {"fine.txt": b"fine", name: b"evil"})
+    archive = maker(
+        tmp_path / "inner" / "bad.archive", {"fine.txt": b"fine", name: b"evil"}
+    )
     with pytest.raises(ValueError, match="refusing member"):
         extract_archive(archive, tmp_path / "inner" / "dest")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.archive", "inner"]
 
 
 def test_extract_archive_refuses_tar_links(tmp_path):
-    archive = make_tar(tmp_path / "links.tar.gz", {"fine.txt": b"fine"}, symlink="/etc/passwd")
+    archive = make_tar(
+        tmp_path / "links.tar.gz", {"fine.txt": b"fine"}, symlink="/etc/passwd"
+    )
     with pytest.raises(ValueError, match="links"):
         extract_archive(archive, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
@@ -482,37 +588,70 @@ def zip_folder(folder: Path, archive: Path, only: list[str] | None = None) -> Pa
     return archive
 
 
-def mirror_archives(tmp_path: Path, text_files: list[str] | None = None) -> tuple[str, str]:
+def mirror_archives(
+    tmp_path: Path, text_files: list[str] | None = None
+) -> tuple[str, str]:
     """Zips laid out like the mirror's: the image folder in one, the text files in the other."""
     source = tmp_path / "source"
     write_original(source, SPEC)
-    images = zip_folder(source, tmp_path / "Flickr8k_Dataset.zip", ["Flicker8k_Dataset"])
+    images = zip_folder(
+        source, tmp_path / "Flickr8k_Dataset.zip", ["Flicker8k_Dataset"]
+    )
     text_names = text_files or ["Flickr8k.token.txt", *SPLIT_FILE_NAMES.values()]
     text = zip_folder(source, tmp_path / "Flickr8k_text.zip", text_names)
     return images.as_uri(), text.as_uri()
 
 
-def test_download_flickr8k_from_file_urls_gives_a_loadable_dataset(tmp_path, monkeypatch):
+def test_download_flickr8k_from_file_urls_gives_a_loadable_dataset(
+    tmp_path, monkeypatch
+):
     images_url, text_url = mirror_archives(tmp_path)
     cache = tmp_path / "cache"
-    counts = {"expected_images": len(SPEC.image_ids), "expected_caption_lines": 5 * len(SPEC.image_ids)}
-    root = download_flickr8k(cache, images_url, text_url=text_url, progress=False, **counts)
-    assert root == cache / "flickr8k" and sorted(p.name for p in cache.iterdir()) == ["flickr8k"]
-    assert load(root, "val").captions == [SPEC.captions[name] for name in SPEC.splits["val"]]
+    counts = {
+        "expected_images": len(SPEC.image_ids),
+        "expected_caption_lines": 5 * len(SPEC.image_ids),
+    }
+    root = download_flickr8k(
+        cache, images_url, text_url=text_url, progress=False, **counts
+    )
+    assert root == cache / "flickr8k" and sorted(p.name for p in cache.iterdir()) == [
+        "flickr8k"
+    ]
+    assert load(root, "val").captions == [
+        SPEC.captions[name] for name in SPEC.splits["val"]
+    ]
 
     def no_network(*args, **kwargs):
         raise AssertionError("a complete data set must not be downloaded again")
 
     monkeypatch.setattr(download, "download_file", no_network)
-    assert download_flickr8k(cache, images_url, text_url=text_url, progress=False, **counts) == root
+    assert (
+        download_flickr8k(
+            cache, images_url, text_url=text_url, progress=False, **counts
+        )
+        == root
+    )
 
 
-def test_download_flickr8k_structure_failure_names_the_problem_and_leaves_nothing(tmp_path):
-    text_files = ["Flickr8k.token.txt", SPLIT_FILE_NAMES["train"], SPLIT_FILE_NAMES["test"]]
+def test_download_flickr8k_structure_failure_names_the_problem_and_leaves_nothing(
+    tmp_path,
+):
+    text_files = [
+        "Flickr8k.token.txt",
+        SPLIT_FILE_NAMES["train"],
+        SPLIT_FILE_NAMES["test"],
+    ]
     images_url, text_url = mirror_archives(tmp_path, text_files)
     cache = tmp_path / "cache"
     with pytest.raises(FileNotFoundError, match="Flickr_8k.devImages.txt is missing"):
-        download_flickr8k(cache, images_url, text_url=text_url, progress=False, expected_images=20, expected_caption_lines=100)
+        download_flickr8k(
+            cache,
+            images_url,
+            text_url=text_url,
+            progress=False,
+            expected_images=20,
+            expected_caption_lines=100,
+        )
     assert list(cache.iterdir()) == []
 
 
@@ -520,6 +659,8 @@ def test_structure_check_reports_short_counts(tmp_path):
     write_original(tmp_path, SPEC)
     check_flickr8k_structure(tmp_path, expected_images=20, expected_caption_lines=100)
     with pytest.raises(ValueError) as error:
-        check_flickr8k_structure(tmp_path, expected_images=8091, expected_caption_lines=40460)
+        check_flickr8k_structure(
+            tmp_path, expected_images=8091, expected_caption_lines=40460
+        )
     assert "holds 20 .jpg files, expected 8091" in str(error.value)
     assert "has 100 caption lines, expected 40460" in str(error.value)

@@ -24,12 +24,21 @@ from crossalign.models.fusion import (
 
 IMAGE_DIM, TEXT_DIM, OUT_DIM = 8, 6, 12
 # Small options so every module is fast; cross-attention needs heads dividing OUT_DIM.
-OPTIONS = {"concat": {"hidden_dim": 16}, "cross_attention": {"num_heads": 3, "hidden_dim": 16}}
+OPTIONS = {
+    "concat": {"hidden_dim": 16},
+    "cross_attention": {"num_heads": 3, "hidden_dim": 16},
+}
 
 
-def _fusion(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> FusionModule:
+def _fusion(
+    name: str, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> FusionModule:
     torch.manual_seed(seed)
-    return build_fusion(name, IMAGE_DIM, TEXT_DIM, OUT_DIM, **OPTIONS.get(name, {})).to(dtype).eval()
+    return (
+        build_fusion(name, IMAGE_DIM, TEXT_DIM, OUT_DIM, **OPTIONS.get(name, {}))
+        .to(dtype)
+        .eval()
+    )
 
 
 def _randomize(module: nn.Module, seed: int = 0) -> None:
@@ -41,7 +50,11 @@ def _randomize(module: nn.Module, seed: int = 0) -> None:
 
 
 def _batch(
-    batch: int = 4, n_image: int = 5, n_text: int = 6, seed: int = 0, dtype: torch.dtype = torch.float32
+    batch: int = 4,
+    n_image: int = 5,
+    n_text: int = 6,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random tokens, an arbitrary image mask and a right-padded text mask, each row with a real token."""
     g = torch.Generator().manual_seed(seed)
@@ -49,7 +62,9 @@ def _batch(
     text = torch.randn(batch, n_text, TEXT_DIM, generator=g, dtype=dtype)
     image_mask = torch.rand(batch, n_image, generator=g) < 0.5
     image_mask[:, 0] = False
-    image_mask[torch.arange(batch), torch.randint(1, n_image, (batch,), generator=g)] = True
+    image_mask[
+        torch.arange(batch), torch.randint(1, n_image, (batch,), generator=g)
+    ] = True
     image_mask[0] = True  # one row without padding
     lengths = torch.randint(1, n_text, (batch,), generator=g)
     text_mask = torch.arange(n_text) < lengths.unsqueeze(1)
@@ -61,16 +76,24 @@ def _reference_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([row[keep].mean(dim=0) for row, keep in zip(tokens, mask)])
 
 
-def _with_padding(tokens: torch.Tensor, mask: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
+def _with_padding(
+    tokens: torch.Tensor, mask: torch.Tensor, value: torch.Tensor | float
+) -> torch.Tensor:
     """Return ``tokens`` with every padded position replaced by ``value``."""
-    return torch.where(mask.unsqueeze(-1), tokens, torch.as_tensor(value, dtype=tokens.dtype).expand_as(tokens))
+    return torch.where(
+        mask.unsqueeze(-1),
+        tokens,
+        torch.as_tensor(value, dtype=tokens.dtype).expand_as(tokens),
+    )
 
 
 # --- one interface: shapes, pooled inputs, masks ------------------------------------------------
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
-@pytest.mark.parametrize("inputs", ["tokens", "tokens_with_masks", "pooled", "pooled_image_token_text"])
+@pytest.mark.parametrize(
+    "inputs", ["tokens", "tokens_with_masks", "pooled", "pooled_image_token_text"]
+)
 def test_output_shape(name: str, inputs: str) -> None:
     image, text, image_mask, text_mask = _batch()
     if inputs == "tokens":
@@ -91,9 +114,19 @@ def test_pooled_input_is_one_token_and_none_mask_is_all_true(name: str) -> None:
     image, text, _, _ = _batch(seed=1)
     fusion = _fusion(name)
     pooled = fusion(image[:, 0], text[:, 0])
-    torch.testing.assert_close(pooled, fusion(image[:, :1], text[:, :1]), rtol=0, atol=0)
-    torch.testing.assert_close(pooled, fusion(image[:, 0], text[:, 0], torch.ones(4, 1, dtype=torch.bool), None))
-    all_real = fusion(image, text, torch.ones(4, 5, dtype=torch.bool), torch.ones(4, 6, dtype=torch.bool))
+    torch.testing.assert_close(
+        pooled, fusion(image[:, :1], text[:, :1]), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        pooled,
+        fusion(image[:, 0], text[:, 0], torch.ones(4, 1, dtype=torch.bool), None),
+    )
+    all_real = fusion(
+        image,
+        text,
+        torch.ones(4, 5, dtype=torch.bool),
+        torch.ones(4, 6, dtype=torch.bool),
+    )
     torch.testing.assert_close(fusion(image, text), all_real, rtol=0, atol=0)
 
 
@@ -103,11 +136,18 @@ def test_padded_tokens_never_change_the_output(name: str) -> None:
     fusion = _fusion(name)
     reference = fusion(image, text, image_mask, text_mask)
     g = torch.Generator().manual_seed(3)
-    fills = [(10 * torch.randn(image.shape, generator=g), 10 * torch.randn(text.shape, generator=g))]
+    fills = [
+        (
+            10 * torch.randn(image.shape, generator=g),
+            10 * torch.randn(text.shape, generator=g),
+        )
+    ]
     fills += [(1e6, 1e6), (float("nan"), float("nan"))]
     for image_fill, text_fill in fills:
         changed = fusion(
-            _with_padding(image, image_mask, image_fill), _with_padding(text, text_mask, text_fill), image_mask,
+            _with_padding(image, image_mask, image_fill),
+            _with_padding(text, text_mask, text_fill),
+            image_mask,
             text_mask,
         )
         torch.testing.assert_close(changed, reference, rtol=0, atol=1e-6)
@@ -120,7 +160,9 @@ def test_padded_batch_equals_each_example_alone_without_padding(name: str) -> No
     fusion = _fusion(name)
     batched = fusion(image, text, image_mask, text_mask)
     for b in range(image.shape[0]):
-        alone = fusion(image[b, image_mask[b]].unsqueeze(0), text[b, text_mask[b]].unsqueeze(0))
+        alone = fusion(
+            image[b, image_mask[b]].unsqueeze(0), text[b, text_mask[b]].unsqueeze(0)
+        )
         torch.testing.assert_close(batched[b], alone[0], rtol=1e-5, atol=1e-5)
 
 
@@ -143,12 +185,16 @@ def test_gradients_reach_both_modalities_and_never_padding(name: str) -> None:
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_gradients_match_finite_differences(name: str) -> None:
-    image, text, image_mask, text_mask = _batch(batch=2, n_image=3, n_text=3, seed=6, dtype=torch.float64)
+    image, text, image_mask, text_mask = _batch(
+        batch=2, n_image=3, n_text=3, seed=6, dtype=torch.float64
+    )
     fusion = _fusion(name, dtype=torch.float64)
     _randomize(fusion, seed=7)
     image.requires_grad_(True)
     text.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda i, t: fusion(i, t, image_mask, text_mask), (image, text))
+    assert torch.autograd.gradcheck(
+        lambda i, t: fusion(i, t, image_mask, text_mask), (image, text)
+    )
 
 
 # --- each module against its formula, computed by hand ------------------------------------------
@@ -157,22 +203,34 @@ def test_gradients_match_finite_differences(name: str) -> None:
 def test_concat_fusion_formula() -> None:
     image, text, image_mask, text_mask = _batch(seed=8)
     fusion = ConcatFusion(IMAGE_DIM, TEXT_DIM, OUT_DIM)
-    pooled = torch.cat([_reference_mean(image, image_mask), _reference_mean(text, text_mask)], dim=1)
+    pooled = torch.cat(
+        [_reference_mean(image, image_mask), _reference_mean(text, text_mask)], dim=1
+    )
     expected = pooled @ fusion.head.weight.T + fusion.head.bias
     torch.testing.assert_close(fusion(image, text, image_mask, text_mask), expected)
 
     mlp = ConcatFusion(IMAGE_DIM, TEXT_DIM, OUT_DIM, hidden_dim=16)
     first, second = mlp.head[0], mlp.head[2]
-    expected = torch.relu(pooled @ first.weight.T + first.bias) @ second.weight.T + second.bias
+    expected = (
+        torch.relu(pooled @ first.weight.T + first.bias) @ second.weight.T + second.bias
+    )
     torch.testing.assert_close(mlp(image, text, image_mask, text_mask), expected)
 
 
 def test_mean_fusion_formula() -> None:
     image, text, image_mask, text_mask = _batch(seed=9)
     fusion = MeanFusion(IMAGE_DIM, TEXT_DIM, OUT_DIM)
-    image_part = _reference_mean(image, image_mask) @ fusion.image_proj.weight.T + fusion.image_proj.bias
-    text_part = _reference_mean(text, text_mask) @ fusion.text_proj.weight.T + fusion.text_proj.bias
-    torch.testing.assert_close(fusion(image, text, image_mask, text_mask), (image_part + text_part) / 2)
+    image_part = (
+        _reference_mean(image, image_mask) @ fusion.image_proj.weight.T
+        + fusion.image_proj.bias
+    )
+    text_part = (
+        _reference_mean(text, text_mask) @ fusion.text_proj.weight.T
+        + fusion.text_proj.bias
+    )
+    torch.testing.assert_close(
+        fusion(image, text, image_mask, text_mask), (image_part + text_part) / 2
+    )
 
 
 def test_weighted_sum_weights_sum_to_one_and_mix_the_projections() -> None:
@@ -186,7 +244,9 @@ def test_weighted_sum_weights_sum_to_one_and_mix_the_projections() -> None:
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-7)
     image_part = fusion.image_proj(_reference_mean(image, image_mask))
     text_part = fusion.text_proj(_reference_mean(text, text_mask))
-    torch.testing.assert_close(fusion(image, text, image_mask, text_mask), 0.75 * image_part + 0.25 * text_part)
+    torch.testing.assert_close(
+        fusion(image, text, image_mask, text_mask), 0.75 * image_part + 0.25 * text_part
+    )
 
 
 def test_gated_fusion_equals_the_gmu_formula() -> None:
@@ -198,8 +258,12 @@ def test_gated_fusion_equals_the_gmu_formula() -> None:
     w_i, b_i = fusion.image_proj.weight, fusion.image_proj.bias
     w_t, b_t = fusion.text_proj.weight, fusion.text_proj.bias
     w_z, b_z = fusion.gate.weight, fusion.gate.bias
-    z = 1 / (1 + torch.exp(-(x_i @ w_z[:, :IMAGE_DIM].T + x_t @ w_z[:, IMAGE_DIM:].T + b_z)))
-    expected = z * torch.tanh(x_i @ w_i.T + b_i) + (1 - z) * torch.tanh(x_t @ w_t.T + b_t)
+    z = 1 / (
+        1 + torch.exp(-(x_i @ w_z[:, :IMAGE_DIM].T + x_t @ w_z[:, IMAGE_DIM:].T + b_z))
+    )
+    expected = z * torch.tanh(x_i @ w_i.T + b_i) + (1 - z) * torch.tanh(
+        x_t @ w_t.T + b_t
+    )
     torch.testing.assert_close(fusion(image, text, image_mask, text_mask), expected)
 
 
@@ -214,12 +278,19 @@ def test_modality_attention_formula_and_weights() -> None:
     a_i = torch.exp(score_i) / (torch.exp(score_i) + torch.exp(score_t))
     output, weights = fusion(image, text, image_mask, text_mask, return_attention=True)
     torch.testing.assert_close(weights, torch.stack([a_i, 1 - a_i], dim=1))
-    torch.testing.assert_close(output, a_i.unsqueeze(1) * v_i + (1 - a_i).unsqueeze(1) * v_t)
-    torch.testing.assert_close(fusion(image, text, image_mask, text_mask), output, rtol=0, atol=0)
+    torch.testing.assert_close(
+        output, a_i.unsqueeze(1) * v_i + (1 - a_i).unsqueeze(1) * v_t
+    )
+    torch.testing.assert_close(
+        fusion(image, text, image_mask, text_mask), output, rtol=0, atol=0
+    )
 
 
 def _reference_cross_attention(
-    fusion: CrossAttentionFusion, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor,
+    fusion: CrossAttentionFusion,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    image_mask: torch.Tensor,
     text_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention block written out head by head from the module's weights, one example at a time."""
@@ -231,18 +302,40 @@ def _reference_cross_attention(
     for b in range(image.shape[0]):
         keys_in = image[b, image_mask[b]]
         queries = fusion.text_proj(text[b, text_mask[b]])
-        q = (queries @ attn.q_proj_weight.T + b_q).view(-1, heads, head_dim).transpose(0, 1)
-        k = (keys_in @ attn.k_proj_weight.T + b_k).view(-1, heads, head_dim).transpose(0, 1)
-        v = (keys_in @ attn.v_proj_weight.T + b_v).view(-1, heads, head_dim).transpose(0, 1)
+        q = (
+            (queries @ attn.q_proj_weight.T + b_q)
+            .view(-1, heads, head_dim)
+            .transpose(0, 1)
+        )
+        k = (
+            (keys_in @ attn.k_proj_weight.T + b_k)
+            .view(-1, heads, head_dim)
+            .transpose(0, 1)
+        )
+        v = (
+            (keys_in @ attn.v_proj_weight.T + b_v)
+            .view(-1, heads, head_dim)
+            .transpose(0, 1)
+        )
         probs = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(head_dim), dim=-1)
-        mixed = (probs @ v).transpose(0, 1).reshape(-1, dim) @ attn.out_proj.weight.T + attn.out_proj.bias
-        x = F.layer_norm(queries + mixed, (dim,), fusion.attention_norm.weight, fusion.attention_norm.bias)
-        x = F.layer_norm(x + fusion.mlp(x), (dim,), fusion.mlp_norm.weight, fusion.mlp_norm.bias)
+        mixed = (probs @ v).transpose(0, 1).reshape(
+            -1, dim
+        ) @ attn.out_proj.weight.T + attn.out_proj.bias
+        x = F.layer_norm(
+            queries + mixed,
+            (dim,),
+            fusion.attention_norm.weight,
+            fusion.attention_norm.bias,
+        )
+        x = F.layer_norm(
+            x + fusion.mlp(x), (dim,), fusion.mlp_norm.weight, fusion.mlp_norm.bias
+        )
         outputs.append(x.mean(dim=0))
         full_map = torch.zeros(text.shape[1], image.shape[1])
-        full_map[torch.nonzero(text_mask[b]).squeeze(1).unsqueeze(1), torch.nonzero(image_mask[b]).squeeze(1)] = (
-            probs.mean(dim=0)
-        )
+        full_map[
+            torch.nonzero(text_mask[b]).squeeze(1).unsqueeze(1),
+            torch.nonzero(image_mask[b]).squeeze(1),
+        ] = probs.mean(dim=0)
         maps.append(full_map)
     return torch.stack(outputs), torch.stack(maps)
 
@@ -251,16 +344,26 @@ def test_cross_attention_matches_a_head_by_head_reference() -> None:
     image, text, image_mask, text_mask = _batch(seed=15)
     fusion = _fusion("cross_attention")
     _randomize(fusion, seed=16)
-    output, attention = fusion(image, text, image_mask, text_mask, return_attention=True)
-    expected_output, expected_attention = _reference_cross_attention(fusion, image, text, image_mask, text_mask)
+    output, attention = fusion(
+        image, text, image_mask, text_mask, return_attention=True
+    )
+    expected_output, expected_attention = _reference_cross_attention(
+        fusion, image, text, image_mask, text_mask
+    )
     torch.testing.assert_close(output, expected_output, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(attention, expected_attention, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fusion(image, text, image_mask, text_mask), output, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        fusion(image, text, image_mask, text_mask), output, rtol=1e-6, atol=1e-6
+    )
 
 
-def test_cross_attention_weights_ignore_masked_image_tokens_and_rows_sum_to_one() -> None:
+def test_cross_attention_weights_ignore_masked_image_tokens_and_rows_sum_to_one() -> (
+    None
+):
     image, text, image_mask, text_mask = _batch(seed=17)
-    _, attention = _fusion("cross_attention")(image, text, image_mask, text_mask, return_attention=True)
+    _, attention = _fusion("cross_attention")(
+        image, text, image_mask, text_mask, return_attention=True
+    )
     assert attention.shape == (4, 6, 5)
     assert (attention.masked_select(~image_mask.unsqueeze(1)) == 0).all()
     assert (attention.masked_select(~text_mask.unsqueeze(2)) == 0).all()
@@ -278,8 +381,13 @@ def test_cross_attention_with_equal_widths_under_no_grad_ignores_padding() -> No
     _, text, image_mask, text_mask = _batch(seed=23)
     with torch.no_grad():
         batched = fusion(image, text, image_mask, text_mask)
-        padded_with_garbage = fusion(_with_padding(image, image_mask, 1e6), text, image_mask, text_mask)
-        alone = [fusion(image[b, image_mask[b]][None], text[b, text_mask[b]][None])[0] for b in range(4)]
+        padded_with_garbage = fusion(
+            _with_padding(image, image_mask, 1e6), text, image_mask, text_mask
+        )
+        alone = [
+            fusion(image[b, image_mask[b]][None], text[b, text_mask[b]][None])[0]
+            for b in range(4)
+        ]
     torch.testing.assert_close(padded_with_garbage, batched, rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.stack(alone), batched, rtol=1e-5, atol=1e-5)
 
@@ -291,7 +399,9 @@ def test_film_with_unit_gamma_and_zero_beta_is_the_identity() -> None:
         fusion.film.weight.zero_()
         fusion.film.bias.zero_()
     gamma, beta = fusion.conditioning(text, text_mask)
-    assert torch.equal(gamma, torch.ones(4, IMAGE_DIM)) and torch.equal(beta, torch.zeros(4, IMAGE_DIM))
+    assert torch.equal(gamma, torch.ones(4, IMAGE_DIM)) and torch.equal(
+        beta, torch.zeros(4, IMAGE_DIM)
+    )
     modulated = fusion.modulate(image, text, image_mask, text_mask)
     assert torch.equal(modulated, image * image_mask.unsqueeze(-1))
     expected = fusion.out_proj(_reference_mean(torch.relu(image), image_mask))
@@ -306,7 +416,10 @@ def test_film_scales_and_shifts_every_real_image_token_from_the_pooled_text() ->
     film = x_t @ fusion.film.weight.T + fusion.film.bias
     gamma, beta = 1 + film[:, :IMAGE_DIM], film[:, IMAGE_DIM:]
     modulated = gamma.unsqueeze(1) * image + beta.unsqueeze(1)
-    torch.testing.assert_close(fusion.modulate(image, text, image_mask, text_mask)[image_mask], modulated[image_mask])
+    torch.testing.assert_close(
+        fusion.modulate(image, text, image_mask, text_mask)[image_mask],
+        modulated[image_mask],
+    )
     expected = fusion.out_proj(_reference_mean(modulated, image_mask))
     torch.testing.assert_close(fusion(image, text, image_mask, text_mask), expected)
 
@@ -315,9 +428,22 @@ def test_film_scales_and_shifts_every_real_image_token_from_the_pooled_text() ->
 
 
 def test_registry_names_classes_and_rebuild_from_config() -> None:
-    assert FUSION_NAMES == ("concat", "mean", "weighted", "gated", "attention", "cross_attention", "film")
+    assert FUSION_NAMES == (
+        "concat",
+        "mean",
+        "weighted",
+        "gated",
+        "attention",
+        "cross_attention",
+        "film",
+    )
     classes = (
-        ConcatFusion, MeanFusion, WeightedSumFusion, GatedFusion, ModalityAttentionFusion, CrossAttentionFusion,
+        ConcatFusion,
+        MeanFusion,
+        WeightedSumFusion,
+        GatedFusion,
+        ModalityAttentionFusion,
+        CrossAttentionFusion,
         FiLMFusion,
     )
     for name, cls in zip(FUSION_NAMES, classes):
@@ -334,9 +460,13 @@ def test_registry_errors_name_the_valid_choices() -> None:
     valid = "concat, mean, weighted, gated, attention, cross_attention, film"
     with pytest.raises(ValueError, match=f"unknown fusion 'sum'; valid names: {valid}"):
         build_fusion("sum", IMAGE_DIM, TEXT_DIM, OUT_DIM)
-    with pytest.raises(TypeError, match="'mean' got unknown option.*hidden_dim.*accepts: none"):
+    with pytest.raises(
+        TypeError, match="'mean' got unknown option.*hidden_dim.*accepts: none"
+    ):
         build_fusion("mean", IMAGE_DIM, TEXT_DIM, OUT_DIM, hidden_dim=4)
-    with pytest.raises(TypeError, match="heads.*accepts: num_heads, hidden_dim, dropout"):
+    with pytest.raises(
+        TypeError, match="heads.*accepts: num_heads, hidden_dim, dropout"
+    ):
         build_fusion("cross_attention", IMAGE_DIM, TEXT_DIM, OUT_DIM, heads=4)
 
 
@@ -371,7 +501,9 @@ def test_bad_inputs_get_clear_errors() -> None:
     with pytest.raises(TypeError, match="image_tokens must be a floating-point tensor"):
         fusion(image.long(), text)
     integer_mask = fusion(image, text, image_mask.long(), text_mask.long())
-    torch.testing.assert_close(integer_mask, fusion(image, text, image_mask, text_mask), rtol=0, atol=0)
+    torch.testing.assert_close(
+        integer_mask, fusion(image, text, image_mask, text_mask), rtol=0, atol=0
+    )
 
 
 # --- what fusion can learn: an image-text interaction (XOR) --------------------------------------
@@ -390,9 +522,15 @@ def _xor_data(groups: int, seed: int) -> tuple[torch.Tensor, ...]:
     image = torch.randn(groups, n_image, IMAGE_DIM, generator=g)
     text = torch.randn(groups, n_text, TEXT_DIM, generator=g)
     image_mask = torch.rand(groups, n_image, generator=g) < 0.6
-    image_mask[torch.arange(groups), torch.randint(n_image, (groups,), generator=g)] = True
-    text_mask = torch.arange(n_text) < torch.randint(1, n_text + 1, (groups, 1), generator=g)
-    image, text, image_mask, text_mask = (x.repeat_interleave(4, dim=0) for x in (image, text, image_mask, text_mask))
+    image_mask[torch.arange(groups), torch.randint(n_image, (groups,), generator=g)] = (
+        True
+    )
+    text_mask = torch.arange(n_text) < torch.randint(
+        1, n_text + 1, (groups, 1), generator=g
+    )
+    image, text, image_mask, text_mask = (
+        x.repeat_interleave(4, dim=0) for x in (image, text, image_mask, text_mask)
+    )
     bits = CORNERS.repeat(groups, 1)
     image[..., 0] = torch.where(image_mask, bits[:, :1], -bits[:, :1])
     text[..., 0] = torch.where(text_mask, bits[:, 1:], -bits[:, 1:])
@@ -410,7 +548,9 @@ def _train_on_xor(name: str, steps: int = 150, **options: object) -> float:
     g = torch.Generator().manual_seed(2)
     for _ in range(steps):
         idx = torch.randint(len(labels), (128,), generator=g)
-        logits = head(fusion(image[idx], text[idx], image_mask[idx], text_mask[idx])).squeeze(-1)
+        logits = head(
+            fusion(image[idx], text[idx], image_mask[idx], text_mask[idx])
+        ).squeeze(-1)
         loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
         optimizer.zero_grad()
         loss.backward()
@@ -421,16 +561,23 @@ def _train_on_xor(name: str, steps: int = 150, **options: object) -> float:
     return (predictions.float() == labels).float().mean().item()
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("concat", {"hidden_dim": 32}),
-    ("cross_attention", {"num_heads": 2, "hidden_dim": 32}),
-])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("concat", {"hidden_dim": 32}),
+        ("cross_attention", {"num_heads": 2, "hidden_dim": 32}),
+    ],
+)
 def test_interaction_fusions_learn_xor(name: str, options: dict) -> None:
     assert _train_on_xor(name, **options) > 0.9
 
 
-@pytest.mark.parametrize(("name", "options"), [("mean", {}), ("weighted", {}), ("concat", {})])
-def test_affine_fusions_with_a_linear_head_cannot_learn_xor(name: str, options: dict) -> None:
+@pytest.mark.parametrize(
+    ("name", "options"), [("mean", {}), ("weighted", {}), ("concat", {})]
+)
+def test_affine_fusions_with_a_linear_head_cannot_learn_xor(
+    name: str, options: dict
+) -> None:
     """Proof that accuracy <= 3/4 on grouped data, whatever the weights.
 
     These fusions are affine in the pooled inputs, and so is the head, so within a group (same
@@ -452,5 +599,7 @@ def test_cuda_matches_cpu(name: str) -> None:
     image, text, image_mask, text_mask = _batch(seed=22)
     fusion = _fusion(name)
     expected = fusion(image, text, image_mask, text_mask)
-    on_gpu = fusion.cuda()(image.cuda(), text.cuda(), image_mask.cuda(), text_mask.cuda())
+    on_gpu = fusion.cuda()(
+        image.cuda(), text.cuda(), image_mask.cuda(), text_mask.cuda()
+    )
     torch.testing.assert_close(on_gpu.cpu(), expected, rtol=1e-3, atol=1e-3)

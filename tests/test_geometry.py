@@ -19,9 +19,13 @@ from crossalign.metrics.geometry import (
 )
 
 
-def unit_vectors(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def unit_vectors(
+    n: int, d: int, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, d, generator=generator, dtype=torch.float64), dim=-1).to(dtype)
+    return F.normalize(
+        torch.randn(n, d, generator=generator, dtype=torch.float64), dim=-1
+    ).to(dtype)
 
 
 def brute_force_alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> float:
@@ -43,7 +47,9 @@ def brute_force_uniformity(x: torch.Tensor, t: float) -> float:
     return math.log(total / count)
 
 
-def sign_fixed_numpy_pca(x: np.ndarray, k: int, center: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sign_fixed_numpy_pca(
+    x: np.ndarray, k: int, center: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PCA with NumPy's SVD and the documented sign rule (largest-|loading| entry positive)."""
     data = x - x.mean(axis=0) if center else x
     _, singular_values, vh = np.linalg.svd(data, full_matrices=False)
@@ -51,7 +57,11 @@ def sign_fixed_numpy_pca(x: np.ndarray, k: int, center: bool) -> tuple[np.ndarra
     for row in components:
         if row[np.argmax(np.abs(row))] < 0:
             row *= -1
-    return data @ components.T, components, singular_values[:k] ** 2 / np.sum(singular_values**2)
+    return (
+        data @ components.T,
+        components,
+        singular_values[:k] ** 2 / np.sum(singular_values**2),
+    )
 
 
 # --------------------------------------------------------------------------- alignment
@@ -60,12 +70,16 @@ def sign_fixed_numpy_pca(x: np.ndarray, k: int, center: bool) -> tuple[np.ndarra
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.5])
 def test_alignment_equals_a_brute_force_loop(alpha):
     x, y = unit_vectors(7, 5, seed=0), unit_vectors(7, 5, seed=1)
-    assert alignment(x, y, alpha=alpha) == pytest.approx(brute_force_alignment(x, y, alpha), rel=1e-12)
+    assert alignment(x, y, alpha=alpha) == pytest.approx(
+        brute_force_alignment(x, y, alpha), rel=1e-12
+    )
 
 
 def test_alignment_in_float32_is_close_to_the_float64_loop():
     x, y = unit_vectors(9, 16, seed=2), unit_vectors(9, 16, seed=3)
-    assert alignment(x.float(), y.float()) == pytest.approx(brute_force_alignment(x, y, 2.0), rel=1e-5)
+    assert alignment(x.float(), y.float()) == pytest.approx(
+        brute_force_alignment(x, y, 2.0), rel=1e-5
+    )
 
 
 def test_alignment_closed_forms():
@@ -75,7 +89,9 @@ def test_alignment_closed_forms():
     assert alignment(x, -x, alpha=3.0) == pytest.approx(8.0, rel=1e-12)
     # Orthogonal pairs are sqrt(2) apart: mean squared distance 2.
     e1, e2 = torch.eye(3, dtype=torch.float64)[:2]
-    assert alignment(torch.stack([e1, e2]), torch.stack([e2, e1])) == pytest.approx(2.0, rel=1e-12)
+    assert alignment(torch.stack([e1, e2]), torch.stack([e2, e1])) == pytest.approx(
+        2.0, rel=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- uniformity
@@ -84,18 +100,24 @@ def test_alignment_closed_forms():
 @pytest.mark.parametrize("t", [0.5, 2.0, 5.0])
 def test_uniformity_equals_a_brute_force_loop(t):
     x = unit_vectors(9, 4, seed=5)
-    assert uniformity(x, t=t) == pytest.approx(brute_force_uniformity(x, t), rel=1e-12, abs=1e-12)
+    assert uniformity(x, t=t) == pytest.approx(
+        brute_force_uniformity(x, t), rel=1e-12, abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 4, 9, 100])
 def test_uniformity_does_not_depend_on_the_chunk_size(chunk_size):
     x = unit_vectors(9, 6, seed=6)
-    assert uniformity(x, chunk_size=chunk_size) == pytest.approx(brute_force_uniformity(x, 2.0), rel=1e-12)
+    assert uniformity(x, chunk_size=chunk_size) == pytest.approx(
+        brute_force_uniformity(x, 2.0), rel=1e-12
+    )
 
 
 def test_uniformity_in_float32_is_close_to_the_float64_loop():
     x = unit_vectors(12, 8, seed=7)
-    assert uniformity(x.float()) == pytest.approx(brute_force_uniformity(x, 2.0), rel=1e-5)
+    assert uniformity(x.float()) == pytest.approx(
+        brute_force_uniformity(x, 2.0), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("t", [0.5, 2.0, 1000.0])
@@ -104,10 +126,18 @@ def test_uniformity_closed_forms(t):
     # Two antipodal points: one squared distance, 4, in both orders.
     assert uniformity(torch.stack([e1, -e1]), t=t) == pytest.approx(-4.0 * t, rel=1e-12)
     # An orthonormal basis: every squared distance is 2.
-    assert uniformity(torch.stack([e1, e2, e3]), t=t) == pytest.approx(-2.0 * t, rel=1e-12)
+    assert uniformity(torch.stack([e1, e2, e3]), t=t) == pytest.approx(
+        -2.0 * t, rel=1e-12
+    )
     # {e1, -e1, e2}: ordered pairs (e1, -e1) twice at 4, the four others at 2.
-    expected = math.log((2 * math.exp(-4 * t) + 4 * math.exp(-2 * t)) / 6) if t < 100 else -2.0 * t + math.log(4 / 6)
-    assert uniformity(torch.stack([e1, -e1, e2]), t=t) == pytest.approx(expected, rel=1e-12)
+    expected = (
+        math.log((2 * math.exp(-4 * t) + 4 * math.exp(-2 * t)) / 6)
+        if t < 100
+        else -2.0 * t + math.log(4 / 6)
+    )
+    assert uniformity(torch.stack([e1, -e1, e2]), t=t) == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_uniformity_of_identical_points_is_zero():
@@ -127,23 +157,36 @@ def test_modality_gap_of_a_known_shift_after_renormalising():
     image = F.normalize(text + shift, dim=-1)
     assert modality_gap(image, text) == pytest.approx(math.sqrt(3.0) / 2, rel=1e-12)
     torch.testing.assert_close(
-        modality_gap_vector(image, text), torch.tensor([math.sqrt(3.0) / 2, 0.0, 0.0], dtype=torch.float64)
+        modality_gap_vector(image, text),
+        torch.tensor([math.sqrt(3.0) / 2, 0.0, 0.0], dtype=torch.float64),
     )
-    torch.testing.assert_close(modality_gap_vector(text, image), -modality_gap_vector(image, text))
+    torch.testing.assert_close(
+        modality_gap_vector(text, image), -modality_gap_vector(image, text)
+    )
 
 
 def test_modality_gap_weights_each_set_by_its_own_size():
-    text = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    text = torch.tensor(
+        [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64
+    )
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    torch.testing.assert_close(modality_gap_vector(image, text), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        modality_gap_vector(image, text), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    )
     assert modality_gap(image, text) == pytest.approx(math.sqrt(0.5), rel=1e-12)
 
 
 def test_modality_gap_is_zero_for_identical_sets_and_invariant_to_rotation():
     image, text = unit_vectors(10, 6, seed=9), unit_vectors(14, 6, seed=10)
     assert modality_gap(image, image) == 0.0
-    rotation, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64))
-    assert modality_gap(image @ rotation, text @ rotation) == pytest.approx(modality_gap(image, text), rel=1e-12)
+    rotation, _ = torch.linalg.qr(
+        torch.randn(
+            6, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64
+        )
+    )
+    assert modality_gap(image @ rotation, text @ rotation) == pytest.approx(
+        modality_gap(image, text), rel=1e-12
+    )
     expected = np.linalg.norm(image.numpy().mean(axis=0) - text.numpy().mean(axis=0))
     assert modality_gap(image, text) == pytest.approx(expected, rel=1e-12)
 
@@ -162,16 +205,28 @@ def anisotropic_data(n: int, d: int, seed: int) -> torch.Tensor:
 def test_pca_matches_numpy_svd_with_the_documented_signs(k, center):
     x = anisotropic_data(20, 6, seed=12)
     projected, components, ratio = pca(x, k=k, center=center)
-    expected_projected, expected_components, expected_ratio = sign_fixed_numpy_pca(x.numpy(), k, center)
-    np.testing.assert_allclose(components.numpy(), expected_components, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(projected.numpy(), expected_projected, rtol=1e-10, atol=1e-10)
+    expected_projected, expected_components, expected_ratio = sign_fixed_numpy_pca(
+        x.numpy(), k, center
+    )
+    np.testing.assert_allclose(
+        components.numpy(), expected_components, rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        projected.numpy(), expected_projected, rtol=1e-10, atol=1e-10
+    )
     np.testing.assert_allclose(ratio.numpy(), expected_ratio, rtol=1e-10)
-    assert projected.shape == (20, k) and components.shape == (k, 6) and ratio.shape == (k,)
+    assert (
+        projected.shape == (20, k)
+        and components.shape == (k, 6)
+        and ratio.shape == (k,)
+    )
 
 
 def test_pca_components_are_orthonormal_with_the_largest_loading_positive():
     _, components, ratio = pca(anisotropic_data(30, 5, seed=13), k=5)
-    torch.testing.assert_close(components @ components.T, torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(
+        components @ components.T, torch.eye(5, dtype=torch.float64)
+    )
     largest = components.gather(1, components.abs().argmax(dim=1, keepdim=True))
     assert bool((largest > 0).all())
     assert bool((ratio[:-1] >= ratio[1:]).all())
@@ -231,10 +286,16 @@ def test_geometry_report_with_several_captions_per_image():
     image, text = unit_vectors(3, 4, seed=20), unit_vectors(7, 4, seed=21)
     owners = [0, 0, 1, 1, 1, 2, 2]
     report = geometry_report(image, text, owners, alpha=1.0, t=3.0)
-    assert report["alignment"] == pytest.approx(brute_force_alignment(image[owners], text, 1.0), rel=1e-12)
+    assert report["alignment"] == pytest.approx(
+        brute_force_alignment(image[owners], text, 1.0), rel=1e-12
+    )
     # Each image counts once in its uniformity, not once per caption.
-    assert report["uniformity_image"] == pytest.approx(brute_force_uniformity(image, 3.0), rel=1e-12)
-    assert report["uniformity_joint"] == pytest.approx(brute_force_uniformity(torch.cat([image, text]), 3.0), rel=1e-12)
+    assert report["uniformity_image"] == pytest.approx(
+        brute_force_uniformity(image, 3.0), rel=1e-12
+    )
+    assert report["uniformity_joint"] == pytest.approx(
+        brute_force_uniformity(torch.cat([image, text]), 3.0), rel=1e-12
+    )
     assert report["modality_gap"] == pytest.approx(modality_gap(image, text), rel=1e-12)
 
 
@@ -245,7 +306,9 @@ def test_non_unit_rows_are_rejected_with_the_row_and_the_fix():
     x = unit_vectors(4, 3, seed=22)
     scaled = x.clone()
     scaled[2] *= 1.01
-    with pytest.raises(ValueError, match=r"y row 2 has L2 norm 1\.0100.*normalize\(y, dim=-1\)"):
+    with pytest.raises(
+        ValueError, match=r"y row 2 has L2 norm 1\.0100.*normalize\(y, dim=-1\)"
+    ):
         alignment(x, scaled)
     with pytest.raises(ValueError, match="x row 2 has L2 norm"):
         uniformity(scaled)
@@ -263,24 +326,64 @@ def test_non_unit_rows_are_rejected_with_the_row_and_the_fix():
     ("call", "error", "message"),
     [
         (lambda x: alignment(x, x[:3]), ValueError, "same number of rows"),
-        (lambda x: alignment(x, unit_vectors(4, 5, seed=0)), ValueError, "same embedding size"),
-        (lambda x: alignment(x, x, alpha=0), ValueError, "alpha must be a positive number"),
+        (
+            lambda x: alignment(x, unit_vectors(4, 5, seed=0)),
+            ValueError,
+            "same embedding size",
+        ),
+        (
+            lambda x: alignment(x, x, alpha=0),
+            ValueError,
+            "alpha must be a positive number",
+        ),
         (lambda x: alignment(x.numpy(), x), TypeError, "x must be a torch.Tensor"),
         (lambda x: uniformity(x[:1]), ValueError, "x needs at least 2 row"),
         (lambda x: uniformity(x, t=-1.0), ValueError, "t must be a positive number"),
-        (lambda x: uniformity(x, t=math.nan), ValueError, "t must be a positive number"),
-        (lambda x: uniformity(x, chunk_size=0), ValueError, "chunk_size must be a positive integer"),
+        (
+            lambda x: uniformity(x, t=math.nan),
+            ValueError,
+            "t must be a positive number",
+        ),
+        (
+            lambda x: uniformity(x, chunk_size=0),
+            ValueError,
+            "chunk_size must be a positive integer",
+        ),
         (lambda x: uniformity(x[0]), ValueError, r"x must be 2-D"),
         (lambda x: uniformity(x.long()), TypeError, "floating-point"),
-        (lambda x: modality_gap(x, unit_vectors(5, 3, seed=0)), ValueError, "same embedding size"),
-        (lambda x: pca(x, k=0), ValueError, r"k must be an integer between 1 and min\(N, D\) = 4"),
+        (
+            lambda x: modality_gap(x, unit_vectors(5, 3, seed=0)),
+            ValueError,
+            "same embedding size",
+        ),
+        (
+            lambda x: pca(x, k=0),
+            ValueError,
+            r"k must be an integer between 1 and min\(N, D\) = 4",
+        ),
         (lambda x: pca(x, k=5), ValueError, "k must be an integer"),
         (lambda x: pca(x[:1].repeat(4, 1)), ValueError, "x has no variance"),
-        (lambda x: pca(torch.zeros(3, 2), center=False), ValueError, "x has no variance"),
+        (
+            lambda x: pca(torch.zeros(3, 2), center=False),
+            ValueError,
+            "x has no variance",
+        ),
         (lambda x: geometry_report(x, x[:3]), ValueError, "give text_to_image"),
-        (lambda x: geometry_report(x, x, [0, 1, 2, 3]), ValueError, r"one image index per caption \(5\)"),
-        (lambda x: geometry_report(x, x, [0, 1, 2, 5, 4]), ValueError, r"text_to_image\[3\] = 5"),
-        (lambda x: geometry_report(x, x, [0.0, 1.0, 2.0, 3.0, 4.0]), TypeError, "integer image indices"),
+        (
+            lambda x: geometry_report(x, x, [0, 1, 2, 3]),
+            ValueError,
+            r"one image index per caption \(5\)",
+        ),
+        (
+            lambda x: geometry_report(x, x, [0, 1, 2, 5, 4]),
+            ValueError,
+            r"text_to_image\[3\] = 5",
+        ),
+        (
+            lambda x: geometry_report(x, x, [0.0, 1.0, 2.0, 3.0, 4.0]),
+            TypeError,
+            "integer image indices",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_clear_message(call, error, message):

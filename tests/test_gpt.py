@@ -28,10 +28,14 @@ def _reference_forward(model: GPT, ids: torch.Tensor) -> torch.Tensor:
     def layer_norm(x, ln):
         mean = x.mean(-1, keepdim=True)
         var = ((x - mean) ** 2).mean(-1, keepdim=True)
-        return (x - mean) / torch.sqrt(var + model.config.layer_norm_eps) * ln.weight + ln.bias
+        return (x - mean) / torch.sqrt(
+            var + model.config.layer_norm_eps
+        ) * ln.weight + ln.bias
 
     def gelu_tanh(x):
-        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+        return (
+            0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+        )
 
     length, width, heads = ids.shape[1], model.config.n_embd, model.config.n_head
     head_dim = width // heads
@@ -40,29 +44,44 @@ def _reference_forward(model: GPT, ids: torch.Tensor) -> torch.Tensor:
     for block in model.blocks:
         h = layer_norm(x, block.ln_1)
         qkv = h @ block.attn.qkv.weight.T + block.attn.qkv.bias
-        q, k, v = qkv[..., :width], qkv[..., width:2 * width], qkv[..., 2 * width:]
+        q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
         outputs = []
         for head in range(heads):
             part = slice(head * head_dim, (head + 1) * head_dim)
             scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(head_dim)
             weights = torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
             outputs.append(weights @ v[..., part])
-        x = x + torch.cat(outputs, dim=-1) @ block.attn.proj.weight.T + block.attn.proj.bias
+        x = (
+            x
+            + torch.cat(outputs, dim=-1) @ block.attn.proj.weight.T
+            + block.attn.proj.bias
+        )
         h = layer_norm(x, block.ln_2)
-        x = x + gelu_tanh(h @ block.mlp.fc.weight.T + block.mlp.fc.bias) @ block.mlp.proj.weight.T + block.mlp.proj.bias
+        x = (
+            x
+            + gelu_tanh(h @ block.mlp.fc.weight.T + block.mlp.fc.bias)
+            @ block.mlp.proj.weight.T
+            + block.mlp.proj.bias
+        )
     return layer_norm(x, model.ln_f) @ model.wte.weight.T
 
 
 def test_forward_matches_a_from_scratch_reference():
     model = _model().double()
-    ids = torch.randint(0, CONFIG.vocab_size, (3, 11), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (3, 11), generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), _reference_forward(model, ids), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            model(ids), _reference_forward(model, ids), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_predictions_never_depend_on_later_tokens():
     model = _model()
-    ids = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2)
+    )
     changed = ids.clone()
     changed[:, 7:] = (changed[:, 7:] + 5) % CONFIG.vocab_size
     with torch.no_grad():
@@ -73,37 +92,50 @@ def test_predictions_never_depend_on_later_tokens():
 
 def test_inputs_embeds_is_the_same_as_input_ids():
     model = _model()
-    ids = torch.randint(0, CONFIG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3)
+    )
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
-        torch.testing.assert_close(model(inputs_embeds=embeds), model(ids), rtol=0, atol=0)
+        torch.testing.assert_close(
+            model(inputs_embeds=embeds), model(ids), rtol=0, atol=0
+        )
     assert model.get_input_embeddings() is model.wte
-    assert model.get_input_embeddings().weight.shape == (CONFIG.vocab_size, CONFIG.n_embd)
+    assert model.get_input_embeddings().weight.shape == (
+        CONFIG.vocab_size,
+        CONFIG.n_embd,
+    )
 
 
 def test_right_padding_does_not_change_real_positions():
     model = _model()
     lengths = [12, 5, 8]
     generator = torch.Generator().manual_seed(4)
-    rows = [torch.randint(0, CONFIG.vocab_size, (n,), generator=generator) for n in lengths]
+    rows = [
+        torch.randint(0, CONFIG.vocab_size, (n,), generator=generator) for n in lengths
+    ]
     ids = torch.zeros(3, 12, dtype=torch.long)
     mask = torch.zeros(3, 12, dtype=torch.long)
     for row, tokens in enumerate(rows):
         ids[row, : len(tokens)] = tokens
-        ids[row, len(tokens):] = 9  # arbitrary padding id: must not matter
+        ids[row, len(tokens) :] = 9  # arbitrary padding id: must not matter
         mask[row, : len(tokens)] = 1
     with torch.no_grad():
         batched = model(ids, attention_mask=mask)
         for row, tokens in enumerate(rows):
             alone = model(tokens[None])[0]
-            torch.testing.assert_close(batched[row, : len(tokens)], alone, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                batched[row, : len(tokens)], alone, rtol=1e-5, atol=1e-5
+            )
         assert torch.isfinite(batched).all()
 
 
 def test_padding_mask_hides_padded_keys_in_the_middle():
     """A masked key inside the sequence is invisible: its token can change without effect."""
     model = _model()
-    ids = torch.randint(0, CONFIG.vocab_size, (1, 10), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (1, 10), generator=torch.Generator().manual_seed(5)
+    )
     mask = torch.ones(1, 10, dtype=torch.long)
     mask[0, 3] = 0
     changed = ids.clone()
@@ -120,18 +152,42 @@ def test_weights_are_tied_and_initialised_like_gpt2():
     model = GPT(config)
     assert model.lm_head.weight is model.wte.weight
     c = config.n_embd
-    per_block = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c)
-    expected = config.vocab_size * c + config.block_size * c + config.n_layer * per_block + 2 * c  # lm_head: shared
+    per_block = (
+        2 * c
+        + (3 * c * c + 3 * c)
+        + (c * c + c)
+        + 2 * c
+        + (4 * c * c + 4 * c)
+        + (4 * c * c + c)
+    )
+    expected = (
+        config.vocab_size * c
+        + config.block_size * c
+        + config.n_layer * per_block
+        + 2 * c
+    )  # lm_head: shared
     assert model.num_parameters() == expected
     assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    residual = torch.cat([w.flatten() for b in model.blocks for w in (b.attn.proj.weight, b.mlp.proj.weight)])
-    assert residual.std().item() == pytest.approx(0.02 / math.sqrt(2 * config.n_layer), rel=0.05)
+    residual = torch.cat(
+        [
+            w.flatten()
+            for b in model.blocks
+            for w in (b.attn.proj.weight, b.mlp.proj.weight)
+        ]
+    )
+    assert residual.std().item() == pytest.approx(
+        0.02 / math.sqrt(2 * config.n_layer), rel=0.05
+    )
     assert all(b.attn.qkv.bias.abs().max() == 0 for b in model.blocks)
 
 
 def test_dropout_only_acts_in_training_mode():
-    model = _model(GPTConfig(vocab_size=37, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    model = _model(
+        GPTConfig(
+            vocab_size=37, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5
+        )
+    )
     ids = torch.randint(0, 37, (2, 8), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         assert torch.equal(model(ids), model(ids))
@@ -166,7 +222,9 @@ def test_cuda_forward_matches_cpu_and_training_runs_there():
     from crossalign.train.language_model import perplexity, train_language_model
 
     model = _model()
-    ids = torch.randint(0, CONFIG.vocab_size, (4, 12), generator=torch.Generator().manual_seed(7))
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (4, 12), generator=torch.Generator().manual_seed(7)
+    )
     with torch.no_grad():
         on_cpu = model(ids)
         on_gpu = model.cuda()(ids.cuda()).cpu()

@@ -29,7 +29,9 @@ def _generator(seed: int) -> torch.Generator:
 
 def _random_orthogonal(dim: int, seed: int) -> torch.Tensor:
     """A random orthogonal matrix: Q of the QR of a Gaussian matrix, column signs fixed by R."""
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=_generator(seed), dtype=torch.float64))
+    q, r = torch.linalg.qr(
+        torch.randn(dim, dim, generator=_generator(seed), dtype=torch.float64)
+    )
     return q * torch.sign(torch.diagonal(r))
 
 
@@ -51,7 +53,9 @@ def test_procrustes_recovers_planted_orthogonal_map(dtype: torch.dtype) -> None:
     gen = _generator(0)
     planted = _random_orthogonal(16, seed=1)
     source = torch.randn(200, 16, generator=gen, dtype=torch.float64)
-    target = source @ planted + 1e-7 * torch.randn(200, 16, generator=gen, dtype=torch.float64)
+    target = source @ planted + 1e-7 * torch.randn(
+        200, 16, generator=gen, dtype=torch.float64
+    )
     weight = orthogonal_procrustes(source.to(dtype), target.to(dtype))
     assert weight.dtype == dtype
     assert (weight.double() - planted).abs().max().item() < 1e-5
@@ -63,7 +67,9 @@ def test_procrustes_recovers_a_reflection() -> None:
         planted[:, 0] = -planted[:, 0]
     assert torch.linalg.det(planted).item() == pytest.approx(-1.0)
     source = torch.randn(50, 5, generator=_generator(3), dtype=torch.float64)
-    torch.testing.assert_close(orthogonal_procrustes(source, source @ planted), planted, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        orthogonal_procrustes(source, source @ planted), planted, rtol=0, atol=1e-10
+    )
 
 
 def test_procrustes_matches_scipy_or_numpy_svd() -> None:
@@ -71,7 +77,9 @@ def test_procrustes_matches_scipy_or_numpy_svd() -> None:
     source = torch.randn(40, 7, generator=gen, dtype=torch.float64)
     target = torch.randn(40, 7, generator=gen, dtype=torch.float64)
     expected = _reference_procrustes(source.numpy(), target.numpy())
-    np.testing.assert_allclose(orthogonal_procrustes(source, target).numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        orthogonal_procrustes(source, target).numpy(), expected, rtol=0, atol=1e-12
+    )
 
 
 def test_procrustes_beats_every_nearby_orthogonal_matrix() -> None:
@@ -80,7 +88,9 @@ def test_procrustes_beats_every_nearby_orthogonal_matrix() -> None:
     source = torch.randn(30, 6, generator=gen, dtype=torch.float64)
     target = torch.randn(30, 6, generator=gen, dtype=torch.float64)
     weight = orthogonal_procrustes(source, target)
-    torch.testing.assert_close(weight.T @ weight, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        weight.T @ weight, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     best = torch.linalg.norm(source @ weight - target).item()
     for _ in range(50):
         skew = torch.randn(6, 6, generator=gen, dtype=torch.float64)
@@ -114,14 +124,18 @@ def test_aligner_recovers_planted_similarity_transform() -> None:
     torch.testing.assert_close(aligner.weight, planted, rtol=0, atol=1e-10)
     assert aligner.scale_factor.item() == pytest.approx(2.5, abs=1e-12)
     torch.testing.assert_close(aligner.transform(source), target, rtol=0, atol=1e-10)
-    torch.testing.assert_close(aligner.inverse_transform(target), source, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        aligner.inverse_transform(target), source, rtol=0, atol=1e-10
+    )
 
 
 def test_aligner_scale_is_the_least_squares_scale() -> None:
     """For noisy data the fitted scale is <A, B> / <A, A> with A the rotated centred source."""
     gen = _generator(8)
     source = torch.randn(60, 5, generator=gen, dtype=torch.float64)
-    target = 0.3 * source @ _random_orthogonal(5, seed=9) + 0.2 * torch.randn(60, 5, generator=gen, dtype=torch.float64)
+    target = 0.3 * source @ _random_orthogonal(5, seed=9) + 0.2 * torch.randn(
+        60, 5, generator=gen, dtype=torch.float64
+    )
     aligner = ProcrustesAligner(center=True, scale=True).fit(source, target)
     rotated = (source - source.mean(0)) @ aligner.weight
     centred_target = target - target.mean(0)
@@ -136,7 +150,9 @@ def test_aligner_without_centring_is_plain_procrustes() -> None:
     aligner = ProcrustesAligner(center=False).fit(source, target)
     weight = orthogonal_procrustes(source, target)
     torch.testing.assert_close(aligner.weight, weight, rtol=0, atol=1e-12)
-    torch.testing.assert_close(aligner.transform(source), source @ weight, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        aligner.transform(source), source @ weight, rtol=0, atol=1e-12
+    )
 
 
 def test_aligner_keeps_input_dtype_and_checks_use() -> None:
@@ -165,24 +181,34 @@ def _planted_covariance(p: int, q: int, rho: tuple[float, ...]) -> torch.Tensor:
 
 def _data_with_exact_covariance(n: int, cov: torch.Tensor, seed: int) -> torch.Tensor:
     """Rows whose sample covariance (1/(n-1)) equals ``cov`` to rounding: whiten noise exactly, then colour it."""
-    noise = torch.randn(n, cov.shape[0], generator=_generator(seed), dtype=torch.float64)
+    noise = torch.randn(
+        n, cov.shape[0], generator=_generator(seed), dtype=torch.float64
+    )
     noise = noise - noise.mean(0)
     whitening = torch.linalg.cholesky(noise.T @ noise / (n - 1))
     white = torch.linalg.solve_triangular(whitening, noise.T, upper=False).T
     return white @ torch.linalg.cholesky(cov).T
 
 
-def _planted_views(latent: torch.Tensor, p: int, q: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _planted_views(
+    latent: torch.Tensor, p: int, q: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """X and Y through random invertible mixings plus offsets; CCA is invariant to both."""
     gen = _generator(seed)
-    mix_x = torch.randn(p, p, generator=gen, dtype=torch.float64) + 2 * torch.eye(p, dtype=torch.float64)
-    mix_y = torch.randn(q, q, generator=gen, dtype=torch.float64) + 2 * torch.eye(q, dtype=torch.float64)
+    mix_x = torch.randn(p, p, generator=gen, dtype=torch.float64) + 2 * torch.eye(
+        p, dtype=torch.float64
+    )
+    mix_y = torch.randn(q, q, generator=gen, dtype=torch.float64) + 2 * torch.eye(
+        q, dtype=torch.float64
+    )
     x = latent[:, :p] @ mix_x + torch.randn(p, generator=gen, dtype=torch.float64)
     y = latent[:, p:] @ mix_y + 5.0
     return x, y
 
 
-def _numpy_cca(x: np.ndarray, y: np.ndarray, k: int, reg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _numpy_cca(
+    x: np.ndarray, y: np.ndarray, k: int, reg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference CCA: symmetric inverse square roots (eigh) and an SVD; returns (rho, A, B)."""
     xc, yc = x - x.mean(0), y - y.mean(0)
     n = x.shape[0]
@@ -199,20 +225,26 @@ def _numpy_cca(x: np.ndarray, y: np.ndarray, k: int, reg: float) -> tuple[np.nda
 
 def test_cca_recovers_planted_correlations_exactly() -> None:
     p, q = 5, 4
-    latent = _data_with_exact_covariance(400, _planted_covariance(p, q, PLANTED_RHO), seed=11)
+    latent = _data_with_exact_covariance(
+        400, _planted_covariance(p, q, PLANTED_RHO), seed=11
+    )
     x, y = _planted_views(latent, p, q, seed=12)
     exact = CCA(n_components=4, reg=0.0).fit(x, y)
     truth = torch.tensor([*PLANTED_RHO, 0.0], dtype=torch.float64)
     torch.testing.assert_close(exact.correlations, truth, rtol=0, atol=1e-10)
     default = CCA(n_components=3).fit(x, y)
-    assert (default.correlations - torch.tensor(PLANTED_RHO, dtype=torch.float64)).abs().max().item() < 1e-3
+    assert (
+        default.correlations - torch.tensor(PLANTED_RHO, dtype=torch.float64)
+    ).abs().max().item() < 1e-3
 
 
 def test_cca_on_random_samples_is_within_sampling_error() -> None:
     """N = 200,000 draws: the error of each rho is about (1 - rho^2)/sqrt(N) (1e-3 would be too tight)."""
     p, q, n = 5, 4, 200_000
     chol = torch.linalg.cholesky(_planted_covariance(p, q, PLANTED_RHO))
-    latent = torch.randn(n, p + q, generator=_generator(13), dtype=torch.float64) @ chol.T
+    latent = (
+        torch.randn(n, p + q, generator=_generator(13), dtype=torch.float64) @ chol.T
+    )
     x, y = _planted_views(latent, p, q, seed=14)
     fitted = CCA(n_components=3, reg=0.0).fit(x, y).correlations
     truth = torch.tensor(PLANTED_RHO, dtype=torch.float64)
@@ -251,11 +283,15 @@ def test_cca_projections_are_white_and_pairwise_correlated() -> None:
     cca = CCA(n_components=3, reg=0.0).fit(x, y)
     u, v = cca.transform(x, y)
     means = torch.stack([u.mean(0), v.mean(0)])
-    torch.testing.assert_close(means, torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        means, torch.zeros(2, 3, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     eye = torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(u.T @ u / 499, eye, rtol=0, atol=1e-10)
     torch.testing.assert_close(v.T @ v / 499, eye, rtol=0, atol=1e-10)
-    torch.testing.assert_close(u.T @ v / 499, torch.diag(cca.correlations), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        u.T @ v / 499, torch.diag(cca.correlations), rtol=0, atol=1e-10
+    )
     assert bool((cca.correlations[:-1] >= cca.correlations[1:]).all())
 
 
@@ -274,7 +310,12 @@ def test_cca_keeps_input_dtype() -> None:
     cca = CCA(2).fit(x, y)
     assert cca.correlations.dtype == torch.float64
     u, v = cca.transform(x[:7], y[:5])
-    assert (u.dtype, v.dtype, u.shape, v.shape) == (torch.float32, torch.float32, (7, 2), (5, 2))
+    assert (u.dtype, v.dtype, u.shape, v.shape) == (
+        torch.float32,
+        torch.float32,
+        (7, 2),
+        (5, 2),
+    )
 
 
 def test_cca_rejects_bad_arguments() -> None:
@@ -317,13 +358,17 @@ def test_cuda_matches_cpu() -> None:
     y = x[:, :3] @ torch.randn(3, 4, generator=gen) + torch.randn(500, 4, generator=gen)
     cpu = CCA(3).fit(x, y)
     gpu = CCA(3).fit(x.cuda(), y.cuda())
-    torch.testing.assert_close(gpu.correlations.cpu(), cpu.correlations, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        gpu.correlations.cpu(), cpu.correlations, rtol=0, atol=1e-10
+    )
     u_gpu, v_gpu = gpu.transform(x.cuda(), y.cuda())
     assert u_gpu.device.type == "cuda" and v_gpu.device.type == "cuda"
     torch.testing.assert_close(u_gpu.cpu(), cpu.transform_x(x), rtol=1e-4, atol=1e-4)
     source, target = x[:, :4], y
     aligner_gpu = ProcrustesAligner(scale=True).fit(source.cuda(), target.cuda())
     aligner_cpu = ProcrustesAligner(scale=True).fit(source, target)
-    torch.testing.assert_close(aligner_gpu.weight.cpu(), aligner_cpu.weight, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        aligner_gpu.weight.cpu(), aligner_cpu.weight, rtol=0, atol=1e-10
+    )
     assert orthogonal_procrustes(source.cuda(), target.cuda()).device.type == "cuda"
     assert aligner_gpu.transform(source.cuda()).device.type == "cuda"

@@ -21,7 +21,9 @@ def _perturb_adapters(model: nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LoRALinear):
-                module.lora_b.copy_(torch.randn(module.lora_b.shape, generator=generator) * 0.1)
+                module.lora_b.copy_(
+                    torch.randn(module.lora_b.shape, generator=generator) * 0.1
+                )
 
 
 def test_adapter_at_init_equals_base_model_exactly():
@@ -39,7 +41,9 @@ def test_forward_is_base_plus_scaled_low_rank_update():
     with torch.no_grad():
         layer.lora_b.normal_()
     x = torch.randn(4, 7)
-    expected = x @ linear.weight.T + linear.bias + 2.0 * (x @ (layer.lora_b @ layer.lora_a).T)
+    expected = (
+        x @ linear.weight.T + linear.bias + 2.0 * (x @ (layer.lora_b @ layer.lora_a).T)
+    )
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -52,7 +56,9 @@ def test_merge_gives_the_unmerged_outputs_and_removes_adapters():
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     torch.testing.assert_close(model(ids), unmerged, rtol=0, atol=1e-6)
-    assert not torch.equal(model(ids), _gpt()(ids))  # the merged update really changed the model
+    assert not torch.equal(
+        model(ids), _gpt()(ids)
+    )  # the merged update really changed the model
 
 
 def test_only_adapter_parameters_train():
@@ -60,7 +66,10 @@ def test_only_adapter_parameters_train():
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     names = apply_lora(model, rank=2)
     assert sorted(names) == sorted(
-        f"blocks.{i}.{layer}" for i in range(2) for layer in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))
+        f"blocks.{i}.{layer}"
+        for i in range(2)
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert {id(p) for p in trainable} == {id(p) for p in lora_parameters(model)}
     optimizer = torch.optim.SGD(trainable, lr=0.5)
@@ -71,8 +80,12 @@ def test_only_adapter_parameters_train():
         optimizer.step()
     state = dict(model.named_parameters())
     for name, value in before.items():
-        adapted_name = name.replace("attn.qkv.", "attn.qkv.base.").replace("attn.proj.", "attn.proj.base.")
-        adapted_name = adapted_name.replace("mlp.fc.", "mlp.fc.base.").replace("mlp.proj.", "mlp.proj.base.")
+        adapted_name = name.replace("attn.qkv.", "attn.qkv.base.").replace(
+            "attn.proj.", "attn.proj.base."
+        )
+        adapted_name = adapted_name.replace("mlp.fc.", "mlp.fc.base.").replace(
+            "mlp.proj.", "mlp.proj.base."
+        )
         assert torch.equal(state[adapted_name], value), name
         assert state[adapted_name].grad is None
     adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
@@ -96,7 +109,10 @@ def test_hf_conv1d_merge_and_identity():
 
 def test_targets_and_bad_arguments():
     model = _gpt()
-    assert apply_lora(model, targets=("qkv",)) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    assert apply_lora(model, targets=("qkv",)) == [
+        "blocks.0.attn.qkv",
+        "blocks.1.attn.qkv",
+    ]
     with pytest.raises(ValueError, match="matched no linear layer"):
         apply_lora(_gpt(), targets=("nonexistent",))
     with pytest.raises(ValueError, match="rank"):

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import central_differences
 
 from crossalign.losses import ClipLoss, clip_logits, clip_loss
-
-from numerics import central_differences
 
 
 def _logsumexp(values: list[float]) -> float:
@@ -24,13 +23,20 @@ def reference_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: float) -
     n = image.shape[0]
     rows = image.tolist()
     cols = text.tolist()
-    logits = [[scale * math.fsum(a * b for a, b in zip(rows[i], cols[j])) for j in range(n)] for i in range(n)]
+    logits = [
+        [scale * math.fsum(a * b for a, b in zip(rows[i], cols[j])) for j in range(n)]
+        for i in range(n)
+    ]
     image_to_text = [_logsumexp(logits[i]) - logits[i][i] for i in range(n)]
-    text_to_image = [_logsumexp([logits[i][j] for i in range(n)]) - logits[j][j] for j in range(n)]
+    text_to_image = [
+        _logsumexp([logits[i][j] for i in range(n)]) - logits[j][j] for j in range(n)
+    ]
     return (math.fsum(image_to_text) / n + math.fsum(text_to_image) / n) / 2
 
 
-def _random_features(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_features(
+    n: int, d: int, seed: int, dtype=torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, L2-normalised image and text features of shape [n, d]."""
     gen = torch.Generator().manual_seed(seed)
     image = F.normalize(torch.randn(n, d, generator=gen, dtype=dtype), dim=1)
@@ -39,28 +45,39 @@ def _random_features(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[to
 
 
 @pytest.mark.parametrize(
-    ("n", "d", "scale", "seed"), [(1, 3, 10.0, 0), (2, 4, 1.0, 1), (7, 5, 14.3, 2), (16, 8, 100.0, 3)]
+    ("n", "d", "scale", "seed"),
+    [(1, 3, 10.0, 0), (2, 4, 1.0, 1), (7, 5, 14.3, 2), (16, 8, 100.0, 3)],
 )
-def test_clip_loss_matches_loop_reference(n: int, d: int, scale: float, seed: int) -> None:
+def test_clip_loss_matches_loop_reference(
+    n: int, d: int, scale: float, seed: int
+) -> None:
     image, text = _random_features(n, d, seed)
     got = clip_loss(image, text, torch.tensor(scale, dtype=torch.float64))
-    assert got.item() == pytest.approx(reference_clip_loss(image, text, scale), rel=1e-12, abs=1e-12)
+    assert got.item() == pytest.approx(
+        reference_clip_loss(image, text, scale), rel=1e-12, abs=1e-12
+    )
 
 
 def test_clip_loss_float32_matches_loop_reference() -> None:
     image, text = _random_features(32, 16, seed=4, dtype=torch.float32)
     got = clip_loss(image, text, 1 / 0.07)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(reference_clip_loss(image, text, 1 / 0.07), rel=1e-5)
+    assert got.item() == pytest.approx(
+        reference_clip_loss(image, text, 1 / 0.07), rel=1e-5
+    )
 
 
 def test_swapping_modalities_keeps_the_loss_and_shuffling_pairs_changes_it() -> None:
     """Swapping the modalities transposes the logits, which leaves the symmetric loss unchanged."""
     image, text = _random_features(9, 6, seed=5)
     scale = torch.tensor(3.0, dtype=torch.float64)
-    assert clip_loss(image, text, scale).item() == pytest.approx(clip_loss(text, image, scale).item(), rel=1e-14)
+    assert clip_loss(image, text, scale).item() == pytest.approx(
+        clip_loss(text, image, scale).item(), rel=1e-14
+    )
     shuffled = torch.randperm(9, generator=torch.Generator().manual_seed(0))
-    assert clip_loss(image[shuffled], text, scale).item() != pytest.approx(clip_loss(image, text, scale).item())
+    assert clip_loss(image[shuffled], text, scale).item() != pytest.approx(
+        clip_loss(image, text, scale).item()
+    )
 
 
 @pytest.mark.parametrize(("n", "scale"), [(2, 5.0), (5, 5.0), (5, 30.0)])
@@ -68,7 +85,9 @@ def test_orthonormal_pairs_closed_form(n: int, scale: float) -> None:
     """Matching pairs on orthonormal axes: every CE equals log(1 + (N - 1) exp(-scale))."""
     eye = torch.eye(n, dtype=torch.float64)
     expected = math.log1p((n - 1) * math.exp(-scale))
-    assert clip_loss(eye, eye.clone(), scale).item() == pytest.approx(expected, rel=1e-12)
+    assert clip_loss(eye, eye.clone(), scale).item() == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_perfectly_aligned_with_large_scale_is_nearly_zero() -> None:
@@ -86,8 +105,12 @@ def test_identical_features_give_log_n(n: int) -> None:
 def test_features_are_used_as_given_not_renormalised() -> None:
     """Doubling the image features must act like doubling the scale, i.e. no hidden L2 normalisation."""
     image, text = _random_features(6, 5, seed=6)
-    assert clip_loss(2 * image, text, 3.0).item() == pytest.approx(clip_loss(image, text, 6.0).item(), rel=1e-13)
-    assert clip_loss(2 * image, text, 3.0).item() != pytest.approx(clip_loss(image, text, 3.0).item(), rel=1e-3)
+    assert clip_loss(2 * image, text, 3.0).item() == pytest.approx(
+        clip_loss(image, text, 6.0).item(), rel=1e-13
+    )
+    assert clip_loss(2 * image, text, 3.0).item() != pytest.approx(
+        clip_loss(image, text, 3.0).item(), rel=1e-3
+    )
 
 
 def test_clip_logits_are_scaled_similarities_and_transpose() -> None:
@@ -95,7 +118,9 @@ def test_clip_logits_are_scaled_similarities_and_transpose() -> None:
     per_image, per_text = clip_logits(image, text, 2.5)
     for i in range(4):
         for j in range(4):
-            assert per_image[i, j].item() == pytest.approx(2.5 * float(image[i] @ text[j]), rel=1e-13)
+            assert per_image[i, j].item() == pytest.approx(
+                2.5 * float(image[i] @ text[j]), rel=1e-13
+            )
     assert torch.equal(per_text, per_image.T)
 
 
@@ -123,14 +148,18 @@ def test_gradients_match_finite_differences() -> None:
 def test_gradient_through_learnable_log_scale() -> None:
     """d loss / d log_scale = scale * d loss / d scale when the module passes log_scale.exp()."""
     image, text = _random_features(6, 3, seed=9)
-    log_scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor(
+        math.log(1 / 0.07), dtype=torch.float64, requires_grad=True
+    )
     clip_loss(image, text, log_scale.exp()).backward()
 
     def loss_at(value: float) -> float:
         return clip_loss(image, text, math.exp(value)).item()
 
     eps = 1e-6
-    numeric = (loss_at(log_scale.item() + eps) - loss_at(log_scale.item() - eps)) / (2 * eps)
+    numeric = (loss_at(log_scale.item() + eps) - loss_at(log_scale.item() - eps)) / (
+        2 * eps
+    )
     assert log_scale.grad.item() == pytest.approx(numeric, rel=1e-6)
 
 
@@ -161,7 +190,9 @@ def test_scale_errors() -> None:
     image, text = _random_features(3, 2, seed=11)
     with pytest.raises(ValueError, match="logit_scale must be a scalar"):
         clip_loss(image, text, torch.ones(3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="logit_scale must be a float or a scalar tensor"):
+    with pytest.raises(
+        TypeError, match="logit_scale must be a float or a scalar tensor"
+    ):
         clip_loss(image, text, "10")
     with pytest.raises(TypeError, match="image_features must be a torch.Tensor"):
         clip_loss(image.tolist(), text, 1.0)

@@ -56,7 +56,9 @@ def _scene(*objects: tuple[str, str, str]) -> SceneGraph:
     return SceneGraph(objects=placed, relations=())
 
 
-def _retrieval_from_scores(scores: torch.Tensor, owner: torch.Tensor) -> dict[str, float]:
+def _retrieval_from_scores(
+    scores: torch.Tensor, owner: torch.Tensor
+) -> dict[str, float]:
     """retrieval_metrics on a caption-by-image score matrix (identity image embeddings)."""
     return retrieval_metrics(torch.eye(scores.shape[1]), scores, owner)
 
@@ -67,7 +69,13 @@ def test_split() -> dict:
     captions = [caption for i in range(N_TEST) for caption in world.captions(i)]
     owner = torch.arange(N_TEST).repeat_interleave(world.captions_per_image)
     images, scenes = world.render(range(N_TEST)), world.scenes(range(N_TEST))
-    return {"world": world, "images": images, "scenes": scenes, "captions": captions, "owner": owner}
+    return {
+        "world": world,
+        "images": images,
+        "scenes": scenes,
+        "captions": captions,
+        "owner": owner,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +83,11 @@ def train_split() -> dict:
     world = ShapesWorld("train", size=N_TRAIN)
     captions = [caption for i in range(N_TRAIN) for caption in world.captions(i)]
     owner = torch.arange(N_TRAIN).repeat_interleave(world.captions_per_image)
-    return {"images": world.render(range(N_TRAIN)), "captions": captions, "owner": owner}
+    return {
+        "images": world.render(range(N_TRAIN)),
+        "captions": captions,
+        "owner": owner,
+    }
 
 
 # --------------------------------------------------------------------------- rule-based matching
@@ -94,28 +106,60 @@ def test_keyword_scores_worked_example() -> None:
 
 
 def test_keyword_scores_read_synonyms_and_ignore_other_words() -> None:
-    scenes = [_scene(("small", "purple", "circle")), _scene(("large", "cyan", "diamond"))]
-    captions = ["A tiny violet disc, in the top left corner.", "a big turquoise rhombus", "there is nothing here"]
-    assert keyword_match_scores(captions, scenes).tolist() == [[3.0, 0.0], [0.0, 3.0], [0.0, 0.0]]
-    counts = caption_attribute_counts(["a little orange plus above the big orange cross"])
+    scenes = [
+        _scene(("small", "purple", "circle")),
+        _scene(("large", "cyan", "diamond")),
+    ]
+    captions = [
+        "A tiny violet disc, in the top left corner.",
+        "a big turquoise rhombus",
+        "there is nothing here",
+    ]
+    assert keyword_match_scores(captions, scenes).tolist() == [
+        [3.0, 0.0],
+        [0.0, 3.0],
+        [0.0, 0.0],
+    ]
+    counts = caption_attribute_counts(
+        ["a little orange plus above the big orange cross"]
+    )
     named = {ATTRIBUTES[i]: int(c) for i, c in enumerate(counts[0]) if c}
-    assert named == {("size", "small"): 1, ("size", "large"): 1, ("colour", "orange"): 2, ("shape", "cross"): 2}
+    assert named == {
+        ("size", "small"): 1,
+        ("size", "large"): 1,
+        ("colour", "orange"): 2,
+        ("shape", "cross"): 2,
+    }
 
 
-def _reference_keyword_scores(captions: list[str], scenes: list[SceneGraph]) -> list[list[int]]:
+def _reference_keyword_scores(
+    captions: list[str], scenes: list[SceneGraph]
+) -> list[list[int]]:
     """Brute force: Counters of canonical attribute values, summed minima, one pair at a time."""
     canonical = {}
     for table in (SHAPE_WORDS, COLOUR_WORDS, SIZE_WORDS):
         for name, words in table.items():
-            canonical.update({word: name for word in words})
-    mentions = [Counter(canonical[w] for w in re.findall(r"[a-z]+", c.lower()) if w in canonical) for c in captions]
-    present = [Counter(v for o in s.objects for v in (o.shape, o.colour, o.size)) for s in scenes]
-    return [[sum(min(m[value], p[value]) for value in m) for p in present] for m in mentions]
+            canonical.update(dict.fromkeys(words, name))
+    mentions = [
+        Counter(
+            canonical[w] for w in re.findall(r"[a-z]+", c.lower()) if w in canonical
+        )
+        for c in captions
+    ]
+    present = [
+        Counter(v for o in s.objects for v in (o.shape, o.colour, o.size))
+        for s in scenes
+    ]
+    return [
+        [sum(min(m[value], p[value]) for value in m) for p in present] for m in mentions
+    ]
 
 
 def test_keyword_scores_match_brute_force_reference(test_split: dict) -> None:
     captions, scenes = test_split["captions"][:250], test_split["scenes"][:60]
-    assert keyword_match_scores(captions, scenes).long().tolist() == _reference_keyword_scores(captions, scenes)
+    assert keyword_match_scores(
+        captions, scenes
+    ).long().tolist() == _reference_keyword_scores(captions, scenes)
 
 
 def test_keyword_scores_are_blind_to_attribute_binding(test_split: dict) -> None:
@@ -133,11 +177,15 @@ def test_keyword_scores_are_blind_to_attribute_binding(test_split: dict) -> None
     assert torch.equal(true_scores, swapped_scores)
 
 
-def test_keyword_matching_retrieval_beats_chance_but_is_far_from_perfect(test_split: dict) -> None:
+def test_keyword_matching_retrieval_beats_chance_but_is_far_from_perfect(
+    test_split: dict,
+) -> None:
     """Measured: R@1 image->text 0.46, text->image 0.62 (chance: about 0.005)."""
     scores = keyword_match_scores(test_split["captions"], test_split["scenes"])
     metrics = _retrieval_from_scores(scores, test_split["owner"])
-    print(f"keyword matching R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}")
+    print(
+        f"keyword matching R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}"
+    )
     assert 0.25 < metrics["i2t_r1"] < 0.8
     assert 0.35 < metrics["t2i_r1"] < 0.85
 
@@ -172,16 +220,25 @@ def test_region_histogram_of_a_square_in_one_region() -> None:
     expected[:, 0] = 1.0  # background: every level 0
     expected[0] = 0.0
     expected[0, 2 * 9 + 0 * 3 + 0] = 1.0  # red (0.9, 0.12, 0.12): levels (2, 0, 0)
-    torch.testing.assert_close(features[REGION_BLOCK], expected.flatten(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        features[REGION_BLOCK], expected.flatten(), rtol=0, atol=1e-7
+    )
 
 
 def test_blob_bins_of_hand_drawn_square_and_triangle() -> None:
     square = torch.zeros(30, 30, dtype=torch.bool)
     square[:10, :10] = True  # fill 1, centre of mass halfway down, area 100/900
     triangle = torch.zeros(30, 30, dtype=torch.bool)
-    for k in range(10):  # row k is 2k + 1 wide: fill 100/190, centre of mass at (6.15 + 0.5)/10
+    for k in range(
+        10
+    ):  # row k is 2k + 1 wide: fill 100/190, centre of mass at (6.15 + 0.5)/10
         triangle[10 + k, 15 - k : 16 + k] = True
-    images = torch.stack([_paint(_background(), square, "blue"), _paint(_background(), triangle, "green")])
+    images = torch.stack(
+        [
+            _paint(_background(), square, "blue"),
+            _paint(_background(), triangle, "green"),
+        ]
+    )
     blobs = handcrafted_image_features(images)[:, BLOB_BLOCK]
     expected = torch.zeros(2, 9)
     expected[0, 2 * 2 + 0] = 1.0  # fill bin 2 (> 0.9), symmetric
@@ -210,12 +267,16 @@ def test_edge_directions_of_hand_drawn_boundaries() -> None:
     images = torch.stack([_paint(_background(20), mask, "white") for mask in masks])
     edges = handcrafted_image_features(images)[:, EDGE_BLOCK]
     torch.testing.assert_close(edges.argmax(dim=1), torch.tensor([0, 4, 6, 2]))
-    torch.testing.assert_close(edges.max(dim=1).values, torch.ones(4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        edges.max(dim=1).values, torch.ones(4), rtol=0, atol=1e-6
+    )
     plain = handcrafted_image_features(_background(20)[None])[0]
     assert plain[EDGE_BLOCK].abs().sum() == 0 and plain[BLOB_BLOCK].abs().sum() == 0
 
 
-def test_features_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch, test_split: dict) -> None:
+def test_features_do_not_depend_on_chunking(
+    monkeypatch: pytest.MonkeyPatch, test_split: dict
+) -> None:
     images = test_split["images"][:8]
     whole = handcrafted_image_features(images)
     monkeypatch.setattr(matching, "_CHUNK", 3)
@@ -236,14 +297,19 @@ def test_features_reject_bad_images() -> None:
 
 
 def test_bag_of_words_counts_by_hand() -> None:
-    counts = bag_of_words(["A red circle, a RED square!", "blue"], ["red", "circle", "square", "blue", "green"])
+    counts = bag_of_words(
+        ["A red circle, a RED square!", "blue"],
+        ["red", "circle", "square", "blue", "green"],
+    )
     assert counts.tolist() == [[2, 1, 1, 0, 0], [0, 0, 0, 1, 0]]
 
 
 def test_grammar_vocabulary_covers_every_caption_word(test_split: dict) -> None:
     captions = test_split["captions"][:300]
     counts = bag_of_words(captions, caption_words())
-    assert counts.sum(dim=1).tolist() == [len(re.findall(r"[a-z]+", c)) for c in captions]
+    assert counts.sum(dim=1).tolist() == [
+        len(re.findall(r"[a-z]+", c)) for c in captions
+    ]
 
 
 def test_bag_of_words_rejects_bad_vocabulary() -> None:
@@ -261,35 +327,65 @@ def test_bag_of_words_rejects_bad_vocabulary() -> None:
 def test_correlation_matching_beats_chance(train_split: dict, test_split: dict) -> None:
     """Measured: R@1 about 0.8 both ways on 200 test images (chance: about 0.005)."""
     train, test = train_split, test_split
-    scores = correlation_match(train["images"], train["captions"], train["owner"], test["images"], test["captions"])
+    scores = correlation_match(
+        train["images"],
+        train["captions"],
+        train["owner"],
+        test["images"],
+        test["captions"],
+    )
     assert scores.shape == (len(test_split["captions"]), N_TEST)
     metrics = _retrieval_from_scores(scores, test_split["owner"])
     print(f"CCA matching R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}")
     assert metrics["i2t_r1"] > 0.4 and metrics["t2i_r1"] > 0.4
 
 
-def test_correlation_matching_needs_true_pairs(train_split: dict, test_split: dict) -> None:
+def test_correlation_matching_needs_true_pairs(
+    train_split: dict, test_split: dict
+) -> None:
     """Control: trained on captions paired with random images, retrieval falls to chance."""
     train, test = train_split, test_split
-    shuffled = train["owner"][torch.randperm(len(train["owner"]), generator=torch.Generator().manual_seed(0))]
-    scores = correlation_match(train["images"], train["captions"], shuffled, test["images"], test["captions"])
+    shuffled = train["owner"][
+        torch.randperm(len(train["owner"]), generator=torch.Generator().manual_seed(0))
+    ]
+    scores = correlation_match(
+        train["images"], train["captions"], shuffled, test["images"], test["captions"]
+    )
     metrics = _retrieval_from_scores(scores, test_split["owner"])
-    print(f"CCA matching on shuffled pairs R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}")
+    print(
+        f"CCA matching on shuffled pairs R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}"
+    )
     assert metrics["i2t_r1"] < 0.06 and metrics["t2i_r1"] < 0.06
 
 
-def test_matcher_is_cca_of_features_and_words_with_weighted_cosine(train_split: dict, test_split: dict) -> None:
+def test_matcher_is_cca_of_features_and_words_with_weighted_cosine(
+    train_split: dict, test_split: dict
+) -> None:
     """The matcher's scores equal the pipeline written out: CCA, weight by rho ** power, cosine."""
-    images, captions, owner = train_split["images"][:300], train_split["captions"][:1500], train_split["owner"][:1500]
-    matcher = CorrelationMatcher(n_components=10, reg=0.05, correlation_power=2.0).fit(images, captions, owner)
+    images, captions, owner = (
+        train_split["images"][:300],
+        train_split["captions"][:1500],
+        train_split["owner"][:1500],
+    )
+    matcher = CorrelationMatcher(n_components=10, reg=0.05, correlation_power=2.0).fit(
+        images, captions, owner
+    )
     vocabulary = caption_words()
-    cca = CCA(10, reg=0.05).fit(handcrafted_image_features(images)[owner], bag_of_words(captions, vocabulary))
+    cca = CCA(10, reg=0.05).fit(
+        handcrafted_image_features(images)[owner], bag_of_words(captions, vocabulary)
+    )
     weights = cca.correlations.float() ** 2
     test_images, test_captions = test_split["images"][:20], test_split["captions"][:50]
-    image_emb = F.normalize(cca.transform_x(handcrafted_image_features(test_images)) * weights, dim=1)
-    text_emb = F.normalize(cca.transform_y(bag_of_words(test_captions, vocabulary)) * weights, dim=1)
+    image_emb = F.normalize(
+        cca.transform_x(handcrafted_image_features(test_images)) * weights, dim=1
+    )
+    text_emb = F.normalize(
+        cca.transform_y(bag_of_words(test_captions, vocabulary)) * weights, dim=1
+    )
     expected = text_emb @ image_emb.T
-    torch.testing.assert_close(matcher.scores(test_images, test_captions), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        matcher.scores(test_images, test_captions), expected, rtol=0, atol=1e-5
+    )
 
 
 def test_matcher_rejects_misuse(test_split: dict) -> None:
@@ -306,12 +402,20 @@ def test_matcher_rejects_misuse(test_split: dict) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_features_and_matcher_match_cpu(train_split: dict, test_split: dict) -> None:
+def test_cuda_features_and_matcher_match_cpu(
+    train_split: dict, test_split: dict
+) -> None:
     images = test_split["images"][:64]
     on_gpu = handcrafted_image_features(images.cuda())
     assert on_gpu.device.type == "cuda"
-    torch.testing.assert_close(on_gpu.cpu(), handcrafted_image_features(images), rtol=0, atol=1e-5)
-    train = train_split["images"][:300], train_split["captions"][:1500], train_split["owner"][:1500]
+    torch.testing.assert_close(
+        on_gpu.cpu(), handcrafted_image_features(images), rtol=0, atol=1e-5
+    )
+    train = (
+        train_split["images"][:300],
+        train_split["captions"][:1500],
+        train_split["owner"][:1500],
+    )
     cpu = CorrelationMatcher().fit(*train).scores(images, test_split["captions"][:100])
     gpu_matcher = CorrelationMatcher().fit(train[0].cuda(), train[1], train[2])
     gpu = gpu_matcher.scores(images.cuda(), test_split["captions"][:100])

@@ -26,7 +26,11 @@ def test_forward_equals_the_formula_written_out():
         for t in range(5):
             previous = ids[b, t - 1].item() if t >= 1 else start
             x = torch.cat([table[previous], table[ids[b, t]]])
-            expected = model.output.weight @ torch.tanh(model.hidden.weight @ x + model.hidden.bias) + model.output.bias
+            expected = (
+                model.output.weight
+                @ torch.tanh(model.hidden.weight @ x + model.hidden.bias)
+                + model.output.bias
+            )
             torch.testing.assert_close(logits[b, t], expected)
 
 
@@ -39,7 +43,9 @@ def test_each_prediction_sees_exactly_its_window():
         changed = ids.clone()
         changed[0, position] = (changed[0, position] + 1) % 20
         moved = (model(changed) - base).abs().amax(-1)[0] > 0
-        assert moved.nonzero().flatten().tolist() == [t for t in range(position, min(position + 3, 10))]
+        assert moved.nonzero().flatten().tolist() == [
+            t for t in range(position, min(position + 3, 10))
+        ]
 
 
 def test_bad_arguments_are_refused():

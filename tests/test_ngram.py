@@ -29,7 +29,10 @@ def _models(orders=(1, 2, 3, 4)):
 def _training_corpus() -> list[list[str]]:
     rng = np.random.default_rng(0)
     words = ["the", "red", "blue", "circle", "square", "is", "left", "of", "above"]
-    return [[words[i] for i in rng.integers(0, len(words), size=rng.integers(0, 7))] for _ in range(40)]
+    return [
+        [words[i] for i in rng.integers(0, len(words), size=rng.integers(0, 7))]
+        for _ in range(40)
+    ]
 
 
 @pytest.mark.parametrize("model", _models(), ids=repr)
@@ -39,7 +42,14 @@ def test_distribution_sums_to_one_for_seen_unseen_and_start_contexts(model):
     assert BOS not in vocabulary and EOS in vocabulary and UNK in vocabulary
     rng = np.random.default_rng(1)
     tokens = list(vocabulary) + [BOS, "never-seen"]
-    contexts = [(), (BOS,), ("the", BOS), (BOS, BOS, BOS), ("never-seen",), ("red", "never-seen", BOS)]
+    contexts = [
+        (),
+        (BOS,),
+        ("the", BOS),
+        (BOS, BOS, BOS),
+        ("never-seen",),
+        ("red", "never-seen", BOS),
+    ]
     contexts += [tuple(rng.choice(tokens, size=rng.integers(0, 5))) for _ in range(40)]
     for context in contexts:
         distribution = model.distribution(context)
@@ -47,15 +57,21 @@ def test_distribution_sums_to_one_for_seen_unseen_and_start_contexts(model):
         assert math.fsum(distribution.values()) == pytest.approx(1.0, abs=1e-9)
         assert min(distribution.values()) > 0
         for word in vocabulary:
-            assert model.prob(word, context) == pytest.approx(distribution[word], rel=1e-12)
-            assert model.logprob(word, context) == pytest.approx(math.log(distribution[word]), rel=1e-12)
+            assert model.prob(word, context) == pytest.approx(
+                distribution[word], rel=1e-12
+            )
+            assert model.logprob(word, context) == pytest.approx(
+                math.log(distribution[word]), rel=1e-12
+            )
 
 
 def test_add_k_matches_hand_computation():
     lm = NGramLM(order=2, smoothing="add_k", k=1.0).fit(TINY)
     assert lm.vocabulary == ("</s>", "<unk>", "a", "b", "c")
     # Bigram counts: c(<s> a) = 2, c(<s> b) = 1, so c(<s>) = 3; c(a b) = c(a c) = c(a </s>) = 1, c(a) = 3.
-    assert lm.prob("a", ()) == pytest.approx((2 + 1) / (3 + 5))  # empty context = sentence start
+    assert lm.prob("a", ()) == pytest.approx(
+        (2 + 1) / (3 + 5)
+    )  # empty context = sentence start
     assert lm.prob("b", (BOS,)) == pytest.approx((1 + 1) / (3 + 5))
     assert lm.prob("c", ("a",)) == pytest.approx((1 + 1) / (3 + 5))
     assert lm.prob("a", ("a",)) == pytest.approx((0 + 1) / (3 + 5))
@@ -70,10 +86,18 @@ def test_kneser_ney_bigram_matches_hand_computation():
     lm = NGramLM(order=2, smoothing="kneser_ney", discount=0.5).fit(TINY)
     # Unigram continuation counts N1+(. w): a after {<s>, b} = 2, b after {a, <s>} = 2, c after {a} = 1,
     # </s> after {b, c, a} = 3, <unk> = 0. Total 8, 4 distinct words, so the uniform weight is 0.5 * 4 / 8.
-    p1 = {"a": 1.5 / 8 + 0.25 / 5, "b": 1.5 / 8 + 0.25 / 5, "c": 0.5 / 8 + 0.25 / 5, EOS: 2.5 / 8 + 0.25 / 5, UNK: 0.25 / 5}
+    p1 = {
+        "a": 1.5 / 8 + 0.25 / 5,
+        "b": 1.5 / 8 + 0.25 / 5,
+        "c": 0.5 / 8 + 0.25 / 5,
+        EOS: 2.5 / 8 + 0.25 / 5,
+        UNK: 0.25 / 5,
+    }
     assert p1["a"] == pytest.approx(0.2375) and p1["c"] == pytest.approx(0.1125)
     # Context "a": b, c, </s> once each: c(a) = 3, N1+(a .) = 3.
-    assert lm.prob("c", ("a",)) == pytest.approx(0.5 / 3 + 0.5 * 3 / 3 * p1["c"])  # = 0.2229166...
+    assert lm.prob("c", ("a",)) == pytest.approx(
+        0.5 / 3 + 0.5 * 3 / 3 * p1["c"]
+    )  # = 0.2229166...
     assert lm.prob("a", ("a",)) == pytest.approx(0.5 * 3 / 3 * p1["a"])  # = 0.11875
     assert lm.prob(UNK, ("a",)) == pytest.approx(0.5 * p1[UNK])
     # Unseen context "<unk>": the whole mass comes from the unigram level.
@@ -86,21 +110,35 @@ def test_kneser_ney_trigram_uses_continuation_counts_at_the_middle_level():
     # Trigram types: (<s> <s> a) x2, (<s> a b), (a b </s>), (<s> a c), (a c </s>), (<s> <s> b), (<s> b a),
     # (b a </s>). Every bigram has a continuation count of 1, e.g. N1+(. <s> a) = 1 although c(<s> a) = 2.
     # Unigram level as in the bigram test: P1(a) = 0.2375, P1(c) = 0.1125.
-    p2_c_given_a = 0.5 / 3 + 0.5 * 3 / 3 * 0.1125  # bigram level, context a: {b, c, </s>} once each
+    p2_c_given_a = (
+        0.5 / 3 + 0.5 * 3 / 3 * 0.1125
+    )  # bigram level, context a: {b, c, </s>} once each
     # Trigram context (<s>, a): b once, c once -> c = 2, N1+ = 2.
-    assert lm.prob("c", ("a",)) == pytest.approx(0.5 / 2 + 0.5 * 2 / 2 * p2_c_given_a)  # = 0.3614583...
+    assert lm.prob("c", ("a",)) == pytest.approx(
+        0.5 / 2 + 0.5 * 2 / 2 * p2_c_given_a
+    )  # = 0.3614583...
     # Unseen trigram context (<unk>, <s>) backs off to the bigram level, context <s>: continuation counts
     # a: 1, b: 1 (not the raw counts 2 and 1): 0.5 / 2 + 0.5 * 2 / 2 * P1(a).
-    assert lm.prob("a", ("zebra", BOS)) == pytest.approx(0.5 / 2 + 0.5 * 0.2375)  # = 0.36875
+    assert lm.prob("a", ("zebra", BOS)) == pytest.approx(
+        0.5 / 2 + 0.5 * 0.2375
+    )  # = 0.36875
 
 
 def test_kneser_ney_unigram_level_prefers_words_completing_many_contexts():
     # "francisco" occurs 6 times, always after "san"; "glasses" occurs 3 times, after three different words.
-    corpus = [["san", "francisco"]] * 6 + [["reading", "glasses"], ["new", "glasses"], ["sun", "glasses"]]
+    corpus = [["san", "francisco"]] * 6 + [
+        ["reading", "glasses"],
+        ["new", "glasses"],
+        ["sun", "glasses"],
+    ]
     kn = NGramLM(order=2, smoothing="kneser_ney", discount=0.75).fit(corpus)
     raw = NGramLM(order=1, smoothing="add_k", k=1.0).fit(corpus)
-    assert raw.prob("francisco") > raw.prob("glasses")  # (6 + 1) / (27 + 8) vs (3 + 1) / (27 + 8)
-    unseen = ("zebra",)  # an unseen context exposes the unigram (continuation) level alone
+    assert raw.prob("francisco") > raw.prob(
+        "glasses"
+    )  # (6 + 1) / (27 + 8) vs (3 + 1) / (27 + 8)
+    unseen = (
+        "zebra",
+    )  # an unseen context exposes the unigram (continuation) level alone
     assert kn.prob("francisco", unseen) < kn.prob("glasses", unseen)
     # Continuation counts: francisco 1, glasses 3, san/reading/new/sun 1 each (after <s>), </s> 2 (after
     # francisco, glasses): total 10 over 7 distinct words, uniform weight 0.75 * 7 / 10 over |V| = 8.
@@ -115,7 +153,13 @@ def test_perplexity_equals_exp_of_mean_negative_log_probability_by_hand():
     held_out = [["a", "c"], ["zebra"]]
     # a c: P(a|<s>) = 3/8, P(c|a) = 2/8, P(</s>|c) = 2/6; zebra -> <unk>: P(<unk>|<s>) = 1/8,
     # P(</s>|<unk>) = 1/5 (unseen context). Five predicted tokens.
-    logs = [math.log(3 / 8), math.log(2 / 8), math.log(2 / 6), math.log(1 / 8), math.log(1 / 5)]
+    logs = [
+        math.log(3 / 8),
+        math.log(2 / 8),
+        math.log(2 / 6),
+        math.log(1 / 8),
+        math.log(1 / 5),
+    ]
     assert lm.perplexity(held_out) == pytest.approx(math.exp(-sum(logs) / 5))
     kn = NGramLM(order=3, smoothing="kneser_ney").fit(TINY)
     assert math.isfinite(kn.perplexity(held_out))
@@ -123,7 +167,9 @@ def test_perplexity_equals_exp_of_mean_negative_log_probability_by_hand():
 
 def test_add_k_perplexity_approaches_vocabulary_size_for_huge_k():
     lm = NGramLM(order=3, smoothing="add_k", k=1e9).fit(_training_corpus())
-    assert lm.perplexity([["the", "red", "circle"], ["zebra", "is"]]) == pytest.approx(len(lm.vocabulary), rel=1e-6)
+    assert lm.perplexity([["the", "red", "circle"], ["zebra", "is"]]) == pytest.approx(
+        len(lm.vocabulary), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("smoothing", ["add_k", "kneser_ney"])
@@ -155,7 +201,9 @@ def test_sampling_frequencies_follow_the_tempered_distribution(temperature):
     for _ in range(draws):
         counts[lm.sample(("a",), max_len=1, temperature=temperature, rng=rng)[0]] += 1
     for word, expected in zip(lm.vocabulary, tempered):
-        assert counts[word] / draws == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / draws))
+        assert counts[word] / draws == pytest.approx(
+            expected, abs=4 * math.sqrt(expected * (1 - expected) / draws)
+        )
 
 
 def test_temperature_zero_is_greedy_argmax():
@@ -228,13 +276,26 @@ def test_trigram_kneser_ney_beats_unigram_on_shapesworld_captions():
 
     def tokenised(split, size):
         world = ShapesWorld(split, size=size)
-        return [simple_tokenize(caption) for i in range(size) for caption in world.captions(i)]
+        return [
+            simple_tokenize(caption)
+            for i in range(size)
+            for caption in world.captions(i)
+        ]
 
     train, held_out = tokenised("train", 300), tokenised("val", 100)
     trigram = NGramLM(order=3, smoothing="kneser_ney").fit(train)
     unigram = NGramLM(order=1, smoothing="kneser_ney").fit(train)
-    trigram_ppl, unigram_ppl = trigram.perplexity(held_out), unigram.perplexity(held_out)
-    print(f"ShapesWorld held-out perplexity: trigram KN {trigram_ppl:.2f}, unigram {unigram_ppl:.2f}")
-    assert math.isfinite(trigram_ppl) and 1 < trigram_ppl < unigram_ppl < len(unigram.vocabulary)
-    assert all(math.isclose(sum(trigram.distribution(c).values()), 1.0, abs_tol=1e-9)
-               for c in itertools.islice((tuple(s[:2]) for s in held_out), 50))
+    trigram_ppl, unigram_ppl = (
+        trigram.perplexity(held_out),
+        unigram.perplexity(held_out),
+    )
+    print(
+        f"ShapesWorld held-out perplexity: trigram KN {trigram_ppl:.2f}, unigram {unigram_ppl:.2f}"
+    )
+    assert math.isfinite(trigram_ppl) and 1 < trigram_ppl < unigram_ppl < len(
+        unigram.vocabulary
+    )
+    assert all(
+        math.isclose(sum(trigram.distribution(c).values()), 1.0, abs_tol=1e-9)
+        for c in itertools.islice((tuple(s[:2]) for s in held_out), 50)
+    )

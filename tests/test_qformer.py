@@ -19,7 +19,16 @@ VOCAB = Vocabulary.build(TEXTS)
 
 def _qformer(**kwargs) -> QFormer:
     torch.manual_seed(0)
-    return QFormer(feature_dim=6, lm_dim=12, vocab_size=len(VOCAB), num_queries=3, dim=8, depth=2, heads=2, **kwargs)
+    return QFormer(
+        feature_dim=6,
+        lm_dim=12,
+        vocab_size=len(VOCAB),
+        num_queries=3,
+        dim=8,
+        depth=2,
+        heads=2,
+        **kwargs,
+    )
 
 
 def test_outputs_have_one_token_per_query_whatever_the_number_of_patches():
@@ -31,8 +40,14 @@ def test_outputs_have_one_token_per_query_whatever_the_number_of_patches():
         assert attention.shape == (2, 3, patches)
         torch.testing.assert_close(attention.sum(dim=-1), torch.ones(2, 3))
     features = torch.randn(4, 5, 6)
-    torch.testing.assert_close(qformer(features[1:2]), qformer(features)[1:2], rtol=1e-5, atol=1e-6)
-    assert qformer(torch.randn(2, 6)).shape == (2, 3, 12)  # a pooled vector is one image token
+    torch.testing.assert_close(
+        qformer(features[1:2]), qformer(features)[1:2], rtol=1e-5, atol=1e-6
+    )
+    assert qformer(torch.randn(2, 6)).shape == (
+        2,
+        3,
+        12,
+    )  # a pooled vector is one image token
 
 
 def test_similarity_is_the_best_query_cosine_and_loss_is_symmetric_infonce():
@@ -40,7 +55,9 @@ def test_similarity_is_the_best_query_cosine_and_loss_is_symmetric_infonce():
     features = torch.randn(3, 4, 6)
     ids, mask = VOCAB.encode_batch(TEXTS[:3])
     with torch.no_grad():
-        queries = F.normalize(qformer.query_head(qformer.query_outputs(features)), dim=-1)
+        queries = F.normalize(
+            qformer.query_head(qformer.query_outputs(features)), dim=-1
+        )
         texts = F.normalize(qformer.text_head(qformer.text_encoder(ids, mask)), dim=-1)
     expected = torch.empty(3, 3)
     for i in range(3):
@@ -49,8 +66,12 @@ def test_similarity_is_the_best_query_cosine_and_loss_is_symmetric_infonce():
     similarity = qformer.similarity(features, ids, mask)
     torch.testing.assert_close(similarity, expected, rtol=1e-5, atol=1e-6)
     logits = similarity.detach() / 0.07
-    image_to_text = -sum(float(torch.log_softmax(logits[i], 0)[i]) for i in range(3)) / 3
-    text_to_image = -sum(float(torch.log_softmax(logits[:, i], 0)[i]) for i in range(3)) / 3
+    image_to_text = (
+        -sum(float(torch.log_softmax(logits[i], 0)[i]) for i in range(3)) / 3
+    )
+    text_to_image = (
+        -sum(float(torch.log_softmax(logits[:, i], 0)[i]) for i in range(3)) / 3
+    )
     loss = qformer.contrastive_loss(features, ids, mask).detach()
     assert math.isclose(loss.item(), (image_to_text + text_to_image) / 2, rel_tol=1e-4)
 
@@ -76,13 +97,20 @@ def test_contrastive_training_separates_matching_pairs():
 
 def test_qformer_is_a_projector_for_a_frozen_lm():
     torch.manual_seed(0)
-    lm = GPT(GPTConfig(vocab_size=len(VOCAB), block_size=16, n_layer=1, n_head=2, n_embd=12))
-    captioner = PrefixCaptioner(lm, _qformer(), bos_id=VOCAB.bos_id, eos_id=VOCAB.eos_id, pad_id=VOCAB.pad_id)
+    lm = GPT(
+        GPTConfig(vocab_size=len(VOCAB), block_size=16, n_layer=1, n_head=2, n_embd=12)
+    )
+    captioner = PrefixCaptioner(
+        lm, _qformer(), bos_id=VOCAB.bos_id, eos_id=VOCAB.eos_id, pad_id=VOCAB.pad_id
+    )
     ids, mask = VOCAB.encode_batch(TEXTS[:2])
     loss = captioner.loss(torch.randn(2, 5, 6), ids, mask)
     loss.backward()
     assert all(p.grad is None for p in lm.parameters())
-    assert captioner.projector.queries.grad is not None and captioner.projector.queries.grad.abs().sum() > 0
+    assert (
+        captioner.projector.queries.grad is not None
+        and captioner.projector.queries.grad.abs().sum() > 0
+    )
 
 
 def test_bad_arguments_are_reported():

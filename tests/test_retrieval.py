@@ -7,7 +7,12 @@ import statistics
 import pytest
 import torch
 
-from crossalign.metrics import format_retrieval, ranks_image_to_text, ranks_text_to_image, retrieval_metrics
+from crossalign.metrics import (
+    format_retrieval,
+    ranks_image_to_text,
+    ranks_text_to_image,
+    retrieval_metrics,
+)
 
 
 def _sorted_position(scores: list[float], is_positive: list[bool]) -> int:
@@ -16,19 +21,29 @@ def _sorted_position(scores: list[float], is_positive: list[bool]) -> int:
     return next(position for position, j in enumerate(order, start=1) if is_positive[j])
 
 
-def brute_force_ranks(image: torch.Tensor, text: torch.Tensor, owner: list[int]) -> tuple[list[int], list[int]]:
+def brute_force_ranks(
+    image: torch.Tensor, text: torch.Tensor, owner: list[int]
+) -> tuple[list[int], list[int]]:
     """Image-to-text and text-to-image ranks from a full score matrix built with Python loops."""
     images, texts = image.double().tolist(), text.double().tolist()
     scores = [[sum(a * b for a, b in zip(u, v)) for v in texts] for u in images]
-    i2t = [_sorted_position(scores[i], [owner[j] == i for j in range(len(texts))]) for i in range(len(images))]
+    i2t = [
+        _sorted_position(scores[i], [owner[j] == i for j in range(len(texts))])
+        for i in range(len(images))
+    ]
     t2i = [
-        _sorted_position([scores[i][j] for i in range(len(images))], [owner[j] == i for i in range(len(images))])
+        _sorted_position(
+            [scores[i][j] for i in range(len(images))],
+            [owner[j] == i for i in range(len(images))],
+        )
         for j in range(len(texts))
     ]
     return i2t, t2i
 
 
-def brute_force_metrics(i2t: list[int], t2i: list[int], ks=(1, 5, 10)) -> dict[str, float]:
+def brute_force_metrics(
+    i2t: list[int], t2i: list[int], ks=(1, 5, 10)
+) -> dict[str, float]:
     """R@K, median and mean rank from rank lists, with the statistics module."""
     metrics: dict[str, float] = {}
     for prefix, ranks in (("i2t", i2t), ("t2i", t2i)):
@@ -47,7 +62,9 @@ def random_captioning(n_img: int, seed: int, max_captions: int = 7) -> list[int]
     return owner[torch.randperm(owner.numel(), generator=gen)].tolist()
 
 
-def continuous_embeddings(n_img: int, n_txt: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def continuous_embeddings(
+    n_img: int, n_txt: int, d: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded, L2-normalised Gaussian embeddings (ties have probability zero)."""
     gen = torch.Generator().manual_seed(seed)
     image = torch.nn.functional.normalize(torch.randn(n_img, d, generator=gen), dim=1)
@@ -55,7 +72,9 @@ def continuous_embeddings(n_img: int, n_txt: int, d: int, seed: int) -> tuple[to
     return image, text
 
 
-def tied_embeddings(n_img: int, n_txt: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tied_embeddings(
+    n_img: int, n_txt: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Small-integer embeddings (exact dot products, many equal scores) with duplicated rows."""
     gen = torch.Generator().manual_seed(seed)
     image = torch.randint(-1, 2, (n_img, 3), generator=gen).float()
@@ -70,8 +89,14 @@ def test_continuous_random_data_matches_brute_force(chunk_size: int) -> None:
     owner = random_captioning(13, seed=0)
     image, text = continuous_embeddings(13, len(owner), 16, seed=1)
     i2t, t2i = brute_force_ranks(image, text, owner)
-    assert ranks_image_to_text(image, text, torch.tensor(owner), chunk_size).tolist() == i2t
-    assert ranks_text_to_image(image, text, torch.tensor(owner), chunk_size).tolist() == t2i
+    assert (
+        ranks_image_to_text(image, text, torch.tensor(owner), chunk_size).tolist()
+        == i2t
+    )
+    assert (
+        ranks_text_to_image(image, text, torch.tensor(owner), chunk_size).tolist()
+        == t2i
+    )
     got = retrieval_metrics(image, text, torch.tensor(owner), chunk_size=chunk_size)
     assert got == pytest.approx(brute_force_metrics(i2t, t2i), rel=1e-12)
     assert list(got) == [
@@ -80,7 +105,9 @@ def test_continuous_random_data_matches_brute_force(chunk_size: int) -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("n_img", "seed", "chunk_size"), [(7, 2, 3), (20, 3, 6), (31, 4, 8), (31, 5, 1000)])
+@pytest.mark.parametrize(
+    ("n_img", "seed", "chunk_size"), [(7, 2, 3), (20, 3, 6), (31, 4, 8), (31, 5, 1000)]
+)
 def test_exact_ties_match_brute_force(n_img: int, seed: int, chunk_size: int) -> None:
     owner = random_captioning(n_img, seed=seed)
     image, text = tied_embeddings(n_img, len(owner), seed=seed)
@@ -106,12 +133,23 @@ def test_hand_computed_example_with_ties() -> None:
     owner = torch.tensor([0, 0, 1, 2])
     for chunk_size in (1, 2, 3):
         assert ranks_image_to_text(image, text, owner, chunk_size).tolist() == [1, 3, 1]
-        assert ranks_text_to_image(image, text, owner, chunk_size).tolist() == [2, 3, 3, 2]
+        assert ranks_text_to_image(image, text, owner, chunk_size).tolist() == [
+            2,
+            3,
+            3,
+            2,
+        ]
     got = retrieval_metrics(image, text, owner, ks=(1, 2), chunk_size=2)
     assert got == pytest.approx(
         {
-            "i2t_r1": 2 / 3, "i2t_r2": 2 / 3, "i2t_median_rank": 1.0, "i2t_mean_rank": 5 / 3,
-            "t2i_r1": 0.0, "t2i_r2": 0.5, "t2i_median_rank": 2.5, "t2i_mean_rank": 2.5,
+            "i2t_r1": 2 / 3,
+            "i2t_r2": 2 / 3,
+            "i2t_median_rank": 1.0,
+            "i2t_mean_rank": 5 / 3,
+            "t2i_r1": 0.0,
+            "t2i_r2": 0.5,
+            "t2i_median_rank": 2.5,
+            "t2i_mean_rank": 2.5,
         }  # fmt: skip
     )
 
@@ -122,7 +160,11 @@ def test_perfect_model_scores_perfectly() -> None:
     text = image[torch.tensor(owner)]
     got = retrieval_metrics(image, text, owner, chunk_size=4)
     for prefix in ("i2t", "t2i"):
-        assert got[f"{prefix}_r1"] == 1.0 and got[f"{prefix}_median_rank"] == 1.0 and got[f"{prefix}_mean_rank"] == 1.0
+        assert (
+            got[f"{prefix}_r1"] == 1.0
+            and got[f"{prefix}_median_rank"] == 1.0
+            and got[f"{prefix}_mean_rank"] == 1.0
+        )
 
 
 def test_constant_embeddings_get_the_worst_rank_not_a_perfect_one() -> None:
@@ -156,9 +198,15 @@ def test_low_precision_inputs_are_ranked_in_float32() -> None:
 def test_autocast_region_does_not_lower_the_score_precision() -> None:
     owner = random_captioning(40, seed=10)
     image, text = continuous_embeddings(40, len(owner), 64, seed=11)
-    expected = ranks_text_to_image(image, text, owner).tolist(), ranks_image_to_text(image, text, owner).tolist()
+    expected = (
+        ranks_text_to_image(image, text, owner).tolist(),
+        ranks_image_to_text(image, text, owner).tolist(),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = ranks_text_to_image(image, text, owner).tolist(), ranks_image_to_text(image, text, owner).tolist()
+        got = (
+            ranks_text_to_image(image, text, owner).tolist(),
+            ranks_image_to_text(image, text, owner).tolist(),
+        )
     assert got == expected
 
 
@@ -181,16 +229,70 @@ def test_format_retrieval_table() -> None:
 @pytest.mark.parametrize(
     ("image", "text", "owner", "error", "message"),
     [
-        (torch.zeros(3), torch.zeros(3, 2), [0, 1, 2], ValueError, "image_emb must be 2-D"),
-        (torch.zeros(3, 2), torch.zeros(3, 4), [0, 1, 2], ValueError, "same embedding size"),
-        (torch.zeros(0, 2), torch.zeros(3, 2), [0, 1, 2], ValueError, "image_emb is empty"),
-        (torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), [0, 1, 2], TypeError, "image_emb must be a floating"),
-        (torch.zeros(3, 2), torch.zeros(3, 2), [0, 1], ValueError, r"one image index per caption \(3\)"),
+        (
+            torch.zeros(3),
+            torch.zeros(3, 2),
+            [0, 1, 2],
+            ValueError,
+            "image_emb must be 2-D",
+        ),
+        (
+            torch.zeros(3, 2),
+            torch.zeros(3, 4),
+            [0, 1, 2],
+            ValueError,
+            "same embedding size",
+        ),
+        (
+            torch.zeros(0, 2),
+            torch.zeros(3, 2),
+            [0, 1, 2],
+            ValueError,
+            "image_emb is empty",
+        ),
+        (
+            torch.zeros(3, 2, dtype=torch.long),
+            torch.zeros(3, 2),
+            [0, 1, 2],
+            TypeError,
+            "image_emb must be a floating",
+        ),
+        (
+            torch.zeros(3, 2),
+            torch.zeros(3, 2),
+            [0, 1],
+            ValueError,
+            r"one image index per caption \(3\)",
+        ),
         (torch.zeros(3, 2), torch.zeros(3, 2), [[0, 1, 2]], ValueError, "must be 1-D"),
-        (torch.zeros(3, 2), torch.zeros(3, 2), [0.0, 1.0, 2.0], TypeError, "integer image indices"),
-        (torch.zeros(3, 2), torch.zeros(3, 2), [0, 3, 2], ValueError, r"text_to_image\[1\] = 3 is not a valid"),
-        (torch.zeros(3, 2), torch.zeros(3, 2), [0, 1, -1], ValueError, r"text_to_image\[2\] = -1 is not a valid"),
-        (torch.zeros(4, 2), torch.zeros(3, 2), [0, 2, 2], ValueError, "image 1, 3 has no caption"),
+        (
+            torch.zeros(3, 2),
+            torch.zeros(3, 2),
+            [0.0, 1.0, 2.0],
+            TypeError,
+            "integer image indices",
+        ),
+        (
+            torch.zeros(3, 2),
+            torch.zeros(3, 2),
+            [0, 3, 2],
+            ValueError,
+            r"text_to_image\[1\] = 3 is not a valid",
+        ),
+        (
+            torch.zeros(3, 2),
+            torch.zeros(3, 2),
+            [0, 1, -1],
+            ValueError,
+            r"text_to_image\[2\] = -1 is not a valid",
+        ),
+        (
+            torch.zeros(4, 2),
+            torch.zeros(3, 2),
+            [0, 2, 2],
+            ValueError,
+            "image 1, 3 has no caption",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(image, text, owner, error, message: str) -> None:
@@ -220,6 +322,8 @@ def test_cuda_ranks_equal_cpu_ranks() -> None:
     image, text = image.half(), text.half()
     for rank_fn in (ranks_image_to_text, ranks_text_to_image):
         cpu = rank_fn(image, text, owner, chunk_size=64)
-        cuda = rank_fn(image.cuda(), text.cuda(), torch.tensor(owner).cuda(), chunk_size=64)
+        cuda = rank_fn(
+            image.cuda(), text.cuda(), torch.tensor(owner).cuda(), chunk_size=64
+        )
         assert cuda.device.type == "cuda"
         assert torch.equal(cuda.cpu(), cpu)

@@ -9,17 +9,34 @@ import numpy as np
 import pytest
 import torch
 
-from crossalign.sampling import filter_logits, generate, sample_next_token, top_k_filter, top_p_filter
+from crossalign.sampling import (
+    filter_logits,
+    generate,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
 
 
 def _random_logits(rows: int = 20, vocab: int = 9, seed: int = 0) -> torch.Tensor:
-    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+    return (
+        torch.randn(
+            rows,
+            vocab,
+            generator=torch.Generator().manual_seed(seed),
+            dtype=torch.float64,
+        )
+        * 2
+    )
 
 
 def _brute_force_nucleus(probs: np.ndarray, p: float) -> set[int]:
     """The smallest set of indices with total probability >= p (largest mass among the smallest), by enumeration."""
     for size in range(1, len(probs) + 1):
-        best = max(itertools.combinations(range(len(probs)), size), key=lambda s: sum(probs[list(s)]))
+        best = max(
+            itertools.combinations(range(len(probs)), size),
+            key=lambda s: sum(probs[list(s)]),
+        )
         if sum(probs[list(best)]) >= p - 1e-12:
             return set(best)
     raise AssertionError("unreachable: the full set has mass 1")
@@ -31,7 +48,9 @@ def test_top_k_keeps_exactly_the_k_largest(k):
     filtered = top_k_filter(logits, k)
     for row, out in zip(logits, filtered):
         kept = set(torch.nonzero(torch.isfinite(out)).flatten().tolist())
-        expected = set(sorted(range(len(row)), key=lambda i: -row[i].item())[:min(k, len(row))])
+        expected = set(
+            sorted(range(len(row)), key=lambda i: -row[i].item())[: min(k, len(row))]
+        )
         assert kept == expected
         assert torch.equal(out[list(kept)], row[list(kept)])
 
@@ -64,15 +83,21 @@ def test_temperature_divides_logits_and_tends_to_argmax():
     cold = torch.softmax(filter_logits(logits, temperature=1e-3), dim=-1)
     assert torch.equal(cold.argmax(-1), logits.argmax(-1))
     assert cold.max(-1).values.min() > 0.999
-    assert torch.equal(sample_next_token(logits.float(), temperature=0), logits.argmax(-1))
+    assert torch.equal(
+        sample_next_token(logits.float(), temperature=0), logits.argmax(-1)
+    )
     hot = torch.softmax(filter_logits(logits, temperature=1e4), dim=-1)
-    torch.testing.assert_close(hot, torch.full_like(hot, 1 / logits.shape[1]), rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        hot, torch.full_like(hot, 1 / logits.shape[1]), rtol=0, atol=1e-3
+    )
 
 
 def test_filters_compose_in_order_temperature_top_k_top_p():
     logits = _random_logits(seed=3)
     expected = top_p_filter(top_k_filter(logits / 0.7, 4), 0.6)
-    assert torch.equal(filter_logits(logits, temperature=0.7, top_k=4, top_p=0.6), expected)
+    assert torch.equal(
+        filter_logits(logits, temperature=0.7, top_k=4, top_p=0.6), expected
+    )
 
 
 def test_sampling_frequencies_match_the_filtered_distribution():
@@ -101,14 +126,22 @@ class _CountingModel(torch.nn.Module):
 
 def test_generate_greedy_follows_the_model_and_crops_to_block_size():
     model = _CountingModel()
-    out = generate(model, torch.tensor([[0, 1], [3, 4]]), max_new_tokens=5, temperature=0, block_size=3)
+    out = generate(
+        model,
+        torch.tensor([[0, 1], [3, 4]]),
+        max_new_tokens=5,
+        temperature=0,
+        block_size=3,
+    )
     assert out.tolist() == [[0, 1, 2, 3, 4, 5, 6], [3, 4, 5, 6, 0, 1, 2]]
     assert model.seen == [2, 3, 3, 3, 3]
 
 
 def test_generate_stops_rows_at_eos_and_the_batch_when_all_are_done():
     model = _CountingModel()
-    out = generate(model, torch.tensor([[3], [1]]), max_new_tokens=10, temperature=0, eos_id=5)
+    out = generate(
+        model, torch.tensor([[3], [1]]), max_new_tokens=10, temperature=0, eos_id=5
+    )
     assert out.tolist() == [[3, 4, 5, 5, 5], [1, 2, 3, 4, 5]]
 
 
@@ -118,8 +151,12 @@ def test_generate_is_reproducible_with_a_generator_and_restores_training_mode():
     model = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=1, n_embd=8))
     model.train()
     prompt = torch.zeros(3, 1, dtype=torch.long)
-    a = generate(model, prompt, 9, top_p=0.9, generator=torch.Generator().manual_seed(0))
-    b = generate(model, prompt, 9, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    a = generate(
+        model, prompt, 9, top_p=0.9, generator=torch.Generator().manual_seed(0)
+    )
+    b = generate(
+        model, prompt, 9, top_p=0.9, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(a, b) and a.shape == (3, 10)
     assert model.training
 

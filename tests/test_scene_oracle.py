@@ -10,11 +10,21 @@ import torch
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
 from crossalign.experiments.compare import CompareConfig, prepare_data, train_method
 from crossalign.experiments.scene_oracle import (
-    MAX_SCENE_OBJECTS, SCENE_FEATURES, SceneGraphCaptions, SceneGraphEncoder, oracle_caption_config,
-    oracle_caption_dataset, scene_features, train_captioner_with_scene_oracle, train_with_scene_oracle,
+    MAX_SCENE_OBJECTS,
+    SCENE_FEATURES,
+    SceneGraphCaptions,
+    SceneGraphEncoder,
+    oracle_caption_config,
+    oracle_caption_dataset,
+    scene_features,
+    train_captioner_with_scene_oracle,
+    train_with_scene_oracle,
 )
 from crossalign.train.captioning import (
-    build_caption_dataset, default_caption_config_path, evaluate_captioner, load_caption_config,
+    build_caption_dataset,
+    default_caption_config_path,
+    evaluate_captioner,
+    load_caption_config,
 )
 
 
@@ -31,10 +41,21 @@ def test_features_encode_each_object_and_leave_absent_slots_empty():
                 assert v.abs().sum() == 0
                 continue
             obj = scene.objects[slot]
-            assert SHAPES[int(v[:colour_at].argmax())] == obj.shape and v[:colour_at].sum() == 1
-            assert COLOURS[int(v[colour_at:size_at].argmax())] == obj.colour and v[colour_at:size_at].sum() == 1
-            assert SIZES[int(v[size_at:place_at].argmax())] == obj.size and v[size_at:place_at].sum() == 1
-            assert torch.allclose(v[place_at:], torch.tensor([2 * obj.x - 1, 2 * obj.y - 1, 1.0]))
+            assert (
+                SHAPES[int(v[:colour_at].argmax())] == obj.shape
+                and v[:colour_at].sum() == 1
+            )
+            assert (
+                COLOURS[int(v[colour_at:size_at].argmax())] == obj.colour
+                and v[colour_at:size_at].sum() == 1
+            )
+            assert (
+                SIZES[int(v[size_at:place_at].argmax())] == obj.size
+                and v[size_at:place_at].sum() == 1
+            )
+            assert torch.allclose(
+                v[place_at:], torch.tensor([2 * obj.x - 1, 2 * obj.y - 1, 1.0])
+            )
     with pytest.raises(TypeError, match="ShapesWorld"):
         scene_features([1, 2])
 
@@ -45,12 +66,18 @@ def test_encoder_is_a_set_function_of_the_real_objects():
     features = scene_features(ShapesWorld("test", size=8, image_size=32, seed=2))
     out = encoder(features)
     assert out.shape == (8, 16)
-    assert torch.allclose(encoder(features.flip(1)), out, atol=1e-6)  # object order does not matter
+    assert torch.allclose(
+        encoder(features.flip(1)), out, atol=1e-6
+    )  # object order does not matter
     junk = features.clone()
     empty = junk[..., -1] == 0
-    junk[empty] = torch.where(torch.arange(SCENE_FEATURES) < SCENE_FEATURES - 1, 5.0, 0.0)  # garbage, not present
+    junk[empty] = torch.where(
+        torch.arange(SCENE_FEATURES) < SCENE_FEATURES - 1, 5.0, 0.0
+    )  # garbage, not present
     assert torch.allclose(encoder(junk), out, atol=1e-6)
-    one = encoder.mlp(features[:, :1]).squeeze(1)  # a lone object: exactly its own vector
+    one = encoder.mlp(features[:, :1]).squeeze(
+        1
+    )  # a lone object: exactly its own vector
     lone = features[:, 1, -1] == 0
     assert torch.allclose(out[lone], one[lone], atol=1e-6)
     with pytest.raises(ValueError, match="scene_features"):
@@ -64,8 +91,13 @@ def test_oracle_training_runs_the_comparison_loop_and_keeps_the_pixels_untouched
     result = train_with_scene_oracle("hard_negatives", config, data)
     assert isinstance(result.model.image_encoder, SceneGraphEncoder)
     assert len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
-    assert 0.0 <= result.relation_swap <= 1.0 and set(result.retrieval) >= {"i2t_r1", "t2i_r1"}
-    assert torch.equal(data.train_images, pixels) and data.negatives is not None  # data reusable for the CNN
+    assert 0.0 <= result.relation_swap <= 1.0 and set(result.retrieval) >= {
+        "i2t_r1",
+        "t2i_r1",
+    }
+    assert (
+        torch.equal(data.train_images, pixels) and data.negatives is not None
+    )  # data reusable for the CNN
     again = train_with_scene_oracle("hard_negatives", config, data)
     assert again.losses == result.losses  # seeded: the same run twice
 
@@ -77,16 +109,29 @@ def test_train_method_refuses_an_image_encoder_of_the_wrong_width():
 
 
 def _tiny_caption_config(*overrides: str):
-    return load_caption_config(default_caption_config_path()).override([
-        "data.train_size=64", "data.test_size=16", "data.image_size=32", "train.steps=3", "train.batch_size=8",
-        "train.warmup_steps=1", "train.progress=false", "model.hidden_dim=32", "model.embed_dim=16",
-        "model.attention_dim=16", *overrides,
-    ])
+    return load_caption_config(default_caption_config_path()).override(
+        [
+            "data.train_size=64",
+            "data.test_size=16",
+            "data.image_size=32",
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.progress=false",
+            "model.hidden_dim=32",
+            "model.embed_dim=16",
+            "model.attention_dim=16",
+            *overrides,
+        ]
+    )
 
 
 def test_scene_graph_captions_are_the_image_worlds_scenes_and_captions():
     config = _tiny_caption_config()
-    images, graphs = build_caption_dataset(config, "test"), oracle_caption_dataset(config, "test")
+    images, graphs = (
+        build_caption_dataset(config, "test"),
+        oracle_caption_dataset(config, "test"),
+    )
     assert isinstance(graphs, SceneGraphCaptions) and len(graphs) == len(images) == 16
     assert torch.equal(graphs.features, scene_features(images))
     items = graphs.__getitems__([3, 0, 15])
@@ -102,13 +147,34 @@ def test_captioner_trains_and_decodes_from_scene_graphs_without_touching_the_con
     before = config.to_dict()
     run = train_captioner_with_scene_oracle(config)
     assert config.to_dict() == before  # the caller's config keeps its image encoder
-    assert run.model.encoder is None and run.model.feature_dim == SCENE_FEATURES and run.pretrain_seconds == 0.0
-    assert run.config.model.image_encoder is None and run.config.train.encoder_pretrain_steps == 0
-    assert len(run.history) == 3 and all(torch.isfinite(torch.tensor([h["loss"] for h in run.history])))
-    result = evaluate_captioner(run.model, oracle_caption_dataset(config, "test"), run.tokenizer, beam_size=2, max_len=12)
-    assert len(result.captions) == 16 and 0.0 <= result.metrics["semantic"] <= 1.0 and "BLEU-4" in result.metrics
+    assert (
+        run.model.encoder is None
+        and run.model.feature_dim == SCENE_FEATURES
+        and run.pretrain_seconds == 0.0
+    )
+    assert (
+        run.config.model.image_encoder is None
+        and run.config.train.encoder_pretrain_steps == 0
+    )
+    assert len(run.history) == 3 and all(
+        torch.isfinite(torch.tensor([h["loss"] for h in run.history]))
+    )
+    result = evaluate_captioner(
+        run.model,
+        oracle_caption_dataset(config, "test"),
+        run.tokenizer,
+        beam_size=2,
+        max_len=12,
+    )
+    assert (
+        len(result.captions) == 16
+        and 0.0 <= result.metrics["semantic"] <= 1.0
+        and "BLEU-4" in result.metrics
+    )
     again = train_captioner_with_scene_oracle(config)
-    assert [h["loss"] for h in again.history] == [h["loss"] for h in run.history]  # seeded: the same run twice
+    assert [h["loss"] for h in again.history] == [
+        h["loss"] for h in run.history
+    ]  # seeded: the same run twice
 
 
 def test_scene_graph_oracle_needs_shapesworld():

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from crossalign.data.shapes import Relation, SceneGraph, ShapeObject, ShapesWorld, spatial_relations
+from crossalign.data.shapes import (
+    Relation,
+    SceneGraph,
+    ShapeObject,
+    ShapesWorld,
+    spatial_relations,
+)
 from crossalign.metrics.semantic import (
-    ObjectMention, caption_matches_scene, parse_caption, semantic_accuracy, semantic_report,
+    ObjectMention,
+    caption_matches_scene,
+    parse_caption,
+    semantic_accuracy,
+    semantic_report,
 )
 
 
@@ -47,52 +57,95 @@ def test_relation_and_attribute_swaps_never_match():
 
 
 def test_parse_reads_synonyms_templates_and_the_back_reference():
-    parsed = parse_caption("in this image, a little violet disc is to the left of a big turquoise rhombus, "
-                           "and a tiny red plus is under the big turquoise rhombus")
-    assert parsed.objects == (ObjectMention("small", "purple", "circle"), ObjectMention("large", "cyan", "diamond"),
-                              ObjectMention("small", "red", "cross"))
+    parsed = parse_caption(
+        "in this image, a little violet disc is to the left of a big turquoise rhombus, "
+        "and a tiny red plus is under the big turquoise rhombus"
+    )
+    assert parsed.objects == (
+        ObjectMention("small", "purple", "circle"),
+        ObjectMention("large", "cyan", "diamond"),
+        ObjectMention("small", "red", "cross"),
+    )
     assert parsed.relations == ((0, "left of", 1), (2, "below", 1))
     lone = parse_caption("in the bottom left corner, there is a big white square")
-    assert lone.objects == (ObjectMention("large", "white", "square"),) and lone.region == ("bottom", "left")
+    assert lone.objects == (
+        ObjectMention("large", "white", "square"),
+    ) and lone.region == ("bottom", "left")
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a small red circle is left of a large blue square", True),
-    ("a large blue square is to the right of a small red circle", True),
-    ("there is a small red circle on the left of a large blue square", True),
-    ("a small red circle is right of a large blue square", False),        # relation wrong
-    ("a small red square is left of a large blue circle", False),         # shapes swapped between objects
-    ("a large red circle is left of a large blue square", False),         # size wrong
-    ("a small red circle is above a large blue square", False),           # not a relation of the scene
-    ("a small red circle is left of the large blue square", False),       # "the" before it was introduced
-    ("a small red circle is left of a large blue", False),                # not grammatical
-    ("a small red circle at the left", False),                            # one object for a two-object scene
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a small red circle is left of a large blue square", True),
+        ("a large blue square is to the right of a small red circle", True),
+        ("there is a small red circle on the left of a large blue square", True),
+        ("a small red circle is right of a large blue square", False),  # relation wrong
+        (
+            "a small red square is left of a large blue circle",
+            False,
+        ),  # shapes swapped between objects
+        ("a large red circle is left of a large blue square", False),  # size wrong
+        (
+            "a small red circle is above a large blue square",
+            False,
+        ),  # not a relation of the scene
+        (
+            "a small red circle is left of the large blue square",
+            False,
+        ),  # "the" before it was introduced
+        ("a small red circle is left of a large blue", False),  # not grammatical
+        ("a small red circle at the left", False),  # one object for a two-object scene
+        ("", False),
+    ],
+)
 def test_two_object_captions(caption, expected):
     assert caption_matches_scene(caption, TWO) is expected
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a small red circle is left of a large blue square and a small green triangle is above the small red circle", True),
-    ("a small red circle is left of a large blue square, and a small green triangle is over the large blue square", True),
-    ("a small red circle is left of a large blue square and a small green triangle is below the small red circle", False),
-    ("a small red circle is left of a large blue square and a small green triangle is above the small green triangle", False),
-    ("a small red circle is left of a large blue square and a small green circle is above the small red circle", False),
-    ("a small red circle is left of a large blue square", False),         # the third object is missing
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        (
+            "a small red circle is left of a large blue square and a small green triangle is above the small red circle",
+            True,
+        ),
+        (
+            "a small red circle is left of a large blue square, and a small green triangle is over the large blue square",
+            True,
+        ),
+        (
+            "a small red circle is left of a large blue square and a small green triangle is below the small red circle",
+            False,
+        ),
+        (
+            "a small red circle is left of a large blue square and a small green triangle is above the small green triangle",
+            False,
+        ),
+        (
+            "a small red circle is left of a large blue square and a small green circle is above the small red circle",
+            False,
+        ),
+        (
+            "a small red circle is left of a large blue square",
+            False,
+        ),  # the third object is missing
+    ],
+)
 def test_three_object_captions(caption, expected):
     assert caption_matches_scene(caption, THREE) is expected
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a large cyan cross at the bottom left", True),
-    ("at the bottom left there is a big turquoise plus", True),
-    ("a picture of a large cyan cross in the bottom left corner", True),
-    ("a large cyan cross at the bottom right", False),
-    ("a large cyan cross at the bottom", False),
-    ("the large cyan cross at the bottom left", False),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a large cyan cross at the bottom left", True),
+        ("at the bottom left there is a big turquoise plus", True),
+        ("a picture of a large cyan cross in the bottom left corner", True),
+        ("a large cyan cross at the bottom right", False),
+        ("a large cyan cross at the bottom", False),
+        ("the large cyan cross at the bottom left", False),
+    ],
+)
 def test_one_object_captions(caption, expected):
     assert caption_matches_scene(caption, LONE) is expected
 
@@ -100,22 +153,31 @@ def test_one_object_captions(caption, expected):
 def test_look_alike_objects_are_matched_in_either_order():
     twin_left = ShapeObject("circle", "red", "small", 0.2, 0.5)
     twin_right = ShapeObject("circle", "red", "small", 0.8, 0.5)
-    scene = _scene(twin_left, twin_right, ShapeObject("square", "blue", "large", 0.5, 0.85))
-    caption = ("a small red circle is right of a small red circle, and a large blue square is below the small red circle")
+    scene = _scene(
+        twin_left, twin_right, ShapeObject("square", "blue", "large", 0.5, 0.85)
+    )
+    caption = "a small red circle is right of a small red circle, and a large blue square is below the small red circle"
     assert caption_matches_scene(caption, scene)
-    assert scene.holds(0, "left of", 1) and Relation(1, "right of", 0) in scene.relations
+    assert (
+        scene.holds(0, "left of", 1) and Relation(1, "right of", 0) in scene.relations
+    )
 
 
 def test_report_counts_each_check_including_the_previous_ones():
     captions = [
-        "a small red circle is left of a large blue square",   # exact
+        "a small red circle is left of a large blue square",  # exact
         "a small red circle is right of a large blue square",  # attributes right, relation wrong
-        "a small red square is left of a large blue square",   # attribute wrong
-        "a small red circle at the top",                       # wrong object count
-        "red circle",                                          # not grammatical
+        "a small red square is left of a large blue square",  # attribute wrong
+        "a small red circle at the top",  # wrong object count
+        "red circle",  # not grammatical
     ]
     report = semantic_report(captions, [TWO] * 5)
-    assert report == {"grammatical": 0.8, "object_count": 0.6, "attributes": 0.4, "exact": 0.2}
+    assert report == {
+        "grammatical": 0.8,
+        "object_count": 0.6,
+        "attributes": 0.4,
+        "exact": 0.2,
+    }
     assert semantic_accuracy(captions, [TWO] * 5) == report["exact"]
 
 

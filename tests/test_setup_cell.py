@@ -27,7 +27,9 @@ NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 
 def configured_url() -> str:
     """``repository.url`` read straight from _config.yml (not through the tool)."""
-    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))[
+        "repository"
+    ]["url"]
 
 
 def make_notebook(*sources: str) -> nbformat.NotebookNode:
@@ -39,13 +41,18 @@ def make_notebook(*sources: str) -> nbformat.NotebookNode:
 
 
 def test_generated_cell_equals_the_hand_written_one_for_the_configured_repository():
-    assert tool.setup_cell_source("https://github.com/crossalign/crossalign-book") == HAND_WRITTEN_CELL
+    assert (
+        tool.setup_cell_source("https://github.com/crossalign/crossalign-book")
+        == HAND_WRITTEN_CELL
+    )
 
 
 def test_repository_url_comes_from_config(tmp_path):
     assert tool.repository_url() == configured_url()
     other = tmp_path / "_config.yml"
-    other.write_text("repository:\n  url: https://github.com/someone/fork/\n", encoding="utf-8")
+    other.write_text(
+        "repository:\n  url: https://github.com/someone/fork/\n", encoding="utf-8"
+    )
     assert tool.repository_url(other) == "https://github.com/someone/fork"
 
 
@@ -60,7 +67,9 @@ def test_repository_url_missing_names_the_file(tmp_path):
 def test_every_chapter_has_the_generated_setup_cell(path):
     notebook = nbformat.read(path, as_version=4)
     cell = notebook.cells[tool.SETUP_CELL_INDEX]
-    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[
+        0
+    ].source.startswith("# ")
     assert cell.source == tool.setup_cell_source(configured_url())
     assert f'git+{configured_url()}"' in cell.source
     assert "nbval-skip" in cell.metadata.get("tags", [])
@@ -93,7 +102,11 @@ def test_sync_replaces_stale_copy_in_place_keeping_id_and_other_tags():
 def test_sync_moves_misplaced_copy_and_drops_duplicates():
     notebook = make_notebook("import os", HAND_WRITTEN_CELL, "x = 1", HAND_WRITTEN_CELL)
     assert tool.sync_notebook(notebook, HAND_WRITTEN_CELL)
-    assert [cell.source for cell in notebook.cells[1:]] == [HAND_WRITTEN_CELL, "import os", "x = 1"]
+    assert [cell.source for cell in notebook.cells[1:]] == [
+        HAND_WRITTEN_CELL,
+        "import os",
+        "x = 1",
+    ]
 
 
 def test_sync_is_idempotent():
@@ -111,13 +124,17 @@ def test_sync_refuses_an_empty_notebook():
 
 def test_command_line_check_then_write_with_another_repository(tmp_path, capsys):
     config = tmp_path / "_config.yml"
-    config.write_text("repository:\n  url: https://github.com/someone/fork\n", encoding="utf-8")
+    config.write_text(
+        "repository:\n  url: https://github.com/someone/fork\n", encoding="utf-8"
+    )
     path = tmp_path / "99_chapter.ipynb"
     nbformat.write(make_notebook(HAND_WRITTEN_CELL, "import os"), path)
 
     assert tool.main(["--check", "--config", str(config), str(path)]) == 1
     assert "99_chapter.ipynb" in capsys.readouterr().err
-    assert nbformat.read(path, as_version=4).cells[1].source == HAND_WRITTEN_CELL  # --check wrote nothing
+    assert (
+        nbformat.read(path, as_version=4).cells[1].source == HAND_WRITTEN_CELL
+    )  # --check wrote nothing
 
     assert tool.main(["--config", str(config), str(path)]) == 0
     written = nbformat.read(path, as_version=4)

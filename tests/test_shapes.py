@@ -44,7 +44,12 @@ from crossalign.data.shapes import (
 )
 from crossalign.data.vocab import Vocabulary
 
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+OPPOSITE = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
 Description = tuple[str, str, str]  # (size, colour, shape), canonical names
 
 
@@ -83,7 +88,9 @@ def shape_level(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
         return dx * dx + dy * dy - r * r
     if shape == "square":
         return np.maximum(ax, ay) - 0.85 * r
-    if shape == "triangle":  # apex at the top (dy = -r), base of width 2r at the bottom (dy = r)
+    if (
+        shape == "triangle"
+    ):  # apex at the top (dy = -r), base of width 2r at the bottom (dy = r)
         return np.maximum(np.maximum(-r - dy, dy - r), ax - (dy + r) / 2)
     if shape == "diamond":
         return ax + ay - r
@@ -96,7 +103,12 @@ def shape_level(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
 def object_level(obj: ShapeObject, side: int, pad: int = 0) -> np.ndarray:
     """``shape_level`` at the pixel centres of a side x side image, extended by ``pad`` pixels."""
     coords = (np.arange(-pad, side + pad) + 0.5) / side
-    return shape_level(obj.shape, coords[None, :] - obj.x, coords[:, None] - obj.y, SIZE_RADIUS[obj.size])
+    return shape_level(
+        obj.shape,
+        coords[None, :] - obj.x,
+        coords[:, None] - obj.y,
+        SIZE_RADIUS[obj.size],
+    )
 
 
 # ---------------------------------------------------------------------------- caption parser
@@ -105,7 +117,9 @@ def _reverse(table: dict) -> dict[str, str]:
     back: dict[str, str] = {}
     for canonical, words in table.items():
         for word in words:
-            assert word not in back, f"synonym {word!r} names both {back[word]!r} and {canonical!r}"
+            assert word not in back, (
+                f"synonym {word!r} names both {back[word]!r} and {canonical!r}"
+            )
             back[word] = canonical
     return back
 
@@ -198,7 +212,10 @@ def is_true(parsed: Parsed, objects: tuple[ShapeObject, ...]) -> bool:
     ``the`` (role d) refers back to one of the two objects of the first clause.
     """
     if parsed.region is not None:
-        return any(describe(o) == parsed.nouns["a"] and region_of(o) == parsed.region for o in objects)
+        return any(
+            describe(o) == parsed.nouns["a"] and region_of(o) == parsed.region
+            for o in objects
+        )
     roles = [r for r in "abc" if r in parsed.nouns]
     for chosen in itertools.permutations(range(len(objects)), len(roles)):
         binding = dict(zip(roles, chosen))
@@ -211,7 +228,10 @@ def is_true(parsed: Parsed, objects: tuple[ShapeObject, ...]) -> bool:
                     continue
                 binding["d"] = referent
             statements = parsed.statements
-            if all(rel in relations_between(objects[binding[s]], objects[binding[o]]) for s, rel, o in statements):
+            if all(
+                rel in relations_between(objects[binding[s]], objects[binding[o]])
+                for s, rel, o in statements
+            ):
                 return True
     return False
 
@@ -252,14 +272,18 @@ def test_sample_is_the_same_alone_in_any_batch_and_in_any_order():
     shuffled = ds.render(shuffled_order)
     assert torch.equal(alone, in_batch)
     assert torch.equal(shuffled[[2, 4, 0]], alone)
-    assert torch.equal(shuffled[5], alone[0])  # a repeated index in one batch gives the same image twice
+    assert torch.equal(
+        shuffled[5], alone[0]
+    )  # a repeated index in one batch gives the same image twice
     assert torch.equal(ds[17]["image"], alone[1])
 
 
 def test_batched_scenes_layouts_and_captions_equal_the_per_index_ones():
     ds = ShapesWorld("train", size=100, seed=6)
     order = [42, 7, 42, 99, 0]
-    assert ds.scenes(order) == [ShapesWorld("train", size=100, seed=6).scene(i) for i in order]
+    assert ds.scenes(order) == [
+        ShapesWorld("train", size=100, seed=6).scene(i) for i in order
+    ]
     assert torch.equal(ds.render(order, layout=ds.layout(order)), ds.render(order))
     ds.captions(7)  # a batch mixing cached and uncached captions
     items = ds.__getitems__(order)
@@ -279,17 +303,28 @@ def test_two_instances_with_the_same_seed_and_split_agree():
     # Neither the split size nor the resolution changes what sample i is.
     other = ShapesWorld("val", size=5000, seed=7, image_size=96)
     for i in indices:
-        assert other.scene(i) == first.scene(i) and other.captions(i) == first.captions(i)
+        assert other.scene(i) == first.scene(i) and other.captions(i) == first.captions(
+            i
+        )
 
 
-@pytest.mark.parametrize("other", [dict(split="train", seed=7), dict(split="val", seed=8), dict(split="test", seed=7)])
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(split="train", seed=7),
+        dict(split="val", seed=8),
+        dict(split="test", seed=7),
+    ],
+)
 def test_different_seed_or_split_gives_different_samples(other):
     base = ShapesWorld("val", size=40, seed=7)
     changed = ShapesWorld(size=40, **other)
     indices = range(40)
     same_scene = sum(base.scene(i) == changed.scene(i) for i in indices)
     same_caption = sum(base.captions(i)[0] == changed.captions(i)[0] for i in indices)
-    same_image = sum(torch.equal(a, b) for a, b in zip(base.render(indices), changed.render(indices)))
+    same_image = sum(
+        torch.equal(a, b) for a, b in zip(base.render(indices), changed.render(indices))
+    )
     assert same_scene == 0 and same_image == 0
     assert same_caption <= 2
 
@@ -311,7 +346,10 @@ def test_vectorised_render_equals_per_sample_render(image_size, noise):
     indices = list(range(0, 1000, 1000 // (12 if image_size == 224 else 40)))
     batch = ds.render(indices)
     reference = torch.stack([ds.render_one(i) for i in indices])
-    assert batch.shape == (len(indices), 3, image_size, image_size) and batch.dtype == torch.float32
+    assert (
+        batch.shape == (len(indices), 3, image_size, image_size)
+        and batch.dtype == torch.float32
+    )
     assert torch.equal(batch, reference)
     assert batch.min() >= 0 and batch.max() <= 1
 
@@ -328,13 +366,19 @@ def test_render_matches_an_independent_float64_rasteriser(image_size):
         for obj in ds.scene(i).objects:
             level = object_level(obj, image_size)
             inside = level <= 0
-            uncertain |= np.abs(level) < 1e-6  # pixel centres on an edge: float32 may round either way
+            uncertain |= (
+                np.abs(level) < 1e-6
+            )  # pixel centres on an edge: float32 may round either way
             sure = torch.from_numpy(inside & ~uncertain)
-            assert torch.equal(image[:, sure], palette[obj.colour][:, None].expand(3, int(sure.sum())))
+            assert torch.equal(
+                image[:, sure], palette[obj.colour][:, None].expand(3, int(sure.sum()))
+            )
             covered |= inside
         background = image[:, torch.from_numpy(~covered & ~uncertain)]
         assert background.numel() > 0
-        assert torch.equal(background, background[:, :1].expand_as(background)), "background must be one grey"
+        assert torch.equal(background, background[:, :1].expand_as(background)), (
+            "background must be one grey"
+        )
         assert background[0, 0] == background[1, 0] == background[2, 0]
 
 
@@ -344,13 +388,17 @@ def test_centre_pixel_has_the_object_colour(world, scenes):
     for image, scene in zip(images, scenes):
         for obj in scene.objects:
             pixel = image[:, int(obj.y * s), int(obj.x * s)]
-            assert torch.equal(pixel, torch.tensor(COLOUR_RGB[obj.colour], dtype=torch.float32)), obj
+            assert torch.equal(
+                pixel, torch.tensor(COLOUR_RGB[obj.colour], dtype=torch.float32)
+            ), obj
 
 
 def test_noise_changes_pixels_by_the_requested_amount():
     clean = ShapesWorld("train", size=64, seed=1).render(range(64))
     noisy = ShapesWorld("train", size=64, seed=1, noise=0.05).render(range(64))
-    unclipped = (clean > 0.25) & (clean < 0.75)  # far from 0 and 1, so clamping never bites
+    unclipped = (clean > 0.25) & (
+        clean < 0.75
+    )  # far from 0 and 1, so clamping never bites
     residual = (noisy - clean)[unclipped]
     assert abs(residual.mean().item()) < 0.002
     assert abs(residual.std().item() - 0.05) < 0.002
@@ -358,7 +406,10 @@ def test_noise_changes_pixels_by_the_requested_amount():
 
 # ---------------------------------------------------------------------------- scene graphs
 def test_objects_lie_inside_the_image_and_never_overlap(world, scenes):
-    side, pad = 128, 40  # finer than the default 64 px; the padding shows any part outside the image
+    side, pad = (
+        128,
+        40,
+    )  # finer than the default 64 px; the padding shows any part outside the image
     for scene in scenes:
         assert 1 <= len(scene.objects) <= 3
         masks = []
@@ -385,7 +436,9 @@ def test_relations_are_exactly_those_implied_by_the_centres(scenes):
         listed = [(r.subject, r.relation, r.object) for r in scene.relations]
         assert len(listed) == len(set(listed)) and set(listed) == expected
         for i, j in itertools.combinations(range(len(scene.objects)), 2):
-            assert relations_between(scene.objects[i], scene.objects[j]), f"objects {i}, {j} have no relation"
+            assert relations_between(scene.objects[i], scene.objects[j]), (
+                f"objects {i}, {j} have no relation"
+            )
         for i, rel, j in expected:
             assert scene.holds(i, rel, j) and not scene.holds(i, OPPOSITE[rel], j)
 
@@ -400,9 +453,17 @@ def test_scene_graph_survives_a_json_round_trip(scenes):
 
 def test_relation_margin_is_respected_at_the_boundary():
     a = ShapeObject("circle", "red", "small", 0.30, 0.50)
-    just_inside = ShapeObject("circle", "blue", "small", 0.30 + RELATION_MARGIN * 0.999, 0.50 + RELATION_MARGIN * 1.001)
+    just_inside = ShapeObject(
+        "circle",
+        "blue",
+        "small",
+        0.30 + RELATION_MARGIN * 0.999,
+        0.50 + RELATION_MARGIN * 1.001,
+    )
     assert relations_between(a, just_inside) == {"above"}
-    listed = {(r.subject, r.relation, r.object) for r in spatial_relations([a, just_inside])}
+    listed = {
+        (r.subject, r.relation, r.object) for r in spatial_relations([a, just_inside])
+    }
     assert listed == {(0, "above", 1), (1, "below", 0)}
 
 
@@ -417,7 +478,10 @@ def test_object_count_follows_the_weights():
     counts = object_counts(ShapesWorld("train", size=3000, seed=21))
     expected = 3000 * np.array([0.1, 0.45, 0.45])
     chi_square = float(((counts - expected) ** 2 / expected).sum())
-    assert chi_square < 13.8, (counts, chi_square)  # the 0.1 % point of chi-square with 2 dof
+    assert chi_square < 13.8, (
+        counts,
+        chi_square,
+    )  # the 0.1 % point of chi-square with 2 dof
 
 
 @pytest.mark.parametrize(
@@ -445,7 +509,9 @@ def test_min_objects_holds_for_every_image():
     ds = ShapesWorld("train", size=3000, seed=3, min_objects=3)
     per_image = ds.layout(np.arange(3000)).valid.sum(axis=1)
     short = np.nonzero(per_image < 3)[0]
-    assert short.size == 0, f"{short.size} images have fewer than 3 objects, e.g. {short[:5].tolist()}"
+    assert short.size == 0, (
+        f"{short.size} images have fewer than 3 objects, e.g. {short[:5].tolist()}"
+    )
 
 
 def test_object_weights_none_means_uniform_counts():
@@ -461,15 +527,24 @@ def test_captions_parse_and_describe_the_scene_truthfully(world, scenes, caption
         described = sorted(describe(o) for o in scene.objects)
         for caption in caps:
             parsed = parse(caption)
-            mentioned = sorted(parsed.nouns[role] for role in "abc" if role in parsed.nouns)
-            assert mentioned == described, (index, caption)  # every object, and only the scene's objects
+            mentioned = sorted(
+                parsed.nouns[role] for role in "abc" if role in parsed.nouns
+            )
+            assert mentioned == described, (
+                index,
+                caption,
+            )  # every object, and only the scene's objects
             if "d" in parsed.nouns:
-                assert parsed.nouns["d"] in (parsed.nouns["a"], parsed.nouns["b"]), caption
+                assert parsed.nouns["d"] in (parsed.nouns["a"], parsed.nouns["b"]), (
+                    caption
+                )
             assert is_true(parsed, scene.objects), (index, caption, scene)
 
 
 def test_lone_objects_get_their_region(world, scenes, captions):
-    lone = [(s.objects[0], caps) for s, caps in zip(scenes, captions) if len(s.objects) == 1]
+    lone = [
+        (s.objects[0], caps) for s, caps in zip(scenes, captions) if len(s.objects) == 1
+    ]
     assert len(lone) > 20
     regions_seen = set()
     for obj, caps in lone:
@@ -501,7 +576,9 @@ def test_captions_vary_within_an_image_and_use_every_template(captions):
     distinct = np.mean([len(set(caps)) for caps in captions])
     assert distinct > 4.5
     patterns_used = {
-        next(k for k, p in enumerate(_GRAMMAR) if p.fullmatch(c)) for caps in captions for c in caps
+        next(k for k, p in enumerate(_GRAMMAR) if p.fullmatch(c))
+        for caps in captions
+        for c in caps
     }
     assert patterns_used == set(range(len(_GRAMMAR)))
 
@@ -545,7 +622,10 @@ def test_every_compositional_image_holds_a_held_out_pair():
         assert pairs, i
         hits |= pairs
         if i < 60:
-            assert all(is_true(parse(caption), ds.scene(i).objects) for caption in ds.captions(i))
+            assert all(
+                is_true(parse(caption), ds.scene(i).objects)
+                for caption in ds.captions(i)
+            )
     assert hits == held_out
 
 
@@ -557,7 +637,9 @@ def test_relation_swap_changes_only_the_relation_phrase(world, scenes, captions)
             swapped = world.relation_swap(index, k)
             descriptions = [describe(o) for o in scene.objects]
             if len(scene.objects) == 1 or len(set(descriptions)) < len(descriptions):
-                assert swapped is None  # no relation, or look-alike objects (see the next test)
+                assert (
+                    swapped is None
+                )  # no relation, or look-alike objects (see the next test)
                 continue
             swaps += 1
             true, false = parse(caption), parse(swapped)
@@ -574,7 +656,10 @@ def test_relation_swap_is_false_when_objects_are_distinguishable(world, scenes):
         if len(set(descriptions)) < len(descriptions) or len(scene.objects) == 1:
             continue
         for k in range(5):
-            assert not is_true(parse(world.relation_swap(index, k)), scene.objects), (index, k)
+            assert not is_true(parse(world.relation_swap(index, k)), scene.objects), (
+                index,
+                k,
+            )
 
 
 def test_relation_swap_is_false_even_when_two_objects_look_alike():
@@ -585,11 +670,16 @@ def test_relation_swap_is_false_even_when_two_objects_look_alike():
     None for such scenes (about 2 % of two-object scenes) instead of a "negative" that is true.
     """
     ds = ShapesWorld("train", size=3000, seed=11, min_objects=2, max_objects=2)
-    look_alike = next(i for i in range(3000) if len({describe(o) for o in ds.scene(i).objects}) == 1)
+    look_alike = next(
+        i for i in range(3000) if len({describe(o) for o in ds.scene(i).objects}) == 1
+    )
     scene = ds.scene(look_alike)
     for k in range(5):
         swapped = ds.relation_swap(look_alike, k)
-        assert swapped is None or not is_true(parse(swapped), scene.objects), (look_alike, swapped)
+        assert swapped is None or not is_true(parse(swapped), scene.objects), (
+            look_alike,
+            swapped,
+        )
 
 
 def test_attribute_swap_exchanges_two_colours_and_is_false(world, scenes, captions):
@@ -608,7 +698,9 @@ def test_attribute_swap_exchanges_two_colours_and_is_false(world, scenes, captio
             swaps += 1
             false = parse(swapped)
             recoloured = {a: (a[0], b[1], a[2]), b: (b[0], a[1], b[2])}
-            assert false.nouns["a"] == recoloured[a] and false.nouns["b"] == recoloured[b]
+            assert (
+                false.nouns["a"] == recoloured[a] and false.nouns["b"] == recoloured[b]
+            )
             if "c" in true.nouns:
                 assert false.nouns["c"] == true.nouns["c"]
                 assert false.nouns["d"] == recoloured[true.nouns["d"]]
@@ -617,7 +709,10 @@ def test_attribute_swap_exchanges_two_colours_and_is_false(world, scenes, captio
             true_words, false_words = caption.split(" "), swapped.split(" ")
             assert len(true_words) == len(false_words)
             changed = [(t, f) for t, f in zip(true_words, false_words) if t != f]
-            assert changed and all(t.strip(",") in COLOUR_OF and f.strip(",") in COLOUR_OF for t, f in changed)
+            assert changed and all(
+                t.strip(",") in COLOUR_OF and f.strip(",") in COLOUR_OF
+                for t, f in changed
+            )
             assert not is_true(false, scene.objects), (index, k, swapped)
     assert swaps > 400
 
@@ -643,7 +738,11 @@ def test_hard_negatives_are_none_for_lone_objects():
         (dict(min_objects=3, max_objects=2), ValueError, "min_objects"),
         (dict(object_weights=(1.0, 2.0)), ValueError, "object_weights"),
         (dict(object_weights=(1.0, -1.0, 1.0)), ValueError, "object_weights"),
-        (dict(object_weights=(0.0, 0.0, 1.0), max_objects=2), ValueError, "object_weights"),
+        (
+            dict(object_weights=(0.0, 0.0, 1.0), max_objects=2),
+            ValueError,
+            "object_weights",
+        ),
         (dict(noise=-0.1), ValueError, "noise"),
         (dict(captions_per_image=0), ValueError, "captions_per_image"),
     ],
@@ -655,8 +754,11 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, argument):
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [(dict(image_size=64.5), "image_size"), (dict(noise=float("nan")), "noise"),
-     (dict(object_weights=(float("nan"), 1.0, 1.0)), "object_weights")],
+    [
+        (dict(image_size=64.5), "image_size"),
+        (dict(noise=float("nan")), "noise"),
+        (dict(object_weights=(float("nan"), 1.0, 1.0)), "object_weights"),
+    ],
 )
 def test_non_numbers_are_refused_by_name(kwargs, argument):
     """Arguments that are not (finite) numbers are refused at construction, by name.
@@ -670,8 +772,15 @@ def test_non_numbers_are_refused_by_name(kwargs, argument):
 
 def test_out_of_range_indices_raise_index_error():
     ds = ShapesWorld("val", size=10)
-    for call in (lambda: ds[10], lambda: ds[-1], lambda: ds.render([0, 12]), lambda: ds.render_one(10),
-                 lambda: ds.scene(11), lambda: ds.captions(10), lambda: ds.relation_swap(10)):
+    for call in (
+        lambda: ds[10],
+        lambda: ds[-1],
+        lambda: ds.render([0, 12]),
+        lambda: ds.render_one(10),
+        lambda: ds.scene(11),
+        lambda: ds.captions(10),
+        lambda: ds.relation_swap(10),
+    ):
         with pytest.raises(IndexError, match="index"):
             call()
 
@@ -696,8 +805,13 @@ class _CountingWorld(ShapesWorld):
 
 def test_dataloader_fetches_whole_batches_through_getitems():
     ds = _CountingWorld("train", size=30, seed=9, noise=0.03)
-    loader = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0),
-                        collate_fn=lambda items: items)
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        collate_fn=lambda items: items,
+    )
     reference_world = ShapesWorld("train", size=30, seed=9, noise=0.03)
     seen = []
     for batch in loader:
@@ -705,20 +819,27 @@ def test_dataloader_fetches_whole_batches_through_getitems():
             assert set(item) == {"image", "captions", "index"}
             seen.append(item["index"])
             reference = reference_world[item["index"]]
-            assert torch.equal(item["image"], reference["image"]) and item["captions"] == reference["captions"]
+            assert (
+                torch.equal(item["image"], reference["image"])
+                and item["captions"] == reference["captions"]
+            )
     assert sorted(seen) == list(range(30))
     assert [len(b) for b in ds.batches] == [8, 8, 8, 6] and ds.single_fetches == 0
 
 
 def test_len_and_default_split_sizes():
-    assert len(ShapesWorld("train")) == 20000 and len(ShapesWorld("compositional")) == 1000
+    assert (
+        len(ShapesWorld("train")) == 20000 and len(ShapesWorld("compositional")) == 1000
+    )
     assert len(ShapesWorld("val", size=7)) == 7
 
 
 def test_caption_image_index_lists_every_caption_with_its_image():
     ds = ShapesWorld("test", size=6, seed=3, captions_per_image=4)
     texts, owner = ds.caption_image_index()
-    assert len(texts) == 24 and owner.tolist() == [i for i in range(6) for _ in range(4)]
+    assert len(texts) == 24 and owner.tolist() == [
+        i for i in range(6) for _ in range(4)
+    ]
     assert texts[4:8] == ds.captions(1)
 
 
@@ -731,8 +852,14 @@ def vocab() -> Vocabulary:
 
 def _fake_items(indices, n_captions=5):
     """Items whose captions name their position, so a choice can be read back unambiguously."""
-    return [{"image": torch.full((3, 4, 4), float(i)), "captions": [f"caption {k}" for k in range(n_captions)],
-             "index": i} for i in indices]
+    return [
+        {
+            "image": torch.full((3, 4, 4), float(i)),
+            "captions": [f"caption {k}" for k in range(n_captions)],
+            "index": i,
+        }
+        for i in indices
+    ]
 
 
 def _chosen_positions(collator, items) -> list[int]:
@@ -774,10 +901,14 @@ def test_collator_builds_the_batch_tensors(vocab):
     ds = ShapesWorld("val", size=12, seed=2)
     items = ds.__getitems__([4, 0, 9])
     batch = CaptionCollator(vocab, caption="first")(items)
-    assert torch.equal(batch["images"], torch.stack([ds[i]["image"] for i in (4, 0, 9)]))
+    assert torch.equal(
+        batch["images"], torch.stack([ds[i]["image"] for i in (4, 0, 9)])
+    )
     assert batch["captions"] == [ds.captions(i)[0] for i in (4, 0, 9)]
     ids, mask = vocab.encode_batch(batch["captions"])
-    assert torch.equal(batch["input_ids"], ids) and torch.equal(batch["attention_mask"], mask)
+    assert torch.equal(batch["input_ids"], ids) and torch.equal(
+        batch["attention_mask"], mask
+    )
     assert batch["indices"].tolist() == [4, 0, 9]
     assert vocab.unk_id not in batch["input_ids"][batch["attention_mask"]].tolist()
     third = CaptionCollator(vocab, caption=3, max_len=6)(items)
@@ -800,5 +931,7 @@ def test_lone_objects_sit_well_inside_their_region(world, scenes):
     lone = [s.objects[0] for s in scenes if len(s.objects) == 1]
     assert lone
     for obj in lone:
-        distance = min(abs(coord - border) for coord in (obj.x, obj.y) for border in (1 / 3, 2 / 3))
+        distance = min(
+            abs(coord - border) for coord in (obj.x, obj.y) for border in (1 / 3, 2 / 3)
+        )
         assert distance >= 0.04 - 1e-12, obj

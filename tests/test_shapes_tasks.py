@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from crossalign.data.shapes import COLOURS, RELATION_MARGIN, SHAPES, SIZES, ShapeObject, ShapesWorld
+from crossalign.data.shapes import (
+    COLOURS,
+    RELATION_MARGIN,
+    SHAPES,
+    SIZES,
+    ShapeObject,
+    ShapesWorld,
+)
 from crossalign.data.shapes_tasks import ANSWERS, ShapesMatching, ShapesQA
 
 
@@ -31,7 +38,8 @@ def world() -> ShapesWorld:
 def same_item(a: dict, b: dict) -> bool:
     """Whether two items have identical fields (images compared exactly)."""
     return a.keys() == b.keys() and all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+        for k in a
     )
 
 
@@ -75,31 +83,43 @@ def test_matching_items_are_true_or_false_as_labelled(world: ShapesWorld) -> Non
             continue
         assert label == 0 and caption not in world.captions(i)
         if kind == "relation":
-            assert caption in {world.relation_swap(i, c) for c in range(world.captions_per_image)}
+            assert caption in {
+                world.relation_swap(i, c) for c in range(world.captions_per_image)
+            }
         elif kind == "attribute":
-            assert caption in {world.attribute_swap(i, c) for c in range(world.captions_per_image)}
+            assert caption in {
+                world.attribute_swap(i, c) for c in range(world.captions_per_image)
+            }
         else:
             assert kind == "random"
             others = owners.get(caption, set()) - {i}
-            assert others, f"random negative of image {i} is not a caption of another image"
+            assert others, (
+                f"random negative of image {i} is not a caption of another image"
+            )
             assert any(not phrases(world, j) <= phrases(world, i) for j in others)
     assert set(kinds) == {"positive", "relation", "attribute", "random"}
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.2])
-def test_matching_label_balance_follows_positive_rate(world: ShapesWorld, rate: float) -> None:
+def test_matching_label_balance_follows_positive_rate(
+    world: ShapesWorld, rate: float
+) -> None:
     data = ShapesMatching(world, positive_rate=rate, seed=4)
     labels = np.array([data.pair(i)[1] for i in range(1000)])
     # Binomial standard deviation is at most 0.016 over 1000 items: allow about 3 of them.
     assert abs(labels.mean() - rate) < 0.05
 
 
-def test_matching_only_requested_negative_kinds_when_available(world: ShapesWorld) -> None:
+def test_matching_only_requested_negative_kinds_when_available(
+    world: ShapesWorld,
+) -> None:
     data = ShapesMatching(world, negatives=("relation",), positive_rate=0.0)
     for i in range(100):
         _, label, kind = data.pair(i)
         assert label == 0
-        if len(world.scene(i).objects) >= 2 and len(phrases(world, i)) == len(world.scene(i).objects):
+        if len(world.scene(i).objects) >= 2 and len(phrases(world, i)) == len(
+            world.scene(i).objects
+        ):
             assert kind == "relation"
         else:
             assert kind == "random"
@@ -116,7 +136,14 @@ def test_matching_falls_back_on_one_object_scenes() -> None:
 
 
 def test_matching_attribute_falls_back_exactly_when_colours_match() -> None:
-    pairs = ShapesWorld("test", size=200, image_size=32, min_objects=2, max_objects=2, object_weights=(0, 1, 0))
+    pairs = ShapesWorld(
+        "test",
+        size=200,
+        image_size=32,
+        min_objects=2,
+        max_objects=2,
+        object_weights=(0, 1, 0),
+    )
     data = ShapesMatching(pairs, negatives=("attribute", "relation"), positive_rate=0.0)
     seen_fallback = False
     for i in range(200):
@@ -145,13 +172,17 @@ def test_matching_rejects_bad_arguments(world: ShapesWorld) -> None:
 
 
 # ---------------------------------------------------------------------------- QA checker
-OBJECT = r"(?:(small|large) )?(?:(" + "|".join(COLOURS) + r") )?(" + "|".join(SHAPES) + r")"
+OBJECT = (
+    r"(?:(small|large) )?(?:(" + "|".join(COLOURS) + r") )?(" + "|".join(SHAPES) + r")"
+)
 RELATION = r"(left of|right of|above|below)"
 QUESTION_PATTERNS = {
     "colour": re.compile(rf"what colour is the ({'|'.join(SHAPES)})\?"),
     "shape": re.compile(rf"what shape is the ({'|'.join(COLOURS)}) object\?"),
     "count": re.compile(r"how many objects are there\?"),
-    "size": re.compile(rf"what size is the ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\?"),
+    "size": re.compile(
+        rf"what size is the ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\?"
+    ),
     "relation": re.compile(rf"is the {OBJECT} {RELATION} the {OBJECT}\?"),
 }
 
@@ -169,12 +200,15 @@ def holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
 def the_one(objects, size=None, colour=None, shape=None) -> ShapeObject:
     """The single object matching the given attributes; fails if there are none or several."""
     found = [
-        o for o in objects
+        o
+        for o in objects
         if (size is None or o.size == size)
         and (colour is None or o.colour == colour)
         and (shape is None or o.shape == shape)
     ]
-    assert len(found) == 1, f"description {(size, colour, shape)} matches {len(found)} objects"
+    assert len(found) == 1, (
+        f"description {(size, colour, shape)} matches {len(found)} objects"
+    )
     return found[0]
 
 
@@ -200,7 +234,9 @@ def answer_from_scene(question: str, objects) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------- QA
-def test_qa_answers_match_an_independent_reading_of_the_scene(world: ShapesWorld) -> None:
+def test_qa_answers_match_an_independent_reading_of_the_scene(
+    world: ShapesWorld,
+) -> None:
     data = ShapesQA(world, seed=5)
     types = Counter()
     for i in range(500):
@@ -213,14 +249,22 @@ def test_qa_answers_match_an_independent_reading_of_the_scene(world: ShapesWorld
 
 def test_qa_yes_no_balance(world: ShapesWorld) -> None:
     data = ShapesQA(world)
-    answers = [qa.answer for qa in map(data.question, range(1000)) if qa.type == "relation"]
+    answers = [
+        qa.answer for qa in map(data.question, range(1000)) if qa.type == "relation"
+    ]
     assert len(answers) > 100
     assert 0.4 <= answers.count("yes") / len(answers) <= 0.6
 
 
 def test_qa_items_answer_ids_index_answers(world: ShapesWorld) -> None:
     assert len(set(ANSWERS)) == len(ANSWERS)
-    assert set(ANSWERS) == set(COLOURS) | set(SHAPES) | set(SIZES) | {"1", "2", "3", "yes", "no"}
+    assert set(ANSWERS) == set(COLOURS) | set(SHAPES) | set(SIZES) | {
+        "1",
+        "2",
+        "3",
+        "yes",
+        "no",
+    }
     data = ShapesQA(world, seed=6)
     for item in data.__getitems__(range(64)):
         assert ANSWERS[item["answer_id"]] == item["answer"]
@@ -232,7 +276,10 @@ def test_qa_is_deterministic_and_batch_independent(world: ShapesWorld) -> None:
     data = ShapesQA(world, seed=7)
     indices = [10, 500, 3, 10, 77]
     batch = data.__getitems__(indices)
-    shuffled = {item["index"]: item for item in ShapesQA(world, seed=7).__getitems__([77, 3, 999, 500, 10])}
+    shuffled = {
+        item["index"]: item
+        for item in ShapesQA(world, seed=7).__getitems__([77, 3, 999, 500, 10])
+    }
     for item, index in zip(batch, indices):
         assert same_item(item, data[index])
         assert same_item(item, shuffled[index])
@@ -250,7 +297,10 @@ def test_qa_one_object_scenes_never_ask_relations() -> None:
     for i in range(100):
         qa = data.question(i)
         assert qa.type != "relation"
-        assert answer_from_scene(qa.question, lone.scene(i).objects) == (qa.type, qa.answer)
+        assert answer_from_scene(qa.question, lone.scene(i).objects) == (
+            qa.type,
+            qa.answer,
+        )
 
 
 def test_qa_rejects_bad_arguments(world: ShapesWorld) -> None:

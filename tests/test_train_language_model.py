@@ -11,7 +11,12 @@ from torch.nn import functional as F
 from crossalign.models.gpt import GPT, GPTConfig
 from crossalign.models.mlp_lm import MLPLanguageModel
 from crossalign.models.ngram import NGramLM
-from crossalign.train.language_model import pad_sequences, perplexity, sequence_nll, train_language_model
+from crossalign.train.language_model import (
+    pad_sequences,
+    perplexity,
+    sequence_nll,
+    train_language_model,
+)
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -19,10 +24,15 @@ PAD, BOS, EOS = 0, 1, 2
 def _random_sequences(count: int, vocab: int, seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, 12, (count,), generator=generator).tolist()
-    return [[BOS, *torch.randint(3, vocab, (n,), generator=generator).tolist(), EOS] for n in lengths]
+    return [
+        [BOS, *torch.randint(3, vocab, (n,), generator=generator).tolist(), EOS]
+        for n in lengths
+    ]
 
 
-def _unpadded_nll(model: torch.nn.Module, sequences: list[list[int]]) -> tuple[float, int]:
+def _unpadded_nll(
+    model: torch.nn.Module, sequences: list[list[int]]
+) -> tuple[float, int]:
     """Sum of -log P(next token) computed one sequence at a time, with no padding anywhere."""
     total, count = 0.0, 0
     with torch.no_grad():
@@ -38,22 +48,29 @@ def _unpadded_nll(model: torch.nn.Module, sequences: list[list[int]]) -> tuple[f
 @pytest.mark.parametrize("batch_size", [1, 3, 100])
 def test_perplexity_on_padded_batches_equals_the_unpadded_computation(kind, batch_size):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=15, block_size=16, n_layer=2, n_head=2, n_embd=16)) if kind == "gpt" \
+    model = (
+        GPT(GPTConfig(vocab_size=15, block_size=16, n_layer=2, n_head=2, n_embd=16))
+        if kind == "gpt"
         else MLPLanguageModel(vocab_size=15, context=3)
+    )
     sequences = _random_sequences(25, vocab=15, seed=1)
     total, count = sequence_nll(model, sequences, batch_size=batch_size, pad_id=PAD)
     expected_total, expected_count = _unpadded_nll(model, sequences)
     assert count == expected_count == sum(len(s) - 1 for s in sequences)
     assert total == pytest.approx(expected_total, rel=1e-6)
     expected_perplexity = math.exp(expected_total / expected_count)
-    assert perplexity(model, sequences, batch_size=batch_size) == pytest.approx(expected_perplexity, rel=1e-6)
+    assert perplexity(model, sequences, batch_size=batch_size) == pytest.approx(
+        expected_perplexity, rel=1e-6
+    )
 
 
 def test_padding_id_does_not_matter():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=15, block_size=16, n_layer=1, n_head=2, n_embd=16))
     sequences = _random_sequences(10, vocab=15, seed=2)
-    assert perplexity(model, sequences, pad_id=0) == pytest.approx(perplexity(model, sequences, pad_id=9), rel=1e-6)
+    assert perplexity(model, sequences, pad_id=0) == pytest.approx(
+        perplexity(model, sequences, pad_id=9), rel=1e-6
+    )
 
 
 def test_a_uniform_model_has_perplexity_equal_to_the_vocabulary_size():
@@ -65,7 +82,9 @@ def test_a_uniform_model_has_perplexity_equal_to_the_vocabulary_size():
         def forward(self, ids, attention_mask=None):
             return torch.zeros(*ids.shape, 13)
 
-    assert perplexity(Uniform(), _random_sequences(7, vocab=13, seed=3)) == pytest.approx(13.0, rel=1e-12)
+    assert perplexity(
+        Uniform(), _random_sequences(7, vocab=13, seed=3)
+    ) == pytest.approx(13.0, rel=1e-12)
 
 
 def test_pad_sequences_right_pads():
@@ -88,11 +107,16 @@ def _coin_language() -> list[list[int]]:
 @pytest.mark.parametrize("kind", ["gpt", "mlp"])
 def test_training_reaches_the_entropy_of_a_known_language(kind):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=16)) if kind == "gpt" \
+    model = (
+        GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        if kind == "gpt"
         else MLPLanguageModel(vocab_size=7, context=2, embed_dim=8, hidden_dim=32)
+    )
     sequences = _coin_language()
     before = perplexity(model, sequences)
-    result = train_language_model(model, sequences, steps=150, batch_size=32, lr=1e-2, seed=0)
+    result = train_language_model(
+        model, sequences, steps=150, batch_size=32, lr=1e-2, seed=0
+    )
     after = perplexity(model, sequences)
     assert before > 4.0
     # The empirical coin is not exactly fair: its entropy bounds the perplexity from below.
@@ -118,7 +142,11 @@ def test_training_is_reproducible():
     for _ in range(2):
         torch.manual_seed(0)
         model = MLPLanguageModel(vocab_size=15)
-        runs.append(train_language_model(model, sequences, steps=12, batch_size=8, seed=3).losses)
+        runs.append(
+            train_language_model(
+                model, sequences, steps=12, batch_size=8, seed=3
+            ).losses
+        )
     assert runs[0] == runs[1]
 
 

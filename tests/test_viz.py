@@ -40,18 +40,24 @@ def _is_png(path) -> bool:
 # --------------------------------------------------------------------------- similarity_heatmap
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+)
 def test_heatmap_image_data_equals_the_input_matrix_for_every_dtype(dtype):
     sim = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
     fig = viz.similarity_heatmap(sim)
     assert isinstance(fig, Figure)
-    np.testing.assert_array_equal(np.asarray(_heatmap_ax(fig).images[0].get_array()), sim.double().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(_heatmap_ax(fig).images[0].get_array()), sim.double().numpy()
+    )
 
 
 def test_heatmap_accepts_numpy_arrays():
     sim = np.array([[0.2, 0.7], [0.9, 0.1], [0.3, 0.4]])
     fig = viz.similarity_heatmap(sim)
-    np.testing.assert_array_equal(np.asarray(_heatmap_ax(fig).images[0].get_array()), sim)
+    np.testing.assert_array_equal(
+        np.asarray(_heatmap_ax(fig).images[0].get_array()), sim
+    )
 
 
 def test_heatmap_outlines_the_argmax_of_each_row():
@@ -90,21 +96,33 @@ def test_heatmap_has_a_colourbar():
 def test_heatmap_annotates_small_matrices_with_their_values_by_default():
     sim = np.array([[0.123, -0.5], [0.75, 0.0]])
     ax = _heatmap_ax(viz.similarity_heatmap(sim))
-    cell_texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
-    assert cell_texts == {(0, 0): "0.12", (0, 1): "-0.50", (1, 0): "0.75", (1, 1): "0.00"}
+    cell_texts = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+        for t in ax.texts
+    }
+    assert cell_texts == {
+        (0, 0): "0.12",
+        (0, 1): "-0.50",
+        (1, 0): "0.75",
+        (1, 1): "0.00",
+    }
 
 
 def test_heatmap_annotation_default_depends_on_size_and_can_be_forced():
     sim = np.random.default_rng(0).random((9, 3))
     assert len(_heatmap_ax(viz.similarity_heatmap(sim)).texts) == 0
     assert len(_heatmap_ax(viz.similarity_heatmap(sim, annotate=True)).texts) == 27
-    assert len(_heatmap_ax(viz.similarity_heatmap(np.eye(2), annotate=False)).texts) == 0
+    assert (
+        len(_heatmap_ax(viz.similarity_heatmap(np.eye(2), annotate=False)).texts) == 0
+    )
 
 
 def test_heatmap_labels_rows_and_columns_and_wraps_long_captions():
     long_caption = "a small red circle sits above a large blue square on a grey background near a green triangle"
     captions = ["a dog", long_caption]
-    fig = viz.similarity_heatmap(np.eye(2), row_labels=["first", "second"], col_labels=captions, title="pairs")
+    fig = viz.similarity_heatmap(
+        np.eye(2), row_labels=["first", "second"], col_labels=captions, title="pairs"
+    )
     ax = _heatmap_ax(fig)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["first", "second"]
     short, wrapped = [t.get_text() for t in ax.get_xticklabels()]
@@ -118,14 +136,17 @@ def test_heatmap_labels_rows_and_columns_and_wraps_long_captions():
 
 def test_heatmap_thumbnails_show_each_image_beside_its_row():
     images = torch.rand(3, 3, 5, 7, generator=torch.Generator().manual_seed(1))
-    fig = viz.similarity_heatmap(torch.rand(3, 4), images=images, row_labels=["a", "b", "c"])
+    fig = viz.similarity_heatmap(
+        torch.rand(3, 4), images=images, row_labels=["a", "b", "c"]
+    )
     ax = _heatmap_ax(fig)
     assert len(ax.child_axes) == 3
     fig.draw_without_rendering()
     heatmap_box = ax.get_window_extent()
     for row, thumb_ax in enumerate(ax.child_axes):
         np.testing.assert_array_equal(
-            np.asarray(thumb_ax.images[0].get_array()), images[row].permute(1, 2, 0).double().numpy()
+            np.asarray(thumb_ax.images[0].get_array()),
+            images[row].permute(1, 2, 0).double().numpy(),
         )
         box = thumb_ax.get_window_extent()
         _, row_centre_y = ax.transData.transform((0.0, row))
@@ -165,9 +186,18 @@ def test_figures_made_here_are_not_registered_with_pyplot():
         ({"similarity": np.array([[0.1, np.nan]])}, "NaN"),
         ({"similarity": np.ones((2, 3)), "row_labels": ["a"]}, "row_labels"),
         ({"similarity": np.ones((2, 3)), "col_labels": ["a", "b"]}, "col_labels"),
-        ({"similarity": np.ones((2, 3)), "images": torch.rand(3, 3, 4, 4)}, "one image per row"),
-        ({"similarity": np.ones((2, 3)), "images": torch.rand(2, 4, 4, 3)}, r"\[K, 3, H, W\]"),
-        ({"similarity": np.ones((2, 3)), "images": torch.rand(2, 3, 4, 4) * 2 - 1}, r"\[0, 1\]"),
+        (
+            {"similarity": np.ones((2, 3)), "images": torch.rand(3, 3, 4, 4)},
+            "one image per row",
+        ),
+        (
+            {"similarity": np.ones((2, 3)), "images": torch.rand(2, 4, 4, 3)},
+            r"\[K, 3, H, W\]",
+        ),
+        (
+            {"similarity": np.ones((2, 3)), "images": torch.rand(2, 3, 4, 4) * 2 - 1},
+            r"\[0, 1\]",
+        ),
     ],
 )
 def test_heatmap_rejects_bad_input(kwargs, message):
@@ -180,7 +210,9 @@ def test_heatmap_rejects_bad_input(kwargs, message):
 def test_heatmap_accepts_cuda_tensors():
     sim = torch.randn(3, 3, device="cuda", dtype=torch.bfloat16)
     fig = viz.similarity_heatmap(sim, images=torch.rand(3, 3, 4, 4, device="cuda"))
-    np.testing.assert_array_equal(np.asarray(_heatmap_ax(fig).images[0].get_array()), sim.double().cpu().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(_heatmap_ax(fig).images[0].get_array()), sim.double().cpu().numpy()
+    )
 
 
 # --------------------------------------------------------------------------- retrieval_grid
@@ -188,17 +220,32 @@ def test_heatmap_accepts_cuda_tensors():
 
 def test_retrieval_grid_shows_the_query_and_each_image_with_rank_and_score():
     images = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(2))
-    fig = viz.retrieval_grid("a red circle", images, [0.9, 0.75, 0.5, 0.125], titles=["w", "x", "y", "z"])
+    fig = viz.retrieval_grid(
+        "a red circle", images, [0.9, 0.75, 0.5, 0.125], titles=["w", "x", "y", "z"]
+    )
     assert len(fig.axes) == 4
     assert fig.get_suptitle() == "a red circle"
-    assert [ax.get_title() for ax in fig.axes] == ["#1  0.900\nw", "#2  0.750\nx", "#3  0.500\ny", "#4  0.125\nz"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "#1  0.900\nw",
+        "#2  0.750\nx",
+        "#3  0.500\ny",
+        "#4  0.125\nz",
+    ]
     for ax, image in zip(fig.axes, images):
-        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), image.permute(1, 2, 0).double().numpy())
+        np.testing.assert_array_equal(
+            np.asarray(ax.images[0].get_array()),
+            image.permute(1, 2, 0).double().numpy(),
+        )
         assert not any(spine.get_visible() for spine in ax.spines.values())
 
 
 def test_retrieval_grid_frames_hits_green_and_misses_red():
-    fig = viz.retrieval_grid("q", torch.rand(3, 3, 4, 4), torch.tensor([0.3, 0.2, 0.1]), correct=[True, False, True])
+    fig = viz.retrieval_grid(
+        "q",
+        torch.rand(3, 3, 4, 4),
+        torch.tensor([0.3, 0.2, 0.1]),
+        correct=[True, False, True],
+    )
     expected = [viz.CORRECT_COLOUR, viz.WRONG_COLOUR, viz.CORRECT_COLOUR]
     for ax, colour in zip(fig.axes, expected):
         for spine in ax.spines.values():
@@ -211,8 +258,18 @@ def test_retrieval_grid_frames_hits_green_and_misses_red():
     [
         ({"images": torch.rand(3, 3, 4, 4), "scores": [0.1, 0.2]}, "scores"),
         ({"images": torch.rand(3, 4, 4), "scores": [0.1, 0.2, 0.3]}, r"\[K, 3, H, W\]"),
-        ({"images": torch.rand(2, 3, 4, 4), "scores": [0.1, 0.2], "correct": [True]}, "correct"),
-        ({"images": torch.rand(2, 3, 4, 4), "scores": [0.1, 0.2], "titles": ["a", "b", "c"]}, "titles"),
+        (
+            {"images": torch.rand(2, 3, 4, 4), "scores": [0.1, 0.2], "correct": [True]},
+            "correct",
+        ),
+        (
+            {
+                "images": torch.rand(2, 3, 4, 4),
+                "scores": [0.1, 0.2],
+                "titles": ["a", "b", "c"],
+            },
+            "titles",
+        ),
     ],
 )
 def test_retrieval_grid_rejects_bad_input(kwargs, message):
@@ -225,13 +282,17 @@ def test_retrieval_grid_rejects_bad_input(kwargs, message):
 
 def test_image_grid_lays_out_exactly_k_images_in_ncols_columns():
     images = np.random.default_rng(3).random((11, 3, 4, 5))
-    titles = [f"image number {i} with a rather long title that must wrap" for i in range(11)]
+    titles = [
+        f"image number {i} with a rather long title that must wrap" for i in range(11)
+    ]
     fig = viz.image_grid(images, titles=titles, ncols=4)
     assert len(fig.axes) == 11
     for index, ax in enumerate(fig.axes):
         nrows, ncols, start, _ = ax.get_subplotspec().get_geometry()
         assert (nrows, ncols, start) == (3, 4, index)
-        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), images[index].transpose(1, 2, 0))
+        np.testing.assert_array_equal(
+            np.asarray(ax.images[0].get_array()), images[index].transpose(1, 2, 0)
+        )
         title_lines = ax.get_title().split("\n")
         assert len(title_lines) == 2 and all(len(line) <= 22 for line in title_lines)
         assert title_lines[0].startswith(f"image number {index}")
@@ -289,7 +350,9 @@ def test_training_curves_plots_each_numeric_key_only_where_it_was_logged():
         expected = [(e["step"], float(e[key])) for e in history if key in e]
         np.testing.assert_allclose(line.get_xdata(), [s for s, _ in expected])
         np.testing.assert_allclose(line.get_ydata(), [v for _, v in expected])
-    np.testing.assert_array_equal(axes["val/i2t_r1"].get_lines()[0].get_xdata(), [0, 30, 60, 90])
+    np.testing.assert_array_equal(
+        axes["val/i2t_r1"].get_lines()[0].get_xdata(), [0, 30, 60, 90]
+    )
 
 
 def test_training_curves_log_scales_only_a_positive_lr():
@@ -347,10 +410,14 @@ def test_save_figure_rejects_an_unknown_suffix_and_writes_nothing(tmp_path):
 
 def test_every_plot_writes_its_save_path(tmp_path):
     images = torch.rand(2, 3, 4, 4)
-    paths = [tmp_path / name for name in ("heatmap.png", "retrieval.png", "grid.png", "curves.png")]
+    paths = [
+        tmp_path / name
+        for name in ("heatmap.png", "retrieval.png", "grid.png", "curves.png")
+    ]
     viz.similarity_heatmap(np.eye(2), images=images, save_path=paths[0])
-    viz.retrieval_grid("q", images, [0.5, 0.4], correct=[True, False], save_path=paths[1])
+    viz.retrieval_grid(
+        "q", images, [0.5, 0.4], correct=[True, False], save_path=paths[1]
+    )
     viz.image_grid(images, save_path=paths[2])
     viz.training_curves(_history(), save_path=paths[3])
     assert all(_is_png(path) for path in paths)
-

@@ -56,7 +56,10 @@ def test_build_orders_by_frequency_then_alphabet() -> None:
 
 
 def test_build_is_independent_of_text_order() -> None:
-    assert Vocabulary.build(CAPTIONS).tokens == Vocabulary.build(list(reversed(CAPTIONS))).tokens
+    assert (
+        Vocabulary.build(CAPTIONS).tokens
+        == Vocabulary.build(list(reversed(CAPTIONS))).tokens
+    )
 
 
 def test_min_freq_and_max_size() -> None:
@@ -95,7 +98,9 @@ def test_truncation_keeps_eos() -> None:
     a, b = vocab.token_to_id("a"), vocab.token_to_id("b")
     assert vocab.encode("a b c d e", max_len=4) == [vocab.bos_id, a, b, vocab.eos_id]
     assert vocab.encode("a b c d e", max_len=2) == [vocab.bos_id, vocab.eos_id]
-    assert vocab.encode("a b c", add_special=False, max_len=1) == [vocab.token_to_id("a")]
+    assert vocab.encode("a b c", add_special=False, max_len=1) == [
+        vocab.token_to_id("a")
+    ]
     with pytest.raises(ValueError, match="max_len"):
         vocab.encode("a b", max_len=1)
 
@@ -114,7 +119,9 @@ def test_decode_special_tokens_and_eos() -> None:
     ids = [vocab.bos_id, a, vocab.unk_id, vocab.eos_id, b, vocab.pad_id]
     assert vocab.decode(ids) == "a <unk>"  # stops at <eos>, keeps <unk> visible
     assert vocab.decode(ids, skip_special=False) == "<bos> a <unk> <eos> b <pad>"
-    assert vocab.decode_batch(torch.tensor([[vocab.bos_id, a, vocab.eos_id], [b, b, vocab.pad_id]])) == ["a", "b b"]
+    assert vocab.decode_batch(
+        torch.tensor([[vocab.bos_id, a, vocab.eos_id], [b, b, vocab.pad_id]])
+    ) == ["a", "b b"]
 
 
 @pytest.mark.parametrize("bad_id", [-1, 6])
@@ -134,10 +141,16 @@ def test_encode_batch_pads_and_masks() -> None:
     assert ids.shape == mask.shape == (3, max(len(s) for s in singles))
     for row, single in enumerate(singles):
         assert ids[row, : len(single)].tolist() == single
-        assert mask[row].tolist() == [True] * len(single) + [False] * (ids.shape[1] - len(single))
-        assert (ids[row, len(single):] == vocab.pad_id).all()
+        assert mask[row].tolist() == [True] * len(single) + [False] * (
+            ids.shape[1] - len(single)
+        )
+        assert (ids[row, len(single) :] == vocab.pad_id).all()
     short_ids, short_mask = vocab.encode_batch(CAPTIONS, max_len=5)
-    assert short_ids.shape == (3, 5) and short_mask.all() and (short_ids[:, -1] == vocab.eos_id).all()
+    assert (
+        short_ids.shape == (3, 5)
+        and short_mask.all()
+        and (short_ids[:, -1] == vocab.eos_id).all()
+    )
 
 
 def test_encode_batch_errors() -> None:
@@ -159,7 +172,13 @@ def test_json_round_trip() -> None:
     "data, message",
     [
         ({"type": "vocabulary", "tokens": ["a", "b"]}, "special tokens"),
-        ({"type": "vocabulary", "tokens": ["<pad>", "<unk>", "<bos>", "<eos>", "a", "a"]}, "repeated"),
+        (
+            {
+                "type": "vocabulary",
+                "tokens": ["<pad>", "<unk>", "<bos>", "<eos>", "a", "a"],
+            },
+            "repeated",
+        ),
         ({"tokens": ["<pad>"]}, "Vocabulary.to_dict"),
     ],
 )
@@ -183,7 +202,11 @@ def hf_tokenizer() -> HFTokenizerAdapter:
 
 def _wordpiece_ids() -> dict[str, int]:
     """The BERT vocabulary read straight from vocab.txt: line number = id."""
-    lines = (Path(default_text_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    lines = (
+        (Path(default_text_model_path()) / "vocab.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    )
     return {token: index for index, token in enumerate(lines)}
 
 
@@ -196,9 +219,15 @@ def test_default_text_model_path_is_a_model_folder() -> None:
 
 def test_hub_ids_follow_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert resolve_pretrained_source("some-org/some-model") == ("some-org/some-model", True)
+    assert resolve_pretrained_source("some-org/some-model") == (
+        "some-org/some-model",
+        True,
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert resolve_pretrained_source("some-org/some-model") == ("some-org/some-model", False)
+    assert resolve_pretrained_source("some-org/some-model") == (
+        "some-org/some-model",
+        False,
+    )
 
 
 def test_hf_encode_batch_matches_vocab_file(hf_tokenizer: HFTokenizerAdapter) -> None:
@@ -210,7 +239,13 @@ def test_hf_encode_batch_matches_vocab_file(hf_tokenizer: HFTokenizerAdapter) ->
     ]
     assert ids.tolist() == expected and mask.dtype == torch.bool and mask.all()
     ids, mask = hf_tokenizer.encode_batch(["a dog", "a red circle"])
-    assert ids[0].tolist() == [wp["[CLS]"], wp["a"], wp["dog"], wp["[SEP]"], hf_tokenizer.pad_id]
+    assert ids[0].tolist() == [
+        wp["[CLS]"],
+        wp["a"],
+        wp["dog"],
+        wp["[SEP]"],
+        hf_tokenizer.pad_id,
+    ]
     assert mask[0].tolist() == [True, True, True, True, False]
     assert hf_tokenizer.pad_id == wp["[PAD]"] and len(hf_tokenizer) == len(wp)
 
@@ -222,16 +257,29 @@ def test_hf_truncation_decode_and_round_trip(hf_tokenizer: HFTokenizerAdapter) -
     assert hf_tokenizer.encode_batch([long_text], max_len=6)[0].shape == (1, 6)
     assert hf_tokenizer.decode(hf_tokenizer.encode("A red circle.")) == "a red circle."
     restored = tokenizer_from_dict(json.loads(json.dumps(hf_tokenizer.to_dict())))
-    assert isinstance(restored, HFTokenizerAdapter) and restored.max_len == 16 and restored.name_or_path is None
-    assert torch.equal(restored.encode_batch(CAPTIONS)[0], hf_tokenizer.encode_batch(CAPTIONS)[0])
+    assert (
+        isinstance(restored, HFTokenizerAdapter)
+        and restored.max_len == 16
+        and restored.name_or_path is None
+    )
+    assert torch.equal(
+        restored.encode_batch(CAPTIONS)[0], hf_tokenizer.encode_batch(CAPTIONS)[0]
+    )
 
 
 def test_hf_empty_model_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json or tokenizer_config.json"):
+    with pytest.raises(
+        FileNotFoundError, match="no config.json or tokenizer_config.json"
+    ):
         HFTokenizerAdapter(tmp_path)
 
 
-def test_hf_unknown_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_unknown_hub_id_offline_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="could not load a Hugging Face tokenizer from 'no-such-org/no-such-model'"):
+    with pytest.raises(
+        OSError,
+        match="could not load a Hugging Face tokenizer from 'no-such-org/no-such-model'",
+    ):
         HFTokenizerAdapter("no-such-org/no-such-model")

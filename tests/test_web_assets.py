@@ -21,7 +21,12 @@ ASSET = tool.WebAsset(
     integrity="sha512-unused",
     folder="demo",
     strip="package/dist/",
-    keep=("package/LICENSE", "package/dist/entry.mjs", "package/dist/chunks/*.mjs", "package/dist/fonts/**"),
+    keep=(
+        "package/LICENSE",
+        "package/dist/entry.mjs",
+        "package/dist/chunks/*.mjs",
+        "package/dist/fonts/**",
+    ),
 )
 
 
@@ -76,13 +81,19 @@ def test_unpack_strips_the_prefix_and_keeps_the_licence(tmp_path):
     )
     target = tmp_path / "out"
     assert tool.unpack(tarball, ASSET, target) == 4
-    unpacked = sorted(path.relative_to(target).as_posix() for path in target.rglob("*") if path.is_file())
+    unpacked = sorted(
+        path.relative_to(target).as_posix()
+        for path in target.rglob("*")
+        if path.is_file()
+    )
     assert unpacked == ["LICENSE", "chunks/a.mjs", "entry.mjs", "fonts/woff/x.woff"]
     assert (target / "chunks" / "a.mjs").read_bytes() == b"export const a = 2;"
 
 
 def test_unpack_refuses_paths_that_escape_the_target(tmp_path):
-    tarball = make_tarball(tmp_path / "evil.tgz", {"package/dist/fonts/../../../escape.txt": b"x"})
+    tarball = make_tarball(
+        tmp_path / "evil.tgz", {"package/dist/fonts/../../../escape.txt": b"x"}
+    )
     with pytest.raises(ValueError, match="outside"):
         tool.unpack(tarball, ASSET, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
@@ -96,14 +107,21 @@ def test_unpack_without_any_wanted_file_is_an_error(tmp_path):
 
 def test_is_current_compares_the_stamp_with_the_pins(tmp_path):
     assert not tool.is_current(tmp_path)
-    (tmp_path / tool.STAMP_NAME).write_text(json.dumps(tool.expected_stamp()), encoding="utf-8")
+    (tmp_path / tool.STAMP_NAME).write_text(
+        json.dumps(tool.expected_stamp()), encoding="utf-8"
+    )
     assert tool.is_current(tmp_path)
-    stale = {spec: "sha512-old" for spec in tool.expected_stamp()}
+    stale = dict.fromkeys(tool.expected_stamp(), "sha512-old")
     (tmp_path / tool.STAMP_NAME).write_text(json.dumps(stale), encoding="utf-8")
     assert not tool.is_current(tmp_path)
 
 
 def test_pins_are_exact_versions_with_sha512_digests():
     for asset in tool.ASSETS:
-        assert asset.version.count(".") == 2 and asset.version.replace(".", "").isdigit(), asset.spec
-        assert asset.integrity.startswith("sha512-") and len(asset.integrity) == len("sha512-") + 88
+        assert (
+            asset.version.count(".") == 2 and asset.version.replace(".", "").isdigit()
+        ), asset.spec
+        assert (
+            asset.integrity.startswith("sha512-")
+            and len(asset.integrity) == len("sha512-") + 88
+        )

@@ -11,18 +11,27 @@ from crossalign.data.shapes import COLOUR_RGB, COLOURS, SHAPES
 from crossalign.data.vocab import Vocabulary
 from crossalign.models.dual_encoder import DualEncoder, DualEncoderConfig
 from crossalign.zero_shot import (
-    COLOUR_TEMPLATES, SHAPE_TEMPLATES, attribute_images, class_embeddings, zero_shot_accuracy, zero_shot_predict,
+    COLOUR_TEMPLATES,
+    SHAPE_TEMPLATES,
+    attribute_images,
+    class_embeddings,
+    zero_shot_accuracy,
+    zero_shot_predict,
 )
 
 WORDS = COLOURS + SHAPES + ("disc",)
-VOCAB = Vocabulary.build([t.format(w) for t in COLOUR_TEMPLATES + SHAPE_TEMPLATES for w in WORDS])
+VOCAB = Vocabulary.build(
+    [t.format(w) for t in COLOUR_TEMPLATES + SHAPE_TEMPLATES for w in WORDS]
+)
 
 
 def _dual_encoder() -> DualEncoder:
     torch.manual_seed(0)
     config = DualEncoderConfig(
-        image_kwargs={"widths": [8, 16], "out_dim": 16}, text_encoder="gru",
-        text_kwargs={"vocab_size": len(VOCAB), "embed_dim": 8, "hidden_dim": 16}, embed_dim=8,
+        image_kwargs={"widths": [8, 16], "out_dim": 16},
+        text_encoder="gru",
+        text_kwargs={"vocab_size": len(VOCAB), "embed_dim": 8, "hidden_dim": 16},
+        embed_dim=8,
     )
     return DualEncoder(config).eval()
 
@@ -48,7 +57,9 @@ def test_class_embeddings_average_unit_prompt_embeddings_then_renormalise():
     single = class_embeddings(model, VOCAB, ["red"], templates[:1])[0]
     ids, mask = VOCAB.encode_batch([templates[0].format("red")])
     with torch.no_grad():
-        torch.testing.assert_close(single, model.encode_text(ids, mask)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            single, model.encode_text(ids, mask)[0], rtol=1e-5, atol=1e-6
+        )
     torch.testing.assert_close(classes.norm(dim=1), torch.ones(2))
 
 
@@ -59,7 +70,9 @@ def test_prediction_is_the_most_similar_class():
     images[2, 1] = 0.6
     images[2, 0] = 0.5  # mostly green
     classes = torch.eye(3)
-    assert zero_shot_predict(_ChannelMeans(), images, classes, batch_size=2).tolist() == [0, 2, 1]
+    assert zero_shot_predict(
+        _ChannelMeans(), images, classes, batch_size=2
+    ).tolist() == [0, 2, 1]
 
 
 def test_attribute_images_have_one_object_whose_centre_has_the_labelled_colour():
@@ -71,10 +84,14 @@ def test_attribute_images_have_one_object_whose_centre_has_the_labelled_colour()
     for index, scene in enumerate(world.scenes(range(12))):
         assert len(scene.objects) == 1
         obj = scene.objects[0]
-        assert COLOURS[labels[index]] == obj.colour and SHAPES[shapes[index]] == obj.shape
+        assert (
+            COLOURS[labels[index]] == obj.colour and SHAPES[shapes[index]] == obj.shape
+        )
         side = images.shape[-1]
         pixel = images[index, :, int(obj.y * side), int(obj.x * side)]
-        torch.testing.assert_close(pixel, torch.tensor(COLOUR_RGB[obj.colour]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            pixel, torch.tensor(COLOUR_RGB[obj.colour]), rtol=0, atol=1e-6
+        )
 
 
 def test_accuracy_is_a_fraction_and_bad_arguments_are_reported():

@@ -60,7 +60,11 @@ ASSETS = (
         integrity="sha512-UlIZrRariB11TY1RtTgUWp65tphtBv4CSq7vyS2ZZ2TgoMjs2nloq+wFqxiwcxlhHUvs7DPGgMjs2aeQxz5h9g==",
         folder="mermaid",
         strip="package/dist/",
-        keep=("package/LICENSE", "package/dist/mermaid.esm.min.mjs", "package/dist/chunks/mermaid.esm.min/*.mjs"),
+        keep=(
+            "package/LICENSE",
+            "package/dist/mermaid.esm.min.mjs",
+            "package/dist/chunks/mermaid.esm.min/*.mjs",
+        ),
     ),
     # MathJax 3 (the version Sphinx targets): the TeX+MathML to CommonHTML bundle plus what it
     # loads on demand (TeX extensions, fonts, the accessibility and menu components).
@@ -92,7 +96,9 @@ def npm_pack(spec: str, destination: Path) -> Path:
     """Download the tarball of ``spec`` with ``npm pack`` into ``destination``; return its path."""
     npm = shutil.which("npm")
     if npm is None:
-        raise FileNotFoundError("npm is not installed: install Node.js and npm (e.g. the Debian package npm), then rerun")
+        raise FileNotFoundError(
+            "npm is not installed: install Node.js and npm (e.g. the Debian package npm), then rerun"
+        )
     result = subprocess.run(
         [npm, "pack", spec, "--json", "--pack-destination", str(destination)],
         capture_output=True,
@@ -100,7 +106,9 @@ def npm_pack(spec: str, destination: Path) -> Path:
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"npm pack {spec} failed (exit {result.returncode}):\n{result.stderr.strip()}")
+        raise RuntimeError(
+            f"npm pack {spec} failed (exit {result.returncode}):\n{result.stderr.strip()}"
+        )
     (record,) = json.loads(result.stdout)
     return destination / record["filename"]
 
@@ -114,7 +122,9 @@ def wanted(member: str, asset: WebAsset) -> bool:
         if pattern.endswith("/**"):
             if member.startswith(pattern[:-2]):
                 return True
-        elif fnmatch.fnmatchcase(member, pattern) and member.count("/") == pattern.count("/"):
+        elif fnmatch.fnmatchcase(member, pattern) and member.count(
+            "/"
+        ) == pattern.count("/"):
             return True
     return False
 
@@ -126,17 +136,25 @@ def unpack(tarball: Path, asset: WebAsset, target: Path) -> int:
         for member in archive.getmembers():
             if not member.isfile() or not wanted(member.name, asset):
                 continue
-            relative = member.name.removeprefix(asset.strip) if member.name.startswith(asset.strip) else PurePosixPath(member.name).name
+            relative = (
+                member.name.removeprefix(asset.strip)
+                if member.name.startswith(asset.strip)
+                else PurePosixPath(member.name).name
+            )
             destination = target / relative
             if ".." in PurePosixPath(relative).parts:
-                raise ValueError(f"{tarball.name}: refusing to unpack {member.name!r} outside {target}")
+                raise ValueError(
+                    f"{tarball.name}: refusing to unpack {member.name!r} outside {target}"
+                )
             destination.parent.mkdir(parents=True, exist_ok=True)
             source = archive.extractfile(member)
             assert source is not None
             destination.write_bytes(source.read())
             count += 1
     if count == 0:
-        raise RuntimeError(f"{tarball.name}: none of the files {asset.keep} found; is the version right?")
+        raise RuntimeError(
+            f"{tarball.name}: none of the files {asset.keep} found; is the version right?"
+        )
     return count
 
 
@@ -148,7 +166,10 @@ def expected_stamp() -> dict[str, str]:
 def is_current(vendor_dir: Path = VENDOR_DIR) -> bool:
     """Whether ``vendor_dir`` already holds exactly the pinned releases."""
     stamp = vendor_dir / STAMP_NAME
-    return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == expected_stamp()
+    return (
+        stamp.is_file()
+        and json.loads(stamp.read_text(encoding="utf-8")) == expected_stamp()
+    )
 
 
 def fetch(vendor_dir: Path = VENDOR_DIR) -> None:
@@ -160,10 +181,16 @@ def fetch(vendor_dir: Path = VENDOR_DIR) -> None:
             tarball = npm_pack(asset.spec, scratch_dir)
             digest = sri_digest(tarball.read_bytes())
             if digest != asset.integrity:
-                raise RuntimeError(f"{asset.spec}: tarball digest {digest} differs from the pinned {asset.integrity}")
+                raise RuntimeError(
+                    f"{asset.spec}: tarball digest {digest} differs from the pinned {asset.integrity}"
+                )
             count = unpack(tarball, asset, staging / asset.folder)
-            print(f"{asset.spec:<20} {count:4d} files -> {vendor_dir.relative_to(ROOT) / asset.folder}")
-        (staging / STAMP_NAME).write_text(json.dumps(expected_stamp(), indent=1) + "\n", encoding="utf-8")
+            print(
+                f"{asset.spec:<20} {count:4d} files -> {vendor_dir.relative_to(ROOT) / asset.folder}"
+            )
+        (staging / STAMP_NAME).write_text(
+            json.dumps(expected_stamp(), indent=1) + "\n", encoding="utf-8"
+        )
         if vendor_dir.exists():
             shutil.rmtree(vendor_dir)
         vendor_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -172,13 +199,20 @@ def fetch(vendor_dir: Path = VENDOR_DIR) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only report whether the assets are in place")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only report whether the assets are in place",
+    )
     args = parser.parse_args()
     if is_current():
         print(f"web assets up to date in {VENDOR_DIR.relative_to(ROOT)}")
         return 0
     if args.check:
-        print(f"web assets missing or outdated in {VENDOR_DIR.relative_to(ROOT)}: run python tools/fetch_web_assets.py", file=sys.stderr)
+        print(
+            f"web assets missing or outdated in {VENDOR_DIR.relative_to(ROOT)}: run python tools/fetch_web_assets.py",
+            file=sys.stderr,
+        )
         return 1
     fetch()
     return 0

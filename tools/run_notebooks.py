@@ -27,9 +27,15 @@ def drop_ignored_stderr(notebook: nbformat.NotebookNode) -> int:
     """Remove stderr stream outputs from cells tagged ``nbval-ignore-output``; return how many."""
     removed = 0
     for cell in notebook.cells:
-        if cell.cell_type != "code" or "nbval-ignore-output" not in cell.metadata.get("tags", []):
+        if cell.cell_type != "code" or "nbval-ignore-output" not in cell.metadata.get(
+            "tags", []
+        ):
             continue
-        kept = [out for out in cell.outputs if not (out.output_type == "stream" and out.name == "stderr")]
+        kept = [
+            out
+            for out in cell.outputs
+            if not (out.output_type == "stream" and out.name == "stderr")
+        ]
         removed += len(cell.outputs) - len(kept)
         cell.outputs = kept
     return removed
@@ -38,7 +44,12 @@ def drop_ignored_stderr(notebook: nbformat.NotebookNode) -> int:
 def run_notebook(path: Path, timeout: int) -> float:
     """Execute ``path`` in place; return the seconds it took."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     started = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - started
@@ -50,7 +61,9 @@ def run_notebook(path: Path, timeout: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
+    parser.add_argument(
+        "--timeout", type=int, default=1200, help="seconds allowed per cell"
+    )
     args = parser.parse_args()
     total = 0.0
     for path in args.notebooks:

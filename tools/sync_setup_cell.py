@@ -33,7 +33,9 @@ def repository_url(config_path: Path = CONFIG_PATH) -> str:
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     url = (config.get("repository") or {}).get("url")
     if not isinstance(url, str) or not url.startswith("https://"):
-        raise ValueError(f"{config_path}: repository.url must be an https:// URL of the book's repository, got {url!r}")
+        raise ValueError(
+            f"{config_path}: repository.url must be an https:// URL of the book's repository, got {url!r}"
+        )
     return url.rstrip("/")
 
 
@@ -55,7 +57,11 @@ def is_setup_cell(cell: nbformat.NotebookNode) -> bool:
 
 def _has_expected_form(cell: nbformat.NotebookNode, source: str) -> bool:
     """Whether ``cell`` is the setup cell with exactly ``source`` and the skip tag."""
-    return is_setup_cell(cell) and cell.source == source and SETUP_CELL_TAG in cell.metadata.get("tags", [])
+    return (
+        is_setup_cell(cell)
+        and cell.source == source
+        and SETUP_CELL_TAG in cell.metadata.get("tags", [])
+    )
 
 
 def notebook_is_synced(notebook: nbformat.NotebookNode, source: str) -> bool:
@@ -77,7 +83,9 @@ def sync_notebook(notebook: nbformat.NotebookNode, source: str) -> bool:
     if notebook_is_synced(notebook, source):
         return False
     if not notebook.cells:
-        raise ValueError("the notebook has no cells: the setup cell goes right after a title cell")
+        raise ValueError(
+            "the notebook has no cells: the setup cell goes right after a title cell"
+        )
     copies = [cell for cell in notebook.cells if is_setup_cell(cell)]
     notebook.cells = [cell for cell in notebook.cells if not is_setup_cell(cell)]
     if copies:
@@ -87,7 +95,11 @@ def sync_notebook(notebook: nbformat.NotebookNode, source: str) -> bool:
         cell = nbformat.v4.new_code_cell(source)
         if "id" in notebook.cells[0]:
             taken = {other.get("id") for other in notebook.cells}
-            cell.id = SETUP_CELL_ID if SETUP_CELL_ID not in taken else f"{SETUP_CELL_ID}-{len(taken)}"
+            cell.id = (
+                SETUP_CELL_ID
+                if SETUP_CELL_ID not in taken
+                else f"{SETUP_CELL_ID}-{len(taken)}"
+            )
         else:
             cell.pop("id", None)  # notebooks in format 4.0-4.4 have no cell ids
     tags = list(cell.metadata.get("tags", []))
@@ -105,9 +117,20 @@ def chapter_notebooks(book_dir: Path = BOOK_DIR) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to update (default: book/*.ipynb)")
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook differs")
-    parser.add_argument("--config", type=Path, default=CONFIG_PATH, help="the Jupyter Book _config.yml")
+    parser.add_argument(
+        "notebooks",
+        nargs="*",
+        type=Path,
+        help="notebooks to update (default: book/*.ipynb)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if a notebook differs",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=CONFIG_PATH, help="the Jupyter Book _config.yml"
+    )
     args = parser.parse_args(argv)
     source = setup_cell_source(repository_url(args.config))
     paths = args.notebooks or chapter_notebooks()
@@ -125,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"updated {path}")
     if stale:
         for path in stale:
-            print(f"{path}: setup cell missing, misplaced or outdated (run python tools/sync_setup_cell.py)", file=sys.stderr)
+            print(
+                f"{path}: setup cell missing, misplaced or outdated (run python tools/sync_setup_cell.py)",
+                file=sys.stderr,
+            )
         return 1
-    print(f"{len(paths)} notebook(s) checked" if args.check else f"{len(paths)} notebook(s) in sync")
+    print(
+        f"{len(paths)} notebook(s) checked"
+        if args.check
+        else f"{len(paths)} notebook(s) in sync"
+    )
     return 0
 
 

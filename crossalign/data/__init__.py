@@ -2,17 +2,54 @@
 
 from crossalign.data.build import build_dataset, build_tokenizer
 from crossalign.data.collate import CaptionCollator
-from crossalign.data.feature_cache import CachedFeatures, cache_image_features, load_feature_cache
-from crossalign.data.flickr8k import Flickr8k, LoadReport, read_flickr8k_annotations
 from crossalign.data.download import download_file, download_flickr8k, extract_archive
+from crossalign.data.feature_cache import (
+    CachedFeatures,
+    cache_image_features,
+    load_feature_cache,
+)
+from crossalign.data.flickr8k import Flickr8k, LoadReport, read_flickr8k_annotations
 from crossalign.data.shapes import SceneGraph, ShapeObject, ShapesWorld, caption_words
-from crossalign.data.shapes_tasks import ANSWERS, NEGATIVE_KINDS, QuestionAnswer, ShapesMatching, ShapesQA
-from crossalign.data.vocab import HFTokenizerAdapter, Vocabulary, default_text_model_path, simple_tokenize, tokenizer_from_dict
+from crossalign.data.shapes_tasks import (
+    ANSWERS,
+    NEGATIVE_KINDS,
+    QuestionAnswer,
+    ShapesMatching,
+    ShapesQA,
+)
+from crossalign.data.vocab import (
+    HFTokenizerAdapter,
+    Vocabulary,
+    default_text_model_path,
+    simple_tokenize,
+    tokenizer_from_dict,
+)
 
 __all__ = [
-    "ANSWERS", "NEGATIVE_KINDS", "QuestionAnswer", "ShapesMatching", "ShapesQA",
-    "CachedFeatures", "CaptionCollator", "Flickr8k", "HFTokenizerAdapter", "LoadReport", "SceneGraph",
-    "ShapeObject", "ShapesWorld", "Vocabulary", "build_dataset", "build_tokenizer", "cache_image_features",
-    "caption_words", "default_text_model_path", "download_file", "download_flickr8k", "extract_archive",
-    "load_feature_cache", "read_flickr8k_annotations", "simple_tokenize", "tokenizer_from_dict",
+    "ANSWERS",
+    "NEGATIVE_KINDS",
+    "QuestionAnswer",
+    "ShapesMatching",
+    "ShapesQA",
+    "CachedFeatures",
+    "CaptionCollator",
+    "Flickr8k",
+    "HFTokenizerAdapter",
+    "LoadReport",
+    "SceneGraph",
+    "ShapeObject",
+    "ShapesWorld",
+    "Vocabulary",
+    "build_dataset",
+    "build_tokenizer",
+    "cache_image_features",
+    "caption_words",
+    "default_text_model_path",
+    "download_file",
+    "download_flickr8k",
+    "extract_archive",
+    "load_feature_cache",
+    "read_flickr8k_annotations",
+    "simple_tokenize",
+    "tokenizer_from_dict",
 ]

@@ -13,24 +13,42 @@ DATASETS = ("shapes", "flickr8k")
 TOKENIZERS = ("word", "hf")
 
 
-def build_dataset(cfg: Any, split: str, seed: int = 0, size: int | None = None) -> Dataset:
+def build_dataset(
+    cfg: Any, split: str, seed: int = 0, size: int | None = None
+) -> Dataset:
     """The ``split`` ("train", "val", "test", or for ShapesWorld "compositional") of ``cfg.name``.
 
     ``cfg`` is a :class:`crossalign.train.config.DataConfig` (or anything with its fields).
     """
     if cfg.name == "shapes":
-        default = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}.get(split, cfg.test_size)
-        return ShapesWorld(split, size=size or default, image_size=cfg.image_size, seed=seed, noise=cfg.noise)
+        default = {
+            "train": cfg.train_size,
+            "val": cfg.val_size,
+            "test": cfg.test_size,
+        }.get(split, cfg.test_size)
+        return ShapesWorld(
+            split,
+            size=size or default,
+            image_size=cfg.image_size,
+            seed=seed,
+            noise=cfg.noise,
+        )
     if cfg.name == "flickr8k":
         from crossalign.data.flickr8k import Flickr8k
 
         if not cfg.root:
-            raise ValueError("data.name='flickr8k' needs data.root: the folder holding the Flickr8k files")
-        return Flickr8k(cfg.root, split=split, image_size=cfg.image_size, on_error="skip")
+            raise ValueError(
+                "data.name='flickr8k' needs data.root: the folder holding the Flickr8k files"
+            )
+        return Flickr8k(
+            cfg.root, split=split, image_size=cfg.image_size, on_error="skip"
+        )
     raise ValueError(f"data.name={cfg.name!r} is not known; use one of {DATASETS}")
 
 
-def build_tokenizer(cfg: Any, train_dataset: Dataset) -> Vocabulary | HFTokenizerAdapter:
+def build_tokenizer(
+    cfg: Any, train_dataset: Dataset
+) -> Vocabulary | HFTokenizerAdapter:
     """A word vocabulary built on the training captions, or a Hugging Face tokenizer.
 
     For ShapesWorld the vocabulary is built from the grammar's word list, which is exactly
@@ -39,7 +57,9 @@ def build_tokenizer(cfg: Any, train_dataset: Dataset) -> Vocabulary | HFTokenize
     if cfg.tokenizer == "hf":
         return HFTokenizerAdapter(cfg.tokenizer_name, max_len=cfg.max_len)
     if cfg.tokenizer != "word":
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not known; use one of {TOKENIZERS}")
+        raise ValueError(
+            f"data.tokenizer={cfg.tokenizer!r} is not known; use one of {TOKENIZERS}"
+        )
     if isinstance(train_dataset, ShapesWorld):
         return Vocabulary.build(caption_words(), min_freq=1)
     texts = [caption for captions in train_dataset.captions for caption in captions]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -13,7 +14,9 @@ from crossalign.data.shapes import hash_uniform
 class BatchTokenizer(Protocol):
     """What the collator needs from a tokenizer (``Vocabulary`` and ``HFTokenizerAdapter`` both fit)."""
 
-    def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, L] and a boolean mask [B, L] that is True on real tokens."""
         ...
 
@@ -34,8 +37,13 @@ class CaptionCollator:
         seed: int = 0,
         max_len: int | None = None,
     ) -> None:
-        if not (caption in ("random", "first") or (isinstance(caption, int) and caption >= 0)):
-            raise ValueError(f"caption={caption!r} must be 'random', 'first' or a caption number >= 0")
+        if not (
+            caption in ("random", "first")
+            or (isinstance(caption, int) and caption >= 0)
+        ):
+            raise ValueError(
+                f"caption={caption!r} must be 'random', 'first' or a caption number >= 0"
+            )
         self.tokenizer = tokenizer
         self.caption = caption
         self.seed = seed
@@ -51,12 +59,17 @@ class CaptionCollator:
         if self.caption == "random":
             indices = np.array([item["index"] for item in items], dtype=np.int64)
             u = hash_uniform(self.seed, 7, indices, 1000 + self.epoch, 1)[:, 0]
-            return [item["captions"][int(x * len(item["captions"]))] for item, x in zip(items, u)]
+            return [
+                item["captions"][int(x * len(item["captions"]))]
+                for item, x in zip(items, u)
+            ]
         k = 0 if self.caption == "first" else int(self.caption)
         chosen = []
         for item in items:
             if k >= len(item["captions"]):
-                raise IndexError(f"caption={k} asked for, but item {item['index']} has {len(item['captions'])} captions")
+                raise IndexError(
+                    f"caption={k} asked for, but item {item['index']} has {len(item['captions'])} captions"
+                )
             chosen.append(item["captions"][k])
         return chosen
 
@@ -64,11 +77,15 @@ class CaptionCollator:
         if not items:
             raise ValueError("cannot collate an empty batch")
         captions = self.choose(items)
-        input_ids, attention_mask = self.tokenizer.encode_batch(captions, max_len=self.max_len)
+        input_ids, attention_mask = self.tokenizer.encode_batch(
+            captions, max_len=self.max_len
+        )
         return {
             "images": torch.stack([item["image"] for item in items]),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "captions": captions,
-            "indices": torch.tensor([item["index"] for item in items], dtype=torch.long),
+            "indices": torch.tensor(
+                [item["index"] for item in items], dtype=torch.long
+            ),
         }

@@ -33,7 +33,9 @@ from crossalign.data.flickr8k import SPLIT_FILES, TOKEN_FILE, find_image_dir
 from crossalign.utils import atomic_path, default_cache_dir
 
 FLICKR8K_IMAGES_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip"
-FLICKR8K_TEXT_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip"
+FLICKR8K_TEXT_URL = (
+    "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip"
+)
 FLICKR8K_IMAGE_COUNT = 8091
 FLICKR8K_CAPTION_LINES = 40460
 MACOS_METADATA_DIR = "__MACOSX"
@@ -59,18 +61,29 @@ def download_file(
     dest = Path(dest)
     digest = hashlib.sha256()
     with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=timeout) as response,
+            tmp.open("wb") as out,
+        ):
             length = response.headers.get("Content-Length")
             expected_bytes = int(length) if length is not None else None
             received = 0
-            with tqdm(total=expected_bytes, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            with tqdm(
+                total=expected_bytes,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                disable=not progress,
+            ) as bar:
                 while chunk := response.read(chunk_size):
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
         if expected_bytes is not None and received != expected_bytes:
-            raise OSError(f"download of {url} stopped after {received} of {expected_bytes} bytes; run it again")
+            raise OSError(
+                f"download of {url} stopped after {received} of {expected_bytes} bytes; run it again"
+            )
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise ValueError(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest.hexdigest()}; "
@@ -82,8 +95,14 @@ def download_file(
 def _refuse_unsafe_name(name: str, archive: Path) -> None:
     """Raise for a member name that is absolute, has a drive or contains ``..`` (path traversal)."""
     path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise ValueError(f"{archive}: refusing member {name!r}, whose path points outside the extraction folder")
+    if (
+        path.is_absolute()
+        or ".." in path.parts
+        or (path.parts and ":" in path.parts[0])
+    ):
+        raise ValueError(
+            f"{archive}: refusing member {name!r}, whose path points outside the extraction folder"
+        )
 
 
 def _extract_zip(archive: Path, into: Path) -> None:
@@ -99,14 +118,21 @@ def _extract_tar(archive: Path, into: Path) -> None:
         for member in members:
             _refuse_unsafe_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
-                raise ValueError(f"{archive}: refusing member {member.name!r}: only files and folders are extracted, not links or devices")
+                raise ValueError(
+                    f"{archive}: refusing member {member.name!r}: only files and folders are extracted, not links or devices"
+                )
         if hasattr(tarfile, "data_filter"):
             tf.extractall(into, members=members, filter="data")
         else:
             tf.extractall(into, members=members)
 
 
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, skip_macos_metadata: bool = True) -> Path:
+def extract_archive(
+    archive: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    skip_macos_metadata: bool = True,
+) -> Path:
     """Unpack a zip or tar archive into ``dest`` via a temporary folder, refusing unsafe members.
 
     Members with absolute paths, ``..`` components or (in tars) links are refused before anything
@@ -127,10 +153,16 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, skip
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
         extract(archive, staging)
-        entries = [entry for entry in staging.iterdir() if not (skip_macos_metadata and entry.name == MACOS_METADATA_DIR)]
+        entries = [
+            entry
+            for entry in staging.iterdir()
+            if not (skip_macos_metadata and entry.name == MACOS_METADATA_DIR)
+        ]
         clashes = [entry.name for entry in entries if (dest / entry.name).exists()]
         if clashes:
-            raise FileExistsError(f"extracting {archive} would overwrite {', '.join(sorted(clashes))} in {dest}")
+            raise FileExistsError(
+                f"extracting {archive} would overwrite {', '.join(sorted(clashes))} in {dest}"
+            )
         dest.mkdir(exist_ok=True)
         for entry in entries:
             os.replace(entry, dest / entry.name)
@@ -159,16 +191,24 @@ def check_flickr8k_structure(
     else:
         n_images = sum(1 for _ in image_dir.glob("*.jpg"))
         if n_images < expected_images:
-            short.append(f"{image_dir} holds {n_images} .jpg files, expected {expected_images}")
+            short.append(
+                f"{image_dir} holds {n_images} .jpg files, expected {expected_images}"
+            )
     token_file = root / TOKEN_FILE
     if token_file.is_file():
         with token_file.open("rb") as handle:
             n_lines = sum(1 for line in handle if line.strip())
         if n_lines < expected_caption_lines:
-            short.append(f"{token_file} has {n_lines} caption lines, expected {expected_caption_lines}")
+            short.append(
+                f"{token_file} has {n_lines} caption lines, expected {expected_caption_lines}"
+            )
     else:
         missing.append(f"{TOKEN_FILE} is missing")
-    missing += [f"{name} is missing" for name in SPLIT_FILES.values() if not (root / name).is_file()]
+    missing += [
+        f"{name} is missing"
+        for name in SPLIT_FILES.values()
+        if not (root / name).is_file()
+    ]
     if missing or short:
         problems = "; ".join(missing + short)
         error = FileNotFoundError if missing else ValueError
@@ -207,9 +247,16 @@ def download_flickr8k(
     staging = Path(tempfile.mkdtemp(prefix=".flickr8k.download-", dir=cache))
     try:
         unpacked = staging / "flickr8k"
-        for archive_url, checksum in ((url or FLICKR8K_IMAGES_URL, sha256), (text_url or FLICKR8K_TEXT_URL, text_sha256)):
-            name = PurePosixPath(urllib.parse.urlparse(archive_url).path).name or "archive"
-            archive = download_file(archive_url, staging / "archives" / name, checksum, progress=progress)
+        for archive_url, checksum in (
+            (url or FLICKR8K_IMAGES_URL, sha256),
+            (text_url or FLICKR8K_TEXT_URL, text_sha256),
+        ):
+            name = (
+                PurePosixPath(urllib.parse.urlparse(archive_url).path).name or "archive"
+            )
+            archive = download_file(
+                archive_url, staging / "archives" / name, checksum, progress=progress
+            )
             extract_archive(archive, unpacked)
             archive.unlink()
         check_flickr8k_structure(unpacked, expected_images, expected_caption_lines)

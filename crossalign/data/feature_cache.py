@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -42,8 +43,12 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 def _collate_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack the images of a batch; keep captions and image ids as per-item lists (or None)."""
     for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("image"), torch.Tensor):
-            raise TypeError(f"data set items must be dicts with an 'image' tensor, got {type(item).__name__}")
+        if not isinstance(item, Mapping) or not isinstance(
+            item.get("image"), torch.Tensor
+        ):
+            raise TypeError(
+                f"data set items must be dicts with an 'image' tensor, got {type(item).__name__}"
+            )
     return {
         "image": torch.stack([item["image"] for item in items]),
         "captions": [item.get("captions") for item in items],
@@ -52,7 +57,11 @@ def _collate_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _as_caption_list(captions: str | Sequence[str]) -> list[str]:
-    return [captions] if isinstance(captions, str) else [str(caption) for caption in captions]
+    return (
+        [captions]
+        if isinstance(captions, str)
+        else [str(caption) for caption in captions]
+    )
 
 
 def cache_image_features(
@@ -80,14 +89,20 @@ def cache_image_features(
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"path={str(path)!r} must end in .safetensors (the sidecar goes beside it as .json)")
+        raise ValueError(
+            f"path={str(path)!r} must end in .safetensors (the sidecar goes beside it as .json)"
+        )
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to cache")
     device = select_device(device)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_items
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_items,
     )
     was_training = encoder.training
     encoder.to(device).eval()
@@ -99,13 +114,17 @@ def cache_image_features(
         with torch.inference_mode():
             for batch in tqdm(loader, desc="caching features", disable=not progress):
                 output = encoder(batch["image"].to(device))
-                if not isinstance(output, torch.Tensor) or output.shape[:1] != (len(batch["image"]),):
+                if not isinstance(output, torch.Tensor) or output.shape[:1] != (
+                    len(batch["image"]),
+                ):
                     raise TypeError(
                         f"encoder must return a tensor [B, ...] with B={len(batch['image'])}, got "
                         f"{getattr(output, 'shape', type(output).__name__)}; wrap it to return the features"
                     )
                 if features is None:
-                    features = torch.empty((len(dataset), *output.shape[1:]), dtype=dtype)
+                    features = torch.empty(
+                        (len(dataset), *output.shape[1:]), dtype=dtype
+                    )
                 features[start : start + len(output)] = output.to(dtype).cpu()
                 start += len(output)
                 captions += batch["captions"]
@@ -113,7 +132,9 @@ def cache_image_features(
     finally:
         encoder.train(was_training)
     if features is None or start != len(dataset):
-        raise RuntimeError(f"the data loader yielded {start} items but len(dataset) is {len(dataset)}")
+        raise RuntimeError(
+            f"the data loader yielded {start} items but len(dataset) is {len(dataset)}"
+        )
     run_id = uuid.uuid4().hex
     metadata = {
         "format": CACHE_FORMAT,
@@ -125,11 +146,22 @@ def cache_image_features(
         "num_items": len(dataset),
         "feature_shape": list(features.shape[1:]),
         "dtype": str(dtype).removeprefix("torch."),
-        "image_ids": [str(i) for i in image_ids] if all(i is not None for i in image_ids) else None,
-        "captions": [_as_caption_list(c) for c in captions] if all(c is not None for c in captions) else None,
+        "image_ids": [str(i) for i in image_ids]
+        if all(i is not None for i in image_ids)
+        else None,
+        "captions": [_as_caption_list(c) for c in captions]
+        if all(c is not None for c in captions)
+        else None,
     }
-    with atomic_path(path) as tmp_features, atomic_path(sidecar_path(path)) as tmp_sidecar:
-        save_file({"features": features}, str(tmp_features), metadata={"format": CACHE_FORMAT, "run_id": run_id})
+    with (
+        atomic_path(path) as tmp_features,
+        atomic_path(sidecar_path(path)) as tmp_sidecar,
+    ):
+        save_file(
+            {"features": features},
+            str(tmp_features),
+            metadata={"format": CACHE_FORMAT, "run_id": run_id},
+        )
         tmp_sidecar.write_text(json.dumps(metadata), encoding="utf-8")
     return path
 
@@ -157,7 +189,9 @@ def load_feature_cache(
     path = Path(path)
     sidecar = sidecar_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no feature cache at {path}; create it with cache_image_features()")
+        raise FileNotFoundError(
+            f"no feature cache at {path}; create it with cache_image_features()"
+        )
     if not sidecar.is_file():
         raise FileNotFoundError(
             f"{path} has no sidecar {sidecar.name} (it is written with the features; an interrupted or "
@@ -168,11 +202,15 @@ def load_feature_cache(
     except json.JSONDecodeError as exc:
         raise ValueError(f"{sidecar}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{sidecar} is not a crossalign feature cache sidecar (no format {CACHE_FORMAT!r})")
+        raise ValueError(
+            f"{sidecar} is not a crossalign feature cache sidecar (no format {CACHE_FORMAT!r})"
+        )
     with safe_open(str(path), framework="pt") as handle:
         file_run_id = (handle.metadata() or {}).get("run_id")
         if "features" not in handle.keys():
-            raise ValueError(f"{path} holds no 'features' tensor; it is not a crossalign feature cache")
+            raise ValueError(
+                f"{path} holds no 'features' tensor; it is not a crossalign feature cache"
+            )
         features = handle.get_tensor("features")
     if file_run_id != metadata.get("run_id"):
         raise ValueError(
@@ -182,11 +220,15 @@ def load_feature_cache(
     stored = {"num_items": features.shape[0], "feature_shape": list(features.shape[1:])}
     for key, value in stored.items():
         if metadata.get(key) != value:
-            raise ValueError(f"{sidecar} says {key}={metadata.get(key)!r} but {path} holds {value!r}")
+            raise ValueError(
+                f"{sidecar} says {key}={metadata.get(key)!r} but {path} holds {value!r}"
+            )
     expected = {
         "encoder_id": expected_encoder_id,
         "num_items": expected_num_items,
-        "feature_shape": list(expected_feature_shape) if expected_feature_shape is not None else None,
+        "feature_shape": list(expected_feature_shape)
+        if expected_feature_shape is not None
+        else None,
     }
     for key, value in expected.items():
         if value is not None and metadata[key] != value:
@@ -228,7 +270,10 @@ class CachedFeatures(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} cached items")
         index %= len(self)
-        item: dict[str, Any] = {"features": self.features[index].to(self.dtype), "index": index}
+        item: dict[str, Any] = {
+            "features": self.features[index].to(self.dtype),
+            "index": index,
+        }
         if self.captions is not None:
             item["captions"] = list(self.captions[index])
         if self.image_ids is not None:

@@ -47,9 +47,9 @@ import logging
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -68,7 +68,11 @@ SPLIT_FILES = {
 }
 KARPATHY_FILE = "dataset_flickr8k.json"
 KAGGLE_FILE = "captions.txt"
-ANNOTATION_FILES = {"original": TOKEN_FILE, "karpathy": KARPATHY_FILE, "kaggle": KAGGLE_FILE}
+ANNOTATION_FILES = {
+    "original": TOKEN_FILE,
+    "karpathy": KARPATHY_FILE,
+    "kaggle": KAGGLE_FILE,
+}
 IMAGE_DIR_NAMES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 MIN_CAPTION_WORDS = 2
@@ -86,7 +90,9 @@ NO_CAPTIONS = "image without captions"
 MISSING_IMAGE = "missing image"
 CORRUPT_IMAGE = "corrupt image"
 
-_CAPTION_ID = re.compile(r"^(?P<image>.+?\.jpg)(?P<extra>\.\d+)?#(?P<number>\d+)$", re.IGNORECASE)
+_CAPTION_ID = re.compile(
+    r"^(?P<image>.+?\.jpg)(?P<extra>\.\d+)?#(?P<number>\d+)$", re.IGNORECASE
+)
 _IMAGE_NAME = re.compile(r"^(?P<image>.+?\.jpg)(?P<extra>\.\d+)?$", re.IGNORECASE)
 
 
@@ -137,9 +143,13 @@ class _Policy:
     def note(self, kind: str, item: str, reason: str) -> None:
         self.report.add(kind, item, reason)
 
-    def problem(self, kind: str, item: str, reason: str, error: type[Exception] = ValueError) -> None:
+    def problem(
+        self, kind: str, item: str, reason: str, error: type[Exception] = ValueError
+    ) -> None:
         if self.on_error == "raise":
-            raise error(f"{item}: {reason} (pass on_error='skip' to leave it out and record it)")
+            raise error(
+                f"{item}: {reason} (pass on_error='skip' to leave it out and record it)"
+            )
         self.report.add(kind, item, reason)
 
 
@@ -165,7 +175,9 @@ def detect_format(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Flickr8k root {root} is not a folder; pass the folder that holds the annotation files")
+        raise FileNotFoundError(
+            f"Flickr8k root {root} is not a folder; pass the folder that holds the annotation files"
+        )
     for fmt in FORMATS:
         if (root / ANNOTATION_FILES[fmt]).is_file():
             return fmt
@@ -200,7 +212,10 @@ def fallback_split(image_ids: Sequence[str], seed: int = 0) -> dict[str, list[st
     version); the first ``n // 8`` go to test, the next ``n // 8`` to val, the rest to train.
     Each split is returned in sorted order.
     """
-    ranked = sorted(set(image_ids), key=lambda name: (hashlib.sha256(f"{seed}:{name}".encode()).hexdigest(), name))
+    ranked = sorted(
+        set(image_ids),
+        key=lambda name: (hashlib.sha256(f"{seed}:{name}".encode()).hexdigest(), name),
+    )
     n_eval = len(ranked) // 8
     return {
         "train": sorted(ranked[2 * n_eval :]),
@@ -209,22 +224,30 @@ def fallback_split(image_ids: Sequence[str], seed: int = 0) -> dict[str, list[st
     }
 
 
-def flatten_captions(captions: Sequence[Sequence[str]]) -> tuple[list[str], torch.Tensor]:
+def flatten_captions(
+    captions: Sequence[Sequence[str]],
+) -> tuple[list[str], torch.Tensor]:
     """Flatten captions per image into one list plus the image index of each caption.
 
     This is the many-to-many ground truth of retrieval: caption ``j`` belongs to image
     ``image_index[j]``.
     """
     flat = [caption for caps in captions for caption in caps]
-    image_index = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
+    image_index = torch.tensor(
+        [i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long
+    )
     return flat, image_index
 
 
-def _normalise_name(name: str, item: str, pattern: re.Pattern[str], policy: _Policy) -> re.Match[str] | None:
+def _normalise_name(
+    name: str, item: str, pattern: re.Pattern[str], policy: _Policy
+) -> re.Match[str] | None:
     """Match an image name or caption id; report and drop a ``.jpg.1``-style suffix."""
     match = pattern.match(name)
     if match is not None and match.group("extra"):
-        policy.note(NORMALISED_ID, item, f"id {name!r} read as image {match.group('image')!r}")
+        policy.note(
+            NORMALISED_ID, item, f"id {name!r} read as image {match.group('image')!r}"
+        )
     return match
 
 
@@ -233,7 +256,12 @@ def _word_count(caption: str) -> int:
 
 
 def _add_caption(
-    captions: dict[str, list[str]], seen: set[tuple[str, str]], image: str, caption: str, item: str, policy: _Policy
+    captions: dict[str, list[str]],
+    seen: set[tuple[str, str]],
+    image: str,
+    caption: str,
+    item: str,
+    policy: _Policy,
 ) -> None:
     """Add one caption unless it is empty (a problem), too short or a repeat (fixed quirks)."""
     caption = caption.strip()
@@ -241,11 +269,19 @@ def _add_caption(
         policy.problem(MALFORMED, item, f"empty caption for {image}")
         return
     if _word_count(caption) < MIN_CAPTION_WORDS:
-        policy.note(SHORT_CAPTION, item, f"caption {caption!r} of {image} has fewer than {MIN_CAPTION_WORDS} words")
+        policy.note(
+            SHORT_CAPTION,
+            item,
+            f"caption {caption!r} of {image} has fewer than {MIN_CAPTION_WORDS} words",
+        )
         return
     key = (image, " ".join(caption.split()))
     if key in seen:
-        policy.note(DUPLICATE_CAPTION, item, f"caption {caption!r} of {image} repeats an earlier one")
+        policy.note(
+            DUPLICATE_CAPTION,
+            item,
+            f"caption {caption!r} of {image} repeats an earlier one",
+        )
         return
     seen.add(key)
     captions.setdefault(image, []).append(caption)
@@ -257,7 +293,9 @@ def _read_lines(path: Path, policy: _Policy) -> Iterator[tuple[int, str]]:
         for number, raw in enumerate(handle, start=1):
             item = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip(
+                    "\r\n"
+                )
             except UnicodeDecodeError as exc:
                 policy.problem(MALFORMED, item, f"not valid UTF-8 ({exc.reason})")
                 continue
@@ -274,9 +312,17 @@ def _read_token_file(path: Path, policy: _Policy) -> dict[str, list[str]]:
     for number, line in _read_lines(path, policy):
         item = f"{path}:{number}"
         caption_id, tab, caption = line.partition("\t")
-        match = _normalise_name(caption_id.strip(), item, _CAPTION_ID, policy) if tab else None
+        match = (
+            _normalise_name(caption_id.strip(), item, _CAPTION_ID, policy)
+            if tab
+            else None
+        )
         if match is None:
-            policy.problem(MALFORMED, item, f"expected '<image>.jpg#<k><TAB><caption>', got {line[:80]!r}")
+            policy.problem(
+                MALFORMED,
+                item,
+                f"expected '<image>.jpg#<k><TAB><caption>', got {line[:80]!r}",
+            )
             continue
         _add_caption(captions, seen, match.group("image"), caption, item, policy)
     return captions
@@ -289,8 +335,13 @@ def _read_kaggle_csv(path: Path, policy: _Policy) -> dict[str, list[str]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header is None or [name.strip().lower() for name in header] != ["image", "caption"]:
-            raise ValueError(f"{path}:1: expected the header 'image,caption', got {header!r}")
+        if header is None or [name.strip().lower() for name in header] != [
+            "image",
+            "caption",
+        ]:
+            raise ValueError(
+                f"{path}:1: expected the header 'image,caption', got {header!r}"
+            )
         first_line = reader.line_num + 1
         for row in reader:
             item = f"{path}:{first_line}"
@@ -298,9 +349,17 @@ def _read_kaggle_csv(path: Path, policy: _Policy) -> dict[str, list[str]]:
             if not any(cell.strip() for cell in row):
                 policy.note(BLANK_LINE, item, "blank line")
                 continue
-            match = _normalise_name(row[0].strip(), item, _IMAGE_NAME, policy) if len(row) == 2 else None
+            match = (
+                _normalise_name(row[0].strip(), item, _IMAGE_NAME, policy)
+                if len(row) == 2
+                else None
+            )
             if match is None:
-                policy.problem(MALFORMED, item, f"expected '<image>.jpg,<caption>' (quote captions with commas), got {row!r}")
+                policy.problem(
+                    MALFORMED,
+                    item,
+                    f"expected '<image>.jpg,<caption>' (quote captions with commas), got {row!r}",
+                )
                 continue
             _add_caption(captions, seen, match.group("image"), row[1], item, policy)
     return captions
@@ -318,31 +377,57 @@ def _read_karpathy_json(
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path}: expected a JSON object with an 'images' list (Karpathy's format)")
+        raise ValueError(
+            f"{path}: expected a JSON object with an 'images' list (Karpathy's format)"
+        )
     if data.get("dataset", "flickr8k") != "flickr8k":
-        raise ValueError(f"{path}: holds the data set {data['dataset']!r}, not 'flickr8k'")
+        raise ValueError(
+            f"{path}: holds the data set {data['dataset']!r}, not 'flickr8k'"
+        )
     captions: dict[str, list[str]] = {}
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     seen: set[tuple[str, str]] = set()
     for i, entry in enumerate(data["images"]):
         item = f"{path}: images[{i}]"
         filename = entry.get("filename") if isinstance(entry, dict) else None
-        match = _normalise_name(filename, item, _IMAGE_NAME, policy) if isinstance(filename, str) else None
+        match = (
+            _normalise_name(filename, item, _IMAGE_NAME, policy)
+            if isinstance(filename, str)
+            else None
+        )
         if match is None:
-            policy.problem(MALFORMED, item, f"expected an entry with a 'filename' ending in .jpg, got {str(entry)[:80]}")
+            policy.problem(
+                MALFORMED,
+                item,
+                f"expected an entry with a 'filename' ending in .jpg, got {str(entry)[:80]}",
+            )
             continue
         image = match.group("image")
         if entry.get("split") not in KARPATHY_SPLITS:
-            policy.problem(MALFORMED, item, f"split {entry.get('split')!r} of {image} is not one of {sorted(KARPATHY_SPLITS)}")
+            policy.problem(
+                MALFORMED,
+                item,
+                f"split {entry.get('split')!r} of {image} is not one of {sorted(KARPATHY_SPLITS)}",
+            )
             continue
         splits[KARPATHY_SPLITS[entry["split"]]].append(image)
-        for j, sentence in enumerate(entry.get("sentences", []) if with_captions else []):
+        for j, sentence in enumerate(
+            entry.get("sentences", []) if with_captions else []
+        ):
             sentence_item = f"{item}.sentences[{j}]"
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
+            if (
+                raw is None
+                and isinstance(sentence, dict)
+                and isinstance(sentence.get("tokens"), list)
+            ):
                 raw = " ".join(sentence["tokens"])
             if not isinstance(raw, str):
-                policy.problem(MALFORMED, sentence_item, f"expected a sentence with 'raw' or 'tokens', got {str(sentence)[:80]}")
+                policy.problem(
+                    MALFORMED,
+                    sentence_item,
+                    f"expected a sentence with 'raw' or 'tokens', got {str(sentence)[:80]}",
+                )
                 continue
             _add_caption(captions, seen, image, raw, sentence_item, policy)
     return captions, splits
@@ -355,25 +440,40 @@ def _read_split_file(path: Path, policy: _Policy) -> list[str]:
         item = f"{path}:{number}"
         match = _normalise_name(line.strip(), item, _IMAGE_NAME, policy)
         if match is None:
-            policy.problem(MALFORMED, item, f"expected an image file name ending in .jpg, got {line[:80]!r}")
+            policy.problem(
+                MALFORMED,
+                item,
+                f"expected an image file name ending in .jpg, got {line[:80]!r}",
+            )
         elif match.group("image") in names:
-            policy.note(DUPLICATE_SPLIT_ENTRY, item, f"{match.group('image')} listed again")
+            policy.note(
+                DUPLICATE_SPLIT_ENTRY, item, f"{match.group('image')} listed again"
+            )
         else:
             names[match.group("image")] = None
     return list(names)
 
 
-def _read_splits(root: Path, captions: dict[str, list[str]], seed: int, policy: _Policy) -> tuple[dict[str, list[str]], str]:
+def _read_splits(
+    root: Path, captions: dict[str, list[str]], seed: int, policy: _Policy
+) -> tuple[dict[str, list[str]], str]:
     """Find the split for ``root``: split files, else Karpathy's JSON, else the fallback split."""
     present = [name for name in SPLIT_FILES.values() if (root / name).is_file()]
     if present and len(present) < len(SPLIT_FILES):
         missing = sorted(set(SPLIT_FILES.values()) - set(present))
-        raise FileNotFoundError(f"{root} holds {', '.join(present)} but not {', '.join(missing)}; all three split files are needed")
+        raise FileNotFoundError(
+            f"{root} holds {', '.join(present)} but not {', '.join(missing)}; all three split files are needed"
+        )
     if present:
-        splits = {split: _read_split_file(root / name, policy) for split, name in SPLIT_FILES.items()}
+        splits = {
+            split: _read_split_file(root / name, policy)
+            for split, name in SPLIT_FILES.items()
+        }
         return splits, "split files " + ", ".join(SPLIT_FILES.values())
     if (root / KARPATHY_FILE).is_file():
-        _, splits = _read_karpathy_json(root / KARPATHY_FILE, policy, with_captions=False)
+        _, splits = _read_karpathy_json(
+            root / KARPATHY_FILE, policy, with_captions=False
+        )
         return splits, KARPATHY_FILE
     warnings.warn(
         f"{root}: no split files ({', '.join(SPLIT_FILES.values())}) and no {KARPATHY_FILE}; using the "
@@ -385,7 +485,9 @@ def _read_splits(root: Path, captions: dict[str, list[str]], seed: int, policy: 
     return fallback_split(list(captions), seed), f"fallback split (seed={seed})"
 
 
-def _check_disjoint(splits: dict[str, list[str]], source: str, policy: _Policy) -> dict[str, list[str]]:
+def _check_disjoint(
+    splits: dict[str, list[str]], source: str, policy: _Policy
+) -> dict[str, list[str]]:
     """Drop (or raise for) images listed in more than one split: that would leak test data."""
     owner: dict[str, str] = {}
     for split in SPLITS:
@@ -397,7 +499,11 @@ def _check_disjoint(splits: dict[str, list[str]], source: str, policy: _Policy) 
             if owner[image] == split:
                 clean[split].append(image)
             else:
-                policy.problem(SPLIT_CONFLICT, f"{source}: {image}", f"listed in both {owner[image]} and {split}")
+                policy.problem(
+                    SPLIT_CONFLICT,
+                    f"{source}: {image}",
+                    f"listed in both {owner[image]} and {split}",
+                )
     return clean
 
 
@@ -406,14 +512,18 @@ def read_flickr8k_annotations(
 ) -> Flickr8kAnnotations:
     """Read the captions and splits of Flickr8k in any of its three formats (no images opened)."""
     if fmt not in ("auto", *FORMATS):
-        raise ValueError(f"fmt={fmt!r} is not one of 'auto', {', '.join(map(repr, FORMATS))}")
+        raise ValueError(
+            f"fmt={fmt!r} is not one of 'auto', {', '.join(map(repr, FORMATS))}"
+        )
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} must be 'raise' or 'skip'")
     root = Path(root)
     fmt = detect_format(root) if fmt == "auto" else fmt
     annotation_file = root / ANNOTATION_FILES[fmt]
     if not annotation_file.is_file():
-        raise FileNotFoundError(f"fmt={fmt!r} needs {annotation_file}, which does not exist; try fmt='auto'")
+        raise FileNotFoundError(
+            f"fmt={fmt!r} needs {annotation_file}, which does not exist; try fmt='auto'"
+        )
     policy = _Policy(on_error)
     if fmt == "karpathy":
         captions, splits = _read_karpathy_json(annotation_file, policy)
@@ -426,7 +536,11 @@ def read_flickr8k_annotations(
     in_split = {image for names in splits.values() for image in names}
     for image in captions:
         if image not in in_split:
-            policy.note(UNSPLIT_IMAGE, f"{annotation_file}: {image}", f"has captions but is in no split of {source}; not used")
+            policy.note(
+                UNSPLIT_IMAGE,
+                f"{annotation_file}: {image}",
+                f"has captions but is in no split of {source}; not used",
+            )
     return Flickr8kAnnotations(fmt, captions, splits, source, policy.report)
 
 
@@ -447,7 +561,10 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is ``size`` (bilinear, antialiased), then crop the centre square."""
     width, height = image.size
     scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    new_width, new_height = (
+        max(size, round(width * scale)),
+        max(size, round(height * scale)),
+    )
     image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
     left, top = (new_width - size) // 2, (new_height - size) // 2
     return image.crop((left, top, left + size, top + size))
@@ -479,7 +596,9 @@ class Flickr8k(torch.utils.data.Dataset):
         progress: bool = True,
     ) -> None:
         if split not in (*SPLITS, "all"):
-            raise ValueError(f"split={split!r} must be one of 'train', 'val', 'test', 'all'")
+            raise ValueError(
+                f"split={split!r} must be one of 'train', 'val', 'test', 'all'"
+            )
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"image_size={image_size!r} must be a positive int")
         annotations = read_flickr8k_annotations(root, fmt, on_error, split_seed)
@@ -496,19 +615,35 @@ class Flickr8k(torch.utils.data.Dataset):
         names = [(s, name) for s in chosen for name in annotations.splits[s]]
         self.image_ids: list[str] = []
         self.captions: list[list[str]] = []
-        for name_split, name in tqdm(names, desc=f"Flickr8k {split}", disable=not progress, leave=False):
+        for name_split, name in tqdm(
+            names, desc=f"Flickr8k {split}", disable=not progress, leave=False
+        ):
             path = self.image_dir / name
             if not annotations.captions.get(name):
-                policy.problem(NO_CAPTIONS, str(path), f"in the {name_split} split of {self.split_source} but has no caption")
+                policy.problem(
+                    NO_CAPTIONS,
+                    str(path),
+                    f"in the {name_split} split of {self.split_source} but has no caption",
+                )
             elif not path.is_file():
-                policy.problem(MISSING_IMAGE, str(path), "listed in the split but not on disk", FileNotFoundError)
+                policy.problem(
+                    MISSING_IMAGE,
+                    str(path),
+                    "listed in the split but not on disk",
+                    FileNotFoundError,
+                )
             elif verify_images and (problem := _image_problem(path)) is not None:
                 policy.problem(CORRUPT_IMAGE, str(path), problem, OSError)
             else:
                 self.image_ids.append(name)
                 self.captions.append(annotations.captions[name])
         if self.report:
-            logger.warning("Flickr8k %s from %s: %s (see .report)", split, self.root, self.report.summary())
+            logger.warning(
+                "Flickr8k %s from %s: %s (see .report)",
+                split,
+                self.root,
+                self.report.summary(),
+            )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -529,8 +664,17 @@ class Flickr8k(torch.utils.data.Dataset):
         if self.transform is not None:
             pixels = self.transform(image)
         else:
-            pixels = pil_to_tensor(resize_center_crop(image, self.image_size)).float().div_(255)
-        return {"image": pixels, "captions": list(self.captions[index]), "image_id": self.image_ids[index], "index": index}
+            pixels = (
+                pil_to_tensor(resize_center_crop(image, self.image_size))
+                .float()
+                .div_(255)
+            )
+        return {
+            "image": pixels,
+            "captions": list(self.captions[index]),
+            "image_id": self.image_ids[index],
+            "index": index,
+        }
 
     @property
     def num_captions(self) -> int:

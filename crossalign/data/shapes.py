@@ -32,16 +32,25 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Sequence
+from functools import cache
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
+COLOURS: tuple[str, ...] = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "cyan",
+    "blue",
+    "purple",
+    "white",
+)
 SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
@@ -84,14 +93,22 @@ COLOUR_WORDS: dict[str, tuple[str, ...]] = {
     "purple": ("purple", "violet"),
     "cyan": ("cyan", "turquoise"),
 }
-SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+SIZE_WORDS: dict[str, tuple[str, ...]] = {
+    "small": ("small", "little", "tiny"),
+    "large": ("large", "big"),
+}
 RELATION_WORDS: dict[str, tuple[str, ...]] = {
     "left of": ("left of", "to the left of", "on the left of"),
     "right of": ("right of", "to the right of", "on the right of"),
     "above": ("above", "over"),
     "below": ("below", "under", "beneath"),
 }
-OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+OPPOSITE_RELATION: dict[str, str] = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
 #: (vertical, horizontal) region of a lone object -> the phrases that name it.
 REGION_WORDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("top", "left"): ("at the top left", "in the top left corner"),
@@ -109,7 +126,13 @@ REGION_WORDS: dict[tuple[str, str], tuple[str, ...]] = {
 RELATION_MARGIN = 0.06
 #: Distance from the centre to the farthest point of each shape, in radii (triangle base
 #: corners: sqrt 2; square corners: 0.85 * sqrt 2; cross arm corners: sqrt(1 + 1/9)).
-_BOUNDING_RADIUS: dict[str, float] = {"circle": 1.0, "square": 1.21, "triangle": 1.42, "diamond": 1.0, "cross": 1.06}
+_BOUNDING_RADIUS: dict[str, float] = {
+    "circle": 1.0,
+    "square": 1.21,
+    "triangle": 1.42,
+    "diamond": 1.0,
+    "cross": 1.06,
+}
 _GAP = 0.03
 _REGION_MARGIN = 0.04
 _POSITION_TRIES = 96
@@ -117,7 +140,12 @@ _MAX_OBJECTS = 3
 _SQUARE_HALF_SIDE = 0.85
 _CROSS_HALF_WIDTH = 1.0 / 3.0
 _BACKGROUND = 0.12
-DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 20000, "val": 1000, "test": 1000, "compositional": 1000}
+DEFAULT_SPLIT_SIZES: dict[str, int] = {
+    "train": 20000,
+    "val": 1000,
+    "test": 1000,
+    "compositional": 1000,
+}
 _NUM_CAPTION_STREAM_BASE = 100
 _PLAN_RANDOMS = 20
 
@@ -133,7 +161,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> _U64(31))
 
 
-def hash_uniform(seed: int, split: int, indices: np.ndarray, stream: int, n: int) -> np.ndarray:
+def hash_uniform(
+    seed: int, split: int, indices: np.ndarray, stream: int, n: int
+) -> np.ndarray:
     """Uniform numbers in [0, 1) that depend only on (seed, split, index, stream, position).
 
     Returns an array of shape ``[len(indices), n]``. This counter-based generator is what
@@ -141,9 +171,13 @@ def hash_uniform(seed: int, split: int, indices: np.ndarray, stream: int, n: int
     """
     idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
     with np.errstate(over="ignore"):
-        key = _mix64(np.array([(seed * 0x9E3779B97F4A7C15 + split + 1) % 2**64], dtype=np.uint64))
+        key = _mix64(
+            np.array([(seed * 0x9E3779B97F4A7C15 + split + 1) % 2**64], dtype=np.uint64)
+        )
         h = _mix64(key ^ _mix64(idx + _U64(0x632BE59BD9B4E019)))
-        counters = np.arange(n, dtype=np.uint64).reshape(1, -1) + _U64(stream) * _U64(1 << 20)
+        counters = np.arange(n, dtype=np.uint64).reshape(1, -1) + _U64(stream) * _U64(
+            1 << 20
+        )
         h = _mix64(h ^ _mix64(counters + _U64(0xD1B54A32D192ED03)))
     return (h >> _U64(11)).astype(np.float64) * _MASK53
 
@@ -164,8 +198,12 @@ class ShapeObject:
 
     def region(self) -> tuple[str, str]:
         """Which third of the image the centre lies in: (top|middle|bottom, left|centre|right)."""
-        vertical = "top" if self.y < 1 / 3 else ("bottom" if self.y > 2 / 3 else "middle")
-        horizontal = "left" if self.x < 1 / 3 else ("right" if self.x > 2 / 3 else "centre")
+        vertical = (
+            "top" if self.y < 1 / 3 else ("bottom" if self.y > 2 / 3 else "middle")
+        )
+        horizontal = (
+            "left" if self.x < 1 / 3 else ("right" if self.x > 2 / 3 else "centre")
+        )
         return vertical, horizontal
 
 
@@ -187,14 +225,19 @@ class SceneGraph:
 
     def to_dict(self) -> dict:
         """A JSON-serialisable form (for saving scene graphs beside images)."""
-        return {"objects": [asdict(o) for o in self.objects], "relations": [asdict(r) for r in self.relations]}
+        return {
+            "objects": [asdict(o) for o in self.objects],
+            "relations": [asdict(r) for r in self.relations],
+        }
 
     def holds(self, subject: int, relation: str, obj: int) -> bool:
         """Whether ``objects[subject] relation objects[obj]`` is true in this scene."""
         return Relation(subject, relation, obj) in self.relations
 
 
-def spatial_relations(objects: Sequence[ShapeObject], margin: float = RELATION_MARGIN) -> tuple[Relation, ...]:
+def spatial_relations(
+    objects: Sequence[ShapeObject], margin: float = RELATION_MARGIN
+) -> tuple[Relation, ...]:
     """Every directed relation that holds between distinct objects (an axis needs ``margin``)."""
     found = []
     for i, a in enumerate(objects):
@@ -234,7 +277,9 @@ def _allowed_colours() -> np.ndarray:
 
 
 _ALLOWED_COLOURS = _allowed_colours()
-_HELD_OUT_IDS = np.array([(COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_PAIRS], dtype=np.int64)
+_HELD_OUT_IDS = np.array(
+    [(COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_PAIRS], dtype=np.int64
+)
 
 
 def _scene_graphs(lay: _Layout) -> list[SceneGraph]:
@@ -243,8 +288,11 @@ def _scene_graphs(lay: _Layout) -> list[SceneGraph]:
     for row in range(lay.valid.shape[0]):
         objects = tuple(
             ShapeObject(
-                shape=SHAPES[lay.shape[row, k]], colour=COLOURS[lay.colour[row, k]], size=SIZES[lay.size[row, k]],
-                x=float(lay.x[row, k]), y=float(lay.y[row, k]),
+                shape=SHAPES[lay.shape[row, k]],
+                colour=COLOURS[lay.colour[row, k]],
+                size=SIZES[lay.size[row, k]],
+                x=float(lay.x[row, k]),
+                y=float(lay.y[row, k]),
             )
             for k in range(_MAX_OBJECTS)
             if lay.valid[row, k]
@@ -253,7 +301,9 @@ def _scene_graphs(lay: _Layout) -> list[SceneGraph]:
     return graphs
 
 
-def _shape_mask(shape: str, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def _shape_mask(
+    shape: str, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor
+) -> torch.Tensor:
     """Which pixels with offsets (dx, dy) from the centre lie inside the shape (y points down)."""
     adx, ady = dx.abs(), dy.abs()
     if shape == "circle":
@@ -305,12 +355,16 @@ class ShapesWorld(Dataset):
         captions_per_image: int = 5,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split={split!r} is not a ShapesWorld split; expected one of {SPLITS}")
+            raise ValueError(
+                f"split={split!r} is not a ShapesWorld split; expected one of {SPLITS}"
+            )
         size = DEFAULT_SPLIT_SIZES[split] if size is None else size
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size={size!r} must be a positive integer")
         if not isinstance(image_size, numbers.Integral) or not 32 <= image_size <= 224:
-            raise ValueError(f"image_size={image_size!r} must be a whole number of pixels between 32 and 224")
+            raise ValueError(
+                f"image_size={image_size!r} must be a whole number of pixels between 32 and 224"
+            )
         if not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed={seed!r} must be an integer")
         if not 1 <= min_objects <= max_objects <= _MAX_OBJECTS:
@@ -321,9 +375,19 @@ class ShapesWorld(Dataset):
             raise ValueError(f"noise={noise} must be a finite number >= 0")
         if captions_per_image < 1:
             raise ValueError(f"captions_per_image={captions_per_image} must be >= 1")
-        weights = np.ones(_MAX_OBJECTS) if object_weights is None else np.asarray(object_weights, dtype=np.float64)
-        if weights.shape != (_MAX_OBJECTS,) or not np.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError(f"object_weights={object_weights!r} must be {_MAX_OBJECTS} non-negative numbers")
+        weights = (
+            np.ones(_MAX_OBJECTS)
+            if object_weights is None
+            else np.asarray(object_weights, dtype=np.float64)
+        )
+        if (
+            weights.shape != (_MAX_OBJECTS,)
+            or not np.isfinite(weights).all()
+            or (weights < 0).any()
+        ):
+            raise ValueError(
+                f"object_weights={object_weights!r} must be {_MAX_OBJECTS} non-negative numbers"
+            )
         weights = weights.copy()
         weights[: min_objects - 1] = 0.0
         weights[max_objects:] = 0.0
@@ -356,7 +420,9 @@ class ShapesWorld(Dataset):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.size):
             bad = idx[(idx < 0) | (idx >= self.size)][0]
-            raise IndexError(f"index {bad} is out of range for {self!r} (valid: 0..{self.size - 1})")
+            raise IndexError(
+                f"index {bad} is out of range for {self!r} (valid: 0..{self.size - 1})"
+            )
         return idx
 
     def _uniform(self, idx: np.ndarray, stream: int, n: int) -> np.ndarray:
@@ -366,14 +432,27 @@ class ShapesWorld(Dataset):
         """Sample the scene parameters of many images at once (vectorised, index-addressable)."""
         idx = self._check_indices(indices)
         b = idx.size
-        count = 1 + np.searchsorted(self.object_cdf, self._uniform(idx, 0, 1)[:, 0], side="right")
+        count = 1 + np.searchsorted(
+            self.object_cdf, self._uniform(idx, 0, 1)[:, 0], side="right"
+        )
         count = np.minimum(count, self.max_objects)
-        shape = np.minimum((self._uniform(idx, 1, _MAX_OBJECTS) * len(SHAPES)).astype(np.int64), len(SHAPES) - 1)
-        size = np.minimum((self._uniform(idx, 2, _MAX_OBJECTS) * len(SIZES)).astype(np.int64), len(SIZES) - 1)
+        shape = np.minimum(
+            (self._uniform(idx, 1, _MAX_OBJECTS) * len(SHAPES)).astype(np.int64),
+            len(SHAPES) - 1,
+        )
+        size = np.minimum(
+            (self._uniform(idx, 2, _MAX_OBJECTS) * len(SIZES)).astype(np.int64),
+            len(SIZES) - 1,
+        )
         u_colour = self._uniform(idx, 3, _MAX_OBJECTS)
         if self.split == "compositional":
-            colour = np.minimum((u_colour * len(COLOURS)).astype(np.int64), len(COLOURS) - 1)
-            pair = np.minimum((self._uniform(idx, 4, 1)[:, 0] * len(HELD_OUT_PAIRS)).astype(np.int64), len(HELD_OUT_PAIRS) - 1)
+            colour = np.minimum(
+                (u_colour * len(COLOURS)).astype(np.int64), len(COLOURS) - 1
+            )
+            pair = np.minimum(
+                (self._uniform(idx, 4, 1)[:, 0] * len(HELD_OUT_PAIRS)).astype(np.int64),
+                len(HELD_OUT_PAIRS) - 1,
+            )
             colour[:, 0] = _HELD_OUT_IDS[pair, 0]
             shape[:, 0] = _HELD_OUT_IDS[pair, 1]
         else:
@@ -393,7 +472,9 @@ class ShapesWorld(Dataset):
             ok = np.ones_like(cx, dtype=bool)
             for j in range(k):
                 need = extent[:, k : k + 1] + extent[:, j : j + 1] + _GAP
-                far = (cx - x[:, j : j + 1]) ** 2 + (cy - y[:, j : j + 1]) ** 2 > need**2
+                far = (cx - x[:, j : j + 1]) ** 2 + (
+                    cy - y[:, j : j + 1]
+                ) ** 2 > need**2
                 ok &= far | ~valid[:, j : j + 1]
             first = ok.argmax(axis=1)
             placed = wanted & ok[np.arange(b), first]
@@ -403,7 +484,14 @@ class ShapesWorld(Dataset):
         self._place_lone_objects(idx, count, radius[:, 0], x, y)
         return _Layout(shape=shape, colour=colour, size=size, x=x, y=y, valid=valid)
 
-    def _place_lone_objects(self, idx: np.ndarray, count: np.ndarray, radius: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    def _place_lone_objects(
+        self,
+        idx: np.ndarray,
+        count: np.ndarray,
+        radius: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+    ) -> None:
         """Move each lone object well inside one of the nine regions its caption names.
 
         A lone object is described only by its region ("at the top left"), so its centre is
@@ -437,11 +525,15 @@ class ShapesWorld(Dataset):
         if self.noise == 0:
             return images
         for row, i in enumerate(idx):
-            gen = torch.Generator().manual_seed(int(self._uniform(np.array([i]), 5, 1)[0, 0] * 2**62))
+            gen = torch.Generator().manual_seed(
+                int(self._uniform(np.array([i]), 5, 1)[0, 0] * 2**62)
+            )
             images[row] += self.noise * torch.randn(images.shape[1:], generator=gen)
         return images.clamp_(0.0, 1.0)
 
-    def render(self, indices: Sequence[int] | np.ndarray, layout: _Layout | None = None) -> torch.Tensor:
+    def render(
+        self, indices: Sequence[int] | np.ndarray, layout: _Layout | None = None
+    ) -> torch.Tensor:
         """Draw many images at once: FloatTensor[B, 3, H, W] in [0, 1] (vectorised path).
 
         Each object is evaluated on a small square patch around its centre (not the whole
@@ -499,21 +591,34 @@ class ShapesWorld(Dataset):
         for obj in self.scene(index).objects:
             dx = coords[None, :] - torch.tensor(obj.x, dtype=torch.float32)
             dy = coords[:, None] - torch.tensor(obj.y, dtype=torch.float32)
-            mask = _shape_mask(obj.shape, dx, dy, torch.tensor(SIZE_RADIUS[obj.size], dtype=torch.float32))
-            image[:, mask] = torch.tensor(COLOUR_RGB[obj.colour], dtype=torch.float32)[:, None]
+            mask = _shape_mask(
+                obj.shape,
+                dx,
+                dy,
+                torch.tensor(SIZE_RADIUS[obj.size], dtype=torch.float32),
+            )
+            image[:, mask] = torch.tensor(COLOUR_RGB[obj.colour], dtype=torch.float32)[
+                :, None
+            ]
         return self._add_noise(image[None], idx)[0]
 
     # ------------------------------------------------------------------ captions
     def _caption_rng(self, index: int, caption: int, n: int) -> list[float]:
-        return self._uniform(np.array([index]), _NUM_CAPTION_STREAM_BASE + caption, n)[0].tolist()
+        return self._uniform(np.array([index]), _NUM_CAPTION_STREAM_BASE + caption, n)[
+            0
+        ].tolist()
 
     def captions(self, index: int) -> list[str]:
         """The ``captions_per_image`` captions of image ``index`` (cached after the first call)."""
         return self._captions_of(self._check_indices([index]))[0]
 
-    def _captions_of(self, idx: np.ndarray, layout: _Layout | None = None) -> list[list[str]]:
+    def _captions_of(
+        self, idx: np.ndarray, layout: _Layout | None = None
+    ) -> list[list[str]]:
         """Captions of many images; scene graphs are built (in one batch) only for uncached ones."""
-        missing = [row for row, i in enumerate(idx) if int(i) not in self._caption_cache]
+        missing = [
+            row for row, i in enumerate(idx) if int(i) not in self._caption_cache
+        ]
         if missing:
             if layout is None or len(missing) < len(idx):
                 scenes = self.scenes(idx[missing])
@@ -522,7 +627,10 @@ class ShapesWorld(Dataset):
             for row, scene in zip(missing, scenes):
                 i = int(idx[row])
                 self._caption_cache[i] = [
-                    _render_caption(scene, _caption_plan(scene, self._caption_rng(i, c, _PLAN_RANDOMS)))
+                    _render_caption(
+                        scene,
+                        _caption_plan(scene, self._caption_rng(i, c, _PLAN_RANDOMS)),
+                    )
                     for c in range(self.captions_per_image)
                 ]
         return [list(self._caption_cache[int(i)]) for i in idx]
@@ -540,8 +648,12 @@ class ShapesWorld(Dataset):
         descriptions = [obj.phrase() for obj in scene.objects]
         if plan.main is None or len(set(descriptions)) < len(descriptions):
             return None
-        swapped = Relation(plan.main.subject, OPPOSITE_RELATION[plan.main.relation], plan.main.object)
-        return _render_caption(scene, _CaptionPlan(**{**plan.__dict__, "main": swapped}))
+        swapped = Relation(
+            plan.main.subject, OPPOSITE_RELATION[plan.main.relation], plan.main.object
+        )
+        return _render_caption(
+            scene, _CaptionPlan(**{**plan.__dict__, "main": swapped})
+        )
 
     def attribute_swap(self, index: int, caption: int = 0) -> str | None:
         """Caption ``caption`` of image ``index`` with the colours of its two main objects exchanged.
@@ -557,8 +669,12 @@ class ShapesWorld(Dataset):
         if scene.objects[a].colour == scene.objects[b].colour:
             return None
         objects = list(scene.objects)
-        objects[a] = ShapeObject(**{**asdict(objects[a]), "colour": scene.objects[b].colour})
-        objects[b] = ShapeObject(**{**asdict(objects[b]), "colour": scene.objects[a].colour})
+        objects[a] = ShapeObject(
+            **{**asdict(objects[a]), "colour": scene.objects[b].colour}
+        )
+        objects[b] = ShapeObject(
+            **{**asdict(objects[b]), "colour": scene.objects[a].colour}
+        )
         return _render_caption(SceneGraph(tuple(objects), scene.relations), plan)
 
     def caption_image_index(self) -> tuple[list[str], torch.Tensor]:
@@ -580,7 +696,10 @@ class ShapesWorld(Dataset):
         lay = self.layout(idx)
         images = self.render(idx, layout=lay)
         captions = self._captions_of(idx, layout=lay)
-        return [{"image": images[row], "captions": captions[row], "index": int(i)} for row, i in enumerate(idx)]
+        return [
+            {"image": images[row], "captions": captions[row], "index": int(i)}
+            for row, i in enumerate(idx)
+        ]
 
 
 @dataclass(frozen=True)
@@ -606,9 +725,19 @@ def _caption_plan(scene: SceneGraph, u: Sequence[float]) -> _CaptionPlan:
         main = relations[min(int(u[1] * len(relations)), len(relations) - 1)]
         if len(scene.objects) == 3:
             third = ({0, 1, 2} - {main.subject, main.object}).pop()
-            candidates = [r for r in relations if r.subject == third and r.object in (main.subject, main.object)]
+            candidates = [
+                r
+                for r in relations
+                if r.subject == third and r.object in (main.subject, main.object)
+            ]
             extra = candidates[min(int(u[2] * len(candidates)), len(candidates) - 1)]
-    return _CaptionPlan(template=min(int(u[0] * 5), 4), synonyms=tuple(u[4:]), main=main, extra=extra, inverse=u[3] < 0.2)
+    return _CaptionPlan(
+        template=min(int(u[0] * 5), 4),
+        synonyms=tuple(u[4:]),
+        main=main,
+        extra=extra,
+        inverse=u[3] < 0.2,
+    )
 
 
 def _noun(obj: ShapeObject, u: Sequence[float], article: str) -> str:
@@ -625,17 +754,29 @@ def _render_caption(scene: SceneGraph, plan: _CaptionPlan) -> str:
     if plan.main is None:
         where = _pick(REGION_WORDS[objs[0].region()], u[0])
         a = _noun(objs[0], u[1:4], "a")
-        return (f"{a} {where}", f"there is {a} {where}", f"{a} is {where}",
-                f"a picture of {a} {where}", f"{where}, there is {a}")[plan.template]
+        return (
+            f"{a} {where}",
+            f"there is {a} {where}",
+            f"{a} is {where}",
+            f"a picture of {a} {where}",
+            f"{where}, there is {a}",
+        )[plan.template]
     rel = plan.main
     a = _noun(objs[rel.subject], u[1:4], "a")
     b = _noun(objs[rel.object], u[4:7], "a")
     if plan.inverse:
-        clause = f"{b} is {_pick(RELATION_WORDS[OPPOSITE_RELATION[rel.relation]], u[7])} {a}"
+        clause = (
+            f"{b} is {_pick(RELATION_WORDS[OPPOSITE_RELATION[rel.relation]], u[7])} {a}"
+        )
     else:
         words = _pick(RELATION_WORDS[rel.relation], u[7])
-        clause = (f"{a} {words} {b}", f"{a} is {words} {b}", f"there is {a} {words} {b}",
-                  f"a picture of {a} {words} {b}", f"in this image, {a} is {words} {b}")[plan.template]
+        clause = (
+            f"{a} {words} {b}",
+            f"{a} is {words} {b}",
+            f"there is {a} {words} {b}",
+            f"a picture of {a} {words} {b}",
+            f"in this image, {a} is {words} {b}",
+        )[plan.template]
     if plan.extra is None:
         return clause
     c = _noun(objs[plan.extra.subject], u[8:11], "a")
@@ -644,7 +785,7 @@ def _render_caption(scene: SceneGraph, plan: _CaptionPlan) -> str:
     return f"{clause}{joiner} {c} is {_pick(RELATION_WORDS[plan.extra.relation], u[14])} {target}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def caption_words() -> tuple[str, ...]:
     """Every word the ShapesWorld grammar can produce (sorted), e.g. to size a vocabulary."""
     words = {"a", "the", "is", "there", "picture", "of", "and", "in", "this", "image"}

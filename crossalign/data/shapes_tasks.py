@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -100,11 +101,21 @@ class ShapesMatching(Dataset):
             raise ValueError(
                 f"negatives={negatives!r} must be a non-empty list of distinct kinds from {NEGATIVE_KINDS}"
             )
-        is_number = isinstance(positive_rate, numbers.Real) and not isinstance(positive_rate, bool)
-        if not is_number or not math.isfinite(positive_rate) or not 0 <= positive_rate <= 1:
-            raise ValueError(f"positive_rate={positive_rate!r} must be a number in [0, 1]")
+        is_number = isinstance(positive_rate, numbers.Real) and not isinstance(
+            positive_rate, bool
+        )
+        if (
+            not is_number
+            or not math.isfinite(positive_rate)
+            or not 0 <= positive_rate <= 1
+        ):
+            raise ValueError(
+                f"positive_rate={positive_rate!r} must be a number in [0, 1]"
+            )
         if world.size < 2:
-            raise ValueError(f"world has {world.size} image; matching needs at least 2 (for random negatives)")
+            raise ValueError(
+                f"world has {world.size} image; matching needs at least 2 (for random negatives)"
+            )
         self.negatives = negatives
         self.positive_rate = float(positive_rate)
         self.seed = _check_seed(seed)
@@ -123,7 +134,9 @@ class ShapesMatching(Dataset):
         """The (caption, label, kind) of item ``index``, without rendering its image."""
         idx = self.world._check_indices([index])
         i = int(idx[0])
-        u_positive, u_caption, u_kind = hash_uniform(self.seed, self._split_code, idx, _MATCHING_STREAM, 3)[0]
+        u_positive, u_caption, u_kind = hash_uniform(
+            self.seed, self._split_code, idx, _MATCHING_STREAM, 3
+        )[0]
         caption = _choose(u_caption, self.world.captions_per_image)
         if u_positive < self.positive_rate:
             return self.world.captions(i)[caption], 1, "positive"
@@ -150,14 +163,22 @@ class ShapesMatching(Dataset):
         """
         own = {obj.phrase() for obj in self.world.scene(index).objects}
         idx = np.array([index])
-        u = hash_uniform(self.seed, self._split_code, idx, _RANDOM_PARTNER_STREAM, _RANDOM_PARTNER_TRIES)[0]
+        u = hash_uniform(
+            self.seed,
+            self._split_code,
+            idx,
+            _RANDOM_PARTNER_STREAM,
+            _RANDOM_PARTNER_TRIES,
+        )[0]
         size = self.world.size
         drawn = [(index + 1 + _choose(v, size - 1)) % size for v in u]
         scan = [(index + step) % size for step in range(1, size)]
         for partner in drawn + scan:
             if not {obj.phrase() for obj in self.world.scene(partner).objects} <= own:
                 return self.world.captions(partner)[caption]
-        raise ValueError(f"no image of {self.world!r} has an object that image {index} lacks; use a larger world")
+        raise ValueError(
+            f"no image of {self.world!r} has an object that image {index} lacks; use a larger world"
+        )
 
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
@@ -169,7 +190,15 @@ class ShapesMatching(Dataset):
         items = []
         for row, i in enumerate(idx):
             caption, label, kind = self.pair(int(i))
-            items.append({"image": images[row], "caption": caption, "label": label, "kind": kind, "index": int(i)})
+            items.append(
+                {
+                    "image": images[row],
+                    "caption": caption,
+                    "label": label,
+                    "kind": kind,
+                    "index": int(i),
+                }
+            )
         return items
 
 
@@ -189,7 +218,11 @@ def _unique(objects: Sequence[ShapeObject], key) -> list[int]:
 
 def _shortest_description(objects: Sequence[ShapeObject], k: int) -> str | None:
     """The shortest of "shape", "colour shape", "size colour shape" that names only object ``k``."""
-    for key in (lambda o: (o.shape,), lambda o: (o.colour, o.shape), lambda o: (o.size, o.colour, o.shape)):
+    for key in (
+        lambda o: (o.shape,),
+        lambda o: (o.colour, o.shape),
+        lambda o: (o.size, o.colour, o.shape),
+    ):
         if k in _unique(objects, key):
             return " ".join(key(objects[k]))
     return None
@@ -210,16 +243,24 @@ def _ask(scene: SceneGraph, qtype: str, u: Sequence[float]) -> QuestionAnswer | 
         options = _unique(objects, lambda o: o.colour)
         if options:
             obj = objects[options[_choose(u[0], len(options))]]
-            return QuestionAnswer(f"what shape is the {obj.colour} object?", obj.shape, qtype)
+            return QuestionAnswer(
+                f"what shape is the {obj.colour} object?", obj.shape, qtype
+            )
         return None
     if qtype == "size":
         options = _unique(objects, lambda o: (o.colour, o.shape))
         if options:
             obj = objects[options[_choose(u[0], len(options))]]
-            return QuestionAnswer(f"what size is the {obj.colour} {obj.shape}?", obj.size, qtype)
+            return QuestionAnswer(
+                f"what size is the {obj.colour} {obj.shape}?", obj.size, qtype
+            )
         return None
     names = [_shortest_description(objects, k) for k in range(len(objects))]
-    facts = [r for r in scene.relations if names[r.subject] is not None and names[r.object] is not None]
+    facts = [
+        r
+        for r in scene.relations
+        if names[r.subject] is not None and names[r.object] is not None
+    ]
     if not facts:
         return None
     fact = facts[_choose(u[0], len(facts))]
@@ -285,8 +326,12 @@ class ShapesQA(Dataset):
         images = self.world.render(idx)
         return [
             {
-                "image": images[row], "question": qa.question, "answer": qa.answer,
-                "answer_id": ANSWERS.index(qa.answer), "type": qa.type, "index": int(i),
+                "image": images[row],
+                "question": qa.question,
+                "answer": qa.answer,
+                "answer_id": ANSWERS.index(qa.answer),
+                "type": qa.type,
+                "index": int(i),
             }
             for row, (i, qa) in enumerate(zip(idx, self._questions(idx)))
         ]

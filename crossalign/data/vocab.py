@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -55,10 +56,14 @@ def simple_tokenize(text: str) -> list[str]:
 def _check_max_len(max_len: int | None, minimum: int) -> None:
     """Raise a ValueError when a length limit is below what one encoded text needs."""
     if max_len is not None and (not isinstance(max_len, int) or max_len < minimum):
-        raise ValueError(f"max_len must be an integer >= {minimum} (or None for no limit), got {max_len!r}")
+        raise ValueError(
+            f"max_len must be an integer >= {minimum} (or None for no limit), got {max_len!r}"
+        )
 
 
-def _pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad integer sequences into ``(ids LongTensor[B, L], mask BoolTensor[B, L])``."""
     width = max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -73,7 +78,9 @@ def _as_id_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
     """Turn a 1-D tensor or a sequence of ints into a list of Python ints."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
-            raise ValueError(f"decode expects one sequence (a 1-D tensor), got shape {tuple(ids.shape)}")
+            raise ValueError(
+                f"decode expects one sequence (a 1-D tensor), got shape {tuple(ids.shape)}"
+            )
         return [int(i) for i in ids.tolist()]
     return [int(i) for i in ids]
 
@@ -93,24 +100,36 @@ class Vocabulary:
                 f"a vocabulary's first tokens must be the special tokens {list(SPECIAL_TOKENS)}, "
                 f"got {tokens[: len(SPECIAL_TOKENS)]}; use Vocabulary.build(texts) to make one"
             )
-        duplicates = sorted(token for token, count in Counter(tokens).items() if count > 1)
+        duplicates = sorted(
+            token for token, count in Counter(tokens).items() if count > 1
+        )
         if duplicates:
-            raise ValueError(f"vocabulary tokens must be unique; repeated: {duplicates[:10]}")
+            raise ValueError(
+                f"vocabulary tokens must be unique; repeated: {duplicates[:10]}"
+            )
         self._itos: list[str] = tokens
-        self._stoi: dict[str, int] = {token: index for index, token in enumerate(tokens)}
+        self._stoi: dict[str, int] = {
+            token: index for index, token in enumerate(tokens)
+        }
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None) -> "Vocabulary":
+    def build(
+        cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
         """Count the words of ``texts`` and keep those seen at least ``min_freq`` times.
 
         ``max_size`` caps the total size, the four special tokens included; the least
         frequent words are dropped first (ties: alphabetically later words first).
         """
         if isinstance(texts, str):
-            raise TypeError("Vocabulary.build expects a collection of texts, not a single str; wrap it in a list")
+            raise TypeError(
+                "Vocabulary.build expects a collection of texts, not a single str; wrap it in a list"
+            )
         if not isinstance(min_freq, int) or min_freq < 1:
             raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
-        if max_size is not None and (not isinstance(max_size, int) or max_size < len(SPECIAL_TOKENS)):
+        if max_size is not None and (
+            not isinstance(max_size, int) or max_size < len(SPECIAL_TOKENS)
+        ):
             raise ValueError(
                 f"max_size counts the {len(SPECIAL_TOKENS)} special tokens too and must be an integer "
                 f">= {len(SPECIAL_TOKENS)} (or None), got {max_size!r}"
@@ -121,9 +140,18 @@ class Vocabulary:
             counts.update(simple_tokenize(text))
             n_texts += 1
         if not counts:
-            what = "no texts" if n_texts == 0 else f"{n_texts} text(s) without a single word"
-            raise ValueError(f"cannot build a vocabulary from {what}; pass the training captions")
-        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+            what = (
+                "no texts"
+                if n_texts == 0
+                else f"{n_texts} text(s) without a single word"
+            )
+            raise ValueError(
+                f"cannot build a vocabulary from {what}; pass the training captions"
+            )
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq),
+            key=lambda w: (-counts[w], w),
+        )
         if max_size is not None:
             words = words[: max_size - len(SPECIAL_TOKENS)]
         return cls([*SPECIAL_TOKENS, *words])
@@ -172,10 +200,14 @@ class Vocabulary:
     def id_to_token(self, index: int) -> str:
         """Return the token with id ``index``; an id outside the vocabulary is a ValueError."""
         if not 0 <= index < len(self._itos):
-            raise ValueError(f"id {index} is outside the vocabulary (valid ids are 0..{len(self._itos) - 1})")
+            raise ValueError(
+                f"id {index} is outside the vocabulary (valid ids are 0..{len(self._itos) - 1})"
+            )
         return self._itos[index]
 
-    def encode(self, text: str, add_special: bool = True, max_len: int | None = None) -> list[int]:
+    def encode(
+        self, text: str, add_special: bool = True, max_len: int | None = None
+    ) -> list[int]:
         """Turn ``text`` into ids: ``[<bos>, words..., <eos>]`` (or just the words).
 
         Words outside the vocabulary become ``<unk>``. ``max_len`` caps the length of the
@@ -190,7 +222,9 @@ class Vocabulary:
             ids = ids[: max_len - 2]
         return [self.bos_id, *ids, self.eos_id]
 
-    def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode ``texts`` (with ``<bos>``/``<eos>``) and right-pad them to one length.
 
         Returns ``input_ids`` (LongTensor[B, L], padded with ``pad_id``) and
@@ -198,12 +232,18 @@ class Vocabulary:
         encoded text (at most ``max_len``).
         """
         if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of texts, not a single str; wrap it in a list")
+            raise TypeError(
+                "encode_batch expects a list of texts, not a single str; wrap it in a list"
+            )
         if len(texts) == 0:
             raise ValueError("encode_batch got an empty list of texts")
-        return _pad_batch([self.encode(text, max_len=max_len) for text in texts], self.pad_id)
+        return _pad_batch(
+            [self.encode(text, max_len=max_len) for text in texts], self.pad_id
+        )
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
+    def decode(
+        self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True
+    ) -> str:
         """Turn ids back into a space-separated string.
 
         With ``skip_special`` the text ends at the first ``<eos>`` (what a decoder generates
@@ -225,7 +265,9 @@ class Vocabulary:
             words.append(self._itos[index])
         return " ".join(words)
 
-    def decode_batch(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+    def decode_batch(
+        self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True
+    ) -> list[str]:
         """Decode each row of a batch of ids (for example a [B, L] tensor) with :meth:`decode`."""
         return [self.decode(row, skip_special=skip_special) for row in ids]
 
@@ -234,10 +276,16 @@ class Vocabulary:
         return {"type": "vocabulary", "tokens": list(self._itos)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Vocabulary":
+    def from_dict(cls, data: dict[str, Any]) -> Vocabulary:
         """Rebuild a vocabulary saved with :meth:`to_dict`."""
-        if not isinstance(data, dict) or data.get("type") != "vocabulary" or "tokens" not in data:
-            raise ValueError("expected a dict saved by Vocabulary.to_dict() with type 'vocabulary' and 'tokens'")
+        if (
+            not isinstance(data, dict)
+            or data.get("type") != "vocabulary"
+            or "tokens" not in data
+        ):
+            raise ValueError(
+                "expected a dict saved by Vocabulary.to_dict() with type 'vocabulary' and 'tokens'"
+            )
         return cls(data["tokens"])
 
 
@@ -263,7 +311,9 @@ def default_text_model_path() -> str:
     return str(path)
 
 
-def resolve_pretrained_source(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
+def resolve_pretrained_source(
+    name_or_path: str | os.PathLike | None,
+) -> tuple[str, bool]:
     """Return ``(path_or_id, local_files_only)`` for a Hugging Face ``from_pretrained`` call.
 
     ``None`` means :func:`default_text_model_path`. A local folder must hold ``config.json``
@@ -276,17 +326,27 @@ def resolve_pretrained_source(name_or_path: str | os.PathLike | None) -> tuple[s
     source = os.fspath(name_or_path)
     folder = Path(source).expanduser()
     if folder.is_dir():
-        if not any((folder / name).is_file() for name in ("config.json", "tokenizer_config.json")):
+        if not any(
+            (folder / name).is_file()
+            for name in ("config.json", "tokenizer_config.json")
+        ):
             raise FileNotFoundError(
                 f"the folder {folder} holds no Hugging Face model or tokenizer (no config.json or "
                 "tokenizer_config.json); pass the folder that save_pretrained() wrote"
             )
         return str(folder), True
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
     return source, offline
 
 
-def load_pretrained(factory: Any, name_or_path: str | os.PathLike | None, what: str) -> tuple[Any, str]:
+def load_pretrained(
+    factory: Any, name_or_path: str | os.PathLike | None, what: str
+) -> tuple[Any, str]:
     """``factory.from_pretrained`` on the resolved source (see :func:`resolve_pretrained_source`).
 
     Returns the loaded object and the source it came from; a failure raises one ``OSError``
@@ -310,13 +370,19 @@ class HFTokenizerAdapter:
     (special tokens included).
     """
 
-    def __init__(self, name_or_path: str | os.PathLike | None = None, max_len: int = 64) -> None:
+    def __init__(
+        self, name_or_path: str | os.PathLike | None = None, max_len: int = 64
+    ) -> None:
         from transformers import AutoTokenizer
 
         _check_max_len(max_len, 2)
-        self.tokenizer, source = load_pretrained(AutoTokenizer, name_or_path, "tokenizer")
+        self.tokenizer, source = load_pretrained(
+            AutoTokenizer, name_or_path, "tokenizer"
+        )
         if self.tokenizer.pad_token_id is None:
-            raise ValueError(f"the tokenizer of {source!r} has no padding token, so batches cannot be padded")
+            raise ValueError(
+                f"the tokenizer of {source!r} has no padding token, so batches cannot be padded"
+            )
         self.name_or_path = None if name_or_path is None else os.fspath(name_or_path)
         self.max_len = max_len
 
@@ -331,43 +397,65 @@ class HFTokenizerAdapter:
         """Id of the padding token."""
         return int(self.tokenizer.pad_token_id)
 
-    def encode(self, text: str, add_special: bool = True, max_len: int | None = None) -> list[int]:
+    def encode(
+        self, text: str, add_special: bool = True, max_len: int | None = None
+    ) -> list[int]:
         """Turn ``text`` into ids (with the model's special tokens, e.g. ``[CLS] ... [SEP]``)."""
         _check_max_len(max_len, 2)
         limit = self.max_len if max_len is None else max_len
-        encoded = self.tokenizer(text, add_special_tokens=add_special, truncation=True, max_length=limit)
+        encoded = self.tokenizer(
+            text, add_special_tokens=add_special, truncation=True, max_length=limit
+        )
         return list(encoded["input_ids"])
 
-    def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode and right-pad ``texts``: ``(input_ids LongTensor[B, L], attention_mask BoolTensor[B, L])``."""
         if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of texts, not a single str; wrap it in a list")
+            raise TypeError(
+                "encode_batch expects a list of texts, not a single str; wrap it in a list"
+            )
         if len(texts) == 0:
             raise ValueError("encode_batch got an empty list of texts")
         _check_max_len(max_len, 2)
         limit = self.max_len if max_len is None else max_len
         batch = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="pt"
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
         )
         return batch["input_ids"].long(), batch["attention_mask"].bool()
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
+    def decode(
+        self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True
+    ) -> str:
         """Turn ids back into text (special tokens dropped with ``skip_special``)."""
         return self.tokenizer.decode(_as_id_list(ids), skip_special_tokens=skip_special)
 
-    def decode_batch(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+    def decode_batch(
+        self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True
+    ) -> list[str]:
         """Decode each row of a batch of ids with :meth:`decode`."""
         return [self.decode(row, skip_special=skip_special) for row in ids]
 
     def to_dict(self) -> dict[str, Any]:
         """Describe the tokenizer as a JSON-serialisable dict (``None`` path = the offline default)."""
-        return {"type": "hf_tokenizer", "name_or_path": self.name_or_path, "max_len": self.max_len}
+        return {
+            "type": "hf_tokenizer",
+            "name_or_path": self.name_or_path,
+            "max_len": self.max_len,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HFTokenizerAdapter":
+    def from_dict(cls, data: dict[str, Any]) -> HFTokenizerAdapter:
         """Rebuild a tokenizer saved with :meth:`to_dict`."""
         if not isinstance(data, dict) or data.get("type") != "hf_tokenizer":
-            raise ValueError("expected a dict saved by HFTokenizerAdapter.to_dict() with type 'hf_tokenizer'")
+            raise ValueError(
+                "expected a dict saved by HFTokenizerAdapter.to_dict() with type 'hf_tokenizer'"
+            )
         return cls(data.get("name_or_path"), max_len=int(data.get("max_len", 64)))
 
 
@@ -376,5 +464,7 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Vocabulary | HFTokenizerAdapter
     kinds = {"vocabulary": Vocabulary, "hf_tokenizer": HFTokenizerAdapter}
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in kinds:
-        raise ValueError(f"unknown tokenizer type {kind!r}; expected one of {sorted(kinds)}")
+        raise ValueError(
+            f"unknown tokenizer type {kind!r}; expected one of {sorted(kinds)}"
+        )
     return kinds[kind].from_dict(data)

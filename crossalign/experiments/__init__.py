@@ -14,16 +14,45 @@ and fusion modules compared on tasks that need both modalities.
 """
 
 from crossalign.experiments.compare import (
-    CompareConfig, ComparisonData, MethodResult, compare_methods, format_table, prepare_data, swap_accuracy,
+    CompareConfig,
+    ComparisonData,
+    MethodResult,
+    compare_methods,
+    format_table,
+    prepare_data,
+    swap_accuracy,
     train_method,
 )
 from crossalign.experiments.fusion_tasks import (
-    FusionResult, FusionTaskConfig, compare_fusion, format_fusion_table, train_fusion,
+    FusionResult,
+    FusionTaskConfig,
+    compare_fusion,
+    format_fusion_table,
+    train_fusion,
 )
-from crossalign.experiments.methods import AlignmentBatch, AlignmentMethod, get_method, method_names
+from crossalign.experiments.methods import (
+    AlignmentBatch,
+    AlignmentMethod,
+    get_method,
+    method_names,
+)
 
 __all__ = [
-    "AlignmentBatch", "AlignmentMethod", "CompareConfig", "ComparisonData", "MethodResult", "compare_methods",
-    "format_table", "FusionResult", "FusionTaskConfig", "compare_fusion", "format_fusion_table", "train_fusion",
-    "get_method", "method_names", "prepare_data", "swap_accuracy", "train_method",
+    "AlignmentBatch",
+    "AlignmentMethod",
+    "CompareConfig",
+    "ComparisonData",
+    "MethodResult",
+    "compare_methods",
+    "format_table",
+    "FusionResult",
+    "FusionTaskConfig",
+    "compare_fusion",
+    "format_fusion_table",
+    "train_fusion",
+    "get_method",
+    "method_names",
+    "prepare_data",
+    "swap_accuracy",
+    "train_method",
 ]

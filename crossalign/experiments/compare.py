@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -34,25 +34,52 @@ from tqdm import tqdm
 from crossalign.data.build import build_tokenizer
 from crossalign.data.shapes import ShapesWorld
 from crossalign.evaluation import embed_texts
-from crossalign.experiments.methods import AlignmentBatch, AlignmentMethod, get_method, method_names
+from crossalign.experiments.methods import (
+    AlignmentBatch,
+    AlignmentMethod,
+    get_method,
+    method_names,
+)
 from crossalign.metrics import retrieval_metrics
 from crossalign.metrics.geometry import geometry_report
 from crossalign.models.dual_encoder import DualEncoder
-from crossalign.train.config import ExperimentConfig, TrainConfig, default_config_path, load_config
+from crossalign.train.config import (
+    ExperimentConfig,
+    TrainConfig,
+    default_config_path,
+    load_config,
+)
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import NonFiniteLossError, build_model, build_optimizer
 from crossalign.utils import seed_everything, select_device
 
 __all__ = [
-    "COMPARISON_TEXT_TOWER", "TEXT_TOWERS", "CompareConfig", "ComparisonData", "MethodResult", "SwapPairs",
-    "batch_indices", "compare_methods",
-    "evaluate_method", "format_table", "make_batch", "optimise", "prepare_data", "swap_accuracy", "train_method",
+    "COMPARISON_TEXT_TOWER",
+    "TEXT_TOWERS",
+    "CompareConfig",
+    "ComparisonData",
+    "MethodResult",
+    "SwapPairs",
+    "batch_indices",
+    "compare_methods",
+    "evaluate_method",
+    "format_table",
+    "make_batch",
+    "optimise",
+    "prepare_data",
+    "swap_accuracy",
+    "train_method",
 ]
 
 
 #: The comparison's text tower: dilated word convolutions (a 15-word window) with max pooling.
 COMPARISON_TEXT_TOWER: dict[str, object] = {
-    "name": "conv", "embed_dim": 64, "width": 128, "kernel_size": 3, "dilations": [1, 2, 4], "pool": "max",
+    "name": "conv",
+    "embed_dim": 64,
+    "width": 128,
+    "kernel_size": 3,
+    "dilations": [1, 2, 4],
+    "pool": "max",
 }
 #: Values of ``CompareConfig.text_tower``.
 TEXT_TOWERS = ("conv", "recipe")
@@ -87,7 +114,7 @@ class CompareConfig:
     progress: bool = True
 
     @classmethod
-    def fast(cls, **overrides) -> "CompareConfig":
+    def fast(cls, **overrides) -> CompareConfig:
         """The CPU setting: 48-pixel images, 8,000 training images, 1,200 steps of 128 pairs (~50 s a method).
 
         Sized for relations: the hard-negative method needs about this many steps and images,
@@ -95,8 +122,16 @@ class CompareConfig:
         setting, 400 steps on 2,000 images at lr 4e-3 with all ten swaps as negatives, left its
         relation-swap accuracy at 0.86 with the convolution text tower and 0.61 with the GRU).
         """
-        settings = dict(image_size=48, train_size=8000, test_size=500, steps=1200, batch_size=128, lr=1.5e-3,
-                        warmup_steps=20, progress=False)
+        settings = dict(
+            image_size=48,
+            train_size=8000,
+            test_size=500,
+            steps=1200,
+            batch_size=128,
+            lr=1.5e-3,
+            warmup_steps=20,
+            progress=False,
+        )
         return cls(**{**settings, **overrides})
 
     def experiment(self) -> ExperimentConfig:
@@ -114,9 +149,16 @@ class CompareConfig:
             config.model.text_encoder = str(tower.pop("name"))
             config.model.text_kwargs = tower
         config.train = TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio, clip_grad_norm=self.clip_grad_norm,
-            device=self.device, progress=self.progress, channels_last=False,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            min_lr_ratio=self.min_lr_ratio,
+            clip_grad_norm=self.clip_grad_norm,
+            device=self.device,
+            progress=self.progress,
+            channels_last=False,
         )
         return config
 
@@ -124,13 +166,21 @@ class CompareConfig:
         """Raise a ``ValueError`` naming the first setting that cannot work."""
         for name in ("train_size", "test_size", "steps", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"CompareConfig.{name}={getattr(self, name)} must be >= 1")
+                raise ValueError(
+                    f"CompareConfig.{name}={getattr(self, name)} must be >= 1"
+                )
         if self.text_tower not in TEXT_TOWERS:
-            raise ValueError(f"CompareConfig.text_tower={self.text_tower!r} must be one of {TEXT_TOWERS}")
+            raise ValueError(
+                f"CompareConfig.text_tower={self.text_tower!r} must be one of {TEXT_TOWERS}"
+            )
         if self.batch_size > self.train_size:
-            raise ValueError(f"CompareConfig.batch_size={self.batch_size} exceeds train_size={self.train_size}")
+            raise ValueError(
+                f"CompareConfig.batch_size={self.batch_size} exceeds train_size={self.train_size}"
+            )
         if self.test_size < 2:
-            raise ValueError(f"CompareConfig.test_size={self.test_size} must be >= 2 (geometry needs two images)")
+            raise ValueError(
+                f"CompareConfig.test_size={self.test_size} must be >= 2 (geometry needs two images)"
+            )
 
 
 @dataclass
@@ -159,7 +209,9 @@ class ComparisonData:
     train_set: ShapesWorld
     negatives: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def hard_negatives(self, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def hard_negatives(
+        self, max_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids [N, C, 2, L], masks and validity [N, C, 2] of the relation/attribute swaps of every caption.
 
         Computed on first use (it walks every scene graph of the training set) and kept.
@@ -169,19 +221,25 @@ class ComparisonData:
             texts, valid = [], []
             for index in range(n):
                 for caption in range(captions):
-                    for swap in (self.train_set.relation_swap, self.train_set.attribute_swap):
+                    for swap in (
+                        self.train_set.relation_swap,
+                        self.train_set.attribute_swap,
+                    ):
                         text = swap(index, caption)
                         texts.append(text or "")
                         valid.append(text is not None)
             ids, attention = self.tokenizer.encode_batch(texts, max_len=max_len)
             self.negatives = (
-                ids.reshape(n, captions, 2, -1), attention.reshape(n, captions, 2, -1),
+                ids.reshape(n, captions, 2, -1),
+                attention.reshape(n, captions, 2, -1),
                 torch.tensor(valid).reshape(n, captions, 2),
             )
         return self.negatives
 
 
-def _swap_pairs(dataset: ShapesWorld, swap: Callable[[int, int], str | None]) -> SwapPairs:
+def _swap_pairs(
+    dataset: ShapesWorld, swap: Callable[[int, int], str | None]
+) -> SwapPairs:
     images, true_captions, swapped = [], [], []
     for index in range(len(dataset)):
         captions = dataset.captions(index)
@@ -201,15 +259,23 @@ def prepare_data(config: CompareConfig) -> ComparisonData:
     """Render the training and test images, tokenise every caption and collect the swap test pairs."""
     config.check()
     experiment = config.experiment()
-    train_set = ShapesWorld("train", size=config.train_size, image_size=config.image_size, seed=config.seed)
-    test_set = ShapesWorld("test", size=config.test_size, image_size=config.image_size, seed=config.seed)
+    train_set = ShapesWorld(
+        "train", size=config.train_size, image_size=config.image_size, seed=config.seed
+    )
+    test_set = ShapesWorld(
+        "test", size=config.test_size, image_size=config.image_size, seed=config.seed
+    )
     tokenizer = build_tokenizer(experiment.data, train_set)
     images, captions = [], []
     for start in range(0, len(train_set), _RENDER_CHUNK):
-        items = train_set.__getitems__(range(start, min(start + _RENDER_CHUNK, len(train_set))))
+        items = train_set.__getitems__(
+            range(start, min(start + _RENDER_CHUNK, len(train_set)))
+        )
         images.append(torch.stack([item["image"] for item in items]))
         captions.extend(list(item["captions"]) for item in items)
-    ids, attention = tokenizer.encode_batch([text for texts in captions for text in texts], max_len=config.max_len)
+    ids, attention = tokenizer.encode_batch(
+        [text for texts in captions for text in texts], max_len=config.max_len
+    )
     per_image = train_set.captions_per_image
     test_texts, test_owner = test_set.caption_image_index()
     return ComparisonData(
@@ -241,20 +307,27 @@ class MethodResult:
     model: DualEncoder | None = field(default=None, repr=False)
 
 
-def swap_accuracy(image_emb: torch.Tensor, true_emb: torch.Tensor, swapped_emb: torch.Tensor) -> float:
+def swap_accuracy(
+    image_emb: torch.Tensor, true_emb: torch.Tensor, swapped_emb: torch.Tensor
+) -> float:
     """Fraction of rows where the image is more similar to its true caption than to the swapped one.
 
     Row ``i`` of the three [N, D] inputs is one test: an image, its caption and the caption's
     swapped twin. A tie counts as a failure (a model that cannot tell them apart earns nothing),
     so a model that ignores the difference scores 0, and a random one about 0.5.
     """
-    if not (image_emb.shape == true_emb.shape == swapped_emb.shape) or image_emb.dim() != 2:
+    if (
+        not (image_emb.shape == true_emb.shape == swapped_emb.shape)
+        or image_emb.dim() != 2
+    ):
         raise ValueError(
             "image_emb, true_emb and swapped_emb must all be [N, D] with the same shape, got "
             f"{tuple(image_emb.shape)}, {tuple(true_emb.shape)}, {tuple(swapped_emb.shape)}"
         )
     if image_emb.shape[0] == 0:
-        raise ValueError("swap_accuracy needs at least one (image, caption, swapped caption) row")
+        raise ValueError(
+            "swap_accuracy needs at least one (image, caption, swapped caption) row"
+        )
     true_score = (image_emb * true_emb).sum(dim=1)
     swapped_score = (image_emb * swapped_emb).sum(dim=1)
     return float((true_score > swapped_score).double().mean())
@@ -274,14 +347,18 @@ def optimise(
     experiment share. Returns the loss of every step; raises :class:`NonFiniteLossError` on NaN/inf.
     """
     optimizer = build_optimizer(module, train, device)
-    scheduler = warmup_cosine_scheduler(optimizer, train.steps, train.warmup_steps, train.min_lr_ratio)
+    scheduler = warmup_cosine_scheduler(
+        optimizer, train.steps, train.warmup_steps, train.min_lr_ratio
+    )
     parameters = [p for p in module.parameters() if p.requires_grad]
     losses: list[float] = []
     module.train()
     for step in tqdm(range(train.steps), desc=desc, disable=not train.progress):
         loss = loss_at(step)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the learning rate")
+            raise NonFiniteLossError(
+                f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the learning rate"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if train.clip_grad_norm:
@@ -293,13 +370,17 @@ def optimise(
     return losses
 
 
-def batch_indices(num_images: int, batch_size: int, captions_per_image: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_indices(
+    num_images: int, batch_size: int, captions_per_image: int, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Image indices and caption choices of ``step``: epochs are permutations seeded by ``(seed, epoch)``.
 
     Depends only on its arguments, so every method sees exactly the same batches.
     """
     if not 1 <= batch_size <= num_images:
-        raise ValueError(f"batch_size={batch_size} must be between 1 and the number of images ({num_images})")
+        raise ValueError(
+            f"batch_size={batch_size} must be between 1 and the number of images ({num_images})"
+        )
     per_epoch = num_images // batch_size
     epoch, position = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -309,8 +390,14 @@ def batch_indices(num_images: int, batch_size: int, captions_per_image: int, see
     return images, choices[images]
 
 
-def make_batch(data: ComparisonData, images: torch.Tensor, captions: torch.Tensor, device: torch.device,
-               negatives: str | None, max_len: int) -> AlignmentBatch:
+def make_batch(
+    data: ComparisonData,
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    device: torch.device,
+    negatives: str | None,
+    max_len: int,
+) -> AlignmentBatch:
     """The :class:`AlignmentBatch` of the given image indices and caption choices.
 
     ``negatives``: ``None``, ``"chosen"`` (the two swaps of each chosen caption) or ``"all"``
@@ -324,26 +411,62 @@ def make_batch(data: ComparisonData, images: torch.Tensor, captions: torch.Tenso
     if negatives is None:
         return batch
     if negatives not in ("chosen", "all"):
-        raise ValueError(f"negatives must be None, 'chosen' or 'all', got {negatives!r}")
+        raise ValueError(
+            f"negatives must be None, 'chosen' or 'all', got {negatives!r}"
+        )
     ids, attention, valid = data.hard_negatives(max_len)
     if negatives == "chosen":
-        ids, attention, valid = ids[images, captions], attention[images, captions], valid[images, captions]
+        ids, attention, valid = (
+            ids[images, captions],
+            attention[images, captions],
+            valid[images, captions],
+        )
     else:
-        ids, attention, valid = ids[images].flatten(1, 2), attention[images].flatten(1, 2), valid[images].flatten(1)
-    batch.negative_ids, batch.negative_attention, batch.negative_valid = ids.to(device), attention.to(device), valid.to(device)
+        ids, attention, valid = (
+            ids[images].flatten(1, 2),
+            attention[images].flatten(1, 2),
+            valid[images].flatten(1),
+        )
+    batch.negative_ids, batch.negative_attention, batch.negative_valid = (
+        ids.to(device),
+        attention.to(device),
+        valid.to(device),
+    )
     return batch
 
 
 @torch.inference_mode()
-def evaluate_method(model: nn.Module, data: ComparisonData, device: torch.device, max_len: int) -> dict[str, object]:
+def evaluate_method(
+    model: nn.Module, data: ComparisonData, device: torch.device, max_len: int
+) -> dict[str, object]:
     """Retrieval, swap accuracies and geometry of ``model`` on the prepared test split."""
     model.eval()
-    image_emb = torch.cat([model.encode_image(chunk.to(device)).float().cpu() for chunk in data.test_images.split(256)])
-    text_emb = embed_texts(model, data.test_texts, data.tokenizer, device=device, max_len=max_len)
-    scores: dict[str, object] = {"retrieval": retrieval_metrics(image_emb, text_emb, data.test_owner)}
-    for key, pairs in (("relation_swap", data.relation_pairs), ("attribute_swap", data.attribute_pairs)):
-        true_emb = embed_texts(model, pairs.true_captions, data.tokenizer, device=device, max_len=max_len)
-        swapped_emb = embed_texts(model, pairs.swapped_captions, data.tokenizer, device=device, max_len=max_len)
+    image_emb = torch.cat(
+        [
+            model.encode_image(chunk.to(device)).float().cpu()
+            for chunk in data.test_images.split(256)
+        ]
+    )
+    text_emb = embed_texts(
+        model, data.test_texts, data.tokenizer, device=device, max_len=max_len
+    )
+    scores: dict[str, object] = {
+        "retrieval": retrieval_metrics(image_emb, text_emb, data.test_owner)
+    }
+    for key, pairs in (
+        ("relation_swap", data.relation_pairs),
+        ("attribute_swap", data.attribute_pairs),
+    ):
+        true_emb = embed_texts(
+            model, pairs.true_captions, data.tokenizer, device=device, max_len=max_len
+        )
+        swapped_emb = embed_texts(
+            model,
+            pairs.swapped_captions,
+            data.tokenizer,
+            device=device,
+            max_len=max_len,
+        )
         scores[key] = swap_accuracy(image_emb[pairs.images], true_emb, swapped_emb)
     scores["geometry"] = geometry_report(image_emb, text_emb, data.test_owner)
     return scores
@@ -387,12 +510,18 @@ def train_method(
         model.image_encoder = image_encoder
     model = model.to(device)
     auxiliary = method.auxiliary(model.config.embed_dim)
-    trainable = nn.ModuleDict({"model": model, **({"auxiliary": auxiliary} if auxiliary is not None else {})}).to(device)
+    trainable = nn.ModuleDict(
+        {"model": model, **({"auxiliary": auxiliary} if auxiliary is not None else {})}
+    ).to(device)
     num_images, captions_per_image = data.train_ids.shape[:2]
 
     def loss_at(step: int) -> torch.Tensor:
-        images, captions = batch_indices(num_images, config.batch_size, captions_per_image, config.seed, step)
-        batch = make_batch(data, images, captions, device, method.hard_negatives, config.max_len)
+        images, captions = batch_indices(
+            num_images, config.batch_size, captions_per_image, config.seed, step
+        )
+        batch = make_batch(
+            data, images, captions, device, method.hard_negatives, config.max_len
+        )
         return method.loss(model, batch, auxiliary)
 
     if method.hard_negatives:
@@ -402,14 +531,22 @@ def train_method(
     seconds = time.perf_counter() - started
     scores = evaluate_method(model, data, device, config.max_len)
     return MethodResult(
-        name=method.name, retrieval=scores["retrieval"], relation_swap=scores["relation_swap"],
-        attribute_swap=scores["attribute_swap"], geometry=scores["geometry"], seconds=seconds,
-        losses=losses, model=model,
+        name=method.name,
+        retrieval=scores["retrieval"],
+        relation_swap=scores["relation_swap"],
+        attribute_swap=scores["attribute_swap"],
+        geometry=scores["geometry"],
+        seconds=seconds,
+        losses=losses,
+        model=model,
     )
 
 
-def compare_methods(names: Sequence[str] | None = None, config: CompareConfig | None = None,
-                    data: ComparisonData | None = None) -> list[MethodResult]:
+def compare_methods(
+    names: Sequence[str] | None = None,
+    config: CompareConfig | None = None,
+    data: ComparisonData | None = None,
+) -> list[MethodResult]:
     """Train every method of ``names`` (default: all) with the same budget and seed; one result each.
 
     The data are prepared once (or passed in, from :func:`prepare_data` with the same config);
@@ -419,7 +556,9 @@ def compare_methods(names: Sequence[str] | None = None, config: CompareConfig | 
     names = list(names) if names is not None else method_names()
     unknown = [name for name in names if name not in method_names()]
     if unknown:
-        raise ValueError(f"unknown alignment methods {unknown}; valid names: {', '.join(method_names())}")
+        raise ValueError(
+            f"unknown alignment methods {unknown}; valid names: {', '.join(method_names())}"
+        )
     config = config or CompareConfig.fast()
     data = data or prepare_data(config)
     results: list[MethodResult] = []
@@ -444,7 +583,11 @@ _COLUMNS = (
     ("attr-swap", 9, lambda r: r.attribute_swap),
     ("gap", 5, lambda r: r.geometry["modality_gap"]),
     ("align", 5, lambda r: r.geometry["alignment"]),
-    ("unif", 6, lambda r: (r.geometry["uniformity_image"] + r.geometry["uniformity_text"]) / 2),
+    (
+        "unif",
+        6,
+        lambda r: (r.geometry["uniformity_image"] + r.geometry["uniformity_text"]) / 2,
+    ),
     ("time s", 6, lambda r: r.seconds),
 )
 
@@ -460,8 +603,14 @@ def format_table(results: Sequence[MethodResult]) -> str:
     if not results:
         raise ValueError("format_table needs at least one MethodResult")
     name_width = max(_COLUMNS[0][1], *(len(result.name) for result in results))
-    columns = [(title, name_width if get is None else width, get) for title, width, get in _COLUMNS]
-    header = "  ".join(f"{title:<{width}}" if get is None else f"{title:>{width}}" for title, width, get in columns)
+    columns = [
+        (title, name_width if get is None else width, get)
+        for title, width, get in _COLUMNS
+    ]
+    header = "  ".join(
+        f"{title:<{width}}" if get is None else f"{title:>{width}}"
+        for title, width, get in columns
+    )
     lines = [header, "-" * len(header)]
     for result in results:
         cells = []

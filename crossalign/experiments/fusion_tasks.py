@@ -35,15 +35,22 @@ fits this image".
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crossalign.data.shapes import ShapesWorld, caption_words
-from crossalign.data.shapes_tasks import ANSWERS, NEGATIVE_KINDS, QUESTION_TYPES, ShapesMatching, ShapesQA
+from crossalign.data.shapes_tasks import (
+    ANSWERS,
+    NEGATIVE_KINDS,
+    QUESTION_TYPES,
+    ShapesMatching,
+    ShapesQA,
+)
 from crossalign.data.vocab import Vocabulary, simple_tokenize
 from crossalign.losses import clip_loss
 from crossalign.models.dual_encoder import DualEncoder, DualEncoderConfig
@@ -76,9 +83,15 @@ __all__ = [
 #: The tasks :func:`build_task_data` knows.
 FUSION_TASKS: tuple[str, ...] = ("matching", "qa")
 #: The groups each task is scored by, in the order tables show them.
-TASK_GROUPS: dict[str, tuple[str, ...]] = {"matching": ("positive", *reversed(NEGATIVE_KINDS)), "qa": QUESTION_TYPES}
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "matching": ("positive", *reversed(NEGATIVE_KINDS)),
+    "qa": QUESTION_TYPES,
+}
 #: The class names of each task (the position of a name is its target id).
-TASK_CLASSES: dict[str, tuple[str, ...]] = {"matching": ("false", "true"), "qa": ANSWERS}
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "matching": ("false", "true"),
+    "qa": ANSWERS,
+}
 
 
 @dataclass
@@ -119,7 +132,10 @@ class FusionTaskConfig:
     embed_dim: int = 64
     fusion_dim: int = 64
     fusion_options: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"concat": {"hidden_dim": 128}, "cross_attention": {"num_heads": 4, "hidden_dim": 128}}
+        default_factory=lambda: {
+            "concat": {"hidden_dim": 128},
+            "cross_attention": {"num_heads": 4, "hidden_dim": 128},
+        }
     )
     steps: int = 600
     batch_size: int = 64
@@ -132,25 +148,46 @@ class FusionTaskConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "train_size", "test_size", "text_dim", "pretrain_size", "pretrain_steps", "pretrain_batch_size",
-            "embed_dim", "fusion_dim", "steps", "batch_size", "eval_batch_size",
+            "train_size",
+            "test_size",
+            "text_dim",
+            "pretrain_size",
+            "pretrain_steps",
+            "pretrain_batch_size",
+            "embed_dim",
+            "fusion_dim",
+            "steps",
+            "batch_size",
+            "eval_batch_size",
         )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FusionTaskConfig.{name} must be a positive integer, got {value!r}")
-        for name, size in (("batch_size", "train_size"), ("pretrain_batch_size", "pretrain_size")):
+                raise ValueError(
+                    f"FusionTaskConfig.{name} must be a positive integer, got {value!r}"
+                )
+        for name, size in (
+            ("batch_size", "train_size"),
+            ("pretrain_batch_size", "pretrain_size"),
+        ):
             if getattr(self, name) > getattr(self, size):
                 raise ValueError(
                     f"FusionTaskConfig.{name} ({getattr(self, name)}) is larger than {size} ({getattr(self, size)})"
                 )
-        if not (self.lr > 0 and self.pretrain_lr > 0 and self.weight_decay >= 0 and self.grad_clip > 0):
+        if not (
+            self.lr > 0
+            and self.pretrain_lr > 0
+            and self.weight_decay >= 0
+            and self.grad_clip > 0
+        ):
             raise ValueError(
                 "FusionTaskConfig needs lr > 0, pretrain_lr > 0, weight_decay >= 0 and grad_clip > 0, got "
                 f"{self.lr}, {self.pretrain_lr}, {self.weight_decay}, {self.grad_clip}"
             )
         if self.warmup_steps < 0:
-            raise ValueError(f"FusionTaskConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ValueError(
+                f"FusionTaskConfig.warmup_steps must be >= 0, got {self.warmup_steps}"
+            )
         self.image_widths = tuple(int(width) for width in self.image_widths)
         unknown = sorted(set(self.fusion_options) - set(FUSION_NAMES))
         if unknown:
@@ -197,7 +234,9 @@ class TaskData:
 def _check_task(task: str) -> None:
     """Raise a ValueError unless ``task`` is one of :data:`FUSION_TASKS`."""
     if task not in FUSION_TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(FUSION_TASKS)}")
+        raise ValueError(
+            f"unknown task {task!r}; valid tasks: {', '.join(FUSION_TASKS)}"
+        )
 
 
 def _split(task: str, world: ShapesWorld, seed: int) -> TaskSplit:
@@ -225,8 +264,13 @@ def build_task_data(task: str, config: FusionTaskConfig | None = None) -> TaskDa
     _check_task(task)
     config = FusionTaskConfig() if config is None else config
     splits = {
-        split: _split(task, ShapesWorld(split, size=size, image_size=config.image_size, seed=config.world_seed),
-                      config.world_seed)
+        split: _split(
+            task,
+            ShapesWorld(
+                split, size=size, image_size=config.image_size, seed=config.world_seed
+            ),
+            config.world_seed,
+        )
         for split, size in (("train", config.train_size), ("test", config.test_size))
     }
     return TaskData(task=task, train=splits["train"], test=splits["test"])
@@ -273,7 +317,9 @@ def _optimise(
     for step in range(steps):
         loss = loss_at(step)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"the loss became {loss.item()} at step {step}; lower the learning rate")
+            raise RuntimeError(
+                f"the loss became {loss.item()} at step {step}; lower the learning rate"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
@@ -300,11 +346,16 @@ def _batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.
 
 def backbone_vocabulary(extra_texts: Sequence[str] = ()) -> Vocabulary:
     """Every ShapesWorld caption word plus the words of ``extra_texts`` (e.g. the QA questions)."""
-    words = [*caption_words(), *(word for text in extra_texts for word in simple_tokenize(text))]
+    words = [
+        *caption_words(),
+        *(word for text in extra_texts for word in simple_tokenize(text)),
+    ]
     return Vocabulary.build(words)
 
 
-def pretrain_backbone(config: FusionTaskConfig | None = None, extra_texts: Sequence[str] = ()) -> Backbone:
+def pretrain_backbone(
+    config: FusionTaskConfig | None = None, extra_texts: Sequence[str] = ()
+) -> Backbone:
     """Train a small dual encoder with symmetric InfoNCE on ShapesWorld captions; return it frozen.
 
     Images: ``config.pretrain_size`` training-split images (world seed ``config.world_seed + 1``,
@@ -315,20 +366,36 @@ def pretrain_backbone(config: FusionTaskConfig | None = None, extra_texts: Seque
     config = FusionTaskConfig() if config is None else config
     device = select_device(config.device)
     tokenizer = backbone_vocabulary(extra_texts)
-    world = ShapesWorld("train", size=config.pretrain_size, image_size=config.image_size, seed=config.world_seed + 1)
+    world = ShapesWorld(
+        "train",
+        size=config.pretrain_size,
+        image_size=config.image_size,
+        seed=config.world_seed + 1,
+    )
     items = world.__getitems__(range(len(world)))
     images = torch.stack([item["image"] for item in items])
     captions = [caption for item in items for caption in item["captions"]]
     ids, mask = tokenizer.encode_batch(captions)
     per_image = world.captions_per_image
-    ids, mask = ids.view(len(world), per_image, -1), mask.view(len(world), per_image, -1)
+    ids, mask = (
+        ids.view(len(world), per_image, -1),
+        mask.view(len(world), per_image, -1),
+    )
     seed_everything(config.seed)
     model = DualEncoder(
         DualEncoderConfig(
             image_encoder="small_cnn",
-            image_kwargs={"widths": list(config.image_widths), "out_dim": config.embed_dim, "pool": "flatten"},
+            image_kwargs={
+                "widths": list(config.image_widths),
+                "out_dim": config.embed_dim,
+                "pool": "flatten",
+            },
             text_encoder="gru",
-            text_kwargs={"vocab_size": len(tokenizer), "embed_dim": config.text_dim, "hidden_dim": config.text_dim},
+            text_kwargs={
+                "vocab_size": len(tokenizer),
+                "embed_dim": config.text_dim,
+                "hidden_dim": config.text_dim,
+            },
             embed_dim=config.embed_dim,
         )
     ).to(device)
@@ -341,12 +408,20 @@ def pretrain_backbone(config: FusionTaskConfig | None = None, extra_texts: Seque
         batch_ids, batch_mask = ids[batch, choice], mask[batch, choice]
         length = int(batch_mask.sum(dim=1).max())
         image_emb, text_emb, scale = model(
-            images[batch].to(device), batch_ids[:, :length].to(device), batch_mask[:, :length].to(device)
+            images[batch].to(device),
+            batch_ids[:, :length].to(device),
+            batch_mask[:, :length].to(device),
         )
         return clip_loss(image_emb, text_emb, scale)
 
     model.train()
-    losses = _optimise([p for p in model.parameters()], loss_at, config.pretrain_steps, config.pretrain_lr, config)
+    losses = _optimise(
+        [p for p in model.parameters()],
+        loss_at,
+        config.pretrain_steps,
+        config.pretrain_lr,
+        config,
+    )
     model.eval().requires_grad_(False)
     return Backbone(model, tokenizer, losses)
 
@@ -371,7 +446,9 @@ class TokenFeatures:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def batch(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, indices: torch.Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, ...]:
         """``(image_tokens, text_tokens, text_mask, targets)`` of ``indices`` on ``device``.
 
         Text columns that are padding in every selected item are dropped.
@@ -410,21 +487,33 @@ class FusionClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if fusion not in FUSION_NAMES:
-            raise ValueError(f"unknown fusion {fusion!r}; valid names: {', '.join(FUSION_NAMES)}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+            raise ValueError(
+                f"unknown fusion {fusion!r}; valid names: {', '.join(FUSION_NAMES)}"
+            )
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or num_classes < 2
+        ):
+            raise ValueError(
+                f"num_classes must be an integer >= 2, got {num_classes!r}"
+            )
         self.image_encoder = backbone.image_encoder
         self.text_encoder = backbone.text_encoder
         self.image_encoder.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         self.fusion = build_fusion(
-            fusion, self.image_encoder.grid_dim, self.text_encoder.out_dim, fusion_dim, **(fusion_options or {})
+            fusion,
+            self.image_encoder.grid_dim,
+            self.text_encoder.out_dim,
+            fusion_dim,
+            **(fusion_options or {}),
         )
         self.head = nn.Linear(fusion_dim, num_classes)
         self.fusion_name = fusion
         self.train()
 
-    def train(self, mode: bool = True) -> "FusionClassifier":
+    def train(self, mode: bool = True) -> FusionClassifier:
         """Set the fusion module and head to training mode; the frozen towers stay in eval mode."""
         super().train(mode)
         self.image_encoder.eval()
@@ -433,17 +522,34 @@ class FusionClassifier(nn.Module):
 
     @torch.no_grad()
     def encode(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The frozen towers' tokens: ``(image_tokens [B, P, Ci], text_tokens [B, L, Ct], text_mask [B, L])``."""
         mask = attention_mask.bool()
-        return self.image_encoder.forward_tokens(images), self.text_encoder.forward_tokens(input_ids, mask), mask
+        return (
+            self.image_encoder.forward_tokens(images),
+            self.text_encoder.forward_tokens(input_ids, mask),
+            mask,
+        )
 
-    def classify(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def classify(
+        self,
+        image_tokens: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` from tokens: ``head(fusion(image_tokens, text_tokens))``."""
         return self.head(self.fusion(image_tokens, text_tokens, None, text_mask))
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` for images ``[B, 3, H, W]`` and token ids ``[B, L]`` with their mask.
 
         With ``mean`` or ``weighted`` fusion the logits are ``a(image) + b(text)``: an
@@ -453,7 +559,9 @@ class FusionClassifier(nn.Module):
 
 
 @torch.no_grad()
-def encode_tokens(backbone: Backbone, split: TaskSplit, batch_size: int = 500) -> TokenFeatures:
+def encode_tokens(
+    backbone: Backbone, split: TaskSplit, batch_size: int = 500
+) -> TokenFeatures:
     """Run the frozen towers over every item of ``split`` once (the texts tokenised with ``backbone.tokenizer``)."""
     device = next(backbone.dual_encoder.parameters()).device
     backbone.dual_encoder.eval()
@@ -461,9 +569,21 @@ def encode_tokens(backbone: Backbone, split: TaskSplit, batch_size: int = 500) -
     image_tokens, text_tokens = [], []
     for start in range(0, len(split), batch_size):
         chunk = slice(start, start + batch_size)
-        image_tokens.append(backbone.image_encoder.forward_tokens(split.images[chunk].to(device)).cpu())
-        text_tokens.append(backbone.text_encoder.forward_tokens(ids[chunk].to(device), mask[chunk].to(device)).cpu())
-    return TokenFeatures(torch.cat(image_tokens), torch.cat(text_tokens), mask, split.targets, split.groups)
+        image_tokens.append(
+            backbone.image_encoder.forward_tokens(split.images[chunk].to(device)).cpu()
+        )
+        text_tokens.append(
+            backbone.text_encoder.forward_tokens(
+                ids[chunk].to(device), mask[chunk].to(device)
+            ).cpu()
+        )
+    return TokenFeatures(
+        torch.cat(image_tokens),
+        torch.cat(text_tokens),
+        mask,
+        split.targets,
+        split.groups,
+    )
 
 
 # --- training and scoring --------------------------------------------------------------------
@@ -489,7 +609,9 @@ class FusionResult:
 
 
 def accuracy_by_group(
-    predictions: torch.Tensor | Sequence[int], targets: torch.Tensor | Sequence[int], groups: Sequence[str]
+    predictions: torch.Tensor | Sequence[int],
+    targets: torch.Tensor | Sequence[int],
+    groups: Sequence[str],
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Accuracy overall and within each group: ``({"overall": acc, group: acc, ...}, {same keys: item count})``.
 
@@ -507,7 +629,10 @@ def accuracy_by_group(
     if len(targets) == 0:
         raise ValueError("cannot compute an accuracy on zero items")
     correct = (predictions == targets).tolist()
-    accuracy, counts = {"overall": sum(correct) / len(correct)}, {"overall": len(correct)}
+    accuracy, counts = (
+        {"overall": sum(correct) / len(correct)},
+        {"overall": len(correct)},
+    )
     for group in dict.fromkeys(groups):
         hits = [hit for hit, g in zip(correct, groups) if g == group]
         accuracy[group], counts[group] = sum(hits) / len(hits), len(hits)
@@ -515,14 +640,18 @@ def accuracy_by_group(
 
 
 @torch.no_grad()
-def predict(model: FusionClassifier, features: TokenFeatures, batch_size: int = 500) -> torch.Tensor:
+def predict(
+    model: FusionClassifier, features: TokenFeatures, batch_size: int = 500
+) -> torch.Tensor:
     """The predicted class of every item: LongTensor ``[N]`` (computed in eval mode)."""
     device = next(model.head.parameters()).device
     was_training = model.training
     model.eval()
     predictions = []
     for start in range(0, len(features), batch_size):
-        image, text, mask, _ = features.batch(torch.arange(start, min(start + batch_size, len(features))), device)
+        image, text, mask, _ = features.batch(
+            torch.arange(start, min(start + batch_size, len(features))), device
+        )
         predictions.append(model.classify(image, text, mask).argmax(dim=1).cpu())
     model.train(was_training)
     return torch.cat(predictions)
@@ -547,19 +676,35 @@ def train_fusion(
     if features is None:
         data = build_task_data(task, config) if data is None else data
         if data.task != task:
-            raise ValueError(f"data holds the {data.task!r} task but task={task!r} was asked for")
-        backbone = pretrain_backbone(config, data.train.texts) if backbone is None else backbone
-        features = (encode_tokens(backbone, data.train, config.eval_batch_size),
-                    encode_tokens(backbone, data.test, config.eval_batch_size))
+            raise ValueError(
+                f"data holds the {data.task!r} task but task={task!r} was asked for"
+            )
+        backbone = (
+            pretrain_backbone(config, data.train.texts)
+            if backbone is None
+            else backbone
+        )
+        features = (
+            encode_tokens(backbone, data.train, config.eval_batch_size),
+            encode_tokens(backbone, data.test, config.eval_batch_size),
+        )
     elif backbone is None:
-        raise ValueError("train_fusion got features but no backbone; pass the backbone the features came from")
+        raise ValueError(
+            "train_fusion got features but no backbone; pass the backbone the features came from"
+        )
     train_features, test_features = features
     if len(train_features) < config.batch_size:
-        raise ValueError(f"{len(train_features)} training items are fewer than batch_size={config.batch_size}")
+        raise ValueError(
+            f"{len(train_features)} training items are fewer than batch_size={config.batch_size}"
+        )
     device = select_device(config.device)
     seed_everything(config.seed)
     model = FusionClassifier(
-        backbone, name, len(TASK_CLASSES[task]), config.fusion_dim, config.fusion_options.get(name)
+        backbone,
+        name,
+        len(TASK_CLASSES[task]),
+        config.fusion_dim,
+        config.fusion_options.get(name),
     ).to(device)
     indices = _batch_indices(len(train_features), config.batch_size, config.seed)
 
@@ -574,11 +719,19 @@ def train_fusion(
     seconds = time.perf_counter() - started
     model.eval()
     accuracy, counts = accuracy_by_group(
-        predict(model, test_features, config.eval_batch_size), test_features.targets, test_features.groups
+        predict(model, test_features, config.eval_batch_size),
+        test_features.targets,
+        test_features.groups,
     )
     return FusionResult(
-        name=name, task=task, accuracy=accuracy, counts=counts, losses=losses,
-        fusion_parameters=sum(p.numel() for p in model.fusion.parameters()), seconds=seconds, model=model,
+        name=name,
+        task=task,
+        accuracy=accuracy,
+        counts=counts,
+        losses=losses,
+        fusion_parameters=sum(p.numel() for p in model.fusion.parameters()),
+        seconds=seconds,
+        model=model,
     )
 
 
@@ -596,21 +749,36 @@ def compare_fusion(
     """
     _check_task(task)
     if isinstance(names, str):
-        raise TypeError("names must be a list of fusion names, not a single str; wrap it in a list")
+        raise TypeError(
+            "names must be a list of fusion names, not a single str; wrap it in a list"
+        )
     unknown = [name for name in names if name not in FUSION_NAMES]
     if not names or unknown:
-        raise ValueError(f"names must be a non-empty list from {', '.join(FUSION_NAMES)}; unknown: {unknown}")
+        raise ValueError(
+            f"names must be a non-empty list from {', '.join(FUSION_NAMES)}; unknown: {unknown}"
+        )
     config = FusionTaskConfig() if config is None else config
     data = build_task_data(task, config) if data is None else data
     if data.task != task:
-        raise ValueError(f"data holds the {data.task!r} task but task={task!r} was asked for")
-    backbone = pretrain_backbone(config, data.train.texts) if backbone is None else backbone
-    features = (encode_tokens(backbone, data.train, config.eval_batch_size),
-                encode_tokens(backbone, data.test, config.eval_batch_size))
-    return [train_fusion(name, task, config, backbone=backbone, features=features) for name in names]
+        raise ValueError(
+            f"data holds the {data.task!r} task but task={task!r} was asked for"
+        )
+    backbone = (
+        pretrain_backbone(config, data.train.texts) if backbone is None else backbone
+    )
+    features = (
+        encode_tokens(backbone, data.train, config.eval_batch_size),
+        encode_tokens(backbone, data.test, config.eval_batch_size),
+    )
+    return [
+        train_fusion(name, task, config, backbone=backbone, features=features)
+        for name in names
+    ]
 
 
-def format_fusion_table(results: Sequence[FusionResult], groups: Sequence[str] | None = None) -> str:
+def format_fusion_table(
+    results: Sequence[FusionResult], groups: Sequence[str] | None = None
+) -> str:
     """A plain-text table: one row per result, test accuracy (%) overall and per group, parameters, seconds.
 
     ``groups`` defaults to the task's groups (:data:`TASK_GROUPS`) that occur in the results.
@@ -621,15 +789,23 @@ def format_fusion_table(results: Sequence[FusionResult], groups: Sequence[str] |
     if len(tasks) > 1:
         raise ValueError(f"all results must come from one task, got {tasks}")
     if groups is None:
-        groups = [g for g in TASK_GROUPS[tasks[0]] if any(g in r.accuracy for r in results)]
+        groups = [
+            g for g in TASK_GROUPS[tasks[0]] if any(g in r.accuracy for r in results)
+        ]
     name_width = max(len("fusion"), *(len(r.name) for r in results))
     columns = ["overall", *groups]
     widths = [max(7, len(c)) for c in columns]
-    header = f"{'fusion':<{name_width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))
+    header = f"{'fusion':<{name_width}}  " + "  ".join(
+        f"{c:>{w}}" for c, w in zip(columns, widths)
+    )
     header += f"  {'fusion params':>13}  {'seconds':>7}"
     lines = [header, "-" * len(header)]
     for r in results:
-        cells = [f"{100 * r.accuracy[c]:.1f}" if c in r.accuracy else "-" for c in columns]
-        row = f"{r.name:<{name_width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
+        cells = [
+            f"{100 * r.accuracy[c]:.1f}" if c in r.accuracy else "-" for c in columns
+        ]
+        row = f"{r.name:<{name_width}}  " + "  ".join(
+            f"{cell:>{w}}" for cell, w in zip(cells, widths)
+        )
         lines.append(row + f"  {r.fusion_parameters:>13,}  {r.seconds:>7.1f}")
     return "\n".join(lines)

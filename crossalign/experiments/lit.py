@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,13 @@ from torch import nn
 from crossalign.data.shapes import ShapesWorld
 from crossalign.evaluation import embed_texts
 from crossalign.experiments.compare import (
-    CompareConfig, ComparisonData, MethodResult, batch_indices, optimise, prepare_data, train_method,
+    CompareConfig,
+    ComparisonData,
+    MethodResult,
+    batch_indices,
+    optimise,
+    prepare_data,
+    train_method,
 )
 from crossalign.losses import clip_loss
 from crossalign.metrics import retrieval_metrics
@@ -35,8 +41,16 @@ from crossalign.models.text_encoders import HFTextEncoder
 from crossalign.utils import seed_everything, select_device
 
 __all__ = [
-    "LiTFeatures", "LiTResult", "LockedTextModel", "both_towers_result", "build_lit_model", "compare_lit",
-    "format_lit_table", "lit_features", "sentence_features", "train_lit",
+    "LiTFeatures",
+    "LiTResult",
+    "LockedTextModel",
+    "both_towers_result",
+    "build_lit_model",
+    "compare_lit",
+    "format_lit_table",
+    "lit_features",
+    "sentence_features",
+    "train_lit",
 ]
 
 
@@ -48,16 +62,29 @@ class LockedTextModel(nn.Module):
     must be frozen (``HFTextEncoder(freeze=True)``): it stays in eval mode and without gradients.
     """
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: HFTextEncoder, init_temperature: float = 0.07,
-                 max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        text_encoder: HFTextEncoder,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+    ) -> None:
         super().__init__()
-        if not getattr(text_encoder, "freeze", False) or any(p.requires_grad for p in text_encoder.parameters()):
-            raise ValueError("text_encoder must be frozen: build it with HFTextEncoder(freeze=True)")
+        if not getattr(text_encoder, "freeze", False) or any(
+            p.requires_grad for p in text_encoder.parameters()
+        ):
+            raise ValueError(
+                "text_encoder must be frozen: build it with HFTextEncoder(freeze=True)"
+            )
         self.image_encoder = image_encoder
-        self.image_projection = nn.Linear(image_encoder.out_dim, text_encoder.out_dim, bias=False)
+        self.image_projection = nn.Linear(
+            image_encoder.out_dim, text_encoder.out_dim, bias=False
+        )
         self.text_encoder = text_encoder
         self.max_logit_scale = max_logit_scale
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.log_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / init_temperature))
+        )
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -69,26 +96,45 @@ class LockedTextModel(nn.Module):
         return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
 
     @torch.no_grad()
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Unit-length sentence embeddings of the frozen text encoder."""
         return F.normalize(self.text_encoder(input_ids, attention_mask), dim=-1)
 
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, text_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image embeddings, normalised cached text features, logit scale): the inputs of the CLIP loss."""
-        return self.encode_image(images), F.normalize(text_features, dim=-1), self.logit_scale
+        return (
+            self.encode_image(images),
+            F.normalize(text_features, dim=-1),
+            self.logit_scale,
+        )
 
 
-def build_lit_model(config: CompareConfig, text_encoder: HFTextEncoder | None = None) -> LockedTextModel:
+def build_lit_model(
+    config: CompareConfig, text_encoder: HFTextEncoder | None = None
+) -> LockedTextModel:
     """The LiT model: the default recipe's image tower (from scratch) and the frozen MiniLM sentence encoder."""
     image = config.experiment().model
     encoder = text_encoder if text_encoder is not None else HFTextEncoder(freeze=True)
-    return LockedTextModel(build_image_encoder(image.image_encoder, **image.image_kwargs), encoder,
-                           init_temperature=image.init_temperature)
+    return LockedTextModel(
+        build_image_encoder(image.image_encoder, **image.image_kwargs),
+        encoder,
+        init_temperature=image.init_temperature,
+    )
 
 
 @torch.inference_mode()
-def sentence_features(text_encoder: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 128,
-                      max_len: int | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+def sentence_features(
+    text_encoder: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 128,
+    max_len: int | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """The frozen encoder's pooled vectors [N, D] of ``texts`` (not normalised), computed once to be cached.
 
     Texts are encoded in batches of similar length (sorted by character count, results put back
@@ -123,13 +169,22 @@ class LiTResult:
 
 
 def _compositional(config: CompareConfig) -> ShapesWorld:
-    return ShapesWorld("compositional", size=config.test_size, image_size=config.image_size, seed=config.seed)
+    return ShapesWorld(
+        "compositional",
+        size=config.test_size,
+        image_size=config.image_size,
+        seed=config.seed,
+    )
 
 
 @torch.inference_mode()
-def _retrieval(model: nn.Module, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor) -> dict[str, float]:
+def _retrieval(
+    model: nn.Module, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor
+) -> dict[str, float]:
     model.eval()
-    image_emb = torch.cat([model.encode_image(chunk).float() for chunk in images.split(256)])
+    image_emb = torch.cat(
+        [model.encode_image(chunk).float() for chunk in images.split(256)]
+    )
     return retrieval_metrics(image_emb, text_emb, owner)
 
 
@@ -150,8 +205,13 @@ class LiTFeatures:
     seconds: float
 
 
-def lit_features(config: CompareConfig, data: ComparisonData, text_encoder: nn.Module, tokenizer,
-                 captions_per_image: int = 5) -> LiTFeatures:
+def lit_features(
+    config: CompareConfig,
+    data: ComparisonData,
+    text_encoder: nn.Module,
+    tokenizer,
+    captions_per_image: int = 5,
+) -> LiTFeatures:
     """Embed the training, test and compositional captions with the frozen ``text_encoder``, once.
 
     Only the first ``captions_per_image`` captions of each training image are embedded (on a
@@ -160,25 +220,42 @@ def lit_features(config: CompareConfig, data: ComparisonData, text_encoder: nn.M
     """
     per_image = len(data.train_captions[0])
     if not 1 <= captions_per_image <= per_image:
-        raise ValueError(f"captions_per_image={captions_per_image} must be between 1 and {per_image}")
+        raise ValueError(
+            f"captions_per_image={captions_per_image} must be between 1 and {per_image}"
+        )
     device = select_device(config.device)
     started = time.perf_counter()
-    captions = [text for texts in data.train_captions for text in texts[:captions_per_image]]
-    train = sentence_features(text_encoder, tokenizer, captions, max_len=config.max_len, device=device)
-    test = sentence_features(text_encoder, tokenizer, data.test_texts, max_len=config.max_len, device=device)
+    captions = [
+        text for texts in data.train_captions for text in texts[:captions_per_image]
+    ]
+    train = sentence_features(
+        text_encoder, tokenizer, captions, max_len=config.max_len, device=device
+    )
+    test = sentence_features(
+        text_encoder, tokenizer, data.test_texts, max_len=config.max_len, device=device
+    )
     compositional = _compositional(config)
     comp_texts, comp_owner = compositional.caption_image_index()
-    comp = sentence_features(text_encoder, tokenizer, comp_texts, max_len=config.max_len, device=device)
+    comp = sentence_features(
+        text_encoder, tokenizer, comp_texts, max_len=config.max_len, device=device
+    )
     return LiTFeatures(
         train=train.reshape(len(data.train_captions), captions_per_image, -1),
-        test=F.normalize(test, dim=-1), compositional=F.normalize(comp, dim=-1),
-        compositional_images=compositional.render(range(len(compositional))), compositional_owner=comp_owner,
+        test=F.normalize(test, dim=-1),
+        compositional=F.normalize(comp, dim=-1),
+        compositional_images=compositional.render(range(len(compositional))),
+        compositional_owner=comp_owner,
         seconds=time.perf_counter() - started,
     )
 
 
-def train_lit(config: CompareConfig, data: ComparisonData | None = None, text_encoder: HFTextEncoder | None = None,
-              captions_per_image: int = 5, features: LiTFeatures | None = None) -> LiTResult:
+def train_lit(
+    config: CompareConfig,
+    data: ComparisonData | None = None,
+    text_encoder: HFTextEncoder | None = None,
+    captions_per_image: int = 5,
+    features: LiTFeatures | None = None,
+) -> LiTResult:
     """Train the image tower into the frozen MiniLM space with ``config``'s budget; score test and compositional R@K.
 
     The caption embeddings are computed once by :func:`lit_features` (or passed in as
@@ -191,12 +268,19 @@ def train_lit(config: CompareConfig, data: ComparisonData | None = None, text_en
     model = build_lit_model(config, text_encoder).to(device)
     if features is None:
         tokenizer = model.text_encoder.build_tokenizer(max_len=config.max_len)
-        features = lit_features(config, data, model.text_encoder, tokenizer, captions_per_image)
+        features = lit_features(
+            config, data, model.text_encoder, tokenizer, captions_per_image
+        )
     per_image = features.train.shape[1]
 
     def loss_at(step: int) -> torch.Tensor:
-        images, choices = batch_indices(len(data.train_images), config.batch_size, per_image, config.seed, step)
-        image_emb, text_emb, scale = model(data.train_images[images].to(device), features.train[images, choices].to(device))
+        images, choices = batch_indices(
+            len(data.train_images), config.batch_size, per_image, config.seed, step
+        )
+        image_emb, text_emb, scale = model(
+            data.train_images[images].to(device),
+            features.train[images, choices].to(device),
+        )
         return clip_loss(image_emb, text_emb, scale)
 
     started = time.perf_counter()
@@ -204,16 +288,32 @@ def train_lit(config: CompareConfig, data: ComparisonData | None = None, text_en
     seconds = time.perf_counter() - started
     return LiTResult(
         name="LiT: frozen MiniLM text",
-        test=_retrieval(model, data.test_images.to(device), features.test.to(device), data.test_owner),
-        compositional=_retrieval(model, features.compositional_images.to(device), features.compositional.to(device),
-                                 features.compositional_owner),
-        seconds=seconds, feature_seconds=features.seconds, losses=losses, model=model,
+        test=_retrieval(
+            model,
+            data.test_images.to(device),
+            features.test.to(device),
+            data.test_owner,
+        ),
+        compositional=_retrieval(
+            model,
+            features.compositional_images.to(device),
+            features.compositional.to(device),
+            features.compositional_owner,
+        ),
+        seconds=seconds,
+        feature_seconds=features.seconds,
+        losses=losses,
+        model=model,
     )
 
 
-def compare_lit(config: CompareConfig | None = None, data: ComparisonData | None = None,
-                text_encoder: HFTextEncoder | None = None, captions_per_image: int = 5,
-                both_towers: MethodResult | None = None) -> list[LiTResult]:
+def compare_lit(
+    config: CompareConfig | None = None,
+    data: ComparisonData | None = None,
+    text_encoder: HFTextEncoder | None = None,
+    captions_per_image: int = 5,
+    both_towers: MethodResult | None = None,
+) -> list[LiTResult]:
     """LiT (frozen MiniLM) against both towers trained (text tower from scratch), same budget and seed.
 
     ``captions_per_image`` limits the captions LiT trains on (see :func:`train_lit`); the
@@ -223,22 +323,36 @@ def compare_lit(config: CompareConfig | None = None, data: ComparisonData | None
     config = config or CompareConfig.fast()
     data = data or prepare_data(config)
     lit = train_lit(config, data, text_encoder, captions_per_image)
-    both = both_towers if both_towers is not None else train_method("infonce", config, data)
+    both = (
+        both_towers
+        if both_towers is not None
+        else train_method("infonce", config, data)
+    )
     return [lit, both_towers_result(both, config, data)]
 
 
-def both_towers_result(both: MethodResult, config: CompareConfig, data: ComparisonData) -> LiTResult:
+def both_towers_result(
+    both: MethodResult, config: CompareConfig, data: ComparisonData
+) -> LiTResult:
     """Score a dual encoder trained by :func:`train_method` on the compositional split too, as a :class:`LiTResult`."""
     compositional = _compositional(config)
     comp_texts, comp_owner = compositional.caption_image_index()
     device = select_device(config.device)
-    comp_text_emb = embed_texts(both.model, comp_texts, data.tokenizer, device=device, max_len=config.max_len)
+    comp_text_emb = embed_texts(
+        both.model, comp_texts, data.tokenizer, device=device, max_len=config.max_len
+    )
     return LiTResult(
         name=f"both towers trained ({'conv' if config.text_tower == 'conv' else 'GRU'})",
         test=both.retrieval,
-        compositional=_retrieval(both.model, compositional.render(range(len(compositional))).to(device),
-                                 comp_text_emb.to(device), comp_owner),
-        seconds=both.seconds, losses=both.losses, model=both.model,
+        compositional=_retrieval(
+            both.model,
+            compositional.render(range(len(compositional))).to(device),
+            comp_text_emb.to(device),
+            comp_owner,
+        ),
+        seconds=both.seconds,
+        losses=both.losses,
+        model=both.model,
     )
 
 
@@ -249,6 +363,8 @@ def format_lit_table(results: Sequence[LiTResult]) -> str:
     header = f"{'model':<28}  {'test i2t':>8}  {'test t2i':>8}  {'comp i2t':>8}  {'comp t2i':>8}  {'time s':>6}"
     lines = [header, "-" * len(header)]
     for r in results:
-        lines.append(f"{r.name:<28}  {r.test['i2t_r1']:>8.2f}  {r.test['t2i_r1']:>8.2f}  "
-                     f"{r.compositional['i2t_r1']:>8.2f}  {r.compositional['t2i_r1']:>8.2f}  {r.seconds:>6.1f}")
+        lines.append(
+            f"{r.name:<28}  {r.test['i2t_r1']:>8.2f}  {r.test['t2i_r1']:>8.2f}  "
+            f"{r.compositional['i2t_r1']:>8.2f}  {r.compositional['t2i_r1']:>8.2f}  {r.seconds:>6.1f}"
+        )
     return "\n".join(lines)

@@ -20,20 +20,35 @@ name               objective
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from crossalign.losses import (
-    ModalityDiscriminator, adversarial_alignment_loss, clip_loss, clip_loss_with_hard_negatives,
-    siamese_contrastive_loss, similarity_distillation_loss, triplet_loss,
+    ModalityDiscriminator,
+    adversarial_alignment_loss,
+    clip_loss,
+    clip_loss_with_hard_negatives,
+    siamese_contrastive_loss,
+    similarity_distillation_loss,
+    triplet_loss,
 )
 
 __all__ = [
-    "AlignmentBatch", "AlignmentMethod", "InfoNCEMethod", "TripletMethod", "SiameseMethod", "AdversarialMethod",
-    "DistillationMethod", "HardNegativeMethod", "METHODS", "get_method", "method_names",
+    "AlignmentBatch",
+    "AlignmentMethod",
+    "InfoNCEMethod",
+    "TripletMethod",
+    "SiameseMethod",
+    "AdversarialMethod",
+    "DistillationMethod",
+    "HardNegativeMethod",
+    "METHODS",
+    "get_method",
+    "method_names",
 ]
 
 
@@ -70,7 +85,12 @@ class AlignmentMethod:
         """Extra trainable modules for this method (none by default)."""
         return None
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """The training loss of ``model`` on ``batch``."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")
 
@@ -84,9 +104,16 @@ class InfoNCEMethod(AlignmentMethod):
     name = "infonce"
     summary = "symmetric InfoNCE (CLIP)"
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """The CLIP loss of the batch's matching pairs."""
-        image_emb, text_emb, scale = model(batch.images, batch.input_ids, batch.attention_mask)
+        image_emb, text_emb, scale = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
         return clip_loss(image_emb, text_emb, scale)
 
 
@@ -101,12 +128,29 @@ class TripletMethod(AlignmentMethod):
         self.hardest = hardest
         self.margin = margin
         self.name = "vsepp" if hardest else "vse0"
-        self.summary = "triplet, hardest negative (VSE++)" if hardest else "triplet, all negatives (VSE0)"
+        self.summary = (
+            "triplet, hardest negative (VSE++)"
+            if hardest
+            else "triplet, all negatives (VSE0)"
+        )
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """The triplet ranking loss of the batch (the temperature is not used)."""
-        image_emb, text_emb, _ = model(batch.images, batch.input_ids, batch.attention_mask)
-        return triplet_loss(image_emb, text_emb, margin=self.margin, hardest=self.hardest, reduction="mean")
+        image_emb, text_emb, _ = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
+        return triplet_loss(
+            image_emb,
+            text_emb,
+            margin=self.margin,
+            hardest=self.hardest,
+            reduction="mean",
+        )
 
 
 class SiameseMethod(AlignmentMethod):
@@ -123,12 +167,29 @@ class SiameseMethod(AlignmentMethod):
     def __init__(self, margin: float = 1.0) -> None:
         self.margin = margin
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """Mean margin loss over the N matching and N shifted (mismatched) pairs of the batch."""
-        image_emb, text_emb, _ = model(batch.images, batch.input_ids, batch.attention_mask)
+        image_emb, text_emb, _ = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
         shifted = text_emb.roll(1, dims=0)
-        same = torch.cat([torch.ones(len(image_emb), dtype=torch.bool), torch.zeros(len(image_emb), dtype=torch.bool)])
-        return siamese_contrastive_loss(torch.cat([image_emb, image_emb]), torch.cat([text_emb, shifted]), same, self.margin)
+        same = torch.cat(
+            [
+                torch.ones(len(image_emb), dtype=torch.bool),
+                torch.zeros(len(image_emb), dtype=torch.bool),
+            ]
+        )
+        return siamese_contrastive_loss(
+            torch.cat([image_emb, image_emb]),
+            torch.cat([text_emb, shifted]),
+            same,
+            self.margin,
+        )
 
 
 class AdversarialMethod(AlignmentMethod):
@@ -142,23 +203,42 @@ class AdversarialMethod(AlignmentMethod):
     loss for the same reason).
     """
 
-    def __init__(self, with_infonce: bool = True, lambda_: float = 1.0, weight: float = 0.5, hidden: int = 128) -> None:
+    def __init__(
+        self,
+        with_infonce: bool = True,
+        lambda_: float = 1.0,
+        weight: float = 0.5,
+        hidden: int = 128,
+    ) -> None:
         self.with_infonce = with_infonce
         self.lambda_ = lambda_
         self.weight = weight
         self.hidden = hidden
         self.name = "adversarial" if with_infonce else "adversarial_only"
-        self.summary = "InfoNCE + modality discriminator (GRL)" if with_infonce else "modality discriminator only (no pairs)"
+        self.summary = (
+            "InfoNCE + modality discriminator (GRL)"
+            if with_infonce
+            else "modality discriminator only (no pairs)"
+        )
 
     def auxiliary(self, embed_dim: int) -> nn.Module:
         """The modality discriminator, trained together with the encoders."""
         return ModalityDiscriminator(embed_dim, hidden=self.hidden)
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """(InfoNCE +) ``weight`` x the discriminator's cross-entropy on gradient-reversed embeddings."""
         if auxiliary is None:
-            raise ValueError(f"method {self.name!r} needs its discriminator: pass auxiliary=method.auxiliary(embed_dim)")
-        image_emb, text_emb, scale = model(batch.images, batch.input_ids, batch.attention_mask)
+            raise ValueError(
+                f"method {self.name!r} needs its discriminator: pass auxiliary=method.auxiliary(embed_dim)"
+            )
+        image_emb, text_emb, scale = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
         game = adversarial_alignment_loss(image_emb, text_emb, auxiliary, self.lambda_)
         if not self.with_infonce:
             return game
@@ -177,18 +257,34 @@ class DistillationMethod(AlignmentMethod):
     summary = "similarity distillation from a teacher"
 
     def __init__(self, teacher: nn.Module) -> None:
-        if not all(hasattr(teacher, attr) for attr in ("encode_image", "encode_text", "logit_scale")):
-            raise TypeError("teacher must be a trained dual encoder (encode_image, encode_text, logit_scale)")
+        if not all(
+            hasattr(teacher, attr)
+            for attr in ("encode_image", "encode_text", "logit_scale")
+        ):
+            raise TypeError(
+                "teacher must be a trained dual encoder (encode_image, encode_text, logit_scale)"
+            )
         self.teacher = teacher.eval().requires_grad_(False)
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """KL(teacher || student) of the similarity distributions, averaged over both directions."""
-        image_emb, text_emb, scale = model(batch.images, batch.input_ids, batch.attention_mask)
+        image_emb, text_emb, scale = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
         with torch.no_grad():
             teacher_image = self.teacher.encode_image(batch.images)
-            teacher_text = self.teacher.encode_text(batch.input_ids, batch.attention_mask)
+            teacher_text = self.teacher.encode_text(
+                batch.input_ids, batch.attention_mask
+            )
             teacher_scale = self.teacher.logit_scale
-        return similarity_distillation_loss(image_emb, text_emb, teacher_image, teacher_text, scale, teacher_scale)
+        return similarity_distillation_loss(
+            image_emb, text_emb, teacher_image, teacher_text, scale, teacher_scale
+        )
 
 
 class HardNegativeMethod(AlignmentMethod):
@@ -213,16 +309,35 @@ class HardNegativeMethod(AlignmentMethod):
             raise ValueError(f"negatives must be 'all' or 'chosen', got {negatives!r}")
         self.hard_negatives = negatives
 
-    def loss(self, model: nn.Module, batch: AlignmentBatch, auxiliary: nn.Module | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: AlignmentBatch,
+        auxiliary: nn.Module | None = None,
+    ) -> torch.Tensor:
         """The CLIP loss with the batch's [B, K] hard negatives added to each image's candidates."""
-        if batch.negative_ids is None or batch.negative_attention is None or batch.negative_valid is None:
-            raise ValueError("hard_negatives needs negative_ids, negative_attention and negative_valid in the batch")
-        image_emb, text_emb, scale = model(batch.images, batch.input_ids, batch.attention_mask)
+        if (
+            batch.negative_ids is None
+            or batch.negative_attention is None
+            or batch.negative_valid is None
+        ):
+            raise ValueError(
+                "hard_negatives needs negative_ids, negative_attention and negative_valid in the batch"
+            )
+        image_emb, text_emb, scale = model(
+            batch.images, batch.input_ids, batch.attention_mask
+        )
         size, k, length = batch.negative_ids.shape
-        negatives = model.encode_text(batch.negative_ids.reshape(size * k, length),
-                                      batch.negative_attention.reshape(size * k, length))
+        negatives = model.encode_text(
+            batch.negative_ids.reshape(size * k, length),
+            batch.negative_attention.reshape(size * k, length),
+        )
         return clip_loss_with_hard_negatives(
-            image_emb, text_emb, negatives.reshape(size, k, -1), scale, negative_mask=batch.negative_valid
+            image_emb,
+            text_emb,
+            negatives.reshape(size, k, -1),
+            scale,
+            negative_mask=batch.negative_valid,
         )
 
 
@@ -246,5 +361,7 @@ def method_names() -> list[str]:
 def get_method(name: str, **kwargs: Any) -> AlignmentMethod:
     """Build the method called ``name`` (``distillation`` needs ``teacher=``; options as keywords)."""
     if name not in METHODS:
-        raise ValueError(f"unknown alignment method {name!r}; valid names: {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown alignment method {name!r}; valid names: {', '.join(METHODS)}"
+        )
     return METHODS[name](**kwargs)

@@ -25,21 +25,38 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
-from crossalign.experiments.compare import CompareConfig, ComparisonData, MethodResult, prepare_data, train_method
+from crossalign.experiments.compare import (
+    CompareConfig,
+    ComparisonData,
+    MethodResult,
+    prepare_data,
+    train_method,
+)
 from crossalign.experiments.methods import AlignmentMethod
 from crossalign.train.captioning import (
-    CaptionExperimentConfig, CaptionTrainResult, build_caption_dataset, train_captioner,
+    CaptionExperimentConfig,
+    CaptionTrainResult,
+    build_caption_dataset,
+    train_captioner,
 )
 
 __all__ = [
-    "MAX_SCENE_OBJECTS", "SCENE_FEATURES", "SceneGraphCaptions", "SceneGraphEncoder", "oracle_caption_config",
-    "oracle_caption_dataset", "scene_features", "train_captioner_with_scene_oracle", "train_with_scene_oracle",
+    "MAX_SCENE_OBJECTS",
+    "SCENE_FEATURES",
+    "SceneGraphCaptions",
+    "SceneGraphEncoder",
+    "oracle_caption_config",
+    "oracle_caption_dataset",
+    "scene_features",
+    "train_captioner_with_scene_oracle",
+    "train_with_scene_oracle",
 ]
 
 #: Object slots per scene (ShapesWorld draws 1-3 objects).
@@ -55,15 +72,23 @@ def scene_features(world: ShapesWorld) -> torch.Tensor:
     [0, 1] to [-1, 1]) and a 1 marking a real object, in the scene graph's object order.
     """
     if not isinstance(world, ShapesWorld):
-        raise TypeError(f"scene_features needs a ShapesWorld (it reads scene graphs), got {type(world).__name__}")
+        raise TypeError(
+            f"scene_features needs a ShapesWorld (it reads scene graphs), got {type(world).__name__}"
+        )
     features = torch.zeros(len(world), MAX_SCENE_OBJECTS, SCENE_FEATURES)
-    colour_at, size_at, place_at = len(SHAPES), len(SHAPES) + len(COLOURS), len(SHAPES) + len(COLOURS) + len(SIZES)
+    colour_at, size_at, place_at = (
+        len(SHAPES),
+        len(SHAPES) + len(COLOURS),
+        len(SHAPES) + len(COLOURS) + len(SIZES),
+    )
     for row, scene in enumerate(world.scenes(range(len(world)))):
         for slot, obj in enumerate(scene.objects):
             features[row, slot, SHAPES.index(obj.shape)] = 1.0
             features[row, slot, colour_at + COLOURS.index(obj.colour)] = 1.0
             features[row, slot, size_at + SIZES.index(obj.size)] = 1.0
-            features[row, slot, place_at : place_at + 3] = torch.tensor([2 * obj.x - 1, 2 * obj.y - 1, 1.0])
+            features[row, slot, place_at : place_at + 3] = torch.tensor(
+                [2 * obj.x - 1, 2 * obj.y - 1, 1.0]
+            )
     return features
 
 
@@ -77,9 +102,16 @@ class SceneGraphEncoder(nn.Module):
     def __init__(self, out_dim: int = 256, hidden_dim: int = 256) -> None:
         super().__init__()
         self.out_dim = out_dim
-        self.config: dict[str, Any] = {"name": "scene_graph", "out_dim": out_dim, "hidden_dim": hidden_dim}
+        self.config: dict[str, Any] = {
+            "name": "scene_graph",
+            "out_dim": out_dim,
+            "hidden_dim": hidden_dim,
+        }
         self.mlp = nn.Sequential(
-            nn.Linear(SCENE_FEATURES, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(SCENE_FEATURES, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
             nn.Linear(hidden_dim, out_dim),
         )
 
@@ -93,7 +125,9 @@ class SceneGraphEncoder(nn.Module):
 
 
 def train_with_scene_oracle(
-    name: str | AlignmentMethod, config: CompareConfig, data: ComparisonData | None = None
+    name: str | AlignmentMethod,
+    config: CompareConfig,
+    data: ComparisonData | None = None,
 ) -> MethodResult:
     """Train method ``name`` exactly as :func:`~crossalign.experiments.compare.train_method` does,
     but with a :class:`SceneGraphEncoder` in place of the image tower, fed the scene graphs.
@@ -102,17 +136,29 @@ def train_with_scene_oracle(
     accuracies, geometry) are computed on the same test split, from its scene graphs.
     """
     data = data or prepare_data(config)
-    test_set = ShapesWorld("test", size=config.test_size, image_size=config.image_size, seed=config.seed)
-    if len(test_set) != len(data.test_images) or len(data.train_set) != len(data.train_images):
-        raise ValueError("data must come from prepare_data with the same config (split sizes differ)")
-    scenes = dataclasses.replace(data, train_images=scene_features(data.train_set), test_images=scene_features(test_set))
+    test_set = ShapesWorld(
+        "test", size=config.test_size, image_size=config.image_size, seed=config.seed
+    )
+    if len(test_set) != len(data.test_images) or len(data.train_set) != len(
+        data.train_images
+    ):
+        raise ValueError(
+            "data must come from prepare_data with the same config (split sizes differ)"
+        )
+    scenes = dataclasses.replace(
+        data,
+        train_images=scene_features(data.train_set),
+        test_images=scene_features(test_set),
+    )
     out_dim = config.experiment().model.image_kwargs.get("out_dim", 256)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         encoder = SceneGraphEncoder(out_dim=out_dim)
     result = train_method(name, config, scenes, image_encoder=encoder)
     if data.negatives is None:
-        data.negatives = scenes.negatives  # keep the tokenised swaps for the caller's next run
+        data.negatives = (
+            scenes.negatives
+        )  # keep the tokenised swaps for the caller's next run
     return result
 
 
@@ -133,12 +179,17 @@ class SceneGraphCaptions(ShapesWorld):
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         idx = self._check_indices(indices)
         captions = self._captions_of(idx)
-        return [{"features": self.features[i], "captions": captions[row], "index": int(i)} for row, i in enumerate(idx)]
+        return [
+            {"features": self.features[i], "captions": captions[row], "index": int(i)}
+            for row, i in enumerate(idx)
+        ]
 
 
 def _require_shapes(config: CaptionExperimentConfig) -> None:
     if config.data.name != "shapes":
-        raise ValueError(f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}")
+        raise ValueError(
+            f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}"
+        )
 
 
 def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentConfig:
@@ -151,12 +202,18 @@ def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentC
     _require_shapes(config)
     oracle = copy.deepcopy(config)
     oracle.model.image_encoder, oracle.model.image_kwargs = None, {}
-    oracle.model.feature_dim, oracle.model.freeze_encoder, oracle.model.region_positions = SCENE_FEATURES, False, False
+    (
+        oracle.model.feature_dim,
+        oracle.model.freeze_encoder,
+        oracle.model.region_positions,
+    ) = SCENE_FEATURES, False, False
     oracle.train.encoder_pretrain_steps = 0
     return oracle
 
 
-def train_captioner_with_scene_oracle(config: CaptionExperimentConfig) -> CaptionTrainResult:
+def train_captioner_with_scene_oracle(
+    config: CaptionExperimentConfig,
+) -> CaptionTrainResult:
     """Train ``config``'s captioner exactly as :func:`~crossalign.train.captioning.train_captioner`
     does, but on the training split's scene graphs (:class:`SceneGraphCaptions`) instead of its images.
 
@@ -167,8 +224,16 @@ def train_captioner_with_scene_oracle(config: CaptionExperimentConfig) -> Captio
     return train_captioner(oracle, train_set=oracle_caption_dataset(oracle, "train"))
 
 
-def oracle_caption_dataset(config: CaptionExperimentConfig, split: str, size: int | None = None) -> SceneGraphCaptions:
+def oracle_caption_dataset(
+    config: CaptionExperimentConfig, split: str, size: int | None = None
+) -> SceneGraphCaptions:
     """The scene-graph twin of ``build_caption_dataset(config, split, size)``: same scenes, same captions."""
     _require_shapes(config)
     world = build_caption_dataset(config, split, size)
-    return SceneGraphCaptions(world.split, size=len(world), image_size=world.image_size, seed=world.seed, noise=world.noise)
+    return SceneGraphCaptions(
+        world.split,
+        size=len(world),
+        image_size=world.image_size,
+        seed=world.seed,
+        noise=world.noise,
+    )

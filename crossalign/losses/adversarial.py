@@ -17,7 +17,12 @@ from torch import nn
 
 from crossalign.losses.contrastive import _check_features
 
-__all__ = ["grad_reverse", "GradientReversal", "ModalityDiscriminator", "adversarial_alignment_loss"]
+__all__ = [
+    "grad_reverse",
+    "GradientReversal",
+    "ModalityDiscriminator",
+    "adversarial_alignment_loss",
+]
 
 
 def _check_lambda(lambda_: float) -> float:
@@ -25,7 +30,9 @@ def _check_lambda(lambda_: float) -> float:
     if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)):
         raise TypeError(f"lambda_ must be a float, got {type(lambda_).__name__}")
     if not math.isfinite(lambda_) or lambda_ < 0:
-        raise ValueError(f"lambda_ must be a finite number >= 0 (the strength of the reversal), got {lambda_}")
+        raise ValueError(
+            f"lambda_ must be a finite number >= 0 (the strength of the reversal), got {lambda_}"
+        )
     return float(lambda_)
 
 
@@ -52,7 +59,9 @@ def grad_reverse(features: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
     while the layers downstream descend it. ``lambda_ = 0`` cuts the gradient off.
     """
     if not isinstance(features, torch.Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+        raise TypeError(
+            f"features must be a torch.Tensor, got {type(features).__name__}"
+        )
     return _GradientReversalFunction.apply(features, _check_lambda(lambda_))
 
 
@@ -128,7 +137,9 @@ def adversarial_alignment_loss(
     """
     _check_features(image_features, text_features)
     batch = image_features.shape[0]
-    features = torch.cat([grad_reverse(image_features, lambda_), grad_reverse(text_features, lambda_)])
+    features = torch.cat(
+        [grad_reverse(image_features, lambda_), grad_reverse(text_features, lambda_)]
+    )
     logits = discriminator(features)
     if logits.shape == (2 * batch, 1):
         logits = logits.squeeze(1)

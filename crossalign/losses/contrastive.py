@@ -25,13 +25,22 @@ __all__ = ["clip_logits", "clip_loss", "ClipLoss"]
 
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
     """Raise a ``ValueError`` unless both feature matrices are [N, D] with the same N and D."""
-    for name, features in (("image_features", image_features), ("text_features", text_features)):
+    for name, features in (
+        ("image_features", image_features),
+        ("text_features", text_features),
+    ):
         if not isinstance(features, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(features).__name__}"
+            )
         if features.dim() != 2:
-            raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(features.shape)}")
+            raise ValueError(
+                f"{name} must be 2-D [batch, dim], got shape {tuple(features.shape)}"
+            )
         if features.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch; the contrastive loss needs at least one pair")
+            raise ValueError(
+                f"{name} is an empty batch; the contrastive loss needs at least one pair"
+            )
     if image_features.shape[0] != text_features.shape[0]:
         raise ValueError(
             f"image_features and text_features must hold the same number of pairs, got "
@@ -54,7 +63,9 @@ def _check_scale(logit_scale: torch.Tensor | float) -> torch.Tensor | float:
         return logit_scale.reshape(())
     if isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
         return float(logit_scale)
-    raise TypeError(f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}")
+    raise TypeError(
+        f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}"
+    )
 
 
 def clip_logits(
@@ -79,7 +90,10 @@ def _symmetric_cross_entropy(
     logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """Average the image-to-text and text-to-image cross-entropies for the given targets."""
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return (
+        F.cross_entropy(logits_per_image, labels)
+        + F.cross_entropy(logits_per_text, labels)
+    ) / 2
 
 
 def clip_loss(
@@ -97,7 +111,9 @@ def clip_loss(
     any other); orthonormal matching pairs give ``log(1 + (N - 1) * exp(-scale))``, which goes
     to 0 as the scale grows.
     """
-    logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
+    logits_per_image, logits_per_text = clip_logits(
+        image_features, text_features, logit_scale
+    )
     labels = torch.arange(image_features.shape[0], device=image_features.device)
     return _symmetric_cross_entropy(logits_per_image, logits_per_text, labels)
 
@@ -144,5 +160,8 @@ class ClipLoss(nn.Module):
         logits_per_image = scale * (image_features @ all_text_features.T)
         logits_per_text = scale * (text_features @ all_image_features.T)
         local_batch = image_features.shape[0]
-        labels = torch.arange(local_batch, device=image_features.device) + get_rank() * local_batch
+        labels = (
+            torch.arange(local_batch, device=image_features.device)
+            + get_rank() * local_batch
+        )
         return _symmetric_cross_entropy(logits_per_image, logits_per_text, labels)

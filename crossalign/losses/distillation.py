@@ -36,7 +36,9 @@ def _row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch
     """Mean over rows of KL(softmax(teacher row) || softmax(student row))."""
     teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
     student_log_probs = F.log_softmax(student_logits, dim=1)
-    return F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
+    return F.kl_div(
+        student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean"
+    )
 
 
 def similarity_distillation_loss(
@@ -79,4 +81,7 @@ def similarity_distillation_loss(
         return _row_kl(teacher_logits, student_logits)
     if direction == "text_to_image":
         return _row_kl(teacher_logits.T, student_logits.T)
-    return (_row_kl(teacher_logits, student_logits) + _row_kl(teacher_logits.T, student_logits.T)) / 2
+    return (
+        _row_kl(teacher_logits, student_logits)
+        + _row_kl(teacher_logits.T, student_logits.T)
+    ) / 2

@@ -25,11 +25,16 @@ __all__ = ["clip_loss_with_hard_negatives"]
 
 
 def _check_negatives(
-    negative_text_features: torch.Tensor, negative_mask: torch.Tensor | None, batch: int, dim: int
+    negative_text_features: torch.Tensor,
+    negative_mask: torch.Tensor | None,
+    batch: int,
+    dim: int,
 ) -> None:
     """Raise unless the negatives are [batch, K, dim] and the mask, if given, a boolean [batch, K]."""
     if not isinstance(negative_text_features, torch.Tensor):
-        raise TypeError(f"negative_text_features must be a torch.Tensor, got {type(negative_text_features).__name__}")
+        raise TypeError(
+            f"negative_text_features must be a torch.Tensor, got {type(negative_text_features).__name__}"
+        )
     shape = tuple(negative_text_features.shape)
     if len(shape) != 3 or shape[0] != batch or shape[2] != dim:
         raise ValueError(
@@ -39,9 +44,13 @@ def _check_negatives(
     if negative_mask is None:
         return
     if not isinstance(negative_mask, torch.Tensor) or negative_mask.dtype != torch.bool:
-        raise TypeError("negative_mask must be a boolean tensor (True where the negative caption exists)")
+        raise TypeError(
+            "negative_mask must be a boolean tensor (True where the negative caption exists)"
+        )
     if tuple(negative_mask.shape) != shape[:2]:
-        raise ValueError(f"negative_mask must have shape {list(shape[:2])}, got {tuple(negative_mask.shape)}")
+        raise ValueError(
+            f"negative_mask must have shape {list(shape[:2])}, got {tuple(negative_mask.shape)}"
+        )
 
 
 def clip_loss_with_hard_negatives(
@@ -71,12 +80,18 @@ def clip_loss_with_hard_negatives(
     _check_negatives(negative_text_features, negative_mask, batch, dim)
     if negative_mask is not None:
         # Zero the padding first: a NaN there would otherwise leak into the image gradients as 0 * NaN.
-        negative_text_features = torch.where(negative_mask[..., None], negative_text_features, 0.0)
+        negative_text_features = torch.where(
+            negative_mask[..., None], negative_text_features, 0.0
+        )
     logits_per_image = scale * (image_features @ text_features.T)
-    negative_logits = scale * torch.einsum("nd,nkd->nk", image_features, negative_text_features)
+    negative_logits = scale * torch.einsum(
+        "nd,nkd->nk", image_features, negative_text_features
+    )
     if negative_mask is not None:
         negative_logits = negative_logits.masked_fill(~negative_mask, float("-inf"))
     labels = torch.arange(batch, device=image_features.device)
-    image_to_text = F.cross_entropy(torch.cat([logits_per_image, negative_logits], dim=1), labels)
+    image_to_text = F.cross_entropy(
+        torch.cat([logits_per_image, negative_logits], dim=1), labels
+    )
     text_to_image = F.cross_entropy(logits_per_image.T, labels)
     return (image_to_text + text_to_image) / 2

@@ -26,7 +26,12 @@ from torch import nn
 
 from crossalign.losses.contrastive import _check_features
 
-__all__ = ["triplet_loss", "siamese_contrastive_loss", "TripletLoss", "SiameseContrastiveLoss"]
+__all__ = [
+    "triplet_loss",
+    "siamese_contrastive_loss",
+    "TripletLoss",
+    "SiameseContrastiveLoss",
+]
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -43,7 +48,9 @@ def _check_margin(margin: float) -> float:
 def _check_triplet_options(hardest: bool, reduction: str) -> None:
     """Raise unless ``hardest`` is a bool and ``reduction`` is "sum" or "mean"."""
     if not isinstance(hardest, bool):
-        raise TypeError(f"hardest must be True (VSE++) or False (VSE0), got {hardest!r}")
+        raise TypeError(
+            f"hardest must be True (VSE++) or False (VSE0), got {hardest!r}"
+        )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
@@ -75,12 +82,18 @@ def triplet_loss(
     _check_triplet_options(hardest, reduction)
     similarities = image_features @ text_features.T
     positives = similarities.diagonal()
-    is_negative = ~torch.eye(similarities.shape[0], dtype=torch.bool, device=similarities.device)
+    is_negative = ~torch.eye(
+        similarities.shape[0], dtype=torch.bool, device=similarities.device
+    )
     zero = similarities.new_zeros(())
     # Row i: image i is the query and the captions j != i its negatives.
-    caption_hinges = torch.where(is_negative, (margin + similarities - positives[:, None]).clamp(min=0), zero)
+    caption_hinges = torch.where(
+        is_negative, (margin + similarities - positives[:, None]).clamp(min=0), zero
+    )
     # Column j: caption j is the query and the images i != j its negatives.
-    image_hinges = torch.where(is_negative, (margin + similarities - positives[None, :]).clamp(min=0), zero)
+    image_hinges = torch.where(
+        is_negative, (margin + similarities - positives[None, :]).clamp(min=0), zero
+    )
     if hardest:
         per_query = caption_hinges.amax(dim=1) + image_hinges.amax(dim=0)
     else:
@@ -92,11 +105,17 @@ def triplet_loss(
 def _check_same(same: torch.Tensor, batch: int) -> None:
     """Raise unless ``same`` is a boolean tensor of shape [batch]."""
     if not isinstance(same, torch.Tensor):
-        raise TypeError(f"same must be a torch.Tensor of booleans, got {type(same).__name__}")
+        raise TypeError(
+            f"same must be a torch.Tensor of booleans, got {type(same).__name__}"
+        )
     if same.dtype != torch.bool:
-        raise TypeError(f"same must be a boolean tensor (True for a matching pair), got dtype {same.dtype}")
+        raise TypeError(
+            f"same must be a boolean tensor (True for a matching pair), got dtype {same.dtype}"
+        )
     if same.shape != (batch,):
-        raise ValueError(f"same must have shape [{batch}], one label per pair, got shape {tuple(same.shape)}")
+        raise ValueError(
+            f"same must have shape [{batch}], one label per pair, got shape {tuple(same.shape)}"
+        )
 
 
 def siamese_contrastive_loss(
@@ -127,13 +146,17 @@ def siamese_contrastive_loss(
     squared_distance = difference.pow(2).sum(dim=1)
     distance = torch.linalg.vector_norm(difference, dim=1)
     push_apart = (margin - distance).clamp(min=0).pow(2)
-    return torch.where(same.to(image_features.device), squared_distance, push_apart).mean()
+    return torch.where(
+        same.to(image_features.device), squared_distance, push_apart
+    ).mean()
 
 
 class TripletLoss(nn.Module):
     """Module form of ``triplet_loss``: VSE0 (``hardest=False``) or VSE++ (``hardest=True``)."""
 
-    def __init__(self, margin: float = 0.2, hardest: bool = False, reduction: str = "sum") -> None:
+    def __init__(
+        self, margin: float = 0.2, hardest: bool = False, reduction: str = "sum"
+    ) -> None:
         """Store and check the options, so that a bad one fails when the loss is built, not mid-training."""
         super().__init__()
         self.margin = _check_margin(margin)
@@ -141,9 +164,13 @@ class TripletLoss(nn.Module):
         self.hardest = hardest
         self.reduction = reduction
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor
+    ) -> torch.Tensor:
         """Return the triplet ranking loss of the N matching pairs (rows) of the two inputs."""
-        return triplet_loss(image_features, text_features, self.margin, self.hardest, self.reduction)
+        return triplet_loss(
+            image_features, text_features, self.margin, self.hardest, self.reduction
+        )
 
     def extra_repr(self) -> str:
         """Show the options in ``print(module)``."""
@@ -158,9 +185,16 @@ class SiameseContrastiveLoss(nn.Module):
         super().__init__()
         self.margin = _check_margin(margin)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        same: torch.Tensor,
+    ) -> torch.Tensor:
         """Return the margin contrastive loss of the N labelled pairs (rows) of the two inputs."""
-        return siamese_contrastive_loss(image_features, text_features, same, self.margin)
+        return siamese_contrastive_loss(
+            image_features, text_features, same, self.margin
+        )
 
     def extra_repr(self) -> str:
         """Show the margin in ``print(module)``."""

@@ -35,7 +35,14 @@ import shutil
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["tokenize_caption", "corpus_bleu", "rouge_l", "cider_d", "caption_metrics", "meteor"]
+__all__ = [
+    "tokenize_caption",
+    "corpus_bleu",
+    "rouge_l",
+    "cider_d",
+    "caption_metrics",
+    "meteor",
+]
 
 Candidates = Mapping[Hashable, str | Sequence[str]] | Sequence[str]
 References = Mapping[Hashable, Sequence[str]] | Sequence[Sequence[str]]
@@ -46,8 +53,28 @@ References = Mapping[Hashable, Sequence[str]] | Sequence[Sequence[str]]
 
 # Abbreviations whose final period the PTB tokeniser keeps ("mr.", "st."), a subset of its list.
 _ABBREVIATIONS = (
-    "mrs", "mr", "ms", "dr", "prof", "st", "mt", "ave", "jr", "sr", "vs", "etc",
-    "inc", "co", "corp", "ltd", "no", "gen", "capt", "sgt", "rev", "ft",
+    "mrs",
+    "mr",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "mt",
+    "ave",
+    "jr",
+    "sr",
+    "vs",
+    "etc",
+    "inc",
+    "co",
+    "corp",
+    "ltd",
+    "no",
+    "gen",
+    "capt",
+    "sgt",
+    "rev",
+    "ft",
 )
 # Words the PTB tokeniser splits in two.
 _SPLIT_WORDS = {
@@ -60,7 +87,14 @@ _SPLIT_WORDS = {
 }
 # The PTB tokeniser writes brackets as these names. pycocoevalcap means to drop them but compares
 # them in upper case after lower-casing, so they stay in its token strings; so they do here.
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_BRACKETS = {
+    "(": "-lrb-",
+    ")": "-rrb-",
+    "[": "-lsb-",
+    "]": "-rsb-",
+    "{": "-lcb-",
+    "}": "-rcb-",
+}
 _CLITIC_SUFFIX = re.compile(r"(.+)('(?:s|re|ve|ll|d|m))")
 _TOKEN = re.compile(
     # "mr." or "u.s." or "p.m.": the final period stays (not when a letter or digit follows).
@@ -76,7 +110,9 @@ _TOKEN = re.compile(
     # Anything else is kept as a token: "!!", "?!", "$", "%", "&", "#", brackets...
     r"|(?P<symbol>[!?]+|\S)"
 )
-_TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
+_TYPOGRAPHIC = str.maketrans(
+    {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'}
+)
 
 
 def _split_clitics(word: str) -> list[str]:
@@ -156,14 +192,22 @@ def _candidate_text(where: str, candidate: object) -> str:
 def _reference_texts(where: str, references: object) -> list[str]:
     """Return the references as a list of non-empty strings, or raise naming the image at fault."""
     if isinstance(references, str):
-        raise TypeError(f"the references {where} must be a list of caption strings, got one str; wrap it in a list")
+        raise TypeError(
+            f"the references {where} must be a list of caption strings, got one str; wrap it in a list"
+        )
     if not isinstance(references, (list, tuple)):
-        raise TypeError(f"the references {where} must be a list of caption strings, got {type(references).__name__}")
+        raise TypeError(
+            f"the references {where} must be a list of caption strings, got {type(references).__name__}"
+        )
     if len(references) == 0:
-        raise ValueError(f"the references {where} are an empty list; every image needs at least one reference")
+        raise ValueError(
+            f"the references {where} are an empty list; every image needs at least one reference"
+        )
     for position, reference in enumerate(references):
         if not isinstance(reference, str):
-            raise TypeError(f"reference {position} {where} must be a str, got {type(reference).__name__}")
+            raise TypeError(
+                f"reference {position} {where} must be a str, got {type(reference).__name__}"
+            )
         if not reference.split():
             raise ValueError(
                 f"reference {position} {where} is empty ({reference!r}); drop it, every reference needs a word"
@@ -171,41 +215,59 @@ def _reference_texts(where: str, references: object) -> list[str]:
     return list(references)
 
 
-def _paired_corpus(candidates: Candidates, references: References) -> list[tuple[str, list[str]]]:
+def _paired_corpus(
+    candidates: Candidates, references: References
+) -> list[tuple[str, list[str]]]:
     """Check both inputs and return ``(candidate, references)`` per image, in the references' order."""
     if isinstance(candidates, str) or isinstance(references, str):
-        raise TypeError("candidates and references must be collections of captions, not a single str")
+        raise TypeError(
+            "candidates and references must be collections of captions, not a single str"
+        )
     if isinstance(candidates, Mapping) != isinstance(references, Mapping):
         raise TypeError(
             "pass candidates and references in the same form: both dicts keyed by image id, "
             f"or both lists in the same order (got {type(candidates).__name__} and {type(references).__name__})"
         )
     if isinstance(candidates, Mapping):
-        no_references = [image_id for image_id in candidates if image_id not in references]
-        no_candidate = [image_id for image_id in references if image_id not in candidates]
+        no_references = [
+            image_id for image_id in candidates if image_id not in references
+        ]
+        no_candidate = [
+            image_id for image_id in references if image_id not in candidates
+        ]
         if no_references or no_candidate:
             raise ValueError(
                 "candidates and references must have the same image ids; "
                 f"ids with no references: {no_references[:5]}, ids with no candidate: {no_candidate[:5]}"
             )
-        items = [(f"of image {image_id!r}", candidates[image_id], refs) for image_id, refs in references.items()]
+        items = [
+            (f"of image {image_id!r}", candidates[image_id], refs)
+            for image_id, refs in references.items()
+        ]
     else:
         if len(candidates) != len(references):
             raise ValueError(
                 f"got {len(candidates)} candidates but {len(references)} reference lists; "
                 "give one list of references per candidate, in the same order"
             )
-        items = [(f"at index {index}", c, r) for index, (c, r) in enumerate(zip(candidates, references))]
+        items = [
+            (f"at index {index}", c, r)
+            for index, (c, r) in enumerate(zip(candidates, references))
+        ]
     if not items:
         raise ValueError("the corpus is empty; caption metrics need at least one image")
-    return [(_candidate_text(where, c), _reference_texts(where, r)) for where, c, r in items]
+    return [
+        (_candidate_text(where, c), _reference_texts(where, r)) for where, c, r in items
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # N-gram counts, shared by BLEU and CIDEr-D
 # ---------------------------------------------------------------------------------------------
 
-_MAX_ORDER = 4  # both metrics use 1- to 4-grams (pycocoevalcap counts no longer n-grams)
+_MAX_ORDER = (
+    4  # both metrics use 1- to 4-grams (pycocoevalcap counts no longer n-grams)
+)
 
 
 class _Caption:
@@ -222,7 +284,8 @@ class _Caption:
         tokens = text.split()
         self.length = len(tokens)
         self.ngrams = [Counter(tokens)] + [
-            Counter(map(" ".join, zip(*(tokens[start:] for start in range(n))))) for n in range(2, _MAX_ORDER + 1)
+            Counter(map(" ".join, zip(*(tokens[start:] for start in range(n)))))
+            for n in range(2, _MAX_ORDER + 1)
         ]
 
 
@@ -251,14 +314,19 @@ _SMALL = 1e-9
 
 def _closest_length(candidate_length: int, reference_lengths: Sequence[int]) -> int:
     """The reference length closest to the candidate's; on a tie, the shorter one."""
-    return min(reference_lengths, key=lambda length: (abs(length - candidate_length), length))
+    return min(
+        reference_lengths, key=lambda length: (abs(length - candidate_length), length)
+    )
 
 
-def _clipped_matches(candidate_counts: Counter, reference_counts: Sequence[Counter]) -> int:
+def _clipped_matches(
+    candidate_counts: Counter, reference_counts: Sequence[Counter]
+) -> int:
     """Candidate n-grams that match, each at most as often as in the reference holding it most often."""
     in_some_reference = candidate_counts.keys() & set().union(*reference_counts)
     return sum(
-        min(candidate_counts[ngram], max(counts[ngram] for counts in reference_counts)) for ngram in in_some_reference
+        min(candidate_counts[ngram], max(counts[ngram] for counts in reference_counts))
+        for ngram in in_some_reference
     )
 
 
@@ -269,10 +337,14 @@ def _bleu(images: Iterable[_CountedImage], max_n: int) -> list[float]:
     candidate_total = reference_total = 0
     for candidate, references in images:
         candidate_total += candidate.length
-        reference_total += _closest_length(candidate.length, [ref.length for ref in references])
+        reference_total += _closest_length(
+            candidate.length, [ref.length for ref in references]
+        )
         for order in range(max_n):
             possible[order] += max(0, candidate.length - order)
-            matches[order] += _clipped_matches(candidate.ngrams[order], [ref.ngrams[order] for ref in references])
+            matches[order] += _clipped_matches(
+                candidate.ngrams[order], [ref.ngrams[order] for ref in references]
+            )
     scores = []
     precision_product = 1.0
     for order in range(max_n):
@@ -285,7 +357,9 @@ def _bleu(images: Iterable[_CountedImage], max_n: int) -> list[float]:
     return scores
 
 
-def corpus_bleu(candidates: Candidates, references: References, max_n: int = 4) -> list[float]:
+def corpus_bleu(
+    candidates: Candidates, references: References, max_n: int = 4
+) -> list[float]:
     """Corpus BLEU-1..``max_n`` (``max_n`` <= 4), equal to pycocoevalcap's ``Bleu(max_n)``.
 
     BLEU-n is the geometric mean of the modified n-gram precisions p_1..p_n times a brevity
@@ -302,8 +376,14 @@ def corpus_bleu(candidates: Candidates, references: References, max_n: int = 4) 
 
     Tokens are the whitespace-separated words of each string. Returns ``[BLEU-1, ..., BLEU-max_n]``.
     """
-    if isinstance(max_n, bool) or not isinstance(max_n, int) or not 1 <= max_n <= _MAX_ORDER:
-        raise ValueError(f"max_n must be an integer from 1 to {_MAX_ORDER} (as in pycocoevalcap), got {max_n!r}")
+    if (
+        isinstance(max_n, bool)
+        or not isinstance(max_n, int)
+        or not 1 <= max_n <= _MAX_ORDER
+    ):
+        raise ValueError(
+            f"max_n must be an integer from 1 to {_MAX_ORDER} (as in pycocoevalcap), got {max_n!r}"
+        )
     return _bleu(_counting(_paired_corpus(candidates, references)), max_n)
 
 
@@ -351,12 +431,19 @@ def _sentence_rouge_l(candidate: str, references: Sequence[str]) -> float:
     if best_precision == 0 or best_recall == 0:
         return 0.0
     beta_squared = _ROUGE_BETA**2
-    return (1 + beta_squared) * best_precision * best_recall / (best_recall + beta_squared * best_precision)
+    return (
+        (1 + beta_squared)
+        * best_precision
+        * best_recall
+        / (best_recall + beta_squared * best_precision)
+    )
 
 
 def _rouge_l(pairs: Sequence[tuple[str, list[str]]]) -> float:
     """Mean ROUGE-L of checked ``(candidate, references)`` pairs."""
-    return math.fsum(_sentence_rouge_l(candidate, references) for candidate, references in pairs) / len(pairs)
+    return math.fsum(
+        _sentence_rouge_l(candidate, references) for candidate, references in pairs
+    ) / len(pairs)
 
 
 def rouge_l(candidates: Candidates, references: References) -> float:
@@ -378,16 +465,27 @@ def rouge_l(candidates: Candidates, references: References) -> float:
 _CIDER_SCALE = 10.0
 
 
-def _tfidf_norms(caption: _Caption, squared_idf: dict[str, float], unseen: float) -> list[float]:
+def _tfidf_norms(
+    caption: _Caption, squared_idf: dict[str, float], unseen: float
+) -> list[float]:
     """Norms of a caption's tf-idf vectors, one per n-gram order (``unseen``: squared idf of other n-grams)."""
     return [
-        math.sqrt(sum(count * count * squared_idf.get(ngram, unseen) for ngram, count in counts.items()))
+        math.sqrt(
+            sum(
+                count * count * squared_idf.get(ngram, unseen)
+                for ngram, count in counts.items()
+            )
+        )
         for counts in caption.ngrams
     ]
 
 
 def _image_cider_d(
-    candidate: _Caption, references: Sequence[_Caption], squared_idf: dict[str, float], unseen: float, sigma: float
+    candidate: _Caption,
+    references: Sequence[_Caption],
+    squared_idf: dict[str, float],
+    unseen: float,
+    sigma: float,
 ) -> float:
     """CIDEr-D of one image: 10 x the mean over references and n-gram orders of the penalised similarity.
 
@@ -400,12 +498,16 @@ def _image_cider_d(
     total = 0.0
     for reference in references:
         reference_norms = _tfidf_norms(reference, squared_idf, unseen)
-        length_penalty = math.exp(-((candidate_length - max(0, reference.length - 1)) ** 2) / (2 * sigma**2))
+        length_penalty = math.exp(
+            -((candidate_length - max(0, reference.length - 1)) ** 2) / (2 * sigma**2)
+        )
         for candidate_counts, reference_counts, candidate_norm, reference_norm in zip(
             candidate.ngrams, reference.ngrams, candidate_norms, reference_norms
         ):
             similarity = sum(
-                min(candidate_counts[ngram], reference_counts[ngram]) * reference_counts[ngram] * squared_idf[ngram]
+                min(candidate_counts[ngram], reference_counts[ngram])
+                * reference_counts[ngram]
+                * squared_idf[ngram]
                 for ngram in candidate_counts.keys() & reference_counts.keys()
             )
             if candidate_norm != 0 and reference_norm != 0:
@@ -418,17 +520,28 @@ def _cider_d(images: Sequence[_CountedImage], sigma: float) -> float:
     """Corpus CIDEr-D of counted images."""
     document_frequency: Counter = Counter()
     for _, references in images:
-        document_frequency.update(set().union(*(counts.keys() for ref in references for counts in ref.ngrams)))
+        document_frequency.update(
+            set().union(*(counts.keys() for ref in references for counts in ref.ngrams))
+        )
     log_images = math.log(len(images))
-    squared_idf_of_df = [(log_images - math.log(max(1, df))) ** 2 for df in range(len(images) + 1)]
-    squared_idf = {ngram: squared_idf_of_df[df] for ngram, df in document_frequency.items()}
+    squared_idf_of_df = [
+        (log_images - math.log(max(1, df))) ** 2 for df in range(len(images) + 1)
+    ]
+    squared_idf = {
+        ngram: squared_idf_of_df[df] for ngram, df in document_frequency.items()
+    }
     # An n-gram in no reference has df = 0, which pycocoevalcap counts as 1.
     unseen = squared_idf_of_df[1]
-    scores = [_image_cider_d(candidate, references, squared_idf, unseen, sigma) for candidate, references in images]
+    scores = [
+        _image_cider_d(candidate, references, squared_idf, unseen, sigma)
+        for candidate, references in images
+    ]
     return math.fsum(scores) / len(scores)
 
 
-def cider_d(candidates: Candidates, references: References, sigma: float = 6.0) -> float:
+def cider_d(
+    candidates: Candidates, references: References, sigma: float = 6.0
+) -> float:
     """Corpus CIDEr-D, equal to pycocoevalcap's ``Cider`` (which, despite its name, is CIDEr-D).
 
     CIDEr (Vedantam et al. 2015) compares tf-idf weighted n-gram vectors; its "-D" variant,
@@ -448,8 +561,15 @@ def cider_d(candidates: Candidates, references: References, sigma: float = 6.0) 
     The corpus score is the mean over images. With a single image log(N / df) is 0 for every
     reference n-gram, so a one-image corpus always scores 0.
     """
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or math.isinf(sigma):
-        raise ValueError(f"sigma must be a positive finite number (pycocoevalcap uses 6.0), got {sigma!r}")
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, (int, float))
+        or not sigma > 0
+        or math.isinf(sigma)
+    ):
+        raise ValueError(
+            f"sigma must be a positive finite number (pycocoevalcap uses 6.0), got {sigma!r}"
+        )
     return _cider_d(_counted(_paired_corpus(candidates, references)), float(sigma))
 
 
@@ -468,7 +588,10 @@ def caption_metrics(candidates: Candidates, references: References) -> dict[str,
     """
     pairs = _paired_corpus(candidates, references)
     images = _counted(pairs)
-    metrics = {f"BLEU-{order}": score for order, score in enumerate(_bleu(images, _MAX_ORDER), start=1)}
+    metrics = {
+        f"BLEU-{order}": score
+        for order, score in enumerate(_bleu(images, _MAX_ORDER), start=1)
+    }
     metrics["ROUGE-L"] = _rouge_l(pairs)
     metrics["CIDEr-D"] = _cider_d(images, sigma=6.0)
     return metrics

@@ -67,7 +67,9 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
 
 
 @torch.no_grad()
-def uniformity(x: torch.Tensor, t: float = 2.0, chunk_size: int = UNIFORMITY_CHUNK_SIZE) -> float:
+def uniformity(
+    x: torch.Tensor, t: float = 2.0, chunk_size: int = UNIFORMITY_CHUNK_SIZE
+) -> float:
     """Return how evenly unit vectors spread over the sphere, ``log E_{i != j} exp(-t ||x_i - x_j||^2)``.
 
     The mean runs over all ``N (N - 1)`` ordered pairs of distinct rows (the same value as over
@@ -88,7 +90,9 @@ def uniformity(x: torch.Tensor, t: float = 2.0, chunk_size: int = UNIFORMITY_CHU
 
 
 @torch.no_grad()
-def modality_gap_vector(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+def modality_gap_vector(
+    image_emb: torch.Tensor, text_emb: torch.Tensor
+) -> torch.Tensor:
     """Return the vector from the text centroid to the image centroid, ``mean(image_emb) - mean(text_emb)``.
 
     This is the gap vector of Liang et al. (2022). The two sets need not have the same size
@@ -113,7 +117,9 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def pca(x: torch.Tensor, k: int = 2, center: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pca(
+    x: torch.Tensor, k: int = 2, center: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project ``x`` on its ``k`` principal directions, computed from a singular value decomposition.
 
     Returns ``(projected [N, k], components [k, D], explained_variance_ratio [k])`` with
@@ -135,7 +141,11 @@ def pca(x: torch.Tensor, k: int = 2, center: bool = True) -> tuple[torch.Tensor,
     """
     _check_embeddings("x", x)
     n, d = x.shape
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= min(n, d):
+    if (
+        isinstance(k, bool)
+        or not isinstance(k, numbers.Integral)
+        or not 1 <= k <= min(n, d)
+    ):
         raise ValueError(
             f"k must be an integer between 1 and min(N, D) = {min(n, d)} for x of shape {tuple(x.shape)}, got {k!r}"
         )
@@ -151,7 +161,9 @@ def pca(x: torch.Tensor, k: int = 2, center: bool = True) -> tuple[torch.Tensor,
         # Centring identical rows leaves rounding residue of order eps * |x|, not exact zeros.
         if float(total) <= (64 * torch.finfo(data.dtype).eps) ** 2 * float(raw_energy):
             what = "all its rows are the same point" if center else "it is all zeros"
-            raise ValueError(f"x has no variance ({what}); PCA needs points that differ")
+            raise ValueError(
+                f"x has no variance ({what}); PCA needs points that differ"
+            )
         components = right_vectors[:k]
         largest = components.abs().argmax(dim=1, keepdim=True)
         components = components * torch.sign(components.gather(1, largest))
@@ -197,7 +209,9 @@ def geometry_report(
             )
         paired_images = image_emb
     else:
-        owners = _caption_owners(text_to_image, image_emb.shape[0], text_emb.shape[0], image_emb.device)
+        owners = _caption_owners(
+            text_to_image, image_emb.shape[0], text_emb.shape[0], image_emb.device
+        )
         paired_images = image_emb[owners]
     dtype = _work_dtype(image_emb, text_emb)
     both = torch.cat([image_emb.to(dtype), text_emb.to(dtype)])
@@ -206,7 +220,9 @@ def geometry_report(
         "uniformity_image": _uniformity(image_emb, float(t), UNIFORMITY_CHUNK_SIZE),
         "uniformity_text": _uniformity(text_emb, float(t), UNIFORMITY_CHUNK_SIZE),
         "uniformity_joint": _uniformity(both, float(t), UNIFORMITY_CHUNK_SIZE),
-        "modality_gap": float(torch.linalg.vector_norm(_gap_vector(image_emb, text_emb))),
+        "modality_gap": float(
+            torch.linalg.vector_norm(_gap_vector(image_emb, text_emb))
+        ),
     }
 
 
@@ -231,7 +247,11 @@ def _uniformity(x: torch.Tensor, t: float, chunk_size: int) -> float:
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             block = points[start:stop]
-            squared_distances = squared_norms[start:stop, None] + squared_norms[None, :] - 2.0 * block @ points.T
+            squared_distances = (
+                squared_norms[start:stop, None]
+                + squared_norms[None, :]
+                - 2.0 * block @ points.T
+            )
             log_kernel = -t * squared_distances.clamp_min(0.0)
             rows = torch.arange(stop - start, device=x.device)
             log_kernel[rows, start + rows] = -math.inf
@@ -248,7 +268,11 @@ def _gap_vector(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 when any input is float64, else float32 (half precision is too coarse for sums of N^2 terms)."""
-    return torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32
+    return (
+        torch.float64
+        if any(tensor.dtype == torch.float64 for tensor in tensors)
+        else torch.float32
+    )
 
 
 def _check_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> None:
@@ -256,11 +280,15 @@ def _check_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> None:
     if not isinstance(emb, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
     if emb.dim() != 2 or emb.shape[1] == 0:
-        raise ValueError(f"{name} must be 2-D [items, dim] with dim >= 1, got shape {tuple(emb.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D [items, dim] with dim >= 1, got shape {tuple(emb.shape)}"
+        )
     if emb.shape[0] < min_rows:
         raise ValueError(f"{name} needs at least {min_rows} row(s), got {emb.shape[0]}")
     if not emb.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {emb.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {emb.dtype}"
+        )
     finite_rows = torch.isfinite(emb).all(dim=1)
     if not bool(finite_rows.all()):
         bad = int((~finite_rows).nonzero()[0])
@@ -280,33 +308,53 @@ def _check_unit_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> N
         )
 
 
-def _check_same_space(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+def _check_same_space(
+    name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
+) -> None:
     """Raise unless the two embedding sets have the same width and live on the same device."""
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{name_a} and {name_b} must have the same embedding size, got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same embedding size, got {a.shape[1]} and {b.shape[1]}"
+        )
     if a.device != b.device:
-        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device")
+        raise ValueError(
+            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device"
+        )
 
 
 def _check_positive(name: str, value: float) -> None:
     """Raise unless ``value`` is a finite real number greater than zero."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _check_chunk_size(chunk_size: int) -> None:
     """Raise unless ``chunk_size`` is a positive integer."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
 
 def _caption_owners(
-    text_to_image: torch.Tensor | Sequence[int], n_img: int, n_txt: int, device: torch.device
+    text_to_image: torch.Tensor | Sequence[int],
+    n_img: int,
+    n_txt: int,
+    device: torch.device,
 ) -> torch.Tensor:
     """Check ``text_to_image`` (one image index per caption) and return it as int64 on ``device``."""
     owners = torch.as_tensor(text_to_image)
     if owners.is_floating_point() or owners.is_complex() or owners.dtype == torch.bool:
-        raise TypeError(f"text_to_image must hold integer image indices, got dtype {owners.dtype}")
+        raise TypeError(
+            f"text_to_image must hold integer image indices, got dtype {owners.dtype}"
+        )
     if owners.dim() != 1 or owners.shape[0] != n_txt:
         raise ValueError(
             f"text_to_image must be 1-D with one image index per caption ({n_txt}), got shape {tuple(owners.shape)}"

@@ -27,7 +27,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["retrieval_metrics", "ranks_image_to_text", "ranks_text_to_image", "format_retrieval"]
+__all__ = [
+    "retrieval_metrics",
+    "ranks_image_to_text",
+    "ranks_text_to_image",
+    "format_retrieval",
+]
 
 
 def _check_embeddings(name: str, emb: torch.Tensor) -> None:
@@ -35,15 +40,21 @@ def _check_embeddings(name: str, emb: torch.Tensor) -> None:
     if not isinstance(emb, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
     if emb.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [items, dim], got shape {tuple(emb.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D [items, dim], got shape {tuple(emb.shape)}"
+        )
     if emb.shape[0] == 0:
         raise ValueError(f"{name} is empty; retrieval needs at least one item")
     if not emb.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {emb.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {emb.dtype}"
+        )
     finite_rows = torch.isfinite(emb).all(dim=1)
     if not bool(finite_rows.all()):
         bad = int((~finite_rows).nonzero()[0])
-        raise ValueError(f"{name} row {bad} contains NaN or infinite values; ranks would be meaningless")
+        raise ValueError(
+            f"{name} row {bad} contains NaN or infinite values; ranks would be meaningless"
+        )
 
 
 def _validated_inputs(
@@ -64,12 +75,18 @@ def _validated_inputs(
         raise ValueError(
             f"image_emb is on {image_emb.device} but text_emb is on {text_emb.device}; move both to one device"
         )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
     owner = torch.as_tensor(text_to_image)
     if owner.is_floating_point() or owner.is_complex() or owner.dtype == torch.bool:
-        raise TypeError(f"text_to_image must hold integer image indices, got dtype {owner.dtype}")
+        raise TypeError(
+            f"text_to_image must hold integer image indices, got dtype {owner.dtype}"
+        )
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
     if owner.dim() != 1 or owner.shape[0] != n_txt:
         raise ValueError(
@@ -87,7 +104,9 @@ def _validated_inputs(
     uncaptioned = (captions_per_image == 0).nonzero().flatten()
     if uncaptioned.numel() > 0:
         shown = ", ".join(str(int(i)) for i in uncaptioned[:10])
-        more = f" and {uncaptioned.numel() - 10} more" if uncaptioned.numel() > 10 else ""
+        more = (
+            f" and {uncaptioned.numel() - 10} more" if uncaptioned.numel() > 10 else ""
+        )
         raise ValueError(
             f"image {shown}{more} has no caption in text_to_image; every image needs at least one "
             "positive caption for image-to-text ranks (drop uncaptioned images from image_emb)"
@@ -120,7 +139,9 @@ def ranks_image_to_text(
             scores = image_emb[start:stop].float() @ gallery.T
             image_ids = torch.arange(start, stop, device=device)
             is_positive = owner.unsqueeze(0) == image_ids.unsqueeze(1)
-            best_positive = scores.masked_fill(~is_positive, float("-inf")).amax(dim=1, keepdim=True)
+            best_positive = scores.masked_fill(~is_positive, float("-inf")).amax(
+                dim=1, keepdim=True
+            )
             negatives_at_or_above = (scores >= best_positive) & ~is_positive
             ranks[start:stop] = 1 + negatives_at_or_above.sum(dim=1)
     return ranks
@@ -221,18 +242,31 @@ def format_retrieval(metrics: dict[str, float]) -> str:
         image->text   45.20   75.10   85.00          2.0       8.31
         text->image   33.80   64.02   76.44          3.0      12.70
     """
-    ks = sorted(int(match.group(1)) for key in metrics if (match := _RECALL_KEY.match(key)))
+    ks = sorted(
+        int(match.group(1)) for key in metrics if (match := _RECALL_KEY.match(key))
+    )
     if not ks:
-        raise ValueError("metrics holds no 'i2t_r<K>' key; pass the dictionary returned by retrieval_metrics")
-    needed = [f"{d}_{name}" for d in ("i2t", "t2i") for name in [*(f"r{k}" for k in ks), "median_rank", "mean_rank"]]
+        raise ValueError(
+            "metrics holds no 'i2t_r<K>' key; pass the dictionary returned by retrieval_metrics"
+        )
+    needed = [
+        f"{d}_{name}"
+        for d in ("i2t", "t2i")
+        for name in [*(f"r{k}" for k in ks), "median_rank", "mean_rank"]
+    ]
     missing = [key for key in needed if key not in metrics]
     if missing:
-        raise ValueError(f"metrics lacks {missing}; pass the dictionary returned by retrieval_metrics")
+        raise ValueError(
+            f"metrics lacks {missing}; pass the dictionary returned by retrieval_metrics"
+        )
     headers = [f"R@{k}%" for k in ks] + ["median rank", "mean rank"]
     widths = [max(6, len(h)) for h in headers]
     lines = [" " * 11 + "".join(f"  {h:>{w}}" for h, w in zip(headers, widths))]
     for direction, label in (("i2t", "image->text"), ("t2i", "text->image")):
         cells = [f"{100 * metrics[f'{direction}_r{k}']:.2f}" for k in ks]
-        cells += [f"{metrics[f'{direction}_median_rank']:.1f}", f"{metrics[f'{direction}_mean_rank']:.2f}"]
+        cells += [
+            f"{metrics[f'{direction}_median_rank']:.1f}",
+            f"{metrics[f'{direction}_mean_rank']:.2f}",
+        ]
         lines.append(label + "".join(f"  {c:>{w}}" for c, w in zip(cells, widths)))
     return "\n".join(lines)

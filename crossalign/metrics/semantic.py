@@ -21,15 +21,27 @@ the same.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from crossalign.data.shapes import (
-    COLOUR_WORDS, REGION_WORDS, RELATION_WORDS, SHAPE_WORDS, SIZE_WORDS, SceneGraph,
+    COLOUR_WORDS,
+    REGION_WORDS,
+    RELATION_WORDS,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    SceneGraph,
 )
 from crossalign.data.vocab import simple_tokenize
 
-__all__ = ["ObjectMention", "ParsedCaption", "caption_matches_scene", "parse_caption", "semantic_accuracy", "semantic_report"]
+__all__ = [
+    "ObjectMention",
+    "ParsedCaption",
+    "caption_matches_scene",
+    "parse_caption",
+    "semantic_accuracy",
+    "semantic_report",
+]
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,13 @@ class ParsedCaption:
 def _phrase_table() -> dict[tuple[str, ...], tuple[str, object]]:
     """Every multi-word or synonym phrase of the grammar -> (kind, canonical value)."""
     table: dict[tuple[str, ...], tuple[str, object]] = {}
-    for kind, words in (("size", SIZE_WORDS), ("colour", COLOUR_WORDS), ("shape", SHAPE_WORDS),
-                        ("relation", RELATION_WORDS), ("region", REGION_WORDS)):
+    for kind, words in (
+        ("size", SIZE_WORDS),
+        ("colour", COLOUR_WORDS),
+        ("shape", SHAPE_WORDS),
+        ("relation", RELATION_WORDS),
+        ("region", REGION_WORDS),
+    ):
         for value, phrases in words.items():
             for phrase in phrases:
                 table[tuple(phrase.split())] = (kind, value)
@@ -73,12 +90,18 @@ _LONGEST = max(len(phrase) for phrase in _PHRASES)
 _NOUN = "NOUN"  # an article followed by size, colour and shape
 # Templates as sequences of literal words and symbols; "NOUN", "relation" and "region" are slots.
 _ONE_OBJECT = (
-    (_NOUN, "region"), ("there", "is", _NOUN, "region"), (_NOUN, "is", "region"),
-    ("a", "picture", "of", _NOUN, "region"), ("region", "there", "is", _NOUN),
+    (_NOUN, "region"),
+    ("there", "is", _NOUN, "region"),
+    (_NOUN, "is", "region"),
+    ("a", "picture", "of", _NOUN, "region"),
+    ("region", "there", "is", _NOUN),
 )
 _TWO_OBJECTS = (
-    (_NOUN, "relation", _NOUN), (_NOUN, "is", "relation", _NOUN), ("there", "is", _NOUN, "relation", _NOUN),
-    ("a", "picture", "of", _NOUN, "relation", _NOUN), ("in", "this", "image", _NOUN, "is", "relation", _NOUN),
+    (_NOUN, "relation", _NOUN),
+    (_NOUN, "is", "relation", _NOUN),
+    ("there", "is", _NOUN, "relation", _NOUN),
+    ("a", "picture", "of", _NOUN, "relation", _NOUN),
+    ("in", "this", "image", _NOUN, "is", "relation", _NOUN),
 )
 _THIRD_CLAUSE = ("and", _NOUN, "is", "relation", _NOUN)
 
@@ -100,7 +123,9 @@ def _symbols(words: Sequence[str]) -> list[tuple[str, object]]:
     return symbols
 
 
-def _match(template: Sequence[str], symbols: Sequence[tuple[str, object]]) -> list | None:
+def _match(
+    template: Sequence[str], symbols: Sequence[tuple[str, object]]
+) -> list | None:
     """Match ``symbols`` against a template exactly; return the slot values in order, or None.
 
     A noun slot yields ``(article, ObjectMention)``.
@@ -111,9 +136,14 @@ def _match(template: Sequence[str], symbols: Sequence[tuple[str, object]]) -> li
         if part == _NOUN:
             piece = symbols[position : position + 4]
             kinds = [kind for kind, _ in piece]
-            if kinds != ["word", "size", "colour", "shape"] or piece[0][1] not in ("a", "the"):
+            if kinds != ["word", "size", "colour", "shape"] or piece[0][1] not in (
+                "a",
+                "the",
+            ):
                 return None
-            values.append((piece[0][1], ObjectMention(piece[1][1], piece[2][1], piece[3][1])))
+            values.append(
+                (piece[0][1], ObjectMention(piece[1][1], piece[2][1], piece[3][1]))
+            )
             position += 4
         elif part in ("relation", "region"):
             if position >= len(symbols) or symbols[position][0] != part:
@@ -127,7 +157,9 @@ def _match(template: Sequence[str], symbols: Sequence[tuple[str, object]]) -> li
     return values if position == len(symbols) else None
 
 
-def _first_match(templates: Sequence[Sequence[str]], symbols: Sequence[tuple[str, object]]) -> list | None:
+def _first_match(
+    templates: Sequence[Sequence[str]], symbols: Sequence[tuple[str, object]]
+) -> list | None:
     for template in templates:
         values = _match(template, symbols)
         if values is not None:
@@ -146,10 +178,17 @@ def parse_caption(caption: str) -> ParsedCaption | None:
     symbols = _symbols(simple_tokenize(caption))
     values = _first_match(_ONE_OBJECT, symbols)
     if values is not None:
-        article, mention = next(value for value in values if isinstance(value[1], ObjectMention))
-        region = next(value for value in values if not isinstance(value[1], ObjectMention))
+        article, mention = next(
+            value for value in values if isinstance(value[1], ObjectMention)
+        )
+        region = next(
+            value for value in values if not isinstance(value[1], ObjectMention)
+        )
         return ParsedCaption((mention,), (), region) if article == "a" else None
-    split = next((i for i, symbol in enumerate(symbols) if symbol == ("word", "and")), len(symbols))
+    split = next(
+        (i for i, symbol in enumerate(symbols) if symbol == ("word", "and")),
+        len(symbols),
+    )
     values = _first_match(_TWO_OBJECTS, symbols[:split])
     if values is None:
         return None
@@ -165,25 +204,38 @@ def parse_caption(caption: str) -> ParsedCaption | None:
     if article_c != "a" or article_target != "the":
         return None
     readings = tuple(
-        ((0, relation, 1), (2, extra_relation, index)) for index, mention in enumerate((first, second)) if mention == target
+        ((0, relation, 1), (2, extra_relation, index))
+        for index, mention in enumerate((first, second))
+        if mention == target
     )
     if not readings:
         return None
     return ParsedCaption((first, second, third), readings[0], None, readings)
 
 
-def _attributes_match(mentions: Sequence[ObjectMention], scene: SceneGraph, assignment: Sequence[int]) -> bool:
+def _attributes_match(
+    mentions: Sequence[ObjectMention], scene: SceneGraph, assignment: Sequence[int]
+) -> bool:
     return all(
-        (m.size, m.colour, m.shape) == (scene.objects[k].size, scene.objects[k].colour, scene.objects[k].shape)
+        (m.size, m.colour, m.shape)
+        == (scene.objects[k].size, scene.objects[k].colour, scene.objects[k].shape)
         for m, k in zip(mentions, assignment)
     )
 
 
-def _facts_hold(parsed: ParsedCaption, scene: SceneGraph, assignment: Sequence[int]) -> bool:
-    if parsed.region is not None and scene.objects[assignment[0]].region() != parsed.region:
+def _facts_hold(
+    parsed: ParsedCaption, scene: SceneGraph, assignment: Sequence[int]
+) -> bool:
+    if (
+        parsed.region is not None
+        and scene.objects[assignment[0]].region() != parsed.region
+    ):
         return False
     readings = parsed.alternatives or (parsed.relations,)
-    return any(all(scene.holds(assignment[s], r, assignment[o]) for s, r, o in reading) for reading in readings)
+    return any(
+        all(scene.holds(assignment[s], r, assignment[o]) for s, r, o in reading)
+        for reading in readings
+    )
 
 
 def _assignments(parsed: ParsedCaption, scene: SceneGraph) -> list[tuple[int, ...]]:
@@ -191,7 +243,8 @@ def _assignments(parsed: ParsedCaption, scene: SceneGraph) -> list[tuple[int, ..
     if len(parsed.objects) != len(scene.objects):
         return []
     return [
-        assignment for assignment in itertools.permutations(range(len(scene.objects)))
+        assignment
+        for assignment in itertools.permutations(range(len(scene.objects)))
         if _attributes_match(parsed.objects, scene, assignment)
     ]
 
@@ -201,14 +254,21 @@ def caption_matches_scene(caption: str, scene: SceneGraph) -> bool:
     parsed = parse_caption(caption)
     if parsed is None:
         return False
-    return any(_facts_hold(parsed, scene, assignment) for assignment in _assignments(parsed, scene))
+    return any(
+        _facts_hold(parsed, scene, assignment)
+        for assignment in _assignments(parsed, scene)
+    )
 
 
 def _check_pairs(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> None:
     if isinstance(captions, str):
-        raise TypeError("captions must be a sequence of captions, not a single str; wrap it in a list")
+        raise TypeError(
+            "captions must be a sequence of captions, not a single str; wrap it in a list"
+        )
     if len(captions) != len(scenes):
-        raise ValueError(f"got {len(captions)} captions for {len(scenes)} scenes; pass one caption per scene")
+        raise ValueError(
+            f"got {len(captions)} captions for {len(scenes)} scenes; pass one caption per scene"
+        )
     if not captions:
         raise ValueError("captions is empty: there is nothing to score")
 
@@ -216,10 +276,14 @@ def _check_pairs(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> None:
 def semantic_accuracy(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> float:
     """Fraction of captions that match their scene exactly (see :func:`caption_matches_scene`)."""
     _check_pairs(captions, scenes)
-    return sum(caption_matches_scene(c, s) for c, s in zip(captions, scenes)) / len(captions)
+    return sum(caption_matches_scene(c, s) for c, s in zip(captions, scenes)) / len(
+        captions
+    )
 
 
-def semantic_report(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> dict[str, float]:
+def semantic_report(
+    captions: Sequence[str], scenes: Sequence[SceneGraph]
+) -> dict[str, float]:
     """Where captions go wrong: the fraction that pass each check, each check including the previous.
 
     Keys: ``grammatical`` (parses), ``object_count`` (names as many objects as the scene has),

@@ -102,11 +102,13 @@ class CaptionerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CaptionerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
         """Build from a dict, naming any key this config does not know."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown captioner config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown captioner config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**data)
 
 
@@ -122,20 +124,30 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+def caption_loss(
+    logits: torch.Tensor, targets: torch.Tensor, pad_id: int
+) -> torch.Tensor:
     """Mean cross-entropy over the real (non-``pad_id``) target tokens of a batch.
 
     ``logits`` is ``[B, T, V]``, ``targets`` ``[B, T]``. Every real token counts once, so a
     long caption weighs more than a short one, as in a language model's per-token loss.
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
-        raise ValueError(f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     if not bool((targets != pad_id).any()):
-        raise ValueError("targets hold only padding: there is no token to compute a loss on")
-    return F.cross_entropy(_at_least_fp32(logits).flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+        raise ValueError(
+            "targets hold only padding: there is no token to compute a loss on"
+        )
+    return F.cross_entropy(
+        _at_least_fp32(logits).flatten(0, 1), targets.flatten(), ignore_index=pad_id
+    )
 
 
-def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def doubly_stochastic_penalty(
+    attention: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Xu et al.'s doubly stochastic attention regulariser, ``(1 - sum_t alpha_ti)^2`` averaged over regions i and images.
 
     ``attention`` is ``[B, T, N]`` (each row sums to 1 over the N regions); ``mask`` ``[B, T]``
@@ -151,7 +163,9 @@ def doubly_stochastic_penalty(attention: torch.Tensor, mask: torch.Tensor) -> to
     cost). Xu et al. had 196 regions and shorter captions, where ``T < N``.
     """
     if attention.dim() != 3 or mask.shape != attention.shape[:2]:
-        raise ValueError(f"attention must be [B, T, N] and mask [B, T]; got {tuple(attention.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"attention must be [B, T, N] and mask [B, T]; got {tuple(attention.shape)} and {tuple(mask.shape)}"
+        )
     received = (attention * mask.unsqueeze(-1).to(attention.dtype)).sum(dim=1)
     return ((1.0 - received) ** 2).mean()
 
@@ -166,7 +180,9 @@ class Captioner(nn.Module, ABC):
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         if config.kind not in CAPTIONER_KINDS:
-            raise ValueError(f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}")
+            raise ValueError(
+                f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}"
+            )
         if config.vocab_size <= max(config.pad_id, config.bos_id, config.eos_id):
             raise ValueError(
                 f"vocab_size={config.vocab_size} must exceed the special ids (pad {config.pad_id}, bos "
@@ -177,16 +193,20 @@ class Captioner(nn.Module, ABC):
         self.config = config
         self.encoder: ImageEncoder | None = None
         if config.image_encoder is not None:
-            self.encoder = build_image_encoder(config.image_encoder, **config.image_kwargs)
+            self.encoder = build_image_encoder(
+                config.image_encoder, **config.image_kwargs
+            )
             self.feature_dim = self.encoder.grid_dim
             if config.freeze_encoder:
                 self.encoder.requires_grad_(False)
         elif config.feature_dim is None or config.feature_dim < 1:
-            raise ValueError("a captioner without image_encoder reads precomputed features: set feature_dim to their width")
+            raise ValueError(
+                "a captioner without image_encoder reads precomputed features: set feature_dim to their width"
+            )
         else:
             self.feature_dim = config.feature_dim
 
-    def train(self, mode: bool = True) -> "Captioner":
+    def train(self, mode: bool = True) -> Captioner:
         """Set training mode; a frozen image encoder stays in eval mode (fixed batch-norm statistics)."""
         super().train(mode)
         if self.encoder is not None and self.config.freeze_encoder:
@@ -207,13 +227,17 @@ class Captioner(nn.Module, ABC):
             inputs = inputs.flatten(2).transpose(1, 2)
         if inputs.dim() != 3 or inputs.shape[-1] != self.feature_dim:
             if self.encoder is not None:
-                raise ValueError(f"inputs must be images [B, 3, H, W] or their regions [B, N, {self.feature_dim}], "
-                                 f"got {tuple(inputs.shape)}")
+                raise ValueError(
+                    f"inputs must be images [B, 3, H, W] or their regions [B, N, {self.feature_dim}], "
+                    f"got {tuple(inputs.shape)}"
+                )
             raise ValueError(
                 f"precomputed features must be [B, {self.feature_dim}, h, w] or [B, N, {self.feature_dim}], "
                 f"got {tuple(inputs.shape)}"
             )
-        return inputs.to(next(self.parameters()).dtype)  # e.g. fp16 cached features for an fp32 model
+        return inputs.to(
+            next(self.parameters()).dtype
+        )  # e.g. fp16 cached features for an fp32 model
 
     def teacher_regions(self, inputs: torch.Tensor, num_captions: int) -> torch.Tensor:
         """Regions ``[num_captions, N, C]`` for teacher forcing ``num_captions`` captions of ``inputs``.
@@ -236,7 +260,9 @@ class Captioner(nn.Module, ABC):
     def _region_count(self, regions: torch.Tensor) -> int:
         """The number of regions ``N`` of ``[B, N, C]``, checked against the position table's ``max_regions``."""
         if regions.shape[1] > self.config.max_regions:
-            raise ValueError(f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}")
+            raise ValueError(
+                f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}"
+            )
         return regions.shape[1]
 
     def init_state(self, inputs: torch.Tensor) -> Any:
@@ -248,21 +274,29 @@ class Captioner(nn.Module, ABC):
         """The initial decoder state for image regions ``[B, N, C]``."""
 
     @abstractmethod
-    def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    def step(
+        self, tokens: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Next-word log-probabilities ``[B, V]``, the new state and the region attention ``[B, N]``."""
 
     @abstractmethod
     def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
         """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``."""
 
-    def loss(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, CaptionOutput]:
+    def loss(
+        self, inputs: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, CaptionOutput]:
         """Teacher-forced training loss (cross-entropy over real tokens, plus any regulariser)."""
         output = self(inputs, input_ids)
         return caption_loss(output.logits, input_ids[:, 1:], self.config.pad_id), output
 
     @torch.no_grad()
     def generate(
-        self, inputs: torch.Tensor, beam_size: int = 1, max_len: int = 30, length_penalty: float = 0.0,
+        self,
+        inputs: torch.Tensor,
+        beam_size: int = 1,
+        max_len: int = 30,
+        length_penalty: float = 0.0,
     ) -> DecodeResult:
         """Caption a batch: greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
         was_training = self.training
@@ -270,10 +304,22 @@ class Captioner(nn.Module, ABC):
         try:
             state = self.init_state(inputs)
             cfg = self.config
-            common = dict(batch_size=inputs.shape[0], bos_id=cfg.bos_id, eos_id=cfg.eos_id, max_len=max_len, pad_id=cfg.pad_id)
+            common = dict(
+                batch_size=inputs.shape[0],
+                bos_id=cfg.bos_id,
+                eos_id=cfg.eos_id,
+                max_len=max_len,
+                pad_id=cfg.pad_id,
+            )
             if beam_size == 1:
                 return greedy_decode(self.step, state, **common)
-            return beam_search(self.step, state, beam_size=beam_size, length_penalty=length_penalty, **common)
+            return beam_search(
+                self.step,
+                state,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+                **common,
+            )
         finally:
             self.train(was_training)
 
@@ -295,9 +341,13 @@ class AdditiveAttention(nn.Module):
         """``W_r r_i`` for every region: ``[B, N, attention_dim]``."""
         return self.region_proj(regions)
 
-    def forward(self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the context ``sum_i alpha_i r_i`` ``[B, C]`` and the weights ``alpha`` ``[B, N]``."""
-        scores = self.score(torch.tanh(projected + self.query_proj(query).unsqueeze(1))).squeeze(-1)
+        scores = self.score(
+            torch.tanh(projected + self.query_proj(query).unsqueeze(1))
+        ).squeeze(-1)
         alpha = scores.softmax(dim=-1)
         return torch.bmm(alpha.unsqueeze(1), regions).squeeze(1), alpha
 
@@ -326,7 +376,9 @@ class ShowAttendTell(Captioner):
         super().__init__(config)
         c, e, h = self.feature_dim, config.embed_dim, config.hidden_dim
         self.embedding = nn.Embedding(config.vocab_size, e)
-        self.attention = AdditiveAttention(c, h + (e if config.attend_with_word else 0), config.attention_dim)
+        self.attention = AdditiveAttention(
+            c, h + (e if config.attend_with_word else 0), config.attention_dim
+        )
         self.init_h = nn.Linear(c, h)
         self.init_c = nn.Linear(c, h)
         self.gate = nn.Linear(h, 1)
@@ -342,28 +394,44 @@ class ShowAttendTell(Captioner):
 
     def _start(self, regions: torch.Tensor) -> SATState:
         if self.region_pos is not None:
-            regions = regions + self.region_pos[:, : self._region_count(regions)].to(regions.dtype)
+            regions = regions + self.region_pos[:, : self._region_count(regions)].to(
+                regions.dtype
+            )
         mean = regions.mean(dim=1)
-        return SATState(torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), regions,
-                        self.attention.project_regions(regions))
+        return SATState(
+            torch.tanh(self.init_h(mean)),
+            torch.tanh(self.init_c(mean)),
+            regions,
+            self.attention.project_regions(regions),
+        )
 
-    def _recur(self, embedded: torch.Tensor, state: SATState) -> tuple[SATState, torch.Tensor, torch.Tensor]:
+    def _recur(
+        self, embedded: torch.Tensor, state: SATState
+    ) -> tuple[SATState, torch.Tensor, torch.Tensor]:
         """Attend with the previous state (and word), then one LSTM step on the previous word's embedding ``[B, E]``.
 
         Returns the new state, the gated context ``[B, C]`` and the attention ``[B, N]``.
         """
-        query = torch.cat([state.h, embedded], dim=-1) if self.config.attend_with_word else state.h
+        query = (
+            torch.cat([state.h, embedded], dim=-1)
+            if self.config.attend_with_word
+            else state.h
+        )
         context, alpha = self.attention(state.regions, state.projected, query)
         context = torch.sigmoid(self.gate(state.h)) * context
         h, c = self.cell(torch.cat([embedded, context], dim=-1), (state.h, state.c))
         return SATState(h, c, state.regions, state.projected), context, alpha
 
-    def _deep_output(self, embedded: torch.Tensor, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _deep_output(
+        self, embedded: torch.Tensor, h: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """Next-word logits from the deep output ``L_o(E y + L_h h + L_z z)``, for one step or many at once."""
         deep = embedded + self.out_h(self.dropout(h)) + self.out_z(context)
         return self.output(self.dropout(deep))
 
-    def step(self, tokens: torch.Tensor, state: SATState) -> tuple[torch.Tensor, SATState, torch.Tensor]:
+    def step(
+        self, tokens: torch.Tensor, state: SATState
+    ) -> tuple[torch.Tensor, SATState, torch.Tensor]:
         """Decoding step: only the last token of ``tokens`` is read; the LSTM state carries the rest."""
         embedded = self.embedding(tokens[:, -1])
         state, context, alpha = self._recur(embedded, state)
@@ -385,11 +453,16 @@ class ShowAttendTell(Captioner):
         at once.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
-            raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}"
+            )
         batch, positions = input_ids.shape[0], input_ids.shape[1] - 1
         lengths = (input_ids[:, 1:] != self.config.pad_id).sum(dim=1)
         order = lengths.argsort(descending=True, stable=True)
-        active = (lengths[order].unsqueeze(0) > torch.arange(positions, device=lengths.device).unsqueeze(1)).sum(dim=1)
+        active = (
+            lengths[order].unsqueeze(0)
+            > torch.arange(positions, device=lengths.device).unsqueeze(1)
+        ).sum(dim=1)
         state = self._start(self.teacher_regions(inputs, batch)[order])
         embedded = self.embedding(input_ids[order, :-1])
         outputs: dict[str, list[torch.Tensor]] = {"h": [], "context": [], "alpha": []}
@@ -403,14 +476,18 @@ class ShowAttendTell(Captioner):
         restore = order.argsort()
         return CaptionOutput(logits[restore], alpha[restore])
 
-    def loss(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, CaptionOutput]:
+    def loss(
+        self, inputs: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, CaptionOutput]:
         """Cross-entropy over real tokens plus ``attention_penalty`` x the doubly stochastic penalty."""
         output = self(inputs, input_ids)
         targets = input_ids[:, 1:]
         loss = caption_loss(output.logits, targets, self.config.pad_id)
         if self.config.attention_penalty:
             mask = targets != self.config.pad_id
-            loss = loss + self.config.attention_penalty * doubly_stochastic_penalty(output.attention, mask)
+            loss = loss + self.config.attention_penalty * doubly_stochastic_penalty(
+                output.attention, mask
+            )
         return loss, output
 
 
@@ -423,18 +500,30 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(dim)
-        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attention = nn.MultiheadAttention(
+            dim, heads, dropout=dropout, batch_first=True
+        )
         self.norm_cross = nn.LayerNorm(dim)
-        self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(
+            dim, heads, dropout=dropout, batch_first=True
+        )
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim)
+        )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, causal_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, causal_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[B, T, D]``, ``memory`` ``[B, N, D]``, ``causal_mask`` ``[T, T]`` (True = blocked)."""
         y = self.norm_self(x)
-        x = x + self.dropout(self.self_attention(y, y, y, attn_mask=causal_mask, need_weights=False)[0])
-        attended, weights = self.cross_attention(self.norm_cross(x), memory, memory, need_weights=True)
+        x = x + self.dropout(
+            self.self_attention(y, y, y, attn_mask=causal_mask, need_weights=False)[0]
+        )
+        attended, weights = self.cross_attention(
+            self.norm_cross(x), memory, memory, need_weights=True
+        )
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ff(self.norm_ff(x)))
         return x, weights
@@ -464,7 +553,9 @@ class TransformerCaptioner(Captioner):
         super().__init__(config)
         d = config.hidden_dim
         if d % config.num_heads:
-            raise ValueError(f"hidden_dim={d} must be divisible by num_heads={config.num_heads}")
+            raise ValueError(
+                f"hidden_dim={d} must be divisible by num_heads={config.num_heads}"
+            )
         self.region_proj = nn.Linear(self.feature_dim, d)
         self.region_pos = nn.Parameter(torch.zeros(1, config.max_regions, d))
         self.region_norm = nn.LayerNorm(d)
@@ -473,29 +564,42 @@ class TransformerCaptioner(Captioner):
         nn.init.trunc_normal_(self.region_pos, std=0.02)
         nn.init.trunc_normal_(self.word_pos, std=0.02)
         self.blocks = nn.ModuleList(
-            DecoderBlock(d, config.num_heads, config.ff_dim, config.dropout) for _ in range(config.num_layers)
+            DecoderBlock(d, config.num_heads, config.ff_dim, config.dropout)
+            for _ in range(config.num_layers)
         )
         self.norm = nn.LayerNorm(d)
         self.output = nn.Linear(d, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
 
     def _start(self, regions: torch.Tensor) -> TransformerState:
-        memory = self.region_proj(regions) + self.region_pos[:, : self._region_count(regions)]
+        memory = (
+            self.region_proj(regions)
+            + self.region_pos[:, : self._region_count(regions)]
+        )
         return TransformerState(self.region_norm(memory))
 
-    def _decode(self, tokens: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, tokens: torch.Tensor, memory: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, T, V]`` and last-block cross-attention ``[B, T, N]`` for every prefix position."""
         length = tokens.shape[1]
         if length > self.config.max_len:
-            raise ValueError(f"{length} tokens exceed the Transformer's max_len={self.config.max_len}; build it with a larger max_len")
-        x = self.dropout(self.embedding(tokens) * math.sqrt(self.config.hidden_dim) + self.word_pos[:, :length])
+            raise ValueError(
+                f"{length} tokens exceed the Transformer's max_len={self.config.max_len}; build it with a larger max_len"
+            )
+        x = self.dropout(
+            self.embedding(tokens) * math.sqrt(self.config.hidden_dim)
+            + self.word_pos[:, :length]
+        )
         mask = causal_mask(length, tokens.device)
         weights = None
         for block in self.blocks:
             x, weights = block(x, memory, mask)
         return self.output(self.norm(x)), weights
 
-    def step(self, tokens: torch.Tensor, state: TransformerState) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
+    def step(
+        self, tokens: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
         """Decoding step on the whole prefix ``tokens`` ``[B, t]``: scores of the word after it."""
         logits, weights = self._decode(tokens, state.memory)
         return _at_least_fp32(logits[:, -1]).log_softmax(dim=-1), state, weights[:, -1]
@@ -503,7 +607,9 @@ class TransformerCaptioner(Captioner):
     def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
         """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``, all positions at once."""
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
-            raise ValueError(f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}"
+            )
         memory = self._start(self.teacher_regions(inputs, input_ids.shape[0])).memory
         logits, weights = self._decode(input_ids[:, :-1], memory)
         return CaptionOutput(logits, weights)
@@ -515,4 +621,6 @@ def build_captioner(config: CaptionerConfig) -> Captioner:
         return ShowAttendTell(config)
     if config.kind == "transformer":
         return TransformerCaptioner(config)
-    raise ValueError(f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}")
+    raise ValueError(
+        f"kind={config.kind!r} is not a captioner; use one of {CAPTIONER_KINDS}"
+    )

@@ -37,11 +37,13 @@ class DualEncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DualEncoderConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderConfig:
         """Build from a dict, naming any key this config does not know."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**data)
 
 
@@ -49,7 +51,9 @@ def _projection(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+        return nn.Sequential(
+            nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim)
+        )
     raise ValueError(f"projection={kind!r} is not known; use 'linear' or 'mlp'")
 
 
@@ -71,10 +75,18 @@ class DualEncoder(nn.Module):
                 f"init_temperature={config.init_temperature} gives a logit scale above max_logit_scale={config.max_logit_scale}"
             )
         self.config = config
-        self.image_encoder = build_image_encoder(config.image_encoder, **config.image_kwargs)
-        self.text_encoder = build_text_encoder(config.text_encoder, **config.text_kwargs)
-        self.image_projection = _projection(config.projection, self.image_encoder.out_dim, config.embed_dim)
-        self.text_projection = _projection(config.projection, self.text_encoder.out_dim, config.embed_dim)
+        self.image_encoder = build_image_encoder(
+            config.image_encoder, **config.image_kwargs
+        )
+        self.text_encoder = build_text_encoder(
+            config.text_encoder, **config.text_kwargs
+        )
+        self.image_projection = _projection(
+            config.projection, self.image_encoder.out_dim, config.embed_dim
+        )
+        self.text_projection = _projection(
+            config.projection, self.text_encoder.out_dim, config.embed_dim
+        )
         log_scale = torch.tensor(math.log(1.0 / config.init_temperature))
         if config.learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
@@ -84,18 +96,31 @@ class DualEncoder(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         """1 / temperature, clamped at ``max_logit_scale``."""
-        return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+        return self.log_logit_scale.clamp(
+            max=math.log(self.config.max_logit_scale)
+        ).exp()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-length image embeddings [B, embed_dim] from images [B, 3, H, W] in [0, 1]."""
         return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Unit-length text embeddings [B, embed_dim] from token ids and their padding mask."""
-        return F.normalize(self.text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1)
+        return F.normalize(
+            self.text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1
+        )
 
     def forward(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (image embeddings, text embeddings, logit scale), the inputs of the CLIP loss."""
-        return self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale
+        return (
+            self.encode_image(images),
+            self.encode_text(input_ids, attention_mask),
+            self.logit_scale,
+        )

@@ -50,11 +50,15 @@ def _as_tokens(
     """Check one modality's input; return ``(tokens [B, N, dim] with padding zeroed, mask [B, N])``."""
     arg = f"{modality}_tokens"
     if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
-        raise TypeError(f"{arg} must be a floating-point tensor, got {getattr(tokens, 'dtype', type(tokens))}")
+        raise TypeError(
+            f"{arg} must be a floating-point tensor, got {getattr(tokens, 'dtype', type(tokens))}"
+        )
     if tokens.dim() == 2:
         tokens = tokens.unsqueeze(1)
     elif tokens.dim() != 3:
-        raise ValueError(f"{arg} must have shape [B, N, {dim}] or pooled [B, {dim}], got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"{arg} must have shape [B, N, {dim}] or pooled [B, {dim}], got {tuple(tokens.shape)}"
+        )
     if tokens.shape[-1] != dim:
         raise ValueError(
             f"{arg} have {tokens.shape[-1]} features but the module was built with {modality}_dim={dim}"
@@ -97,14 +101,24 @@ class FusionModule(nn.Module):
 
     name: str
 
-    def __init__(self, image_dim: int, text_dim: int, out_dim: int, **options: Any) -> None:
+    def __init__(
+        self, image_dim: int, text_dim: int, out_dim: int, **options: Any
+    ) -> None:
         """Store the dimensions and ``config``; ``options`` are the subclass's own keyword arguments."""
         super().__init__()
-        for arg, value in (("image_dim", image_dim), ("text_dim", text_dim), ("out_dim", out_dim)):
+        for arg, value in (
+            ("image_dim", image_dim),
+            ("text_dim", text_dim),
+            ("out_dim", out_dim),
+        ):
             _check_positive(arg, value)
         self.image_dim, self.text_dim, self.out_dim = image_dim, text_dim, out_dim
         self.config: dict[str, Any] = {
-            "name": self.name, "image_dim": image_dim, "text_dim": text_dim, "out_dim": out_dim, **options,
+            "name": self.name,
+            "image_dim": image_dim,
+            "text_dim": text_dim,
+            "out_dim": out_dim,
+            **options,
         }
 
     def prepare(
@@ -119,7 +133,9 @@ class FusionModule(nn.Module):
         Pooled ``[B, C]`` inputs become one token, ``None`` masks become all-True, and padded
         tokens are set to zero.
         """
-        image, image_mask = _as_tokens(image_tokens, image_mask, self.image_dim, "image")
+        image, image_mask = _as_tokens(
+            image_tokens, image_mask, self.image_dim, "image"
+        )
         text, text_mask = _as_tokens(text_tokens, text_mask, self.text_dim, "text")
         if image.shape[0] != text.shape[0]:
             raise ValueError(
@@ -135,7 +151,9 @@ class FusionModule(nn.Module):
         text_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the masked mean of each modality: ``(image [B, Ci], text [B, Ct])``."""
-        image, text, image_mask, text_mask = self.prepare(image_tokens, text_tokens, image_mask, text_mask)
+        image, text, image_mask, text_mask = self.prepare(
+            image_tokens, text_tokens, image_mask, text_mask
+        )
         return masked_mean(image, image_mask), masked_mean(text, text_mask)
 
     def extra_repr(self) -> str:
@@ -155,14 +173,18 @@ class ConcatFusion(FusionModule):
 
     name = "concat"
 
-    def __init__(self, image_dim: int, text_dim: int, out_dim: int, hidden_dim: int | None = None) -> None:
+    def __init__(
+        self, image_dim: int, text_dim: int, out_dim: int, hidden_dim: int | None = None
+    ) -> None:
         super().__init__(image_dim, text_dim, out_dim, hidden_dim=hidden_dim)
         in_dim = image_dim + text_dim
         if hidden_dim is None:
             self.head: nn.Module = nn.Linear(in_dim, out_dim)
         else:
             _check_positive("hidden_dim", hidden_dim)
-            self.head = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+            self.head = nn.Sequential(
+                nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+            )
 
     def forward(
         self,
@@ -258,7 +280,9 @@ class GatedFusion(FusionModule):
         """Return the gated mixture ``h`` -> ``[B, out_dim]``."""
         image, text = self.pooled(image_tokens, text_tokens, image_mask, text_mask)
         z = torch.sigmoid(self.gate(torch.cat([image, text], dim=-1)))
-        return z * torch.tanh(self.image_proj(image)) + (1 - z) * torch.tanh(self.text_proj(text))
+        return z * torch.tanh(self.image_proj(image)) + (1 - z) * torch.tanh(
+            self.text_proj(text)
+        )
 
 
 class ModalityAttentionFusion(FusionModule):
@@ -322,7 +346,14 @@ class CrossAttentionFusion(FusionModule):
         hidden_dim: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(image_dim, text_dim, out_dim, num_heads=num_heads, hidden_dim=hidden_dim, dropout=dropout)
+        super().__init__(
+            image_dim,
+            text_dim,
+            out_dim,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+        )
         _check_positive("num_heads", num_heads)
         if out_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide out_dim ({out_dim})")
@@ -332,10 +363,17 @@ class CrossAttentionFusion(FusionModule):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.text_proj = nn.Linear(text_dim, out_dim)
         self.attention = nn.MultiheadAttention(
-            out_dim, num_heads, dropout=dropout, kdim=image_dim, vdim=image_dim, batch_first=True
+            out_dim,
+            num_heads,
+            dropout=dropout,
+            kdim=image_dim,
+            vdim=image_dim,
+            batch_first=True,
         )
         self.attention_norm = nn.LayerNorm(out_dim)
-        self.mlp = nn.Sequential(nn.Linear(out_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(out_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+        )
         self.mlp_norm = nn.LayerNorm(out_dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -353,10 +391,16 @@ class CrossAttentionFusion(FusionModule):
         The attention weights are averaged over heads; each real text token's row sums to 1 over
         the real image tokens, and rows of padded text tokens are zero.
         """
-        image, text, image_mask, text_mask = self.prepare(image_tokens, text_tokens, image_mask, text_mask)
+        image, text, image_mask, text_mask = self.prepare(
+            image_tokens, text_tokens, image_mask, text_mask
+        )
         queries = self.text_proj(text)
         attended, weights = self.attention(
-            queries, image, image, key_padding_mask=~image_mask, need_weights=return_attention
+            queries,
+            image,
+            image,
+            key_padding_mask=~image_mask,
+            need_weights=return_attention,
         )
         x = self.attention_norm(queries + self.dropout(attended))
         x = self.mlp_norm(x + self.dropout(self.mlp(x)))
@@ -381,12 +425,18 @@ class FiLMFusion(FusionModule):
     name = "film"
     activations = ("relu", "identity")
 
-    def __init__(self, image_dim: int, text_dim: int, out_dim: int, activation: str = "relu") -> None:
+    def __init__(
+        self, image_dim: int, text_dim: int, out_dim: int, activation: str = "relu"
+    ) -> None:
         super().__init__(image_dim, text_dim, out_dim, activation=activation)
         if activation not in self.activations:
-            raise ValueError(f"activation must be one of {', '.join(self.activations)}, got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {', '.join(self.activations)}, got {activation!r}"
+            )
         self.film = nn.Linear(text_dim, 2 * image_dim)
-        self.activation: nn.Module = nn.ReLU() if activation == "relu" else nn.Identity()
+        self.activation: nn.Module = (
+            nn.ReLU() if activation == "relu" else nn.Identity()
+        )
         self.out_proj = nn.Linear(image_dim, out_dim)
 
     def conditioning(
@@ -396,7 +446,9 @@ class FiLMFusion(FusionModule):
         text, text_mask = _as_tokens(text_tokens, text_mask, self.text_dim, "text")
         return self._gamma_beta(masked_mean(text, text_mask))
 
-    def _gamma_beta(self, pooled_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gamma_beta(
+        self, pooled_text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Map the pooled text ``[B, text_dim]`` to ``(1 + delta_gamma, beta)``."""
         delta_gamma, beta = self.film(pooled_text).chunk(2, dim=-1)
         return 1.0 + delta_gamma, beta
@@ -409,10 +461,16 @@ class FiLMFusion(FusionModule):
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the modulated image tokens ``gamma * token + beta`` ``[B, N, image_dim]`` (padding stays 0)."""
-        return self._modulate(*self.prepare(image_tokens, text_tokens, image_mask, text_mask))
+        return self._modulate(
+            *self.prepare(image_tokens, text_tokens, image_mask, text_mask)
+        )
 
     def _modulate(
-        self, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor, text_mask: torch.Tensor
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_mask: torch.Tensor,
+        text_mask: torch.Tensor,
     ) -> torch.Tensor:
         """:meth:`modulate` on inputs already checked by :meth:`prepare`."""
         gamma, beta = self._gamma_beta(masked_mean(text, text_mask))
@@ -427,7 +485,9 @@ class FiLMFusion(FusionModule):
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return ``out_proj(masked mean of activation(modulated image tokens))`` -> ``[B, out_dim]``."""
-        image, text, image_mask, text_mask = self.prepare(image_tokens, text_tokens, image_mask, text_mask)
+        image, text, image_mask, text_mask = self.prepare(
+            image_tokens, text_tokens, image_mask, text_mask
+        )
         modulated = self.activation(self._modulate(image, text, image_mask, text_mask))
         return self.out_proj(masked_mean(modulated, image_mask))
 
@@ -435,7 +495,12 @@ class FiLMFusion(FusionModule):
 _FUSIONS: dict[str, type[FusionModule]] = {
     cls.name: cls
     for cls in (
-        ConcatFusion, MeanFusion, WeightedSumFusion, GatedFusion, ModalityAttentionFusion, CrossAttentionFusion,
+        ConcatFusion,
+        MeanFusion,
+        WeightedSumFusion,
+        GatedFusion,
+        ModalityAttentionFusion,
+        CrossAttentionFusion,
         FiLMFusion,
     )
 }
@@ -444,15 +509,23 @@ FUSION_NAMES: tuple[str, ...] = tuple(_FUSIONS)
 """Names :func:`build_fusion` accepts, simplest first."""
 
 
-def build_fusion(name: str, image_dim: int, text_dim: int, out_dim: int, **options: Any) -> FusionModule:
+def build_fusion(
+    name: str, image_dim: int, text_dim: int, out_dim: int, **options: Any
+) -> FusionModule:
     """Build a fusion module by name (one of :data:`FUSION_NAMES`); ``options`` go to its constructor.
 
     ``build_fusion(**module.config)`` rebuilds ``module`` with fresh weights.
     """
     if name not in _FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; valid names: {', '.join(FUSION_NAMES)}")
+        raise ValueError(
+            f"unknown fusion {name!r}; valid names: {', '.join(FUSION_NAMES)}"
+        )
     cls = _FUSIONS[name]
-    accepted = [arg for arg in inspect.signature(cls).parameters if arg not in ("image_dim", "text_dim", "out_dim")]
+    accepted = [
+        arg
+        for arg in inspect.signature(cls).parameters
+        if arg not in ("image_dim", "text_dim", "out_dim")
+    ]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(

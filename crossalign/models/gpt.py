@@ -64,13 +64,21 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(
+                    f"GPTConfig.{name} must be an integer >= 1, got {value!r}"
+                )
         if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+            raise ValueError(
+                f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
+            )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must lie in [0, 1), got {self.dropout!r}")
+            raise ValueError(
+                f"GPTConfig.dropout must lie in [0, 1), got {self.dropout!r}"
+            )
         if not self.layer_norm_eps > 0:
-            raise ValueError(f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+            raise ValueError(
+                f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}"
+            )
 
 
 class CausalSelfAttention(nn.Module):
@@ -93,10 +101,15 @@ class CausalSelfAttention(nn.Module):
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim): every head attends independently.
-        q, k, v = (t.view(batch, length, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (
+            t.view(batch, length, self.n_head, width // self.n_head).transpose(1, 2)
+            for t in (q, k, v)
+        )
         dropout = self.attn_dropout if self.training else 0.0
         # softmax(q k^T / sqrt(head_dim), masked by `allowed`) v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=dropout
+        )
         y = y.transpose(1, 2).contiguous().view(batch, length, width)
         return self.resid_dropout(self.proj(y))
 
@@ -120,9 +133,13 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(
+            config.n_embd, eps=config.layer_norm_eps, bias=config.bias
+        )
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(
+            config.n_embd, eps=config.layer_norm_eps, bias=config.bias
+        )
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -151,7 +168,9 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = nn.LayerNorm(
+            config.n_embd, eps=config.layer_norm_eps, bias=config.bias
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
@@ -193,15 +212,24 @@ class GPT(nn.Module):
         """
         x = self._embed(input_ids, inputs_embeds)
         batch, length, _ = x.shape
-        allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[None, None]
+        allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[
+            None, None
+        ]
         if attention_mask is not None:
-            allowed = allowed & self._key_mask(attention_mask, batch, length, x.device)[:, None, None, :]
+            allowed = (
+                allowed
+                & self._key_mask(attention_mask, batch, length, x.device)[
+                    :, None, None, :
+                ]
+            )
             allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
         for block in self.blocks:
             x = block(x, allowed)
         return self.lm_head(self.ln_f(x))
 
-    def _embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    def _embed(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> torch.Tensor:
         """Token (or given) embeddings plus position embeddings, with dropout -> (B, T, n_embd)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -211,26 +239,40 @@ class GPT(nn.Module):
                     "input_ids must be an integer tensor of shape (B, T), "
                     f"got {input_ids.dtype} {tuple(input_ids.shape)}"
                 )
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-                raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size)")
+            if input_ids.numel() and (
+                int(input_ids.min()) < 0
+                or int(input_ids.max()) >= self.config.vocab_size
+            ):
+                raise ValueError(
+                    f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size)"
+                )
             tokens = self.wte(input_ids)
         else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.n_embd:
+            if (
+                inputs_embeds.dim() != 3
+                or inputs_embeds.shape[-1] != self.config.n_embd
+            ):
                 raise ValueError(
                     f"inputs_embeds must have shape (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}"
                 )
             tokens = inputs_embeds
         length = tokens.shape[1]
         if not 1 <= length <= self.config.block_size:
-            raise ValueError(f"sequence length {length} must lie in [1, block_size={self.config.block_size}]")
+            raise ValueError(
+                f"sequence length {length} must lie in [1, block_size={self.config.block_size}]"
+            )
         positions = torch.arange(length, device=tokens.device)
         return self.drop(tokens + self.wpe(positions))
 
     @staticmethod
-    def _key_mask(attention_mask: torch.Tensor, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    def _key_mask(
+        attention_mask: torch.Tensor, batch: int, length: int, device: torch.device
+    ) -> torch.Tensor:
         """``attention_mask`` checked and turned into a boolean (B, T) tensor."""
         if tuple(attention_mask.shape) != (batch, length):
-            raise ValueError(f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}"
+            )
         return attention_mask.to(device=device).bool()
 
     def extra_repr(self) -> str:

@@ -28,7 +28,13 @@ from crossalign.models.gpt import GPT, GPTConfig
 if TYPE_CHECKING:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-__all__ = ["gpt_from_hf", "gpt_state_dict_to_hf", "gpt_to_hf", "hf_state_dict_to_gpt", "hf_config_from_gpt"]
+__all__ = [
+    "gpt_from_hf",
+    "gpt_state_dict_to_hf",
+    "gpt_to_hf",
+    "hf_state_dict_to_gpt",
+    "hf_config_from_gpt",
+]
 
 # Our name inside a block -> GPT-2's name inside a block, and whether the weight is transposed.
 _BLOCK_KEYS = {
@@ -61,11 +67,16 @@ def _key_map(n_layer: int) -> dict[str, tuple[str, bool]]:
     mapping = {ours: (theirs, False) for ours, theirs in _TOP_KEYS.items()}
     for layer in range(n_layer):
         for ours, (theirs, transpose) in _BLOCK_KEYS.items():
-            mapping[f"blocks.{layer}.{ours}"] = (f"transformer.h.{layer}.{theirs}", transpose)
+            mapping[f"blocks.{layer}.{ours}"] = (
+                f"transformer.h.{layer}.{theirs}",
+                transpose,
+            )
     return mapping
 
 
-def gpt_state_dict_to_hf(state_dict: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def gpt_state_dict_to_hf(
+    state_dict: dict[str, torch.Tensor], n_layer: int
+) -> dict[str, torch.Tensor]:
     """Rename and transpose a :class:`GPT` state dict into a ``GPT2LMHeadModel`` state dict."""
     mapping = _key_map(n_layer)
     missing = sorted(set(mapping) - set(state_dict))
@@ -82,7 +93,9 @@ def gpt_state_dict_to_hf(state_dict: dict[str, torch.Tensor], n_layer: int) -> d
     return converted
 
 
-def hf_state_dict_to_gpt(state_dict: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def hf_state_dict_to_gpt(
+    state_dict: dict[str, torch.Tensor], n_layer: int
+) -> dict[str, torch.Tensor]:
     """Rename and transpose a ``GPT2LMHeadModel`` state dict into a :class:`GPT` state dict.
 
     A tied model may omit ``lm_head.weight``; it is then taken from ``transformer.wte.weight``.
@@ -91,9 +104,13 @@ def hf_state_dict_to_gpt(state_dict: dict[str, torch.Tensor], n_layer: int) -> d
     if "lm_head.weight" not in state_dict and "transformer.wte.weight" in state_dict:
         state_dict["lm_head.weight"] = state_dict["transformer.wte.weight"]
     mapping = _key_map(n_layer)
-    missing = sorted(theirs for theirs, _ in mapping.values() if theirs not in state_dict)
+    missing = sorted(
+        theirs for theirs, _ in mapping.values() if theirs not in state_dict
+    )
     if missing:
-        raise ValueError(f"state_dict is not a {n_layer}-layer GPT2LMHeadModel: missing {missing[:5]}")
+        raise ValueError(
+            f"state_dict is not a {n_layer}-layer GPT2LMHeadModel: missing {missing[:5]}"
+        )
     converted = {}
     for ours, (theirs, transpose) in mapping.items():
         tensor = state_dict[theirs]
@@ -101,12 +118,14 @@ def hf_state_dict_to_gpt(state_dict: dict[str, torch.Tensor], n_layer: int) -> d
     return converted
 
 
-def hf_config_from_gpt(config: GPTConfig) -> "GPT2Config":
+def hf_config_from_gpt(config: GPTConfig) -> GPT2Config:
     """The ``GPT2Config`` of the same shape as ``config`` (no special-token ids: our vocabularies differ)."""
     from transformers import GPT2Config
 
     if not config.bias:
-        raise ValueError("GPT-2 has biases in every linear layer and LayerNorm; only GPTConfig(bias=True) converts")
+        raise ValueError(
+            "GPT-2 has biases in every linear layer and LayerNorm; only GPTConfig(bias=True) converts"
+        )
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,
@@ -125,7 +144,7 @@ def hf_config_from_gpt(config: GPTConfig) -> "GPT2Config":
     )
 
 
-def gpt_to_hf(model: GPT) -> "GPT2LMHeadModel":
+def gpt_to_hf(model: GPT) -> GPT2LMHeadModel:
     """A ``GPT2LMHeadModel`` holding copies of ``model``'s weights (same logits), in eval mode."""
     from transformers import GPT2LMHeadModel
 
@@ -140,11 +159,13 @@ def gpt_to_hf(model: GPT) -> "GPT2LMHeadModel":
     return hf_model.to(model.wte.weight.device).eval()
 
 
-def _gpt_config_from_hf(hf_config: "GPT2Config", dropout: float | None) -> GPTConfig:
+def _gpt_config_from_hf(hf_config: GPT2Config, dropout: float | None) -> GPTConfig:
     """The :class:`GPTConfig` of a ``GPT2Config``, refusing GPT-2 options our GPT does not implement."""
     unsupported = []
     if hf_config.activation_function not in _TANH_GELUS:
-        unsupported.append(f"activation_function={hf_config.activation_function!r} (need one of {_TANH_GELUS})")
+        unsupported.append(
+            f"activation_function={hf_config.activation_function!r} (need one of {_TANH_GELUS})"
+        )
     if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
         unsupported.append(f"n_inner={hf_config.n_inner} (need 4 * n_embd)")
     if not hf_config.scale_attn_weights:
@@ -154,11 +175,19 @@ def _gpt_config_from_hf(hf_config: "GPT2Config", dropout: float | None) -> GPTCo
     if hf_config.add_cross_attention:
         unsupported.append("add_cross_attention=True")
     if unsupported:
-        raise ValueError("this GPT-2 configuration cannot be converted: " + "; ".join(unsupported))
+        raise ValueError(
+            "this GPT-2 configuration cannot be converted: " + "; ".join(unsupported)
+        )
     if dropout is None:
-        rates = {float(hf_config.resid_pdrop), float(hf_config.embd_pdrop), float(hf_config.attn_pdrop)}
+        rates = {
+            float(hf_config.resid_pdrop),
+            float(hf_config.embd_pdrop),
+            float(hf_config.attn_pdrop),
+        }
         if len(rates) != 1:
-            raise ValueError(f"the GPT-2 dropout rates differ ({sorted(rates)}); pass dropout= to choose one")
+            raise ValueError(
+                f"the GPT-2 dropout rates differ ({sorted(rates)}); pass dropout= to choose one"
+            )
         dropout = rates.pop()
     return GPTConfig(
         vocab_size=hf_config.vocab_size,
@@ -173,7 +202,7 @@ def _gpt_config_from_hf(hf_config: "GPT2Config", dropout: float | None) -> GPTCo
     )
 
 
-def gpt_from_hf(hf_model: "GPT2LMHeadModel", dropout: float | None = None) -> GPT:
+def gpt_from_hf(hf_model: GPT2LMHeadModel, dropout: float | None = None) -> GPT:
     """A :class:`GPT` holding copies of a ``GPT2LMHeadModel``'s weights (same logits), in eval mode.
 
     ``dropout`` overrides the GPT-2 dropout rates (needed only when its three rates differ).
@@ -181,8 +210,12 @@ def gpt_from_hf(hf_model: "GPT2LMHeadModel", dropout: float | None = None) -> GP
     from transformers import GPT2LMHeadModel
 
     if not isinstance(hf_model, GPT2LMHeadModel):
-        raise TypeError(f"hf_model must be a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")
+        raise TypeError(
+            f"hf_model must be a transformers GPT2LMHeadModel, got {type(hf_model).__name__}"
+        )
     config = _gpt_config_from_hf(hf_model.config, dropout)
     model = GPT(config)
-    model.load_state_dict(hf_state_dict_to_gpt(hf_model.state_dict(), config.n_layer), strict=True)
+    model.load_state_dict(
+        hf_state_dict_to_gpt(hf_model.state_dict(), config.n_layer), strict=True
+    )
     return model.to(hf_model.lm_head.weight.device).eval()

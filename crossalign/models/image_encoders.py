@@ -17,8 +17,9 @@ rebuilds it (for checkpoints).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -38,7 +39,12 @@ class ImageEncoder(nn.Module):
     out_dim: int
     grid_dim: int
 
-    def __init__(self, in_channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         """``mean``/``std`` default to 0.5 per channel, which maps [0, 1] images to [-1, 1]."""
         super().__init__()
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
@@ -52,8 +58,16 @@ class ImageEncoder(nn.Module):
         self.in_channels = in_channels
         self.channel_mean, self.channel_std = mean, std
         # Constants derived from the config, so not saved in checkpoints (persistent=False).
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+            persistent=False,
+        )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Check that ``images`` is a [B, C, H, W] float batch and standardise it with ``mean``/``std``."""
@@ -73,7 +87,11 @@ class ImageEncoder(nn.Module):
 
 
 def coordinate_grid(
-    batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    batch: int,
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Return CoordConv channels ``[B, 2, H, W]``: x (left -1 to right +1), then y (top -1 to bottom +1).
 
@@ -127,21 +145,38 @@ class SmallCNN(ImageEncoder):
         super().__init__(in_channels, mean, std)
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
-            raise ValueError(f"widths must be a non-empty sequence of positive channel counts, got {widths}")
-        strides = tuple(int(s) for s in strides) if strides is not None else (2,) * len(widths)
+            raise ValueError(
+                f"widths must be a non-empty sequence of positive channel counts, got {widths}"
+            )
+        strides = (
+            tuple(int(s) for s in strides)
+            if strides is not None
+            else (2,) * len(widths)
+        )
         if len(strides) != len(widths) or min(strides) < 1:
-            raise ValueError(f"strides must give one positive stride per stage ({len(widths)}), got {strides}")
+            raise ValueError(
+                f"strides must give one positive stride per stage ({len(widths)}), got {strides}"
+            )
         if downsample not in ("stride", "maxpool"):
-            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
+            raise ValueError(
+                f"downsample must be 'stride' or 'maxpool', got {downsample!r}"
+            )
         if pool not in ("avg", "flatten"):
             raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
         if flatten_grid < 1:
             raise ValueError(f"flatten_grid must be >= 1, got {flatten_grid}")
         self.config: dict[str, Any] = {
-            "name": "small_cnn", "in_channels": in_channels, "widths": list(widths), "out_dim": out_dim,
-            "strides": list(strides), "downsample": downsample,
-            "coord_channels": coord_channels, "pool": pool, "flatten_grid": flatten_grid,
-            "mean": list(self.channel_mean), "std": list(self.channel_std),
+            "name": "small_cnn",
+            "in_channels": in_channels,
+            "widths": list(widths),
+            "out_dim": out_dim,
+            "strides": list(strides),
+            "downsample": downsample,
+            "coord_channels": coord_channels,
+            "pool": pool,
+            "flatten_grid": flatten_grid,
+            "mean": list(self.channel_mean),
+            "std": list(self.channel_std),
         }
         self.coord_channels = coord_channels
         layers: list[nn.Module] = []
@@ -149,7 +184,14 @@ class SmallCNN(ImageEncoder):
         for width, stride in zip(widths, strides):
             conv_stride = stride if downsample == "stride" else 1
             layers += [
-                nn.Conv2d(channels, width, kernel_size=3, stride=conv_stride, padding=1, bias=False),
+                nn.Conv2d(
+                    channels,
+                    width,
+                    kernel_size=3,
+                    stride=conv_stride,
+                    padding=1,
+                    bias=False,
+                ),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             ]
@@ -168,7 +210,9 @@ class SmallCNN(ImageEncoder):
         x = self.normalize(images)
         if self.coord_channels:
             batch, _, height, width = x.shape
-            x = torch.cat([x, coordinate_grid(batch, height, width, x.device, x.dtype)], dim=1)
+            x = torch.cat(
+                [x, coordinate_grid(batch, height, width, x.device, x.dtype)], dim=1
+            )
             if images.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)
         return self.features(x)
@@ -181,7 +225,11 @@ class SmallCNN(ImageEncoder):
 def resnet_names() -> list[str]:
     """Names of the torchvision ResNet-family models :class:`ResNetEncoder` accepts."""
     prefixes = ("resnet", "resnext", "wide_resnet")
-    return sorted(n for n in torchvision.models.list_models(module=torchvision.models) if n.startswith(prefixes))
+    return sorted(
+        n
+        for n in torchvision.models.list_models(module=torchvision.models)
+        if n.startswith(prefixes)
+    )
 
 
 def _torchvision_resnet(name: str, pretrained: bool) -> torchvision.models.ResNet:
@@ -213,12 +261,20 @@ class ResNetEncoder(ImageEncoder):
             for a frozen feature extractor.
     """
 
-    def __init__(self, name: str = "resnet50", pretrained: bool = False, trainable: bool = True) -> None:
+    def __init__(
+        self, name: str = "resnet50", pretrained: bool = False, trainable: bool = True
+    ) -> None:
         super().__init__(3, IMAGENET_MEAN, IMAGENET_STD)
         valid = resnet_names()
         if name not in valid:
-            raise ValueError(f"unknown ResNet name {name!r}; valid names: {', '.join(valid)}")
-        self.config: dict[str, Any] = {"name": name, "pretrained": pretrained, "trainable": trainable}
+            raise ValueError(
+                f"unknown ResNet name {name!r}; valid names: {', '.join(valid)}"
+            )
+        self.config: dict[str, Any] = {
+            "name": name,
+            "pretrained": pretrained,
+            "trainable": trainable,
+        }
         self.backbone = _torchvision_resnet(name, pretrained)
         self.out_dim = self.grid_dim = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
@@ -227,7 +283,7 @@ class ResNetEncoder(ImageEncoder):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "ResNetEncoder":
+    def train(self, mode: bool = True) -> ResNetEncoder:
         """Set training mode; a frozen (``trainable=False``) backbone stays in eval mode."""
         super().train(mode)
         if not self.trainable:
@@ -275,26 +331,46 @@ class ViTEncoder(ImageEncoder):
     ) -> None:
         super().__init__(in_channels, mean, std)
         if image_size % patch_size != 0:
-            raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size})")
+            raise ValueError(
+                f"patch_size ({patch_size}) must divide image_size ({image_size})"
+            )
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.config: dict[str, Any] = {
-            "name": "vit", "image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth,
-            "heads": heads, "mlp_ratio": mlp_ratio, "out_dim": out_dim, "pool": pool, "dropout": dropout,
-            "in_channels": in_channels, "mean": list(self.channel_mean), "std": list(self.channel_std),
+            "name": "vit",
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "dim": dim,
+            "depth": depth,
+            "heads": heads,
+            "mlp_ratio": mlp_ratio,
+            "out_dim": out_dim,
+            "pool": pool,
+            "dropout": dropout,
+            "in_channels": in_channels,
+            "mean": list(self.channel_mean),
+            "std": list(self.channel_std),
         }
         self.image_size = image_size
         self.grid_size = image_size // patch_size
         self.pool = pool
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(
+            in_channels, dim, kernel_size=patch_size, stride=patch_size
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         block = nn.TransformerEncoderLayer(
-            dim, heads, int(dim * mlp_ratio), dropout, activation="gelu", batch_first=True, norm_first=True
+            dim,
+            heads,
+            int(dim * mlp_ratio),
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
@@ -304,7 +380,10 @@ class ViTEncoder(ImageEncoder):
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """Return the final, normalised sequence ``[B, 1 + N, dim]``: CLS token, then the N patches."""
-        if images.dim() == 4 and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+        if images.dim() == 4 and tuple(images.shape[-2:]) != (
+            self.image_size,
+            self.image_size,
+        ):
             raise ValueError(
                 f"this ViT was built for {self.image_size}x{self.image_size} images, got "
                 f"{images.shape[-2]}x{images.shape[-1]}; resize the images or build it with image_size="
@@ -321,7 +400,9 @@ class ViTEncoder(ImageEncoder):
     def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
         """Return the patch tokens arranged as a grid ``[B, dim, image_size/patch, image_size/patch]``."""
         tokens = self.forward_tokens(images)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], self.grid_dim, self.grid_size, self.grid_size)
+        return tokens.transpose(1, 2).reshape(
+            tokens.shape[0], self.grid_dim, self.grid_size, self.grid_size
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return one ``out_dim`` vector per image (CLS token or mean of patch tokens)."""
@@ -343,7 +424,9 @@ class MaxPooledGrid(nn.Module):
     def __init__(self, encoder: ImageEncoder) -> None:
         super().__init__()
         if not hasattr(encoder, "forward_grid") or not hasattr(encoder, "grid_dim"):
-            raise TypeError(f"{type(encoder).__name__} has no feature grid (forward_grid, grid_dim) to pool")
+            raise TypeError(
+                f"{type(encoder).__name__} has no feature grid (forward_grid, grid_dim) to pool"
+            )
         self.encoder = encoder
         self.out_dim = self.grid_dim = encoder.grid_dim
 
@@ -377,4 +460,6 @@ def build_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
         return ViTEncoder(**kwargs)
     if name in resnet_names():
         return ResNetEncoder(name, **kwargs)
-    raise ValueError(f"unknown image encoder {name!r}; valid names: {', '.join(image_encoder_names())}")
+    raise ValueError(
+        f"unknown image encoder {name!r}; valid names: {', '.join(image_encoder_names())}"
+    )

@@ -52,14 +52,28 @@ class LoRALinear(nn.Module):
         dropout: dropout on the adapter's input (training only).
     """
 
-    def __init__(self, base: nn.Module, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Module, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if not _is_adaptable(base):
-            raise TypeError(f"LoRALinear adapts nn.Linear or transformers' Conv1D, got {type(base).__name__}")
-        self.transposed = not isinstance(base, nn.Linear)  # Conv1D keeps its weight as (in, out)
-        in_features, out_features = base.weight.shape[::-1] if not self.transposed else base.weight.shape
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
-            raise ValueError(f"rank must be an integer in [1, {min(in_features, out_features)}], got {rank!r}")
+            raise TypeError(
+                f"LoRALinear adapts nn.Linear or transformers' Conv1D, got {type(base).__name__}"
+            )
+        self.transposed = not isinstance(
+            base, nn.Linear
+        )  # Conv1D keeps its weight as (in, out)
+        in_features, out_features = (
+            base.weight.shape[::-1] if not self.transposed else base.weight.shape
+        )
+        if (
+            isinstance(rank, bool)
+            or not isinstance(rank, int)
+            or not 1 <= rank <= min(in_features, out_features)
+        ):
+            raise ValueError(
+                f"rank must be an integer in [1, {min(in_features, out_features)}], got {rank!r}"
+            )
         if not math.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.base = base
@@ -68,9 +82,15 @@ class LoRALinear(nn.Module):
         self.rank, self.alpha = rank, float(alpha)
         self.scale = self.alpha / rank
         weight = base.weight
-        self.lora_a = nn.Parameter(torch.empty(rank, in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, dtype=weight.dtype, device=weight.device))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # the nn.Linear default, as in the LoRA code
+        self.lora_a = nn.Parameter(
+            torch.empty(rank, in_features, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_b = nn.Parameter(
+            torch.zeros(out_features, rank, dtype=weight.dtype, device=weight.device)
+        )
+        nn.init.kaiming_uniform_(
+            self.lora_a, a=math.sqrt(5)
+        )  # the nn.Linear default, as in the LoRA code
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,21 +148,41 @@ def apply_lora(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     candidates = [
-        name for name, module in model.named_modules()
-        if name and _is_adaptable(module) and not isinstance(module, LoRALinear)
+        name
+        for name, module in model.named_modules()
+        if name
+        and _is_adaptable(module)
+        and not isinstance(module, LoRALinear)
         and not any(name.endswith(skip) for skip in exclude)
     ]
-    chosen = [name for name in candidates if targets is None or any(name.endswith(t) for t in targets)]
+    chosen = [
+        name
+        for name in candidates
+        if targets is None or any(name.endswith(t) for t in targets)
+    ]
     if not chosen:
-        raise ValueError(f"targets={targets!r} matched no linear layer; adaptable layers are {candidates}")
+        raise ValueError(
+            f"targets={targets!r} matched no linear layer; adaptable layers are {candidates}"
+        )
     for name in chosen:
-        _set_submodule(model, name, LoRALinear(model.get_submodule(name), rank=rank, alpha=alpha, dropout=dropout))
+        _set_submodule(
+            model,
+            name,
+            LoRALinear(
+                model.get_submodule(name), rank=rank, alpha=alpha, dropout=dropout
+            ),
+        )
     return chosen
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter matrices (every ``A`` and ``B``) of ``model``, the parameters to optimise."""
-    return [p for module in model.modules() if isinstance(module, LoRALinear) for p in (module.lora_a, module.lora_b)]
+    return [
+        p
+        for module in model.modules()
+        if isinstance(module, LoRALinear)
+        for p in (module.lora_a, module.lora_b)
+    ]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -151,9 +191,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Each :class:`LoRALinear` is replaced by its base layer with ``W + (alpha / r) B A``; the
     outputs stay the same (up to float rounding) and no adapter remains.
     """
-    adapted = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    adapted = [
+        name for name, module in model.named_modules() if isinstance(module, LoRALinear)
+    ]
     if not adapted:
-        raise ValueError("merge_lora found no LoRALinear layer in the model; call apply_lora first")
+        raise ValueError(
+            "merge_lora found no LoRALinear layer in the model; call apply_lora first"
+        )
     for name in adapted:
         _set_submodule(model, name, model.get_submodule(name).merged())
     return model

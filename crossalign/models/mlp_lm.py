@@ -39,18 +39,33 @@ class MLPLanguageModel(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int, context: int = 3, embed_dim: int = 32, hidden_dim: int = 128, dropout: float = 0.0
+        self,
+        vocab_size: int,
+        context: int = 3,
+        embed_dim: int = 32,
+        hidden_dim: int = 128,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("context", context), ("embed_dim", embed_dim),
-                            ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("context", context),
+            ("embed_dim", embed_dim),
+            ("hidden_dim", hidden_dim),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Integral)
+                or value < 1
+            ):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.vocab_size = int(vocab_size)
         self.context = int(context)
-        self.embedding = nn.Embedding(vocab_size + 1, embed_dim)  # last row: "before the start"
+        self.embedding = nn.Embedding(
+            vocab_size + 1, embed_dim
+        )  # last row: "before the start"
         self.hidden = nn.Linear(context * embed_dim, hidden_dim)
         self.output = nn.Linear(hidden_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -62,16 +77,24 @@ class MLPLanguageModel(nn.Module):
 
     def windows(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The ``context`` ids ending at each position: (B, T) -> (B, T, context), left-filled with :attr:`start_id`."""
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32) or input_ids.shape[1] == 0:
+        if (
+            input_ids.dim() != 2
+            or input_ids.dtype not in (torch.long, torch.int32)
+            or input_ids.shape[1] == 0
+        ):
             raise ValueError(
                 f"input_ids must be an integer tensor of shape (B, T) with T >= 1, got {tuple(input_ids.shape)}"
             )
         if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}) (vocab_size)")
+            raise ValueError(
+                f"input_ids must lie in [0, {self.vocab_size}) (vocab_size)"
+            )
         padded = F.pad(input_ids.long(), (self.context - 1, 0), value=self.start_id)
         return padded.unfold(dimension=1, size=self.context, step=1)
 
-    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Next-token logits (B, T, vocab_size); position ``t`` sees only the window ending at ``t``.
 
         ``attention_mask`` is accepted for interface compatibility and not needed: a window

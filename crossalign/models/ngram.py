@@ -69,7 +69,9 @@ class _CountTable:
 
     def __init__(self, counts: dict[tuple[str, ...], Counter]) -> None:
         self.counts = counts
-        self.totals = {context: sum(followers.values()) for context, followers in counts.items()}
+        self.totals = {
+            context: sum(followers.values()) for context, followers in counts.items()
+        }
 
 
 class NGramLM:
@@ -91,15 +93,41 @@ class NGramLM:
     0.3333333333333333
     """
 
-    def __init__(self, order: int = 3, smoothing: str = "kneser_ney", k: float = 1.0, discount: float = 0.75) -> None:
-        if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
-            raise ValueError(f"order must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got {order!r}")
+    def __init__(
+        self,
+        order: int = 3,
+        smoothing: str = "kneser_ney",
+        k: float = 1.0,
+        discount: float = 0.75,
+    ) -> None:
+        if (
+            isinstance(order, bool)
+            or not isinstance(order, numbers.Integral)
+            or order < 1
+        ):
+            raise ValueError(
+                f"order must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got {order!r}"
+            )
         if smoothing not in SMOOTHINGS:
-            raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
-        if isinstance(k, bool) or not isinstance(k, numbers.Real) or not (math.isfinite(k) and k > 0):
-            raise ValueError(f"k (the add-k pseudo-count) must be a finite number > 0, got {k!r}")
-        if isinstance(discount, bool) or not isinstance(discount, numbers.Real) or not 0 < discount < 1:
-            raise ValueError(f"discount (Kneser-Ney's D) must lie strictly between 0 and 1, got {discount!r}")
+            raise ValueError(
+                f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}"
+            )
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, numbers.Real)
+            or not (math.isfinite(k) and k > 0)
+        ):
+            raise ValueError(
+                f"k (the add-k pseudo-count) must be a finite number > 0, got {k!r}"
+            )
+        if (
+            isinstance(discount, bool)
+            or not isinstance(discount, numbers.Real)
+            or not 0 < discount < 1
+        ):
+            raise ValueError(
+                f"discount (Kneser-Ney's D) must lie strictly between 0 and 1, got {discount!r}"
+            )
         self.order = int(order)
         self.smoothing = smoothing
         self.k = float(k)
@@ -109,7 +137,9 @@ class NGramLM:
         self._levels: dict[int, _CountTable] = {}
 
     def __repr__(self) -> str:
-        parameter = f"k={self.k}" if self.smoothing == "add_k" else f"discount={self.discount}"
+        parameter = (
+            f"k={self.k}" if self.smoothing == "add_k" else f"discount={self.discount}"
+        )
         return f"NGramLM(order={self.order}, smoothing={self.smoothing!r}, {parameter}, |V|={len(self._vocabulary)})"
 
     @property
@@ -118,15 +148,20 @@ class NGramLM:
         self._check_fitted()
         return self._vocabulary
 
-    def fit(self, sentences: Iterable[Sequence[str]]) -> "NGramLM":
+    def fit(self, sentences: Iterable[Sequence[str]]) -> NGramLM:
         """Count the n-grams of tokenised ``sentences`` (lists of words) and return ``self``.
 
         Fitting again replaces what was learnt before.
         """
-        padded = [self._pad(_check_sentence(sentence, row)) for row, sentence in enumerate(sentences)]
+        padded = [
+            self._pad(_check_sentence(sentence, row))
+            for row, sentence in enumerate(sentences)
+        ]
         if not padded:
-            raise ValueError("fit needs at least one sentence; got an empty iterable of sentences")
-        words = {word for sentence in padded for word in sentence[self.order - 1:]}
+            raise ValueError(
+                "fit needs at least one sentence; got an empty iterable of sentences"
+            )
+        words = {word for sentence in padded for word in sentence[self.order - 1 :]}
         self._vocabulary = tuple(sorted(words | {EOS, UNK}))
         self._index = {word: i for i, word in enumerate(self._vocabulary)}
 
@@ -134,7 +169,7 @@ class NGramLM:
         top: dict[tuple[str, ...], Counter] = defaultdict(Counter)
         for sentence in padded:
             for i in range(n - 1, len(sentence)):
-                top[tuple(sentence[i - n + 1:i])][sentence[i]] += 1
+                top[tuple(sentence[i - n + 1 : i])][sentence[i]] += 1
         self._levels = {n: _CountTable(dict(top))}
         if self.smoothing == "kneser_ney":
             self._levels.update(_continuation_levels(top, n))
@@ -144,13 +179,19 @@ class NGramLM:
         """P(``word`` | ``context``); unseen words are scored as ``<unk>``."""
         self._check_fitted()
         if word == BOS:
-            raise ValueError(f"{BOS!r} is never predicted (it only pads contexts); ask for a vocabulary word")
+            raise ValueError(
+                f"{BOS!r} is never predicted (it only pads contexts); ask for a vocabulary word"
+            )
         word = word if word in self._index else UNK
         history = self._history(context)
         if self.smoothing == "add_k":
             table = self._levels[self.order]
             followers = table.counts.get(history)
-            count, total = (followers[word], table.totals[history]) if followers is not None else (0, 0)
+            count, total = (
+                (followers[word], table.totals[history])
+                if followers is not None
+                else (0, 0)
+            )
             return (count + self.k) / (total + self.k * len(self._vocabulary))
         return self._kneser_ney_prob(word, history, self.order)
 
@@ -161,7 +202,12 @@ class NGramLM:
     def distribution(self, context: Sequence[str] = ()) -> dict[str, float]:
         """P(w | ``context``) for every w in :attr:`vocabulary` (sums to one)."""
         self._check_fitted()
-        return dict(zip(self._vocabulary, self._distribution_array(self._history(context)).tolist()))
+        return dict(
+            zip(
+                self._vocabulary,
+                self._distribution_array(self._history(context)).tolist(),
+            )
+        )
 
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> float:
         """exp of the mean negative log probability per predicted token (``</s>`` included)."""
@@ -173,7 +219,9 @@ class NGramLM:
                 total_logprob += self.logprob(padded[i], padded[:i])
                 tokens += 1
         if tokens == 0:
-            raise ValueError("perplexity needs at least one sentence; got an empty iterable of sentences")
+            raise ValueError(
+                "perplexity needs at least one sentence; got an empty iterable of sentences"
+            )
         return math.exp(-total_logprob / tokens)
 
     def sample(
@@ -192,13 +240,23 @@ class NGramLM:
         with ``</s>`` exactly when the sentence was finished within ``max_len`` words.
         """
         self._check_fitted()
-        if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
-            raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-            math.isfinite(temperature) and temperature >= 0
+        if (
+            isinstance(max_len, bool)
+            or not isinstance(max_len, numbers.Integral)
+            or max_len < 1
         ):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+            raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not (math.isfinite(temperature) and temperature >= 0)
+        ):
+            raise ValueError(
+                f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}"
+            )
+        generator = (
+            rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        )
         history = list(context)
         generated: list[str] = []
         while len(generated) < max_len:
@@ -213,7 +271,9 @@ class NGramLM:
     def _check_fitted(self) -> None:
         """Raise a RuntimeError when the model has not been fitted."""
         if not self._levels:
-            raise RuntimeError("this NGramLM has not been fitted; call fit(sentences) first")
+            raise RuntimeError(
+                "this NGramLM has not been fitted; call fit(sentences) first"
+            )
 
     def _pad(self, sentence: Sequence[str]) -> list[str]:
         """``<s>`` * (order - 1) + the sentence + ``</s>``."""
@@ -222,24 +282,34 @@ class NGramLM:
     def _history(self, context: Sequence[str]) -> tuple[str, ...]:
         """The last ``order - 1`` words of ``context``, ``<s>``-padded on the left, unknowns as ``<unk>``."""
         if isinstance(context, str):
-            raise TypeError(f"context must be a sequence of words, not a str ({context!r}); tokenise it first")
+            raise TypeError(
+                f"context must be a sequence of words, not a str ({context!r}); tokenise it first"
+            )
         if self.order == 1:
             return ()
-        recent = [BOS] * (self.order - 1) + list(context)[-(self.order - 1):]
-        return tuple(word if word in self._index or word == BOS else UNK for word in recent[-(self.order - 1):])
+        recent = [BOS] * (self.order - 1) + list(context)[-(self.order - 1) :]
+        return tuple(
+            word if word in self._index or word == BOS else UNK
+            for word in recent[-(self.order - 1) :]
+        )
 
-    def _kneser_ney_prob(self, word: str, history: tuple[str, ...], level: int) -> float:
+    def _kneser_ney_prob(
+        self, word: str, history: tuple[str, ...], level: int
+    ) -> float:
         """P_level(word | last level-1 words of history), by the recursion in the module docstring."""
         if level == 0:
             return 1.0 / len(self._vocabulary)
-        context = history[len(history) - level + 1:]
+        context = history[len(history) - level + 1 :]
         table = self._levels[level]
         followers = table.counts.get(context)
         lower = self._kneser_ney_prob(word, history, level - 1)
         if followers is None:
             return lower
         total = table.totals[context]
-        return max(followers[word] - self.discount, 0.0) / total + self.discount * len(followers) / total * lower
+        return (
+            max(followers[word] - self.discount, 0.0) / total
+            + self.discount * len(followers) / total * lower
+        )
 
     def _distribution_array(self, history: tuple[str, ...]) -> np.ndarray:
         """P(w | history) for all w, as a float64 array in vocabulary order."""
@@ -250,12 +320,14 @@ class NGramLM:
             return (counts + self.k) / (table.totals.get(history, 0) + self.k * size)
         probs = np.full(size, 1.0 / size)
         for level in range(1, self.order + 1):
-            context = history[len(history) - level + 1:]
+            context = history[len(history) - level + 1 :]
             table = self._levels[level]
             followers = table.counts.get(context)
             if followers is not None:
                 total = table.totals[context]
-                discounted = np.maximum(self._dense(followers) - self.discount, 0.0) / total
+                discounted = (
+                    np.maximum(self._dense(followers) - self.discount, 0.0) / total
+                )
                 probs = discounted + self.discount * len(followers) / total * probs
         return probs
 
@@ -276,20 +348,28 @@ def _check_sentence(sentence: Sequence[str], row: int) -> Sequence[str]:
         )
     for word in sentence:
         if not isinstance(word, str):
-            raise TypeError(f"sentence {row} holds a {type(word).__name__} ({word!r}); words must be str")
+            raise TypeError(
+                f"sentence {row} holds a {type(word).__name__} ({word!r}); words must be str"
+            )
         if word in (BOS, EOS):
-            raise ValueError(f"sentence {row} contains {word!r}; boundary symbols are added by the model, remove them")
+            raise ValueError(
+                f"sentence {row} contains {word!r}; boundary symbols are added by the model, remove them"
+            )
     return sentence
 
 
-def _continuation_levels(top: dict[tuple[str, ...], Counter], order: int) -> dict[int, _CountTable]:
+def _continuation_levels(
+    top: dict[tuple[str, ...], Counter], order: int
+) -> dict[int, _CountTable]:
     """Kneser-Ney continuation counts N1+(. h w) for every level below ``order``.
 
     Every lower-order n-gram ending on a predicted word is the suffix of an observed full
     n-gram (the ``<s>`` padding guarantees a left neighbour), so the distinct (m+1)-grams are
     the (m+1)-word suffixes of the distinct n-grams.
     """
-    types = {context + (word,) for context, followers in top.items() for word in followers}
+    types = {
+        context + (word,) for context, followers in top.items() for word in followers
+    }
     levels: dict[int, _CountTable] = {}
     for level in range(order - 1, 0, -1):
         continuation: dict[tuple[str, ...], Counter] = defaultdict(Counter)
@@ -307,4 +387,11 @@ def _draw(probs: np.ndarray, temperature: float, generator: np.random.Generator)
     logits = np.log(probs) / temperature
     weights = np.exp(logits - logits.max())
     cumulative = np.cumsum(weights)
-    return int(min(np.searchsorted(cumulative, generator.random() * cumulative[-1], side="right"), len(probs) - 1))
+    return int(
+        min(
+            np.searchsorted(
+                cumulative, generator.random() * cumulative[-1], side="right"
+            ),
+            len(probs) - 1,
+        )
+    )

@@ -30,7 +30,12 @@ from crossalign.decoding import beam_search, greedy_decode
 from crossalign.models.lora import apply_lora
 
 __all__ = [
-    "IGNORE_INDEX", "PrefixCaptioner", "caption_labels", "count_parameters", "freeze", "lm_logits",
+    "IGNORE_INDEX",
+    "PrefixCaptioner",
+    "caption_labels",
+    "count_parameters",
+    "freeze",
+    "lm_logits",
     "token_cross_entropy",
 ]
 
@@ -52,10 +57,16 @@ def freeze(module: nn.Module) -> nn.Module:
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters in ``module`` (only those that require a gradient, if asked)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(
+        p.numel() for p in module.parameters() if p.requires_grad or not trainable_only
+    )
 
 
-def lm_logits(lm: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def lm_logits(
+    lm: nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits ``[B, T, V]`` of a causal LM fed with embeddings: our GPT or a Hugging Face model."""
     mask = None if attention_mask is None else attention_mask.long()
     output = lm(inputs_embeds=inputs_embeds, attention_mask=mask)
@@ -69,14 +80,22 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     the batch (each caption token weighs the same, whatever its caption's length).
     """
     if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [B, T]")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [B, T]"
+        )
     if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
-        raise ValueError("no position is labelled: every label is IGNORE_INDEX, the loss would be undefined")
+        raise ValueError(
+            "no position is labelled: every label is IGNORE_INDEX, the loss would be undefined"
+        )
     shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-    return F.cross_entropy(shifted_logits.float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        shifted_logits.float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
-def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
+def caption_labels(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int
+) -> torch.Tensor:
     """Labels ``[B, prefix_len + L]`` for a prefix followed by captions ``<bos> w_1 .. w_n <eos> <pad>..``.
 
     The prefix positions, ``<bos>`` (given, not predicted) and the padding get IGNORE_INDEX;
@@ -118,21 +137,33 @@ class PrefixCaptioner(nn.Module):
     ) -> None:
         super().__init__()
         if feature_kind not in ("pooled", "tokens"):
-            raise ValueError(f"feature_kind must be 'pooled' or 'tokens', got {feature_kind!r}")
+            raise ValueError(
+                f"feature_kind must be 'pooled' or 'tokens', got {feature_kind!r}"
+            )
         self.lm = freeze(lm)
         self.projector = projector
-        self.image_encoder = freeze(image_encoder) if image_encoder is not None else None
+        self.image_encoder = (
+            freeze(image_encoder) if image_encoder is not None else None
+        )
         self.feature_kind = feature_kind
         vocab_size = self.vocab_size
         if 0 <= IGNORE_INDEX < vocab_size:
-            raise ValueError(f"IGNORE_INDEX={IGNORE_INDEX} must not be a token id in [0, {vocab_size})")
+            raise ValueError(
+                f"IGNORE_INDEX={IGNORE_INDEX} must not be a token id in [0, {vocab_size})"
+            )
         for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
             if not 0 <= value < vocab_size:
-                raise ValueError(f"{name}={value} is outside the LM's vocabulary [0, {vocab_size})")
+                raise ValueError(
+                    f"{name}={value} is outside the LM's vocabulary [0, {vocab_size})"
+                )
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         prompt = torch.tensor(list(prompt_ids or []), dtype=torch.long)
-        if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size):
-            raise ValueError(f"prompt_ids must lie in [0, {vocab_size}), got {prompt.tolist()}")
+        if prompt.numel() and (
+            int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size
+        ):
+            raise ValueError(
+                f"prompt_ids must lie in [0, {vocab_size}), got {prompt.tolist()}"
+            )
         self.register_buffer("prompt_ids", prompt, persistent=False)
 
     @property
@@ -140,7 +171,7 @@ class PrefixCaptioner(nn.Module):
         """Number of token ids of the language model."""
         return self.lm.get_input_embeddings().num_embeddings
 
-    def train(self, mode: bool = True) -> "PrefixCaptioner":
+    def train(self, mode: bool = True) -> PrefixCaptioner:
         """Set training mode, but keep fully frozen parts (LM, image encoder) in eval mode."""
         super().train(mode)
         for part in (self.lm, self.image_encoder):
@@ -153,7 +184,9 @@ class PrefixCaptioner(nn.Module):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Features of ``images`` [B, 3, H, W] from the frozen image encoder (pooled or tokens)."""
         if self.image_encoder is None:
-            raise ValueError("this captioner has no image_encoder; pass one, or give features to its methods")
+            raise ValueError(
+                "this captioner has no image_encoder; pass one, or give features to its methods"
+            )
         if self.feature_kind == "tokens":
             return self.image_encoder.forward_tokens(images)
         return self.image_encoder(images)
@@ -162,12 +195,19 @@ class PrefixCaptioner(nn.Module):
         """The projected image prefix followed by the prompt's token embeddings: ``[B, k + P, lm_dim]``."""
         prefix = self.projector(features)
         if self.prompt_ids.numel():
-            prompt = self.lm.get_input_embeddings()(self.prompt_ids).unsqueeze(0).expand(prefix.shape[0], -1, -1)
+            prompt = (
+                self.lm.get_input_embeddings()(self.prompt_ids)
+                .unsqueeze(0)
+                .expand(prefix.shape[0], -1, -1)
+            )
             prefix = torch.cat([prefix, prompt.to(prefix.dtype)], dim=1)
         return prefix
 
     def build_inputs(
-        self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the LM's ``(inputs_embeds, attention_mask, labels)`` for captions of these images.
 
@@ -175,13 +215,19 @@ class PrefixCaptioner(nn.Module):
         True on real tokens), as :meth:`crossalign.data.Vocabulary.encode_batch` makes them.
         """
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-            raise ValueError(f"input_ids and attention_mask must both be [B, L], got "
-                             f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"input_ids and attention_mask must both be [B, L], got "
+                f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+            )
         if not bool((input_ids[:, 0] == self.bos_id).all()):
-            raise ValueError(f"every caption must start with <bos> (id {self.bos_id}); encode with add_special=True")
+            raise ValueError(
+                f"every caption must start with <bos> (id {self.bos_id}); encode with add_special=True"
+            )
         prefix = self.prefix_embeddings(features)
         if prefix.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions")
+            raise ValueError(
+                f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions"
+            )
         tokens = self.lm.get_input_embeddings()(input_ids).to(prefix.dtype)
         embeds = torch.cat([prefix, tokens], dim=1)
         prefix_mask = attention_mask.new_ones(prefix.shape[:2], dtype=torch.bool)
@@ -189,18 +235,32 @@ class PrefixCaptioner(nn.Module):
         return embeds, mask, caption_labels(input_ids, attention_mask, prefix.shape[1])
 
     # ------------------------------------------------------------------ training
-    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Logits ``[B, k + P + L, V]`` over the whole sequence (prefix, prompt, caption)."""
         embeds, mask, _ = self.build_inputs(features, input_ids, attention_mask)
         return lm_logits(self.lm, embeds, mask)
 
-    def loss(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Mean cross-entropy of the caption tokens given the image prefix (prefix/prompt/padding ignored)."""
         embeds, mask, labels = self.build_inputs(features, input_ids, attention_mask)
         return token_cross_entropy(lm_logits(self.lm, embeds, mask), labels)
 
     def set_lm_training(
-        self, mode: str, rank: int = 4, alpha: float = 8.0, targets: Sequence[str] | None = None,
+        self,
+        mode: str,
+        rank: int = 4,
+        alpha: float = 8.0,
+        targets: Sequence[str] | None = None,
     ) -> list[nn.Parameter]:
         """Choose how the LM learns: ``"frozen"``, ``"full"`` or ``"lora"``; return its trainable parameters.
 
@@ -220,10 +280,14 @@ class PrefixCaptioner(nn.Module):
         return [p for p in self.lm.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ generation
-    def _step(self, tokens: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, None]:
+    def _step(
+        self, tokens: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Any, None]:
         """The decoding step (see :mod:`crossalign.decoding`): next-token log-probabilities after ``tokens``."""
         prefix = state["prefix"]
-        embeds = torch.cat([prefix, self.lm.get_input_embeddings()(tokens).to(prefix.dtype)], dim=1)
+        embeds = torch.cat(
+            [prefix, self.lm.get_input_embeddings()(tokens).to(prefix.dtype)], dim=1
+        )
         logits = lm_logits(self.lm, embeds)[:, -1]
         return torch.log_softmax(logits.float(), dim=-1), state, None
 
@@ -246,26 +310,56 @@ class PrefixCaptioner(nn.Module):
         ``top_k``, reproducible with ``generator``).
         """
         if method not in ("greedy", "beam", "sample"):
-            raise ValueError(f"method must be 'greedy', 'beam' or 'sample', got {method!r}")
+            raise ValueError(
+                f"method must be 'greedy', 'beam' or 'sample', got {method!r}"
+            )
         was_training = self.training
         self.eval()
         state = {"prefix": self.prefix_embeddings(features)}
         batch = features.shape[0]
         if method == "sample":
-            sequences = self._sample(state, batch, max_len, temperature, top_k, generator)
+            sequences = self._sample(
+                state, batch, max_len, temperature, top_k, generator
+            )
         else:
             if method == "greedy":
-                result = greedy_decode(self._step, state, batch, self.bos_id, self.eos_id, max_len, pad_id=self.pad_id)
+                result = greedy_decode(
+                    self._step,
+                    state,
+                    batch,
+                    self.bos_id,
+                    self.eos_id,
+                    max_len,
+                    pad_id=self.pad_id,
+                )
             else:
-                result = beam_search(self._step, state, batch, self.bos_id, self.eos_id, beam_size, max_len,
-                                     length_penalty, pad_id=self.pad_id)
-            sequences = [row[: int(n)].tolist() for row, n in zip(result.tokens, result.lengths)]
+                result = beam_search(
+                    self._step,
+                    state,
+                    batch,
+                    self.bos_id,
+                    self.eos_id,
+                    beam_size,
+                    max_len,
+                    length_penalty,
+                    pad_id=self.pad_id,
+                )
+            sequences = [
+                row[: int(n)].tolist() for row, n in zip(result.tokens, result.lengths)
+            ]
         self.train(was_training)
-        return [seq[:-1] if seq and seq[-1] == self.eos_id else seq for seq in sequences]
+        return [
+            seq[:-1] if seq and seq[-1] == self.eos_id else seq for seq in sequences
+        ]
 
     def _sample(
-        self, state: dict[str, torch.Tensor], batch: int, max_len: int, temperature: float,
-        top_k: int | None, generator: torch.Generator | None,
+        self,
+        state: dict[str, torch.Tensor],
+        batch: int,
+        max_len: int,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
     ) -> list[list[int]]:
         """Ancestral sampling from ``softmax(logits / temperature)``, optionally among the ``top_k`` best."""
         if not temperature > 0:
@@ -281,7 +375,11 @@ class PrefixCaptioner(nn.Module):
             if top_k is not None and top_k < scores.shape[1]:
                 threshold = scores.topk(top_k, dim=1).values[:, -1:]
                 scores = scores.masked_fill(scores < threshold, float("-inf"))
-            choice = torch.multinomial(scores.softmax(dim=1).cpu(), 1, generator=generator).to(device).squeeze(1)
+            choice = (
+                torch.multinomial(scores.softmax(dim=1).cpu(), 1, generator=generator)
+                .to(device)
+                .squeeze(1)
+            )
             choice = torch.where(finished, torch.full_like(choice, self.pad_id), choice)
             tokens = torch.cat([tokens, choice.unsqueeze(1)], dim=1)
             finished |= choice == self.eos_id
@@ -289,15 +387,23 @@ class PrefixCaptioner(nn.Module):
                 break
         sequences = []
         for row in tokens[:, 1:].tolist():
-            sequences.append(row[: row.index(self.eos_id) + 1] if self.eos_id in row else row)
+            sequences.append(
+                row[: row.index(self.eos_id) + 1] if self.eos_id in row else row
+            )
         return sequences
 
     def caption(
-        self, features: torch.Tensor, tokenizer: Any, batch_size: int = 256, **generate_kwargs: Any,
+        self,
+        features: torch.Tensor,
+        tokenizer: Any,
+        batch_size: int = 256,
+        **generate_kwargs: Any,
     ) -> list[str]:
         """Captions as text for ``features`` (in batches), decoded with ``tokenizer.decode``."""
         texts: list[str] = []
         for start in range(0, features.shape[0], batch_size):
-            for ids in self.generate(features[start:start + batch_size], **generate_kwargs):
+            for ids in self.generate(
+                features[start : start + batch_size], **generate_kwargs
+            ):
                 texts.append(tokenizer.decode(ids))
         return texts

@@ -24,13 +24,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LinearProjector", "MLPProjector", "TransformerMapper", "build_projector", "projector_names"]
+__all__ = [
+    "LinearProjector",
+    "MLPProjector",
+    "TransformerMapper",
+    "build_projector",
+    "projector_names",
+]
 
 
 def _check_dims(**dims: int | None) -> None:
     """Raise a ValueError naming the first dimension that is not a positive integer (None allowed)."""
     for name, value in dims.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -42,21 +50,29 @@ class _TokenwiseOrExpanding(nn.Module):
         _check_dims(feature_dim=feature_dim, lm_dim=lm_dim, prefix_len=prefix_len)
         self.feature_dim, self.lm_dim, self.prefix_len = feature_dim, lm_dim, prefix_len
         self.out_width = lm_dim * (prefix_len or 1)
-        self.net: nn.Module = nn.Identity()  # set by the subclass: features [.., D] -> [.., out_width]
+        self.net: nn.Module = (
+            nn.Identity()
+        )  # set by the subclass: features [.., D] -> [.., out_width]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings ``[B, k, lm_dim]``."""
         if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
-            raise ValueError(f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
-                             f"got {tuple(features.shape)}")
+            raise ValueError(
+                f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
+                f"got {tuple(features.shape)}"
+            )
         if self.prefix_len is None:
             if features.dim() != 3:
-                raise ValueError("a projector with prefix_len=None maps every patch of [B, N, D] features; "
-                                 "for one pooled vector per image give prefix_len")
+                raise ValueError(
+                    "a projector with prefix_len=None maps every patch of [B, N, D] features; "
+                    "for one pooled vector per image give prefix_len"
+                )
             return self.net(features)
         if features.dim() != 2:
-            raise ValueError(f"a projector with prefix_len={self.prefix_len} expands pooled [B, D] features; "
-                             "for patch features [B, N, D] use prefix_len=None")
+            raise ValueError(
+                f"a projector with prefix_len={self.prefix_len} expands pooled [B, D] features; "
+                "for patch features [B, N, D] use prefix_len=None"
+            )
         return self.net(features).view(features.shape[0], self.prefix_len, self.lm_dim)
 
 
@@ -69,7 +85,9 @@ class LinearProjector(_TokenwiseOrExpanding):
         prefix_len: ``k`` tokens made from one pooled vector; ``None`` maps each patch.
     """
 
-    def __init__(self, feature_dim: int, lm_dim: int, prefix_len: int | None = None) -> None:
+    def __init__(
+        self, feature_dim: int, lm_dim: int, prefix_len: int | None = None
+    ) -> None:
         super().__init__(feature_dim, lm_dim, prefix_len)
         self.net = nn.Linear(feature_dim, self.out_width)
 
@@ -83,12 +101,18 @@ class MLPProjector(_TokenwiseOrExpanding):
     """
 
     def __init__(
-        self, feature_dim: int, lm_dim: int, prefix_len: int | None = None, hidden_dim: int | None = None,
+        self,
+        feature_dim: int,
+        lm_dim: int,
+        prefix_len: int | None = None,
+        hidden_dim: int | None = None,
     ) -> None:
         super().__init__(feature_dim, lm_dim, prefix_len)
         hidden = hidden_dim if hidden_dim is not None else lm_dim
         _check_dims(hidden_dim=hidden)
-        self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, self.out_width))
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, self.out_width)
+        )
 
 
 class TransformerMapper(nn.Module):
@@ -109,11 +133,23 @@ class TransformerMapper(nn.Module):
     """
 
     def __init__(
-        self, feature_dim: int, lm_dim: int, prefix_len: int = 4, image_tokens: int = 4, depth: int = 2, heads: int = 4,
+        self,
+        feature_dim: int,
+        lm_dim: int,
+        prefix_len: int = 4,
+        image_tokens: int = 4,
+        depth: int = 2,
+        heads: int = 4,
     ) -> None:
         super().__init__()
-        _check_dims(feature_dim=feature_dim, lm_dim=lm_dim, prefix_len=prefix_len, image_tokens=image_tokens,
-                    depth=depth, heads=heads)
+        _check_dims(
+            feature_dim=feature_dim,
+            lm_dim=lm_dim,
+            prefix_len=prefix_len,
+            image_tokens=image_tokens,
+            depth=depth,
+            heads=heads,
+        )
         if lm_dim % heads:
             raise ValueError(f"heads={heads} must divide lm_dim={lm_dim}")
         self.feature_dim, self.lm_dim = feature_dim, lm_dim
@@ -122,16 +158,25 @@ class TransformerMapper(nn.Module):
         self.tokenwise = nn.Linear(feature_dim, lm_dim)
         self.prefix_constants = nn.Parameter(torch.randn(prefix_len, lm_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            lm_dim, heads, dim_feedforward=4 * lm_dim, dropout=0.0, activation="gelu",
-            batch_first=True, norm_first=True,
+            lm_dim,
+            heads,
+            dim_feedforward=4 * lm_dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
-        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.transformer = nn.TransformerEncoder(
+            layer, depth, enable_nested_tensor=False
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings ``[B, prefix_len, lm_dim]``."""
         if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
-            raise ValueError(f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
-                             f"got {tuple(features.shape)}")
+            raise ValueError(
+                f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
+                f"got {tuple(features.shape)}"
+            )
         batch = features.shape[0]
         if features.dim() == 2:
             image = self.expand(features).view(batch, self.image_tokens, self.lm_dim)
@@ -139,10 +184,14 @@ class TransformerMapper(nn.Module):
             image = self.tokenwise(features)
         constants = self.prefix_constants.unsqueeze(0).expand(batch, -1, -1)
         mixed = self.transformer(torch.cat([image, constants], dim=1))
-        return mixed[:, -self.prefix_len:]
+        return mixed[:, -self.prefix_len :]
 
 
-_PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "transformer": TransformerMapper}
+_PROJECTORS = {
+    "linear": LinearProjector,
+    "mlp": MLPProjector,
+    "transformer": TransformerMapper,
+}
 
 
 def projector_names() -> list[str]:
@@ -153,5 +202,7 @@ def projector_names() -> list[str]:
 def build_projector(name: str, feature_dim: int, lm_dim: int, **kwargs) -> nn.Module:
     """Build a projector by name (``"linear"``, ``"mlp"``, ``"transformer"``); kwargs go to its class."""
     if name not in _PROJECTORS:
-        raise ValueError(f"projector {name!r} is not known; choose one of {projector_names()}")
+        raise ValueError(
+            f"projector {name!r} is not known; choose one of {projector_names()}"
+        )
     return _PROJECTORS[name](feature_dim, lm_dim, **kwargs)

@@ -45,13 +45,19 @@ class QFormerBlock(nn.Module):
         self.cross_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        )
 
-    def forward(self, queries: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update ``queries`` [B, Q, d] from ``image`` [B, N, d]; also return the attention [B, Q, N]."""
         x = self.norm_self(queries)
         queries = queries + self.self_attention(x, x, x, need_weights=False)[0]
-        read, attention = self.cross_attention(self.norm_cross(queries), image, image, need_weights=True)
+        read, attention = self.cross_attention(
+            self.norm_cross(queries), image, image, need_weights=True
+        )
         queries = queries + read
         return queries + self.mlp(self.norm_mlp(queries)), attention
 
@@ -87,26 +93,45 @@ class QFormer(nn.Module):
         init_temperature: float = 0.07,
     ) -> None:
         super().__init__()
-        for name, value in (("feature_dim", feature_dim), ("lm_dim", lm_dim), ("vocab_size", vocab_size),
-                            ("num_queries", num_queries), ("dim", dim), ("depth", depth), ("heads", heads),
-                            ("embed_dim", embed_dim)):
+        for name, value in (
+            ("feature_dim", feature_dim),
+            ("lm_dim", lm_dim),
+            ("vocab_size", vocab_size),
+            ("num_queries", num_queries),
+            ("dim", dim),
+            ("depth", depth),
+            ("heads", heads),
+            ("embed_dim", embed_dim),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         if not init_temperature > 0:
             raise ValueError(f"init_temperature must be > 0, got {init_temperature!r}")
-        self.feature_dim, self.lm_dim, self.num_queries = feature_dim, lm_dim, num_queries
+        self.feature_dim, self.lm_dim, self.num_queries = (
+            feature_dim,
+            lm_dim,
+            num_queries,
+        )
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.image_in = nn.Sequential(nn.Linear(feature_dim, dim), nn.LayerNorm(dim))
         self.blocks = nn.ModuleList(QFormerBlock(dim, heads) for _ in range(depth))
         self.norm_out = nn.LayerNorm(dim)
         self.to_lm = nn.Linear(dim, lm_dim)
-        self.text_encoder = TransformerTextEncoder(vocab_size, dim=dim, depth=1, heads=heads, max_len=max_text_len,
-                                                   pad_id=pad_id)
+        self.text_encoder = TransformerTextEncoder(
+            vocab_size,
+            dim=dim,
+            depth=1,
+            heads=heads,
+            max_len=max_text_len,
+            pad_id=pad_id,
+        )
         self.query_head = nn.Linear(dim, embed_dim)
         self.text_head = nn.Linear(self.text_encoder.out_dim, embed_dim)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.log_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / init_temperature))
+        )
         self.last_attention: torch.Tensor | None = None
 
     def query_outputs(self, features: torch.Tensor) -> torch.Tensor:
@@ -118,8 +143,10 @@ class QFormer(nn.Module):
         if features.dim() == 2:
             features = features.unsqueeze(1)
         if features.dim() != 3 or features.shape[-1] != self.feature_dim:
-            raise ValueError(f"features must be [B, N, {self.feature_dim}] or [B, {self.feature_dim}], "
-                             f"got {tuple(features.shape)}")
+            raise ValueError(
+                f"features must be [B, N, {self.feature_dim}] or [B, {self.feature_dim}], "
+                f"got {tuple(features.shape)}"
+            )
         image = self.image_in(features)
         queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
         attention = None
@@ -132,14 +159,26 @@ class QFormer(nn.Module):
         """Image features -> ``Q`` prefix embeddings ``[B, Q, lm_dim]`` (the projector interface)."""
         return self.to_lm(self.query_outputs(features))
 
-    def similarity(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def similarity(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Image-text scores ``[B_images, B_texts]``: the best query's cosine similarity with each text."""
-        queries = F.normalize(self.query_head(self.query_outputs(features)), dim=-1)  # [B, Q, E]
-        texts = F.normalize(self.text_head(self.text_encoder(input_ids, attention_mask)), dim=-1)  # [T, E]
+        queries = F.normalize(
+            self.query_head(self.query_outputs(features)), dim=-1
+        )  # [B, Q, E]
+        texts = F.normalize(
+            self.text_head(self.text_encoder(input_ids, attention_mask)), dim=-1
+        )  # [T, E]
         return torch.einsum("bqe,te->btq", queries, texts).amax(dim=-1)
 
     def contrastive_loss(
-        self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
     ) -> torch.Tensor:
         """Symmetric InfoNCE over the batch: image ``i`` matches text ``i`` (BLIP-2's ITC objective)."""
         scale = self.log_logit_scale.clamp(max=math.log(100.0)).exp()

@@ -39,28 +39,40 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
-def _checked_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:
+def _checked_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int
+) -> torch.Tensor:
     """Validate a batch of ids and return its boolean mask (from ``pad_id`` when none is given)."""
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape [B, L], got {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must have shape [B, L], got {tuple(input_ids.shape)}"
+        )
     if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-        raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        raise TypeError(
+            f"input_ids must be integer token ids, got dtype {input_ids.dtype}"
+        )
     mask = input_ids != pad_id if attention_mask is None else attention_mask.bool()
     if mask.shape != input_ids.shape:
         raise ValueError(
             f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape {tuple(input_ids.shape)}"
         )
     if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
-        raise ValueError("every text needs at least one real token (attention_mask has an all-False row)")
+        raise ValueError(
+            "every text needs at least one real token (attention_mask has an all-False row)"
+        )
     return mask
 
 
-def _check_pool_and_pad(pool: str, pools: tuple[str, str], pad_id: int, vocab_size: int) -> None:
+def _check_pool_and_pad(
+    pool: str, pools: tuple[str, str], pad_id: int, vocab_size: int
+) -> None:
     """Raise unless ``pool`` is one of ``pools`` and ``pad_id`` is a valid id below ``vocab_size``."""
     if pool not in pools:
         raise ValueError(f"pool must be {pools[0]!r} or {pools[1]!r}, got {pool!r}")
     if not 0 <= pad_id < vocab_size:
-        raise ValueError(f"pad_id ({pad_id}) must be a valid id below vocab_size ({vocab_size})")
+        raise ValueError(
+            f"pad_id ({pad_id}) must be a valid id below vocab_size ({vocab_size})"
+        )
 
 
 class GRUTextEncoder(nn.Module):
@@ -89,8 +101,14 @@ class GRUTextEncoder(nn.Module):
         super().__init__()
         _check_pool_and_pad(pool, ("last", "mean"), pad_id, vocab_size)
         self.config: dict[str, Any] = {
-            "name": "gru", "vocab_size": vocab_size, "embed_dim": embed_dim, "hidden_dim": hidden_dim,
-            "num_layers": num_layers, "bidirectional": bidirectional, "pad_id": pad_id, "pool": pool,
+            "name": "gru",
+            "vocab_size": vocab_size,
+            "embed_dim": embed_dim,
+            "hidden_dim": hidden_dim,
+            "num_layers": num_layers,
+            "bidirectional": bidirectional,
+            "pad_id": pad_id,
+            "pool": pool,
             "dropout": dropout,
         }
         self.pad_id = pad_id
@@ -98,32 +116,53 @@ class GRUTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.gru = nn.GRU(
-            embed_dim, hidden_dim, num_layers=num_layers, batch_first=True,
-            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+            embed_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         self.bidirectional = bidirectional
         self.out_dim = hidden_dim * (2 if bidirectional else 1)
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def _run(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
         """Run the GRU on the real tokens only; return ``(tokens [B, L, out_dim], final [B, out_dim], mask)``."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         lengths = mask.sum(dim=1)
         positions = torch.arange(mask.shape[1], device=mask.device)
         if not torch.equal(mask, positions.unsqueeze(0) < lengths.unsqueeze(1)):
-            raise ValueError("GRUTextEncoder needs right padding: attention_mask must be True on a prefix of each row")
+            raise ValueError(
+                "GRUTextEncoder needs right padding: attention_mask must be True on a prefix of each row"
+            )
         packed = pack_padded_sequence(
-            self.dropout(self.embed(input_ids)), lengths.cpu(), batch_first=True, enforce_sorted=False
+            self.dropout(self.embed(input_ids)),
+            lengths.cpu(),
+            batch_first=True,
+            enforce_sorted=False,
         )
         outputs, hidden = self.gru(packed)
-        tokens, _ = pad_packed_sequence(outputs, batch_first=True, total_length=input_ids.shape[1])
-        final = torch.cat([hidden[-2], hidden[-1]], dim=-1) if self.bidirectional else hidden[-1]
+        tokens, _ = pad_packed_sequence(
+            outputs, batch_first=True, total_length=input_ids.shape[1]
+        )
+        final = (
+            torch.cat([hidden[-2], hidden[-1]], dim=-1)
+            if self.bidirectional
+            else hidden[-1]
+        )
         return tokens, final, mask
 
-    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return the GRU output at every position ``[B, L, out_dim]`` (zero at padding)."""
         return self._run(input_ids, attention_mask)[0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return one ``out_dim`` vector per text."""
         tokens, final, mask = self._run(input_ids, attention_mask)
         return final if self.pool == "last" else masked_mean(tokens, mask)
@@ -174,26 +213,45 @@ class ConvTextEncoder(nn.Module):
         super().__init__()
         _check_pool_and_pad(pool, ("max", "mean"), pad_id, vocab_size)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size} must be odd and positive, so that a window is centred on its word")
+            raise ValueError(
+                f"kernel_size={kernel_size} must be odd and positive, so that a window is centred on its word"
+            )
         dilations = tuple(int(d) for d in dilations)
         if not dilations or min(dilations) < 1:
-            raise ValueError(f"dilations={dilations} must be one or more positive integers (one convolution each)")
+            raise ValueError(
+                f"dilations={dilations} must be one or more positive integers (one convolution each)"
+            )
         self.config: dict[str, Any] = {
-            "name": "conv", "vocab_size": vocab_size, "embed_dim": embed_dim, "width": width,
-            "kernel_size": kernel_size, "dilations": list(dilations), "pad_id": pad_id, "pool": pool, "dropout": dropout,
+            "name": "conv",
+            "vocab_size": vocab_size,
+            "embed_dim": embed_dim,
+            "width": width,
+            "kernel_size": kernel_size,
+            "dilations": list(dilations),
+            "pad_id": pad_id,
+            "pool": pool,
+            "dropout": dropout,
         }
         self.pad_id = pad_id
         self.pool = pool
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.convs = nn.ModuleList(
-            nn.Conv1d(embed_dim if i == 0 else width, width, kernel_size, padding=d * (kernel_size - 1) // 2, dilation=d)
+            nn.Conv1d(
+                embed_dim if i == 0 else width,
+                width,
+                kernel_size,
+                padding=d * (kernel_size - 1) // 2,
+                dilation=d,
+            )
             for i, d in enumerate(dilations)
         )
         self.out_dim = width
         self.window = 1 + (kernel_size - 1) * sum(dilations)
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(tokens [B, L, width] with zeros at padding, mask [B, L])``."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         keep = mask.unsqueeze(1)  # [B, 1, L]
@@ -203,11 +261,15 @@ class ConvTextEncoder(nn.Module):
             x = y if i == 0 else x + y
         return x.transpose(1, 2), mask
 
-    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return the last convolution's output at every position ``[B, L, width]`` (zero at padding)."""
         return self._run(input_ids, attention_mask)[0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return one ``width`` vector per text: the maximum (or mean) of its token features."""
         tokens, mask = self._run(input_ids, attention_mask)
         if self.pool == "mean":
@@ -245,8 +307,16 @@ class TransformerTextEncoder(nn.Module):
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.config: dict[str, Any] = {
-            "name": "transformer", "vocab_size": vocab_size, "dim": dim, "depth": depth, "heads": heads,
-            "max_len": max_len, "pad_id": pad_id, "pool": pool, "mlp_ratio": mlp_ratio, "dropout": dropout,
+            "name": "transformer",
+            "vocab_size": vocab_size,
+            "dim": dim,
+            "depth": depth,
+            "heads": heads,
+            "max_len": max_len,
+            "pad_id": pad_id,
+            "pool": pool,
+            "mlp_ratio": mlp_ratio,
+            "dropout": dropout,
         }
         self.pad_id = pad_id
         self.pool = pool
@@ -259,18 +329,28 @@ class TransformerTextEncoder(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(
-            dim, heads, int(dim * mlp_ratio), dropout, activation="gelu", batch_first=True, norm_first=True
+            dim,
+            heads,
+            int(dim * mlp_ratio),
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.out_dim = dim
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def _encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
         """Return ``(sequence [B, (1+)L, dim], mask [B, L])``; with CLS pooling the CLS output comes first."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         length = input_ids.shape[1]
         if length > self.max_len:
-            raise ValueError(f"input has {length} tokens but this encoder was built with max_len={self.max_len}")
+            raise ValueError(
+                f"input has {length} tokens but this encoder was built with max_len={self.max_len}"
+            )
         x = self.token_embed(input_ids) + self.pos_embed[:, :length]
         keep = mask
         if self.pool == "cls":
@@ -279,14 +359,18 @@ class TransformerTextEncoder(nn.Module):
         x = self.blocks(self.dropout(x), src_key_padding_mask=~keep)
         return self.norm(x), mask
 
-    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return one vector per input token ``[B, L, dim]`` (zero at padding; CLS excluded)."""
         x, mask = self._encode(input_ids, attention_mask)
         if self.pool == "cls":
             x = x[:, 1:]
         return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return one ``dim`` vector per text (masked mean or CLS output)."""
         x, mask = self._encode(input_ids, attention_mask)
         return x[:, 0] if self.pool == "cls" else masked_mean(x, mask)
@@ -309,7 +393,10 @@ class HFTextEncoder(nn.Module):
     """
 
     def __init__(
-        self, name_or_path: str | os.PathLike | None = None, pooling: str = "mean", freeze: bool = False
+        self,
+        name_or_path: str | os.PathLike | None = None,
+        pooling: str = "mean",
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         from transformers import AutoModel
@@ -319,7 +406,10 @@ class HFTextEncoder(nn.Module):
         self.model, _ = load_pretrained(AutoModel, name_or_path, "model")
         self.name_or_path = None if name_or_path is None else os.fspath(name_or_path)
         self.config: dict[str, Any] = {
-            "name": "hf", "name_or_path": self.name_or_path, "pooling": pooling, "freeze": freeze,
+            "name": "hf",
+            "name_or_path": self.name_or_path,
+            "pooling": pooling,
+            "freeze": freeze,
         }
         self.pooling = pooling
         self.freeze = freeze
@@ -330,7 +420,7 @@ class HFTextEncoder(nn.Module):
             self.model.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "HFTextEncoder":
+    def train(self, mode: bool = True) -> HFTextEncoder:
         """Set training mode; a frozen model stays in eval mode."""
         super().train(mode)
         if self.freeze:
@@ -341,23 +431,35 @@ class HFTextEncoder(nn.Module):
         """Return the tokenizer that belongs to this model."""
         return HFTokenizerAdapter(self.name_or_path, max_len=max_len)
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def _encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
         """Return ``(last hidden states [B, L, hidden_size] zeroed at padding, mask [B, L])``."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=mask.long()
+        ).last_hidden_state
         return hidden.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
-    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return the last hidden states ``[B, L, hidden_size]`` (zero at padding)."""
         return self._encode(input_ids, attention_mask)[0]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return one ``hidden_size`` vector per text (masked mean or CLS); not L2-normalised."""
         tokens, mask = self._encode(input_ids, attention_mask)
         return tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)
 
 
-_FROM_SCRATCH = {"gru": GRUTextEncoder, "conv": ConvTextEncoder, "transformer": TransformerTextEncoder}
+_FROM_SCRATCH = {
+    "gru": GRUTextEncoder,
+    "conv": ConvTextEncoder,
+    "transformer": TransformerTextEncoder,
+}
 
 
 def text_encoder_names() -> list[str]:
@@ -365,7 +467,9 @@ def text_encoder_names() -> list[str]:
     return ["gru", "conv", "transformer", "hf"]
 
 
-def build_text_encoder(name: str, vocab_size: int | None = None, **kwargs: Any) -> nn.Module:
+def build_text_encoder(
+    name: str, vocab_size: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Build a text encoder by name: ``"gru"``, ``"conv"``, ``"transformer"`` or ``"hf"``.
 
     ``"gru"``, ``"conv"`` and ``"transformer"`` need ``vocab_size`` (``len(tokenizer)``). ``"hf"`` brings
@@ -374,7 +478,9 @@ def build_text_encoder(name: str, vocab_size: int | None = None, **kwargs: Any) 
     """
     if name in _FROM_SCRATCH:
         if vocab_size is None:
-            raise ValueError(f"text encoder {name!r} needs vocab_size (the tokenizer's len())")
+            raise ValueError(
+                f"text encoder {name!r} needs vocab_size (the tokenizer's len())"
+            )
         return _FROM_SCRATCH[name](vocab_size, **kwargs)
     if name == "hf":
         encoder = HFTextEncoder(**kwargs)
@@ -384,4 +490,6 @@ def build_text_encoder(name: str, vocab_size: int | None = None, **kwargs: Any) 
                 f"({encoder.vocab_size}); use the model's own tokenizer (HFTextEncoder.build_tokenizer())"
             )
         return encoder
-    raise ValueError(f"unknown text encoder {name!r}; valid names: {', '.join(text_encoder_names())}")
+    raise ValueError(
+        f"unknown text encoder {name!r}; valid names: {', '.join(text_encoder_names())}"
+    )

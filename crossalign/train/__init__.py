@@ -3,19 +3,44 @@ vision-to-LM projector),
 precision, schedules and checkpoints."""
 
 from crossalign.train.captioning import (
-    CaptionExperimentConfig, evaluate_captioner, load_caption_config, load_captioner, train_captioner,
+    CaptionExperimentConfig,
+    evaluate_captioner,
+    load_caption_config,
+    load_captioner,
+    train_captioner,
 )
 from crossalign.train.checkpoint import load_dual_encoder, resolve_checkpoint
 from crossalign.train.config import (
-    DataConfig, ExperimentConfig, TrainConfig, default_config_path, load_config, save_config,
+    DataConfig,
+    ExperimentConfig,
+    TrainConfig,
+    default_config_path,
+    load_config,
+    save_config,
 )
 from crossalign.train.language_model import perplexity, train_language_model
 from crossalign.train.prefix import PrefixTrainResult, train_prefix
 from crossalign.train.trainer import NonFiniteLossError, TrainResult, train
 
 __all__ = [
-    "CaptionExperimentConfig", "evaluate_captioner", "load_caption_config", "load_captioner", "train_captioner",
-    "perplexity", "train_language_model", "PrefixTrainResult", "train_prefix",
-    "DataConfig", "ExperimentConfig", "NonFiniteLossError", "TrainConfig", "TrainResult", "default_config_path",
-    "load_config", "load_dual_encoder", "resolve_checkpoint", "save_config", "train",
+    "CaptionExperimentConfig",
+    "evaluate_captioner",
+    "load_caption_config",
+    "load_captioner",
+    "train_captioner",
+    "perplexity",
+    "train_language_model",
+    "PrefixTrainResult",
+    "train_prefix",
+    "DataConfig",
+    "ExperimentConfig",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "default_config_path",
+    "load_config",
+    "load_dual_encoder",
+    "resolve_checkpoint",
+    "save_config",
+    "train",
 ]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import yaml
@@ -36,9 +37,17 @@ from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
 from crossalign.models.image_encoders import build_image_encoder
-from crossalign.train.checkpoint import load_weights, read_config, resolve_checkpoint, save_checkpoint
+from crossalign.train.checkpoint import (
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from crossalign.train.config import SectionedConfig, read_config_file
-from crossalign.train.encoder_pretraining import pretrain_on_scene_labels, scene_label_names
+from crossalign.train.encoder_pretraining import (
+    pretrain_on_scene_labels,
+    scene_label_names,
+)
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import StepBatchSampler, build_optimizer
@@ -129,7 +138,10 @@ class CaptionExperimentConfig(SectionedConfig):
     """A captioning experiment: seed, data, model (a CaptionerConfig), train and eval settings."""
 
     SECTIONS: ClassVar[dict[str, type]] = {
-        "data": CaptionDataConfig, "model": CaptionerConfig, "train": CaptionTrainConfig, "eval": CaptionEvalConfig,
+        "data": CaptionDataConfig,
+        "model": CaptionerConfig,
+        "train": CaptionTrainConfig,
+        "eval": CaptionEvalConfig,
     }
 
     seed: int = 0
@@ -168,16 +180,25 @@ class _GridFeatures(nn.Module):
         return self.encoder.forward_grid(images)
 
 
-def feature_encoder_id(encoder: str, pretrained: bool, image_size: int, seed: int) -> str:
+def feature_encoder_id(
+    encoder: str, pretrained: bool, image_size: int, seed: int
+) -> str:
     """The name a feature cache records for its encoder (random weights are named by their seed)."""
     weights = "imagenet" if pretrained else f"random-seed{seed}"
     return f"{encoder}-{weights}-{image_size}px-grid"
 
 
 def cache_flickr8k_features(
-    root: str | Path, cache_dir: str | Path, splits: Sequence[str] = ("train", "val", "test"),
-    encoder: str = "resnet50", pretrained: bool = True, image_size: int = 224, seed: int = 0,
-    batch_size: int = 32, device: str | torch.device = "auto", progress: bool = True,
+    root: str | Path,
+    cache_dir: str | Path,
+    splits: Sequence[str] = ("train", "val", "test"),
+    encoder: str = "resnet50",
+    pretrained: bool = True,
+    image_size: int = 224,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    progress: bool = True,
 ) -> dict[str, Path]:
     """Run a frozen ResNet once over Flickr8k splits and cache its feature grids (fp16); return the paths.
 
@@ -200,32 +221,72 @@ def cache_flickr8k_features(
             continue
         if model is None:
             seed_everything(seed)
-            model = _GridFeatures(build_image_encoder(encoder, pretrained=pretrained, trainable=False))
-        dataset = Flickr8k(root, split=split, image_size=image_size, on_error="skip", progress=progress)
-        cache_image_features(model, dataset, path, batch_size=batch_size, device=device, progress=progress,
-                             encoder_id=encoder_id)
+            model = _GridFeatures(
+                build_image_encoder(encoder, pretrained=pretrained, trainable=False)
+            )
+        dataset = Flickr8k(
+            root, split=split, image_size=image_size, on_error="skip", progress=progress
+        )
+        cache_image_features(
+            model,
+            dataset,
+            path,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            encoder_id=encoder_id,
+        )
     return paths
 
 
-def build_caption_dataset(config: CaptionExperimentConfig, split: str, size: int | None = None) -> Dataset:
+def build_caption_dataset(
+    config: CaptionExperimentConfig, split: str, size: int | None = None
+) -> Dataset:
     """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached Flickr8k features."""
     cfg = config.data
     if cfg.name == "shapes":
-        default = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}.get(split, cfg.test_size)
-        return ShapesWorld(split, size=size or default, image_size=cfg.image_size, seed=config.seed, noise=cfg.noise)
+        default = {
+            "train": cfg.train_size,
+            "val": cfg.val_size,
+            "test": cfg.test_size,
+        }.get(split, cfg.test_size)
+        return ShapesWorld(
+            split,
+            size=size or default,
+            image_size=cfg.image_size,
+            seed=config.seed,
+            noise=cfg.noise,
+        )
     if cfg.name != "flickr8k":
-        raise ValueError(f"data.name={cfg.name!r} is not known; use one of {CAPTION_DATASETS}")
+        raise ValueError(
+            f"data.name={cfg.name!r} is not known; use one of {CAPTION_DATASETS}"
+        )
     if not cfg.root:
-        raise ValueError("data.name='flickr8k' needs data.root: the folder holding the Flickr8k files")
+        raise ValueError(
+            "data.name='flickr8k' needs data.root: the folder holding the Flickr8k files"
+        )
     if cfg.feature_cache:
         paths = cache_flickr8k_features(
-            cfg.root, cfg.feature_cache, splits=(split,), encoder=cfg.feature_encoder, pretrained=cfg.pretrained_encoder,
-            image_size=cfg.image_size, seed=config.seed, device=config.train.device, progress=config.train.progress,
+            cfg.root,
+            cfg.feature_cache,
+            splits=(split,),
+            encoder=cfg.feature_encoder,
+            pretrained=cfg.pretrained_encoder,
+            image_size=cfg.image_size,
+            seed=config.seed,
+            device=config.train.device,
+            progress=config.train.progress,
         )
         return CachedFeatures(paths[split])
     from crossalign.data.flickr8k import Flickr8k
 
-    return Flickr8k(cfg.root, split=split, image_size=cfg.image_size, on_error="skip", progress=config.train.progress)
+    return Flickr8k(
+        cfg.root,
+        split=split,
+        image_size=cfg.image_size,
+        on_error="skip",
+        progress=config.train.progress,
+    )
 
 
 def _all_captions(dataset: Dataset) -> list[list[str]]:
@@ -233,7 +294,9 @@ def _all_captions(dataset: Dataset) -> list[list[str]]:
         return [dataset.captions(i) for i in range(len(dataset))]
     captions = getattr(dataset, "captions", None)
     if captions is None:
-        raise ValueError(f"{type(dataset).__name__} has no captions to build a vocabulary or score against")
+        raise ValueError(
+            f"{type(dataset).__name__} has no captions to build a vocabulary or score against"
+        )
     return [list(c) for c in captions]
 
 
@@ -241,19 +304,28 @@ def build_caption_vocabulary(dataset: Dataset, min_freq: int = 1) -> Vocabulary:
     """The word vocabulary: the whole ShapesWorld grammar, or the training captions' words."""
     if isinstance(dataset, ShapesWorld):
         return Vocabulary.build(caption_words())
-    return Vocabulary.build([c for captions in _all_captions(dataset) for c in captions], min_freq=min_freq)
+    return Vocabulary.build(
+        [c for captions in _all_captions(dataset) for c in captions], min_freq=min_freq
+    )
 
 
 def _fetch(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
     getitems = getattr(dataset, "__getitems__", None)
-    return getitems(list(indices)) if getitems is not None else [dataset[i] for i in indices]
+    return (
+        getitems(list(indices))
+        if getitems is not None
+        else [dataset[i] for i in indices]
+    )
 
 
 def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
     """Items holding only ``"captions"`` and ``"index"``: what a step on cached regions needs (no image is rendered)."""
     if isinstance(dataset, ShapesWorld):
         return [{"captions": dataset.captions(i), "index": i} for i in indices]
-    return [{"captions": item["captions"], "index": item["index"]} for item in _fetch(dataset, indices)]
+    return [
+        {"captions": item["captions"], "index": item["index"]}
+        for item in _fetch(dataset, indices)
+    ]
 
 
 def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
@@ -262,14 +334,18 @@ def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
     return torch.stack([item[key] for item in items])
 
 
-def build_captioner_for(config: CaptionExperimentConfig, tokenizer: Vocabulary, dataset: Dataset) -> Captioner:
+def build_captioner_for(
+    config: CaptionExperimentConfig, tokenizer: Vocabulary, dataset: Dataset
+) -> Captioner:
     """The configured captioner, sized to ``tokenizer`` and, for cached features, to their width."""
     model_cfg = copy.deepcopy(config.model)
     model_cfg.vocab_size, model_cfg.pad_id = len(tokenizer), tokenizer.pad_id
     model_cfg.bos_id, model_cfg.eos_id = tokenizer.bos_id, tokenizer.eos_id
     if isinstance(dataset, CachedFeatures):
         if model_cfg.image_encoder is not None:
-            raise ValueError("training from a feature cache needs model.image_encoder: null (the cache holds the features)")
+            raise ValueError(
+                "training from a feature cache needs model.image_encoder: null (the cache holds the features)"
+            )
         model_cfg.feature_dim = int(dataset.features.shape[1])
     return build_captioner(model_cfg)
 
@@ -278,28 +354,40 @@ def build_captioner_for(config: CaptionExperimentConfig, tokenizer: Vocabulary, 
 
 
 @torch.no_grad()
-def encode_regions(model: Captioner, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def encode_regions(
+    model: Captioner, dataset: Dataset, batch_size: int = 256, progress: bool = False
+) -> torch.Tensor:
     """Every item's regions ``[len(dataset), N, C]`` through the captioner's (frozen) encoder, on its device.
 
     Run in eval mode, so an item's regions do not depend on the batch it came in: training on
     them is training on the images, without an encoder pass per step.
     """
     if model.encoder is None:
-        raise ValueError("encode_regions needs a captioner with an image encoder; precomputed features are regions already")
+        raise ValueError(
+            "encode_regions needs a captioner with an image encoder; precomputed features are regions already"
+        )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc="encode regions", disable=not progress):
+        for start in tqdm(
+            range(0, len(dataset), batch_size),
+            desc="encode regions",
+            disable=not progress,
+        ):
             indices = range(start, min(start + batch_size, len(dataset)))
-            chunks.append(model.regions(batch_inputs(_fetch(dataset, indices)).to(device)))
+            chunks.append(
+                model.regions(batch_inputs(_fetch(dataset, indices)).to(device))
+            )
     finally:
         model.train(was_training)
     return torch.cat(chunks)
 
 
-def _step_captions(collator: CaptionCollator, items: Sequence[dict], per_image: int) -> list[str]:
+def _step_captions(
+    collator: CaptionCollator, items: Sequence[dict], per_image: int
+) -> list[str]:
     """The captions a training step uses: the collator's random pick, or ``per_image`` per image, grouped by image.
 
     With ``per_image > 1`` each image gives its first ``per_image`` captions (all differ on
@@ -331,7 +419,9 @@ class CaptionTrainResult:
     pretrain_seconds: float = 0.0
 
 
-def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None = None) -> CaptionTrainResult:
+def train_captioner(
+    config: CaptionExperimentConfig, train_set: Dataset | None = None
+) -> CaptionTrainResult:
     """Train the configured captioner with teacher forcing; return it (in eval mode) with its history.
 
     ``train_set`` replaces the training split that ``config.data`` describes (its items must
@@ -343,9 +433,13 @@ def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None =
     """
     cfg = config.train
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.captions_per_image < 1:
-        raise ValueError("train.steps, train.batch_size and train.captions_per_image must all be >= 1")
+        raise ValueError(
+            "train.steps, train.batch_size and train.captions_per_image must all be >= 1"
+        )
     if cfg.encoder_pretrain_steps < 0:
-        raise ValueError(f"train.encoder_pretrain_steps={cfg.encoder_pretrain_steps} must be >= 0")
+        raise ValueError(
+            f"train.encoder_pretrain_steps={cfg.encoder_pretrain_steps} must be >= 0"
+        )
     try:
         scene_label_names(cfg.encoder_pretrain_labels)
     except ValueError as err:
@@ -360,21 +454,42 @@ def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None =
     pretrain = None
     if cfg.encoder_pretrain_steps:
         if model.encoder is None or not isinstance(train_set, ShapesWorld):
-            raise ValueError("train.encoder_pretrain_steps needs ShapesWorld images and a model.image_encoder "
-                             "(it trains the encoder on scene-graph labels); set it to 0 for this data")
-        pretrain = pretrain_on_scene_labels(model.encoder, train_set, cfg.encoder_pretrain_steps, cfg.batch_size,
-                                            seed=config.seed, device=device, progress=cfg.progress,
-                                            label_groups=cfg.encoder_pretrain_labels)
+            raise ValueError(
+                "train.encoder_pretrain_steps needs ShapesWorld images and a model.image_encoder "
+                "(it trains the encoder on scene-graph labels); set it to 0 for this data"
+            )
+        pretrain = pretrain_on_scene_labels(
+            model.encoder,
+            train_set,
+            cfg.encoder_pretrain_steps,
+            cfg.batch_size,
+            seed=config.seed,
+            device=device,
+            progress=cfg.progress,
+            label_groups=cfg.encoder_pretrain_labels,
+        )
     optimizer = build_optimizer(model, cfg, device)
-    scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    scheduler = warmup_cosine_scheduler(
+        optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
+    )
     scaler = grad_scaler(cfg.precision, device)
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, config.seed, 0, cfg.steps)
-    collator = CaptionCollator(tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len)
+    sampler = StepBatchSampler(
+        len(train_set), cfg.batch_size, config.seed, 0, cfg.steps
+    )
+    collator = CaptionCollator(
+        tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len
+    )
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     cached = None
-    if cfg.cache_frozen_regions and model.encoder is not None and config.model.freeze_encoder:
-        cached = encode_regions(model, train_set, batch_size=max(256, cfg.batch_size), progress=cfg.progress)
+    if (
+        cfg.cache_frozen_regions
+        and model.encoder is not None
+        and config.model.freeze_encoder
+    ):
+        cached = encode_regions(
+            model, train_set, batch_size=max(256, cfg.batch_size), progress=cfg.progress
+        )
     model.train()
     bar = tqdm(total=cfg.steps, desc="train captioner", disable=not cfg.progress)
     for step, batch in enumerate(sampler, start=1):
@@ -385,12 +500,19 @@ def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None =
         else:
             items = _fetch(train_set, indices)
             inputs = batch_inputs(items).to(device)
-        collator.set_epoch(epoch)  # a caption per (epoch, image), whatever the batch order
-        input_ids, _ = tokenizer.encode_batch(_step_captions(collator, items, cfg.captions_per_image), max_len=config.data.max_len)
+        collator.set_epoch(
+            epoch
+        )  # a caption per (epoch, image), whatever the batch order
+        input_ids, _ = tokenizer.encode_batch(
+            _step_captions(collator, items, cfg.captions_per_image),
+            max_len=config.data.max_len,
+        )
         with autocast(cfg.precision, device):
             loss, _ = model.loss(inputs, input_ids.to(device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the captioning loss became {loss.item()} at step {step}; try a lower train.lr or fp32")
+            raise FloatingPointError(
+                f"the captioning loss became {loss.item()} at step {step}; try a lower train.lr or fp32"
+            )
         scaler.scale(loss).backward()
         if cfg.clip_grad_norm:
             scaler.unscale_(optimizer)
@@ -398,7 +520,9 @@ def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None =
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+        history.append(
+            {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+        )
         scheduler.step()
         bar.update(1)
         if step % max(1, cfg.log_every) == 0:
@@ -408,18 +532,36 @@ def train_captioner(config: CaptionExperimentConfig, train_set: Dataset | None =
     model.eval()
     checkpoint = None
     if cfg.output_dir:
-        saved = {"experiment": config.to_dict(), "captioner": model.config.to_dict(), "tokenizer": tokenizer.to_dict()}
-        checkpoint = save_checkpoint(Path(cfg.output_dir) / "checkpoints", cfg.steps, model, saved)
-    return CaptionTrainResult(model, tokenizer, config, history, checkpoint, seconds,
-                              pretrain.history if pretrain else [], pretrain.seconds if pretrain else 0.0)
+        saved = {
+            "experiment": config.to_dict(),
+            "captioner": model.config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+        }
+        checkpoint = save_checkpoint(
+            Path(cfg.output_dir) / "checkpoints", cfg.steps, model, saved
+        )
+    return CaptionTrainResult(
+        model,
+        tokenizer,
+        config,
+        history,
+        checkpoint,
+        seconds,
+        pretrain.history if pretrain else [],
+        pretrain.seconds if pretrain else 0.0,
+    )
 
 
-def load_captioner(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Captioner, Vocabulary, CaptionExperimentConfig]:
+def load_captioner(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Captioner, Vocabulary, CaptionExperimentConfig]:
     """Rebuild a trained captioner from a checkpoint: returns (model in eval mode, tokenizer, config)."""
     saved = read_config(checkpoint)
     where = resolve_checkpoint(checkpoint)
     if not all(key in saved for key in ("experiment", "captioner", "tokenizer")):
-        raise ValueError(f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' and 'tokenizer' entries)")
+        raise ValueError(
+            f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' and 'tokenizer' entries)"
+        )
     config = CaptionExperimentConfig.from_dict(saved["experiment"], source=str(where))
     model = build_captioner(CaptionerConfig.from_dict(saved["captioner"]))
     load_weights(model, where, device=device)
@@ -444,28 +586,56 @@ class CaptionEvaluation:
 
 
 def generate_captions(
-    model: Captioner, dataset: Dataset, tokenizer: Vocabulary, indices: Sequence[int] | None = None,
-    beam_size: int = 3, max_len: int = 30, length_penalty: float = 0.0, batch_size: int = 100,
+    model: Captioner,
+    dataset: Dataset,
+    tokenizer: Vocabulary,
+    indices: Sequence[int] | None = None,
+    beam_size: int = 3,
+    max_len: int = 30,
+    length_penalty: float = 0.0,
+    batch_size: int = 100,
     device: str | torch.device | None = None,
 ) -> tuple[list[str], DecodeResult | None]:
     """Caption items of ``dataset`` (all by default); returns the captions and the last batch's decoding."""
-    device = next(model.parameters()).device if device is None else select_device(device)
+    device = (
+        next(model.parameters()).device if device is None else select_device(device)
+    )
     indices = list(range(len(dataset))) if indices is None else list(indices)
     captions: list[str] = []
     result = None
     for start in range(0, len(indices), batch_size):
-        inputs = batch_inputs(_fetch(dataset, indices[start : start + batch_size])).to(device)
-        result = model.generate(inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        inputs = batch_inputs(_fetch(dataset, indices[start : start + batch_size])).to(
+            device
+        )
+        result = model.generate(
+            inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
+        )
         captions += tokenizer.decode_batch(result.tokens.cpu())
     return captions, result
 
 
 def evaluate_captioner(
-    model: Captioner, dataset: Dataset, tokenizer: Vocabulary, beam_size: int = 3, max_len: int = 30,
-    length_penalty: float = 0.0, batch_size: int = 100, device: str | torch.device | None = None,
+    model: Captioner,
+    dataset: Dataset,
+    tokenizer: Vocabulary,
+    beam_size: int = 3,
+    max_len: int = 30,
+    length_penalty: float = 0.0,
+    batch_size: int = 100,
+    device: str | torch.device | None = None,
 ) -> CaptionEvaluation:
     """Caption every image of ``dataset`` and score the captions against all its references."""
-    captions, _ = generate_captions(model, dataset, tokenizer, None, beam_size, max_len, length_penalty, batch_size, device)
+    captions, _ = generate_captions(
+        model,
+        dataset,
+        tokenizer,
+        None,
+        beam_size,
+        max_len,
+        length_penalty,
+        batch_size,
+        device,
+    )
     references = _all_captions(dataset)
     metrics = caption_metrics(
         [" ".join(tokenize_caption(c)) for c in captions],
@@ -474,5 +644,11 @@ def evaluate_captioner(
     if isinstance(dataset, ShapesWorld):
         report = semantic_report(captions, dataset.scenes(range(len(dataset))))
         metrics["semantic"] = report["exact"]
-        metrics.update({f"semantic/{key}": value for key, value in report.items() if key != "exact"})
+        metrics.update(
+            {
+                f"semantic/{key}": value
+                for key, value in report.items()
+                if key != "exact"
+            }
+        )
     return CaptionEvaluation(captions, references, metrics)

@@ -91,12 +91,18 @@ def read_config(checkpoint: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def load_weights(model: nn.Module, checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_weights(
+    model: nn.Module, checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> nn.Module:
     """Load a checkpoint's safetensors weights into ``model`` (strict: every key must match)."""
     path = resolve_checkpoint(checkpoint) / MODEL_FILE
-    missing, unexpected = safetensors.torch.load_model(_unwrap(model), str(path), strict=False, device=str(device))
+    missing, unexpected = safetensors.torch.load_model(
+        _unwrap(model), str(path), strict=False, device=str(device)
+    )
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+        raise ValueError(
+            f"{path}: weights do not match the model (missing {sorted(missing)}, unexpected {sorted(unexpected)})"
+        )
     return model
 
 
@@ -104,11 +110,15 @@ def load_train_state(checkpoint: str | Path) -> dict[str, Any]:
     """The resume state of a checkpoint (optimiser, scheduler, scaler, RNG, step, history)."""
     path = resolve_checkpoint(checkpoint) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: this checkpoint holds weights only and cannot resume training")
+        raise FileNotFoundError(
+            f"{path} is missing: this checkpoint holds weights only and cannot resume training"
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_dual_encoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, Any]:
+def load_dual_encoder(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Any, Any]:
     """Rebuild a trained dual encoder from a checkpoint: returns (model in eval mode, tokenizer, config).
 
     The config is an :class:`~crossalign.train.config.ExperimentConfig`; the tokenizer is the
@@ -120,8 +130,12 @@ def load_dual_encoder(checkpoint: str | Path, device: str | torch.device = "cpu"
 
     saved = read_config(checkpoint)
     if "experiment" not in saved or "tokenizer" not in saved:
-        raise ValueError(f"{resolve_checkpoint(checkpoint) / CONFIG_FILE}: expected 'experiment' and 'tokenizer' entries")
-    config = ExperimentConfig.from_dict(saved["experiment"], source=str(resolve_checkpoint(checkpoint) / CONFIG_FILE))
+        raise ValueError(
+            f"{resolve_checkpoint(checkpoint) / CONFIG_FILE}: expected 'experiment' and 'tokenizer' entries"
+        )
+    config = ExperimentConfig.from_dict(
+        saved["experiment"], source=str(resolve_checkpoint(checkpoint) / CONFIG_FILE)
+    )
     tokenizer = tokenizer_from_dict(saved["tokenizer"])
     model = DualEncoder(config.model)
     load_weights(model, checkpoint, device=device)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, Sequence
+from typing import Any, ClassVar, Self
 
 import yaml
 
@@ -113,14 +114,21 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise ValueError(f"{where} must be of type {name}, got {value!r}")
 
 
-def _build_section(klass: type, values: dict[str, Any], section: str, source: str) -> Any:
+def _build_section(
+    klass: type, values: dict[str, Any], section: str, source: str
+) -> Any:
     """Instantiate one config section, checking key names and value types."""
     hints = typing.get_type_hints(klass)
     bad = set(values) - set(hints)
     if bad:
-        raise ValueError(f"{source}: unknown keys {sorted(bad)} in section {section!r}; valid keys: {sorted(hints)}")
+        raise ValueError(
+            f"{source}: unknown keys {sorted(bad)} in section {section!r}; valid keys: {sorted(hints)}"
+        )
     try:
-        checked = {key: _coerce(value, hints[key], f"{section}.{key}") for key, value in values.items()}
+        checked = {
+            key: _coerce(value, hints[key], f"{section}.{key}")
+            for key, value in values.items()
+        }
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
     return klass(**checked)
@@ -146,14 +154,21 @@ class SectionedConfig:
 
     def override(self, assignments: Sequence[str]) -> Self:
         """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
-        return self.from_dict(apply_overrides(self.to_dict(), assignments, self.SECTIONS), source="overrides")
+        return self.from_dict(
+            apply_overrides(self.to_dict(), assignments, self.SECTIONS),
+            source="overrides",
+        )
 
 
 @dataclass
 class ExperimentConfig(SectionedConfig):
     """A whole experiment: seed, data, model and training settings."""
 
-    SECTIONS: ClassVar[dict[str, type]] = {"data": DataConfig, "model": DualEncoderConfig, "train": TrainConfig}
+    SECTIONS: ClassVar[dict[str, type]] = {
+        "data": DataConfig,
+        "model": DualEncoderConfig,
+        "train": TrainConfig,
+    }
 
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,10 +182,14 @@ def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[st
     Shared by every experiment config of the package; errors name ``source`` and the bad key.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ValueError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     unknown = set(data) - set(sections) - {"seed"}
     if unknown:
-        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(sections)}")
+        raise ValueError(
+            f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(sections)}"
+        )
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"{source}: seed must be an integer, got {seed!r}")
@@ -179,24 +198,34 @@ def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[st
         values = data.get(name)
         values = {} if values is None else values
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+            raise ValueError(
+                f"{source}: section {name!r} must be a mapping, got {values!r}"
+            )
         built[name] = _build_section(klass, values, name, source)
     return built
 
 
-def apply_overrides(data: dict[str, Any], assignments: Sequence[str], sections: dict[str, type]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], assignments: Sequence[str], sections: dict[str, type]
+) -> dict[str, Any]:
     """Apply ``section.key=value`` assignments (values parsed as YAML) to a config dict in place."""
     for item in assignments:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
+            raise ValueError(
+                f"override {item!r} must look like section.key=value, e.g. train.steps=100"
+            )
         path, raw = item.split("=", 1)
         section, key = path.split(".", 1)
         if section not in sections:
-            raise ValueError(f"override {item!r}: section must be one of {', '.join(sections)}")
+            raise ValueError(
+                f"override {item!r}: section must be one of {', '.join(sections)}"
+            )
         try:
             data[section][key] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem or err})") from None
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML ({err.problem or err})"
+            ) from None
     return data
 
 
@@ -209,7 +238,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        where = (
+            f"{path}:{mark.line + 1}:{mark.column + 1}"
+            if mark is not None
+            else str(path)
+        )
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ValueError(f"{where}: not valid YAML ({problem})") from None
     return data or {}

@@ -28,26 +28,41 @@ afterwards.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from crossalign.data.shapes import COLOURS, REGION_WORDS, SHAPES, SIZES, SceneGraph, ShapeObject, ShapesWorld
+from crossalign.data.shapes import (
+    COLOURS,
+    REGION_WORDS,
+    SHAPES,
+    SIZES,
+    SceneGraph,
+    ShapeObject,
+    ShapesWorld,
+)
 from crossalign.train.schedule import warmup_cosine_scheduler
 
 __all__ = [
-    "LABEL_GROUPS", "SCENE_LABELS", "EncoderPretrainResult", "pretrain_on_scene_labels", "scene_label_names",
+    "LABEL_GROUPS",
+    "SCENE_LABELS",
+    "EncoderPretrainResult",
+    "pretrain_on_scene_labels",
+    "scene_label_names",
     "scene_label_targets",
 ]
 
 #: The label bits of each group, in order. An object sets, in every group, the bits it matches.
 LABEL_GROUPS: dict[str, tuple[str, ...]] = {
     "attributes": (*SHAPES, *COLOURS, *SIZES),
-    "pairs": (*(f"{c} {s}" for c in COLOURS for s in SHAPES), *(f"{z} {s}" for z in SIZES for s in SHAPES)),
+    "pairs": (
+        *(f"{c} {s}" for c in COLOURS for s in SHAPES),
+        *(f"{z} {s}" for z in SIZES for s in SHAPES),
+    ),
     # "top left", "top centre", ...: the regions of ShapesWorld's grammar, named as ShapeObject.region() gives them
     "regions": tuple(" ".join(region) for region in REGION_WORDS),
 }
@@ -58,14 +73,21 @@ SCENE_LABELS: tuple[str, ...] = LABEL_GROUPS["attributes"]
 def _object_labels(obj: ShapeObject) -> tuple[str, ...]:
     """Every label ``obj`` switches on, in any group."""
     return (
-        obj.shape, obj.colour, obj.size, f"{obj.colour} {obj.shape}", f"{obj.size} {obj.shape}", " ".join(obj.region()),
+        obj.shape,
+        obj.colour,
+        obj.size,
+        f"{obj.colour} {obj.shape}",
+        f"{obj.size} {obj.shape}",
+        " ".join(obj.region()),
     )
 
 
 def scene_label_names(label_groups: Sequence[str] = ("attributes",)) -> tuple[str, ...]:
     """The label bits of ``label_groups`` (names from :data:`LABEL_GROUPS`), in that order."""
     if isinstance(label_groups, str) or not label_groups:
-        raise ValueError(f"label_groups must be a non-empty list of group names, got {label_groups!r}")
+        raise ValueError(
+            f"label_groups must be a non-empty list of group names, got {label_groups!r}"
+        )
     unknown = [group for group in label_groups if group not in LABEL_GROUPS]
     if unknown or len(set(label_groups)) != len(label_groups):
         raise ValueError(
@@ -74,7 +96,9 @@ def scene_label_names(label_groups: Sequence[str] = ("attributes",)) -> tuple[st
     return tuple(name for group in label_groups for name in LABEL_GROUPS[group])
 
 
-def scene_label_targets(scenes: Sequence[SceneGraph], label_groups: Sequence[str] = ("attributes",)) -> torch.Tensor:
+def scene_label_targets(
+    scenes: Sequence[SceneGraph], label_groups: Sequence[str] = ("attributes",)
+) -> torch.Tensor:
     """Multi-hot targets ``[N, len(names)]`` with ``names = scene_label_names(label_groups)``.
 
     Bit ``j`` is 1 when some object of the scene has label ``names[j]``: the attribute, the
@@ -131,11 +155,17 @@ def pretrain_on_scene_labels(
         outputs (for inspection).
     """
     if not isinstance(dataset, ShapesWorld):
-        raise TypeError(f"scene-label pretraining needs a ShapesWorld data set (it reads scene graphs), got {type(dataset).__name__}")
+        raise TypeError(
+            f"scene-label pretraining needs a ShapesWorld data set (it reads scene graphs), got {type(dataset).__name__}"
+        )
     if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+        raise ValueError(
+            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
+        )
     if not hasattr(encoder, "forward_grid"):
-        raise TypeError(f"{type(encoder).__name__} has no forward_grid: pretraining reads the encoder's feature grid")
+        raise TypeError(
+            f"{type(encoder).__name__} has no forward_grid: pretraining reads the encoder's feature grid"
+        )
     labels = scene_label_names(label_groups)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -147,19 +177,29 @@ def pretrain_on_scene_labels(
     encoder.requires_grad_(True)
     was_training = encoder.training
     encoder.train()
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [*encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.0
+    )
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
     history: list[float] = []
     started = time.perf_counter()
     try:
-        for step in tqdm(range(1, steps + 1), desc="pretrain encoder", disable=not progress):
-            indices = torch.randint(len(dataset), (batch_size,), generator=generator).tolist()
+        for step in tqdm(
+            range(1, steps + 1), desc="pretrain encoder", disable=not progress
+        ):
+            indices = torch.randint(
+                len(dataset), (batch_size,), generator=generator
+            ).tolist()
             images = dataset.render(indices).to(device)
-            targets = scene_label_targets(dataset.scenes(indices), label_groups).to(device)
+            targets = scene_label_targets(dataset.scenes(indices), label_groups).to(
+                device
+            )
             logits = head(encoder.forward_grid(images).amax(dim=(2, 3)))
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the pretraining loss became {loss.item()} at step {step}; lower lr (now {lr})")
+                raise FloatingPointError(
+                    f"the pretraining loss became {loss.item()} at step {step}; lower lr (now {lr})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -169,4 +209,9 @@ def pretrain_on_scene_labels(
         for parameter, flag in zip(encoder.parameters(), flags):
             parameter.requires_grad_(flag)
         encoder.train(was_training)
-    return EncoderPretrainResult(history=history, seconds=time.perf_counter() - started, head=head.eval(), labels=labels)
+    return EncoderPretrainResult(
+        history=history,
+        seconds=time.perf_counter() - started,
+        head=head.eval(),
+        labels=labels,
+    )

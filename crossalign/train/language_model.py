@@ -31,7 +31,13 @@ from tqdm import tqdm
 
 from crossalign.train.schedule import warmup_cosine_scheduler
 
-__all__ = ["LMTrainResult", "pad_sequences", "perplexity", "sequence_nll", "train_language_model"]
+__all__ = [
+    "LMTrainResult",
+    "pad_sequences",
+    "perplexity",
+    "sequence_nll",
+    "train_language_model",
+]
 
 
 @dataclass
@@ -44,18 +50,24 @@ class LMTrainResult:
     @property
     def final_loss(self) -> float:
         """Mean training loss over the last 10% of the steps (at least one)."""
-        tail = self.losses[-max(1, len(self.losses) // 10):]
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
         return sum(tail) / len(tail)
 
 
 def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
     """``sequences`` as lists of ints, each at least 2 long (one input, one target), or a ValueError."""
     if isinstance(sequences, torch.Tensor):
-        raise TypeError("sequences must be a list of token-id lists (of different lengths), not one tensor")
+        raise TypeError(
+            "sequences must be a list of token-id lists (of different lengths), not one tensor"
+        )
     checked = []
     for row, sequence in enumerate(sequences):
-        ids = sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
-        if len(ids) < 2 or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
+        ids = (
+            sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
+        )
+        if len(ids) < 2 or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids
+        ):
             raise ValueError(
                 f"sequence {row} must hold at least 2 integer token ids (<bos> ... <eos>), got {ids[:8]!r}"
             )
@@ -65,7 +77,9 @@ def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
     return checked
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token-id lists into ``input_ids`` (B, L) and a 0/1 ``attention_mask`` (B, L), L = longest."""
     length = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
@@ -76,14 +90,20 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[
     return input_ids, attention_mask
 
 
-def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """The model's next-token logits (B, T, V) for a right-padded batch."""
     output = model(input_ids, attention_mask=attention_mask)
     return output.logits if hasattr(output, "logits") else output
 
 
 def _token_nll(
-    model: nn.Module, batch: list[list[int]], pad_id: int, device: torch.device, dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    batch: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Negative log-likelihood of every target token of ``batch`` -> (nll (B, T-1), real-target mask (B, T-1)).
 
@@ -115,7 +135,10 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def sequence_nll(
-    model: nn.Module, sequences: Sequence[Sequence[int]], batch_size: int = 128, pad_id: int = 0
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 128,
+    pad_id: int = 0,
 ) -> tuple[float, int]:
     """Total negative log-likelihood (nats, in float64) of ``sequences`` and the number of predicted tokens.
 
@@ -123,7 +146,11 @@ def sequence_nll(
     put in eval mode for the call and restored afterwards.
     """
     checked = _checked_sequences(sequences)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     _check_block_size(model, checked)
     device = _model_device(model)
@@ -133,7 +160,7 @@ def sequence_nll(
     total, count = 0.0, 0
     try:
         for start in range(0, len(order), batch_size):
-            batch = [checked[i] for i in order[start:start + batch_size]]
+            batch = [checked[i] for i in order[start : start + batch_size]]
             nll, real = _token_nll(model, batch, pad_id, device, dtype=torch.float64)
             total += float(nll[real].sum())
             count += int(real.sum())
@@ -142,7 +169,12 @@ def sequence_nll(
     return total, count
 
 
-def perplexity(model: nn.Module, sequences: Sequence[Sequence[int]], batch_size: int = 128, pad_id: int = 0) -> float:
+def perplexity(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 128,
+    pad_id: int = 0,
+) -> float:
     """exp(mean negative log-likelihood per predicted token) of ``sequences`` under ``model``.
 
     The same number as summing each sequence's log-likelihood on its own, unpadded: padded
@@ -179,7 +211,11 @@ def train_language_model(
     """
     checked = _checked_sequences(sequences)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value < 1
+        ):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (isinstance(lr, numbers.Real) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
@@ -197,7 +233,9 @@ def train_language_model(
         {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95)
+    )
     scheduler = warmup_cosine_scheduler(optimizer, steps, warmup_steps, min_lr_ratio)
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -211,7 +249,9 @@ def train_language_model(
         nll, real = _token_nll(model, batch, pad_id, device)
         loss = nll[real].mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {len(result.losses)}; lower lr")
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at step {len(result.losses)}; lower lr"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

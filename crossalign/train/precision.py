@@ -12,9 +12,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def check_precision(precision: str, device: torch.device) -> None:
     """Raise a clear error for an unknown precision or one the device cannot run."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not known; use one of {PRECISIONS}")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision='bf16' asked for, but this GPU has no bf16 support; use 'fp16' or 'fp32'")
+        raise ValueError(
+            f"precision={precision!r} is not known; use one of {PRECISIONS}"
+        )
+    if (
+        precision == "bf16"
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported()
+    ):
+        raise ValueError(
+            "precision='bf16' asked for, but this GPU has no bf16 support; use 'fp16' or 'fp32'"
+        )
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

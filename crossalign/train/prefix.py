@@ -38,7 +38,9 @@ class PrefixTrainResult:
 
 @torch.no_grad()
 def extract_features(
-    encode: Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int = 256,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Any,
+    batch_size: int = 256,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Run a frozen image encoder once over a data set; return the stacked features (on CPU).
@@ -49,7 +51,11 @@ def extract_features(
     chunks = []
     for start in range(0, len(dataset), batch_size):
         indices = list(range(start, min(start + batch_size, len(dataset))))
-        items = dataset.__getitems__(indices) if hasattr(dataset, "__getitems__") else [dataset[i] for i in indices]
+        items = (
+            dataset.__getitems__(indices)
+            if hasattr(dataset, "__getitems__")
+            else [dataset[i] for i in indices]
+        )
         images = torch.stack([item["image"] for item in items]).to(device)
         chunks.append(encode(images).float().cpu())
     return torch.cat(chunks)
@@ -95,13 +101,19 @@ def train_prefix(
         the history (one ``{"step", "loss", "caption_loss"[, "extra_loss"]}`` per step).
     """
     if len(features) != len(captions):
-        raise ValueError(f"features has {len(features)} rows but captions has {len(captions)} entries; "
-                         "give one list of captions per image")
+        raise ValueError(
+            f"features has {len(features)} rows but captions has {len(captions)} entries; "
+            "give one list of captions per image"
+        )
     if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+        raise ValueError(
+            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
+        )
     parameters = [p for p in captioner.parameters() if p.requires_grad]
     if not parameters:
-        raise ValueError("nothing to train: no parameter of the captioner requires a gradient")
+        raise ValueError(
+            "nothing to train: no parameter of the captioner requires a gradient"
+        )
     captioner.to(device).train()
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
@@ -113,10 +125,13 @@ def train_prefix(
     for step in tqdm(range(1, steps + 1), desc="prefix", disable=not progress):
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(features), generator=generator), 0
-        rows = order[cursor:cursor + batch_size]
+        rows = order[cursor : cursor + batch_size]
         cursor += batch_size
         picks = torch.randint(0, 1 << 30, (len(rows),), generator=generator).tolist()
-        texts = [captions[int(i)][pick % len(captions[int(i)])] for i, pick in zip(rows, picks)]
+        texts = [
+            captions[int(i)][pick % len(captions[int(i)])]
+            for i, pick in zip(rows, picks)
+        ]
         input_ids, mask = tokenizer.encode_batch(texts, max_len=max_len)
         batch_features = features[rows].to(device)
         input_ids, mask = input_ids.to(device), mask.to(device)
@@ -128,7 +143,9 @@ def train_prefix(
             loss = loss + extra_weight * extra
             record["extra_loss"] = extra.item()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {lr})")
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at step {step}; lower lr (now {lr})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm:
@@ -138,5 +155,8 @@ def train_prefix(
         record["loss"] = loss.item()
         history.append(record)
     captioner.eval()
-    return PrefixTrainResult(history=history, seconds=time.perf_counter() - started,
-                             trained_parameters=sum(p.numel() for p in parameters))
+    return PrefixTrainResult(
+        history=history,
+        seconds=time.perf_counter() - started,
+        trained_parameters=sum(p.numel() for p in parameters),
+    )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,7 +30,12 @@ from crossalign.distributed import DistInfo, all_reduce_mean, init_distributed
 from crossalign.evaluation import evaluate_retrieval
 from crossalign.losses import ClipLoss
 from crossalign.models.dual_encoder import DualEncoder
-from crossalign.train.checkpoint import load_train_state, load_weights, resolve_checkpoint, save_checkpoint
+from crossalign.train.checkpoint import (
+    load_train_state,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from crossalign.train.config import ExperimentConfig
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
@@ -61,7 +67,16 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     global batch and keeps its own slice of it.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         global_batch = batch_size * world_size
         if num_samples < global_batch:
             raise ValueError(
@@ -69,7 +84,12 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
                 "lower train.batch_size or enlarge the data set"
             )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
+        self.start, self.stop, self.rank, self.world_size = (
+            start,
+            stop,
+            rank,
+            world_size,
+        )
         self.batches_per_epoch = num_samples // global_batch
 
     def __len__(self) -> int:
@@ -114,11 +134,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(
+            param
+        )
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: Any, device: torch.device
+) -> torch.optim.Optimizer:
     """AdamW, fused into one kernel per step where this PyTorch build supports it."""
     groups = _param_groups(model, cfg.weight_decay)
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
@@ -137,11 +164,17 @@ def build_model(config: ExperimentConfig, tokenizer: Any) -> DualEncoder:
     """
     model_cfg = copy.deepcopy(config.model)
     if model_cfg.text_encoder != "hf":
-        model_cfg.text_kwargs = {**model_cfg.text_kwargs, "vocab_size": len(tokenizer), "pad_id": tokenizer.pad_id}
+        model_cfg.text_kwargs = {
+            **model_cfg.text_kwargs,
+            "vocab_size": len(tokenizer),
+            "pad_id": tokenizer.pad_id,
+        }
     return DualEncoder(model_cfg)
 
 
-def _checkpoint_config(config: ExperimentConfig, model: DualEncoder, tokenizer: Any) -> dict[str, Any]:
+def _checkpoint_config(
+    config: ExperimentConfig, model: DualEncoder, tokenizer: Any
+) -> dict[str, Any]:
     """What a checkpoint's config.json holds: the experiment with the model's completed config."""
     experiment = config.to_dict()
     experiment["model"] = model.config.to_dict()
@@ -169,21 +202,29 @@ def train(
     """
     cfg = config.train
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ValueError("train.steps, train.batch_size and train.grad_accum must all be >= 1")
+        raise ValueError(
+            "train.steps, train.batch_size and train.grad_accum must all be >= 1"
+        )
     dist = dist or init_distributed()
     device = dist.device if dist.world_size > 1 else select_device(cfg.device)
     check_precision(cfg.precision, device)
     seed_everything(config.seed + dist.rank)
 
     train_set = build_dataset(config.data, "train", seed=config.seed)
-    val_set = build_dataset(config.data, "val", seed=config.seed, size=cfg.eval_size) if cfg.eval_every else None
+    val_set = (
+        build_dataset(config.data, "val", seed=config.seed, size=cfg.eval_size)
+        if cfg.eval_every
+        else None
+    )
     tokenizer = build_tokenizer(config.data, train_set)
     seed_everything(config.seed)
     model = build_model(config, tokenizer).to(device)
     if cfg.channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, device)
-    scheduler = warmup_cosine_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    scheduler = warmup_cosine_scheduler(
+        optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
+    )
     scaler = grad_scaler(cfg.precision, device)
     history: list[dict[str, float]] = []
     start_step = 0
@@ -205,32 +246,55 @@ def train(
     if cfg.compile:
         train_model = torch.compile(train_model)
     loss_fn = ClipLoss()
-    collator = CaptionCollator(tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len)
+    collator = CaptionCollator(
+        tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len
+    )
     final_step = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     sampler = StepBatchSampler(
-        len(train_set), cfg.batch_size, config.seed, start_step * cfg.grad_accum, final_step * cfg.grad_accum,
-        rank=dist.rank, world_size=dist.world_size,
+        len(train_set),
+        cfg.batch_size,
+        config.seed,
+        start_step * cfg.grad_accum,
+        final_step * cfg.grad_accum,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     loader = DataLoader(
-        _EpochTagged(train_set), batch_sampler=sampler, collate_fn=collator,
-        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+        _EpochTagged(train_set),
+        batch_sampler=sampler,
+        collate_fn=collator,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
     )
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     ckpt_dir = out_dir / "checkpoints" if out_dir else None
-    last_checkpoint: Path | None = resolve_checkpoint(resume_from) if resume_from is not None else None
+    last_checkpoint: Path | None = (
+        resolve_checkpoint(resume_from) if resume_from is not None else None
+    )
     saved_step = start_step if resume_from is not None else None
 
     def checkpoint(step: int) -> Path | None:
         if ckpt_dir is None or not dist.is_main:
             return None
         state = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "step": step, "history": history,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "step": step,
+            "history": history,
         }
-        return save_checkpoint(ckpt_dir, step, model, _checkpoint_config(config, model, tokenizer), state)
+        return save_checkpoint(
+            ckpt_dir, step, model, _checkpoint_config(config, model, tokenizer), state
+        )
 
     model.train()
-    bar = tqdm(total=final_step, initial=start_step, desc="train", disable=not (cfg.progress and dist.is_main))
+    bar = tqdm(
+        total=final_step,
+        initial=start_step,
+        desc="train",
+        disable=not (cfg.progress and dist.is_main),
+    )
     started = time.perf_counter()
     samples = 0
     step = start_step
@@ -245,7 +309,11 @@ def train(
             image_emb, text_emb, scale = train_model(images, ids, mask)
             loss = loss_fn(image_emb.float(), text_emb.float(), scale.float())
         if not torch.isfinite(loss):
-            where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+            where = (
+                f"last good checkpoint: {last_checkpoint}"
+                if last_checkpoint
+                else "no checkpoint was written"
+            )
             raise NonFiniteLossError(
                 f"the loss became {loss.item()} at step {step + 1}; training stopped ({where}). "
                 "Try a lower train.lr, train.precision='fp32' or a smaller init temperature."
@@ -264,16 +332,31 @@ def train(
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
-        if dist.world_size > 1:  # log the loss of the whole global batch, not this rank's share
+        if (
+            dist.world_size > 1
+        ):  # log the loss of the whole global batch, not this rank's share
             running = all_reduce_mean(torch.tensor(running, device=device)).item()
-        history.append({"step": step, "loss": running, "lr": lr, "temperature": 1.0 / model.logit_scale.item()})
+        history.append(
+            {
+                "step": step,
+                "loss": running,
+                "lr": lr,
+                "temperature": 1.0 / model.logit_scale.item(),
+            }
+        )
         running = 0.0
         bar.update(1)
         if step % max(1, cfg.log_every) == 0:
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", T=f"{history[-1]['temperature']:.3f}")
+            bar.set_postfix(
+                loss=f"{history[-1]['loss']:.3f}", T=f"{history[-1]['temperature']:.3f}"
+            )
         if val_set is not None and step % cfg.eval_every == 0 and dist.is_main:
-            metrics = evaluate_retrieval(model, val_set, tokenizer, device=device, max_len=config.data.max_len)
-            history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
+            metrics = evaluate_retrieval(
+                model, val_set, tokenizer, device=device, max_len=config.data.max_len
+            )
+            history.append(
+                {"step": step, **{f"val/{k}": v for k, v in metrics.items()}}
+            )
             model.train()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             last_checkpoint, saved_step = checkpoint(step) or last_checkpoint, step
@@ -283,6 +366,11 @@ def train(
         last_checkpoint = checkpoint(step) or last_checkpoint
     model.eval()
     return TrainResult(
-        model=model, tokenizer=tokenizer, config=config, history=history, checkpoint=last_checkpoint,
-        seconds=seconds, samples_per_second=samples / seconds if seconds > 0 else math.nan,
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        history=history,
+        checkpoint=last_checkpoint,
+        seconds=seconds,
+        samples_per_second=samples / seconds if seconds > 0 else math.nan,
     )
