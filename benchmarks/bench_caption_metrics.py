@@ -1,18 +1,19 @@
-"""Benchmark the caption metrics of ``crossalign`` against pycocoevalcap on the same corpus.
+"""Benchmark the caption metrics of ``crossalign`` against pycocoevalcap on the same
+corpus.
 
-Both implementations score one synthetic corpus (by default 1000 images with 5 references
-each, like a Flickr8k or COCO test split) side by side in one run, alternating repetitions so
-that a change in machine load hits both alike; each reported time is the median over the
-repetitions. The same run checks that every score agrees to 1e-6 and exits with status 1 if
-one does not; timings are a report, not a test.
+Both implementations score one synthetic corpus (by default 1000 images with 5
+references each, like a Flickr8k or COCO test split) side by side in one run,
+alternating repetitions so that a change in machine load hits both alike; each reported
+time is the median over the repetitions. The same run checks that every score agrees to
+1e-6 and exits with status 1 if one does not; timings are a report, not a test.
 
     python benchmarks/bench_caption_metrics.py
     python benchmarks/bench_caption_metrics.py --images 5000 --references 5 --repeats 5
 
 Rows: each metric computed on its own (``corpus_bleu``, ``rouge_l``, ``cider_d`` against
 pycocoevalcap's ``Bleu(4)``, ``Rouge()``, ``Cider()``), then all of them at once
-(``caption_metrics``, which counts each caption's n-grams once for BLEU and CIDEr-D, against
-the three pycocoevalcap scorers one after the other).
+(``caption_metrics``, which counts each caption's n-grams once for BLEU and CIDEr-D,
+against the three pycocoevalcap scorers one after the other).
 """
 
 from __future__ import annotations
@@ -33,19 +34,20 @@ from crossalign.metrics.captioning import caption_metrics, cider_d, corpus_bleu,
 
 TOLERANCE = 1e-6
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
-Timings = dict[
-    str, tuple[list[float], list[float]]
-]  # row -> (crossalign seconds, pycocoevalcap seconds)
+# row -> (crossalign seconds, pycocoevalcap seconds)
+Timings = dict[str, tuple[list[float], list[float]]]
 
 
 def synthetic_corpus(
     n_images: int, n_references: int, vocab_size: int, seed: int
 ) -> tuple[dict[int, str], dict[int, list[str]]]:
-    """Tokenised captions with caption-like statistics: Zipf-distributed words, shared per image.
+    """Tokenised captions with caption-like statistics: Zipf-distributed words, shared
+    per image.
 
-    Each image has a small "scene" vocabulary its references mostly draw from; its candidate
-    is one reference with about a third of the words replaced by any word and a tenth dropped,
-    so n-gram matches of every order occur, about as often as for a trained captioner.
+    Each image has a small "scene" vocabulary its references mostly draw from; its
+    candidate is one reference with about a third of the words replaced by any word and
+    a tenth dropped, so n-gram matches of every order occur, about as often as for a
+    trained captioner.
     """
     rng = random.Random(seed)
     words = [f"w{rank}" for rank in range(vocab_size)]
@@ -78,7 +80,8 @@ def synthetic_corpus(
 def pycocoevalcap_scores(
     candidates: dict[int, str], references: dict[int, list[str]]
 ) -> dict[str, float]:
-    """All six scores from pycocoevalcap's scorers, fed the ``{id: [caption]}`` form they expect."""
+    """All six scores from pycocoevalcap's scorers, fed the ``{id: [caption]}`` form
+    they expect."""
     results = {image: [caption] for image, caption in candidates.items()}
     bleu, _ = Bleu(4).compute_score(references, results, verbose=0)
     rouge, _ = Rouge().compute_score(references, results)
@@ -130,7 +133,8 @@ def measure(
 
 
 def check_equal(candidates: dict[int, str], references: dict[int, list[str]]) -> bool:
-    """Print both implementations' scores and their difference; True when all agree to TOLERANCE."""
+    """Print both implementations' scores and their difference; True when all agree to
+    TOLERANCE."""
     ours = caption_metrics(candidates, references)
     theirs = pycocoevalcap_scores(candidates, references)
     print(
@@ -138,25 +142,33 @@ def check_equal(candidates: dict[int, str], references: dict[int, list[str]]) ->
     )
     for name in METRIC_NAMES:
         print(
-            f"{name:>8} {ours[name]:>14.10f} {theirs[name]:>14.10f} {abs(ours[name] - theirs[name]):>13.2e}"
+            f"{name:>8} {ours[name]:>14.10f} {theirs[name]:>14.10f} "
+            f"{abs(ours[name] - theirs[name]):>13.2e}"
         )
     worst = max(abs(ours[name] - theirs[name]) for name in METRIC_NAMES)
     equal = worst <= TOLERANCE
     print(
-        f"equal to {TOLERANCE:g}: {'PASS' if equal else 'FAIL'} (largest difference {worst:.2e})\n"
+        f"equal to {TOLERANCE:g}: {'PASS' if equal else 'FAIL'} (largest difference "
+        f"{worst:.2e})\n"
     )
     return equal
 
 
 def report(times: Timings) -> None:
-    """Print median times (with the range over repetitions) and the speed-up of crossalign."""
-    header = f"{'metrics':>10} {'crossalign s':>13} {'(range)':>13} {'pycocoevalcap s':>16} {'(range)':>13}"
+    """Print median times (with the range over repetitions) and the speed-up of
+    crossalign."""
+    header = (
+        f"{'metrics':>10} {'crossalign s':>13} {'(range)':>13} "
+        f"{'pycocoevalcap s':>16} {'(range)':>13}"
+    )
     print(f"{header} {'speed-up':>9}")
     for row, (ours, theirs) in times.items():
         ratio = statistics.median(theirs) / statistics.median(ours)
         print(
-            f"{row:>10} {statistics.median(ours):>13.3f} {min(ours):>6.3f}-{max(ours):<6.3f} "
-            f"{statistics.median(theirs):>16.3f} {min(theirs):>6.3f}-{max(theirs):<6.3f} {ratio:>8.1f}x"
+            f"{row:>10} {statistics.median(ours):>13.3f} "
+            f"{min(ours):>6.3f}-{max(ours):<6.3f} "
+            f"{statistics.median(theirs):>16.3f} "
+            f"{min(theirs):>6.3f}-{max(theirs):<6.3f} {ratio:>8.1f}x"
         )
 
 
@@ -185,14 +197,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    """Build the corpus, check that both implementations agree, then time them side by side."""
+    """Build the corpus, check that both implementations agree, then time them side by
+    side."""
     args = parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        "Caption metrics: crossalign.metrics.captioning vs pycocoevalcap (pure-Python scorers)"
+        "Caption metrics: crossalign.metrics.captioning vs pycocoevalcap (pure-Python "
+        "scorers)"
     )
     print(
-        f"{args.images} images x {args.references} references, {args.vocab_size} words, seed {args.seed}; "
+        f"{args.images} images x {args.references} references, {args.vocab_size} "
+        f"words, seed {args.seed}; "
         f"{os.cpu_count()} CPUs, 1-min load average {load:.2f} at start\n"
     )
     candidates, references = synthetic_corpus(

@@ -1,22 +1,26 @@
-"""Benchmark the two savings in the default captioner's training step, each against doing the work.
+"""Benchmark the two savings in the default captioner's training step, each against
+doing the work.
 
-1. **Cached frozen regions** (``train.cache_frozen_regions``): the default config freezes its
-   pretrained CNN, so :func:`~crossalign.train.captioning.train_captioner` encodes the training
-   images once and trains the decoder on their regions. Timed here: the same short run of
-   ``train_captioner`` with the cache and without it (an encoder pass on freshly rendered images
-   at every step). The two runs differ only in rounding (the encoder sees batches of another
-   size), so their first 100 losses must agree to 1e-4, or the run exits with status 1; later
-   the rounding differences grow, as between any two such runs.
-2. **Skipping padded positions**: Show, Attend and Tell's teacher forcing runs its recurrence
-   only on the captions that have not ended. Timed here: forward and backward on a real batch of
-   64 training captions, against the same batch with every padding token replaced by a word,
-   which makes the model run every position (the work a recurrence that ignores lengths does).
+1. **Cached frozen regions** (``train.cache_frozen_regions``): the default config
+   freezes its pretrained CNN, so :func:`~crossalign.train.captioning.train_captioner`
+   encodes the training images once and trains the decoder on their regions. Timed here:
+   the same short run of ``train_captioner`` with the cache and without it (an encoder
+   pass on freshly rendered images at every step). The two runs differ only in rounding
+   (the encoder sees batches of another size), so their first 100 losses must agree to
+   1e-4, or the run exits with status 1; later the rounding differences grow, as between
+   any two such runs.
+2. **Skipping padded positions**: Show, Attend and Tell's teacher forcing runs its
+   recurrence only on the captions that have not ended. Timed here: forward and backward
+   on a real batch of 64 training captions, against the same batch with every padding
+   token replaced by a word, which makes the model run every position (the work a
+   recurrence that ignores lengths does).
 
-Training seconds are medians over ``--repeats`` alternating runs (default: one run each, with
-the default config's steps and training images); padding timings over ``5 x --repeats``.
+Training seconds are medians over ``--repeats`` alternating runs (default: one run each,
+with the default config's steps and training images); padding timings over
+``5 x --repeats``.
 
-    python benchmarks/bench_caption_training.py --threads 2
-    python benchmarks/bench_caption_training.py --steps 200 --train-size 2000   # a quick look
+    python benchmarks/bench_caption_training.py --threads 2 python
+    benchmarks/bench_caption_training.py --steps 200 --train-size 2000   # a quick look
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from crossalign.train.captioning import (
 def time_training(
     config, repeats: int
 ) -> tuple[float, float, list[float], list[float]]:
-    """Median seconds of ``train_captioner`` with and without the region cache, and the two loss curves."""
+    """Median seconds of ``train_captioner`` with and without the region cache, and the
+    two loss curves."""
     seconds: dict[bool, list[float]] = {True: [], False: []}
     losses: dict[bool, list[float]] = {}
     for _ in range(repeats):
@@ -63,7 +68,8 @@ def time_training(
 def time_padding(
     config, repeats: int, batch_size: int = 64
 ) -> tuple[float, float, float]:
-    """Median seconds of one forward-backward on real captions and on the same captions with no padding left."""
+    """Median seconds of one forward-backward on real captions and on the same captions
+    with no padding left."""
     dataset = build_caption_dataset(config, "train", size=batch_size)
     tokenizer = build_caption_vocabulary(dataset)
     model = build_captioner_for(config, tokenizer, dataset).train()
@@ -125,26 +131,31 @@ def main() -> int:
             "train.progress=false",
             f"train.steps={args.steps or config.train.steps}",
             f"data.train_size={args.train_size or config.data.train_size}",
-            "train.encoder_pretrain_steps=0",  # pretraining is the same with or without the cache; it is not timed here
+            # Pretraining is the same with or without the cache; it is not timed here.
+            "train.encoder_pretrain_steps=0",
         ]
     )
     cached, uncached, with_cache, without_cache = time_training(config, args.repeats)
     gap = max(abs(a - b) for a, b in zip(with_cache[:100], without_cache[:100]))
     print(
-        f"training, {config.train.steps} steps of {config.train.batch_size} captions, {config.data.train_size} "
+        f"training, {config.train.steps} steps of {config.train.batch_size} captions, "
+        f"{config.data.train_size} "
         f"training images (threads: {torch.get_num_threads()}):"
     )
     print(
-        f"  {'regions cached (default)':<28}{cached:>8.1f} s  (encoding the training images once included)"
+        f"  {'regions cached (default)':<28}{cached:>8.1f} s  (encoding the training "
+        "images once included)"
     )
     print(f"  {'encoder pass every step':<28}{uncached:>8.1f} s")
     print(
-        f"  speed-up {uncached / cached:.2f}x; largest gap between the first 100 losses {gap:.1e}, "
+        f"  speed-up {uncached / cached:.2f}x; largest gap between the first 100 "
+        f"losses {gap:.1e}, "
         f"final losses {with_cache[-1]:.4f} and {without_cache[-1]:.4f}"
     )
     real, filled, share = time_padding(config, max(5, args.repeats * 5))
     print(
-        f"one forward-backward of 64 training captions (real targets: {share:.0%} of the positions):"
+        f"one forward-backward of 64 training captions (real targets: {share:.0%} of "
+        "the positions):"
     )
     print(f"  {'padded positions skipped':<28}{real * 1000:>8.1f} ms")
     print(f"  {'every position run':<28}{filled * 1000:>8.1f} ms")

@@ -1,11 +1,12 @@
-"""Benchmark batched beam search against the per-image reference search on one toy GRU captioner.
+"""Benchmark batched beam search against the per-image reference search on one toy GRU
+captioner.
 
-Both searches decode the same batch of images with the same randomly initialised attentive
-GRU decoder (vocabulary 1000, hidden size 256 by default), alternating which goes first in
-each repetition; each reported time is the median over the repetitions. The run checks that
-both return the same captions and scores (to 1e-5 relative: a score is a float32 sum of about 20
-log-probabilities, which each search computes in batches of other shapes) and exits with status 1 if they
-do not; timings are a report, not a test.
+Both searches decode the same batch of images with the same randomly initialised
+attentive GRU decoder (vocabulary 1000, hidden size 256 by default), alternating which
+goes first in each repetition; each reported time is the median over the repetitions.
+The run checks that both return the same captions and scores (to 1e-5 relative: a score
+is a float32 sum of about 20 log-probabilities, which each search computes in batches of
+other shapes) and exits with status 1 if they do not; timings are a report, not a test.
 
     python benchmarks/bench_decoding.py
     python benchmarks/bench_decoding.py --batch-size 256 --beam-size 5 --device cuda
@@ -30,7 +31,8 @@ TOLERANCE = 1e-5  # relative, on scores of about -50
 
 
 class ToyCaptioner(nn.Module):
-    """An attentive GRU decoder over random image-region features (Show-Attend-and-Tell shaped)."""
+    """An attentive GRU decoder over random image-region features (Show-Attend-and-Tell
+    shaped)."""
 
     def __init__(self, vocab_size: int, hidden: int) -> None:
         super().__init__()
@@ -40,7 +42,8 @@ class ToyCaptioner(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """Next-token log-probabilities, new ``(hidden, regions)`` state and attention over regions."""
+        """Next-token log-probabilities, new ``(hidden, regions)`` state and attention
+        over regions."""
         hidden, regions = state
         attention = (regions @ hidden.unsqueeze(2)).squeeze(2).softmax(dim=1)
         context = (attention.unsqueeze(2) * regions).sum(dim=1)
@@ -48,16 +51,16 @@ class ToyCaptioner(nn.Module):
             torch.cat([self.embed(tokens[:, -1]), context], dim=1), hidden
         )
         logits = self.out(hidden) * 3.0
-        logits[:, EOS] += (
-            tokens.shape[1] - 10.0
-        )  # like real captions: ending grows likelier after ~10 words
+        # like real captions: ending grows likelier after ~10 words
+        logits[:, EOS] += tokens.shape[1] - 10.0
         return logits.log_softmax(dim=1), (hidden, regions), attention
 
 
 def timed(
     function: Callable[[], DecodeResult], device: torch.device
 ) -> tuple[float, DecodeResult]:
-    """Seconds one call of ``function`` takes (synchronising the GPU), and what it returned."""
+    """Seconds one call of ``function`` takes (synchronising the GPU), and what it
+    returned."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -68,7 +71,8 @@ def timed(
 
 
 def same_outputs(batched: DecodeResult, reference: DecodeResult) -> bool:
-    """True when both searches chose the same captions with scores equal to a relative TOLERANCE."""
+    """True when both searches chose the same captions with scores equal to a relative
+    TOLERANCE."""
     return (
         torch.equal(batched.tokens.cpu(), reference.tokens.cpu())
         and torch.equal(batched.lengths.cpu(), reference.lengths.cpu())
@@ -137,7 +141,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    """Run both searches side by side, check they agree, print times and the speed-up."""
+    """Run both searches side by side, check they agree, print times and the
+    speed-up."""
     args = parse_args()
     seed_everything(0)
     device = select_device(args.device)
@@ -156,9 +161,8 @@ def main() -> int:
         "batched": lambda: beam_search(model.step, state, **arguments),
         "per-image": lambda: beam_search_reference(model.step, state, **arguments),
     }
-    timed(
-        searches["batched"], device
-    )  # warm-up: first-call allocations and kernel selection
+    # warm-up: first-call allocations and kernel selection
+    timed(searches["batched"], device)
     times: dict[str, list[float]] = {name: [] for name in searches}
     results: dict[str, DecodeResult] = {}
     for repetition in range(args.repeats):
@@ -168,12 +172,14 @@ def main() -> int:
             times[name].append(seconds)
     equal = same_outputs(results["batched"], results["per-image"])
     print(
-        f"device {device}, batch {args.batch_size}, beam {args.beam_size}, vocab {args.vocab_size}, "
+        f"device {device}, batch {args.batch_size}, beam {args.beam_size}, vocab "
+        f"{args.vocab_size}, "
         f"hidden {args.hidden}, max_len {args.max_len}, repeats {args.repeats}"
     )
     print(f"mean caption length {results['batched'].lengths.float().mean():.1f} tokens")
     print(
-        f"same captions and scores (to {TOLERANCE:g} relative): {'PASS' if equal else 'FAIL'}"
+        f"same captions and scores (to {TOLERANCE:g} relative): "
+        f"{'PASS' if equal else 'FAIL'}"
     )
     print(f"{'search':>10} {'median s':>9} {'captions/s':>11}")
     for name, seconds in times.items():

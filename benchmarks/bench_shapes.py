@@ -1,14 +1,17 @@
-"""Benchmark ShapesWorld rendering: the vectorised batch path against the per-sample path.
+"""Benchmark ShapesWorld rendering: the vectorised batch path against the per-sample
+path.
 
-Both paths are measured side by side in one run, alternating repetitions so that a change in
-machine load hits both alike; each reported rate is the median over the repetitions. The
-result is a report, not a test: it prints PASS/FAIL against the targets and always exits 0.
+Both paths are measured side by side in one run, alternating repetitions so that a
+change in machine load hits both alike; each reported rate is the median over the
+repetitions. The result is a report, not a test: it prints PASS/FAIL against the targets
+and always exits 0.
 
-    python benchmarks/bench_shapes.py                      # 32, 64 and 128 px, batches of 512
-    python benchmarks/bench_shapes.py --image-size 64 --seconds 2 --repeats 7
+    python benchmarks/bench_shapes.py                      # 32, 64 and 128 px, batches
+    of 512 python benchmarks/bench_shapes.py --image-size 64 --seconds 2 --repeats 7
 
 On a machine shared with other busy processes, torch's intra-op threads can make small
-tensor operations far slower; ``--threads 1`` shows how much of a slowdown comes from that.
+tensor operations far slower; ``--threads 1`` shows how much of a slowdown comes from
+that.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ from crossalign.data.shapes import ShapesWorld
 TARGET_IMAGE_SIZE = 64
 TARGET_IMAGES_PER_SECOND = 20_000
 TARGET_RATIO = 10.0
-WORLD_SIZE = (
-    2**40
-)  # large enough that every measurement renders images never drawn before
+# large enough that every measurement renders images never drawn before
+WORLD_SIZE = 2**40
 
 
 @dataclass
@@ -47,7 +49,8 @@ class IndexStream:
 def vectorised_rate(
     world: ShapesWorld, indices: IndexStream, batch_size: int, seconds: float
 ) -> float:
-    """Images per second of ``world.render`` on whole batches, run for about ``seconds``."""
+    """Images per second of ``world.render`` on whole batches, run for about
+    ``seconds``."""
     images = 0
     start = time.perf_counter()
     while True:
@@ -59,7 +62,8 @@ def vectorised_rate(
 
 
 def per_sample_rate(world: ShapesWorld, indices: IndexStream, seconds: float) -> float:
-    """Images per second of ``world.render_one`` called image by image, run for about ``seconds``."""
+    """Images per second of ``world.render_one`` called image by image, run for about
+    ``seconds``."""
     images = 0
     start = time.perf_counter()
     while True:
@@ -87,7 +91,8 @@ class SizeResult:
 def measure(
     image_size: int, batch_size: int, seconds: float, repeats: int
 ) -> SizeResult:
-    """Warm both paths up, then alternate them ``repeats`` times (order flipped every repetition)."""
+    """Warm both paths up, then alternate them ``repeats`` times (order flipped every
+    repetition)."""
     world = ShapesWorld("train", size=WORLD_SIZE, image_size=image_size)
     indices = IndexStream()
     world.render(indices.take(batch_size))
@@ -114,20 +119,25 @@ def spread(rates: list[float]) -> str:
 
 
 def report(results: list[SizeResult]) -> None:
-    """Print the table of medians (with the range over repetitions) and the verdict on the targets."""
+    """Print the table of medians (with the range over repetitions) and the verdict on
+    the targets."""
     print(
-        f"{'size':>5} {'vectorised img/s':>17} {'(range)':>17} {'per-sample img/s':>17} {'(range)':>15} {'ratio':>7}"
+        f"{'size':>5} {'vectorised img/s':>17} {'(range)':>17} "
+        f"{'per-sample img/s':>17} {'(range)':>15} {'ratio':>7}"
     )
     for r in results:
         print(
-            f"{r.image_size:>5} {statistics.median(r.vectorised):>17,.0f} {spread(r.vectorised):>17} "
-            f"{statistics.median(r.per_sample):>17,.0f} {spread(r.per_sample):>15} {r.ratio:>6.1f}x"
+            f"{r.image_size:>5} {statistics.median(r.vectorised):>17,.0f} "
+            f"{spread(r.vectorised):>17} "
+            f"{statistics.median(r.per_sample):>17,.0f} {spread(r.per_sample):>15} "
+            f"{r.ratio:>6.1f}x"
         )
     target = next((r for r in results if r.image_size == TARGET_IMAGE_SIZE), None)
     print()
     if target is None:
         print(
-            f"targets not checked: they are set at {TARGET_IMAGE_SIZE} px, which was not measured"
+            f"targets not checked: they are set at {TARGET_IMAGE_SIZE} px, which was "
+            "not measured"
         )
         return
     rate = statistics.median(target.vectorised)
@@ -135,15 +145,18 @@ def report(results: list[SizeResult]) -> None:
     fast_enough = "PASS" if rate >= TARGET_IMAGES_PER_SECOND else "FAIL"
     ratio_reached = "PASS" if target.ratio >= TARGET_RATIO else "FAIL"
     print(
-        f"  vectorised >= {TARGET_IMAGES_PER_SECOND:,} img/s: {fast_enough} ({rate:,.0f} img/s)"
+        f"  vectorised >= {TARGET_IMAGES_PER_SECOND:,} img/s: {fast_enough} "
+        f"({rate:,.0f} img/s)"
     )
     print(
-        f"  vectorised >= {TARGET_RATIO:.0f}x per-sample: {ratio_reached} ({target.ratio:.1f}x)"
+        f"  vectorised >= {TARGET_RATIO:.0f}x per-sample: {ratio_reached} "
+        f"({target.ratio:.1f}x)"
     )
 
 
 def parse_args() -> argparse.Namespace:
-    """Read the command line (image sizes, batch size, seconds, repetitions, threads)."""
+    """Read the command line (image sizes, batch size, seconds, repetitions,
+    threads)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--image-size",
@@ -192,11 +205,13 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print("ShapesWorld rendering: vectorised render() vs per-sample render_one()")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} CPUs, "
         f"1-min load average {load:.2f} at start"
     )
     print(
-        f"batch {args.batch_size}, {args.repeats} alternating repetitions of ~{args.seconds:g} s per path; "
+        f"batch {args.batch_size}, {args.repeats} alternating repetitions of "
+        f"~{args.seconds:g} s per path; "
         "medians over repetitions\n"
     )
     results = [

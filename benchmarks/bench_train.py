@@ -1,18 +1,22 @@
-"""Training throughput: the optimised path against a plain fp32 eager loop, side by side.
+"""Training throughput: the optimised path against a plain fp32 eager loop, side by
+side.
 
-    python benchmarks/bench_train.py [--steps 20] [--repeats 3] [--batch-size 128] [--compile] [--device auto]
+    python benchmarks/bench_train.py [--steps 20] [--repeats 3] [--batch-size 128]
+    [--compile] [--device auto]
 
-Both paths run the package's real training loop (``crossalign.train.train``) on the same model,
-data and batch size; only the speed settings differ:
+Both paths run the package's real training loop (``crossalign.train.train``) on the same
+model, data and batch size; only the speed settings differ:
 
 - plain:     fp32, contiguous (NCHW) images, the for-each AdamW, eager mode;
-- optimised: bf16 autocast where the device supports it (fp16 with a grad scaler otherwise on
-             CUDA), channels-last images, the fused AdamW kernel, and torch.compile with --compile.
+- optimised: bf16 autocast where the device supports it (fp16 with a grad scaler
+  otherwise on
+             CUDA), channels-last images, the fused AdamW kernel, and torch.compile with
+             --compile.
 
-The two are measured alternately (plain, optimised, plain, ...) and the median samples/s of
-each is reported with their ratio, so machine noise hits both alike. Absolute numbers only mean
-something on a quiet GPU; on a CPU, bf16 autocast is often slower than fp32 (no bf16 matrix
-units), which this benchmark shows rather than hides.
+The two are measured alternately (plain, optimised, plain, ...) and the median samples/s
+of each is reported with their ratio, so machine noise hits both alike. Absolute numbers
+only mean something on a quiet GPU; on a CPU, bf16 autocast is often slower than fp32
+(no bf16 matrix units), which this benchmark shows rather than hides.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def main() -> int:
         ]
     )
     print(
-        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, device {device}, threads "
+        f"{torch.get_num_threads()}, "
         f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats"
     )
     if device.type == "cuda":
@@ -89,10 +94,12 @@ def main() -> int:
         statistics.median(rates["optimised"]),
     )
     print(
-        f"plain fp32 eager loop : {plain_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['plain'])})"
+        f"plain fp32 eager loop : {plain_rate:10.1f} samples/s  (runs: "
+        f"{', '.join(f'{r:.0f}' for r in rates['plain'])})"
     )
     print(
-        f"optimised path        : {fast_rate:10.1f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in rates['optimised'])})"
+        f"optimised path        : {fast_rate:10.1f} samples/s  (runs: "
+        f"{', '.join(f'{r:.0f}' for r in rates['optimised'])})"
     )
     print(
         f"ratio optimised/plain : {fast_rate / plain_rate:10.2f}x  (GPU target: >= 2x)"

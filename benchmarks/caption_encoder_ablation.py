@@ -1,28 +1,31 @@
-"""What the default captioner's encoder and attention choices buy: one table, the same budget for every row.
+"""What the default captioner's encoder and attention choices buy: one table, the same
+budget for every row.
 
-    python benchmarks/caption_encoder_ablation.py [--steps 3000] [--test-size 500] [--threads 2]
+    python benchmarks/caption_encoder_ablation.py [--steps 3000] [--test-size 500]
+    [--threads 2]
 
 Each row trains the default ShapesWorld Show-Attend-and-Tell config
-(``crossalign/configs/shapes_caption.yaml``) with some of its choices undone, then decodes
-the test split with beam size 3 and prints BLEU-4, CIDEr-D, the semantic report (captions that
-parse, name the right number of objects, get every attribute right, get everything right), how
-often a lone object's shape and region words are right, and the training seconds (pretraining
-included):
+(``crossalign/configs/shapes_caption.yaml``) with some of its choices undone, then
+decodes the test split with beam size 3 and prints BLEU-4, CIDEr-D, the semantic report
+(captions that parse, name the right number of objects, get every attribute right, get
+everything right), how often a lone object's shape and region words are right, and the
+training seconds (pretraining included):
 
-- ``strided, scratch``: the CNN downsamples with strided convolutions and learns from the
-  caption loss alone (no pretraining, encoder trained, no region positions), and the attention
-  is queried by the LSTM state alone, as in Xu et al.;
+- ``strided, scratch``: the CNN downsamples with strided convolutions and learns from
+  the caption loss alone (no pretraining, encoder trained, no region positions), and the
+  attention is queried by the LSTM state alone, as in Xu et al.;
 - ``max-pool, scratch``: the same with max-pooling;
-- ``+ pretrain, frozen``: max-pooling, pretraining on the attribute labels (which shapes,
-  colours, sizes occur), then frozen;
+- ``+ pretrain, frozen``: max-pooling, pretraining on the attribute labels (which
+  shapes, colours, sizes occur), then frozen;
 - ``+ region positions``: also a learnt position embedding per region;
-- ``+ pair, region labels``: pretraining also on colour-shape/size-shape pairs and on which
-  ninths of the image hold an object;
-- ``default``: also attention that reads the word just written (``model.attend_with_word``;
-  the shipped config).
+- ``+ pair, region labels``: pretraining also on colour-shape/size-shape pairs and on
+  which ninths of the image hold an object;
+- ``default``: also attention that reads the word just written
+  (``model.attend_with_word``; the shipped config).
 
-Rows whose encoder is frozen train on regions encoded once (``train.cache_frozen_regions``);
-the scratch rows run their encoder at every step, so their seconds are higher.
+Rows whose encoder is frozen train on regions encoded once
+(``train.cache_frozen_regions``); the scratch rows run their encoder at every step, so
+their seconds are higher.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def lone_object_accuracy(captions: list[str], test: ShapesWorld) -> tuple[float, float]:
-    """Among one-object test images whose caption parses as one object: how often the shape, and the region, is right."""
+    """Among one-object test images whose caption parses as one object: how often the
+    shape, and the region, is right."""
     shape = region = total = 0
     for index, caption in enumerate(captions):
         scene, parsed = test.scene(index), parse_caption(caption)
@@ -97,10 +101,11 @@ def main() -> int:
         )
         m = result.metrics
         lone_shape, lone_region = lone_object_accuracy(result.captions, test)
+        seconds = run.seconds + run.pretrain_seconds
         print(
             f"{name:<22}{m['BLEU-4']:>8.3f}{m['CIDEr-D']:>9.3f}{m['semantic/grammatical']:>8.3f}"
             f"{m['semantic/object_count']:>7.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
-            f"{lone_shape:>12.3f}{lone_region:>13.3f}{run.seconds + run.pretrain_seconds:>9.0f}",
+            f"{lone_shape:>12.3f}{lone_region:>13.3f}{seconds:>9.0f}",
             flush=True,
         )
     return 0

@@ -1,34 +1,37 @@
-"""Why captions state false relations, and what fixed them: the CNN, the penalty, or when the attention looks?
+"""Why captions state false relations, and what fixed them: the CNN, the penalty, or
+when the attention looks?
 
-    python benchmarks/caption_relations.py [--steps 3000] [--test-size 500] [--threads 2]
+    python benchmarks/caption_relations.py [--steps 3000] [--test-size 500] [--threads
+    2]
 
-Trains the default ShapesWorld captioning config (``crossalign/configs/shapes_caption.yaml``)
-six ways, the same captions, steps and seed in every row:
+Trains the default ShapesWorld captioning config
+(``crossalign/configs/shapes_caption.yaml``) six ways, the same captions, steps and seed
+in every row:
 
-- ``SAT, images``: the default (frozen pretrained CNN, attention that reads the word just
-  written, no attention penalty);
-- ``SAT, penalty 1``: with Xu et al.'s doubly stochastic attention penalty at weight 1. It asks
-  every region for about one unit of attention over the caption; a ShapesWorld caption has more
-  words than the image has regions (16, or 3 object slots), so it pulls attention towards
-  uniform, away from the one object a word is about;
+- ``SAT, images``: the default (frozen pretrained CNN, attention that reads the word
+  just written, no attention penalty);
+- ``SAT, penalty 1``: with Xu et al.'s doubly stochastic attention penalty at weight 1.
+  It asks every region for about one unit of attention over the caption; a ShapesWorld
+  caption has more words than the image has regions (16, or 3 object slots), so it pulls
+  attention towards uniform, away from the one object a word is about;
 - ``SAT, h-only attention``: attention queried by the LSTM state alone, as in Xu et al.
-  (``model.attend_with_word=false``): the state has not read the word just written, so the
-  attention cannot look at the object the caption has just named until a step later;
-- ``SAT, scene graph`` and ``graph, h-only``: the first and third rows on the scene graphs
-  themselves (``crossalign.experiments.scene_oracle``: one region per object, holding its shape,
-  colour, size and exact centre), i.e. with perfect vision;
+  (``model.attend_with_word=false``): the state has not read the word just written, so
+  the attention cannot look at the object the caption has just named until a step later;
+- ``SAT, scene graph`` and ``graph, h-only``: the first and third rows on the scene
+  graphs themselves (``crossalign.experiments.scene_oracle``: one region per object,
+  holding its shape, colour, size and exact centre), i.e. with perfect vision;
 - ``Transformer, images``: the Transformer captioner on the same regions.
 
 Every row decodes the test split with beam size 3 and prints BLEU-4; the semantic report
-(captions with every attribute right, and with everything right); ``rel | attrs``, how often
-the relations are true when the attributes are right (about 0.5 for a decoder that picks
-relations blindly: two of the four relations usually hold between two objects); exact accuracy
-by object count; ``top rel``, the share of the most frequent relation among the relations the
-captions state (the references spread theirs over four, about 0.25 each); and the training
-seconds (encoder pretraining included).
+(captions with every attribute right, and with everything right); ``rel | attrs``, how
+often the relations are true when the attributes are right (about 0.5 for a decoder that
+picks relations blindly: two of the four relations usually hold between two objects);
+exact accuracy by object count; ``top rel``, the share of the most frequent relation
+among the relations the captions state (the references spread theirs over four, about
+0.25 each); and the training seconds (encoder pretraining included).
 
-If a scene-graph row is no better at relations than its image row, the CNN is not what limits
-them: the decoder has not learnt to compare two objects' positions.
+If a scene-graph row is no better at relations than its image row, the CNN is not what
+limits them: the decoder has not learnt to compare two objects' positions.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ ROWS: dict[str, tuple[list[str], Trainer, TestSet]] = {
 
 
 def top_relation_share(captions: list[str]) -> float:
-    """Share of the most frequent relation among every relation the parsable ``captions`` state."""
+    """Share of the most frequent relation among every relation the parsable
+    ``captions`` state."""
     counts = Counter(
         relation
         for caption in captions
@@ -126,11 +130,13 @@ def main() -> int:
         )
         m = result.metrics
         by_count = exact_by_count(result.captions, test)
+        seconds = run.seconds + run.pretrain_seconds
+        exact = [by_count.get(count, 0.0) for count in (1, 2, 3)]
         print(
             f"{name:<26}{m['BLEU-4']:>8.3f}{m['semantic/attributes']:>7.3f}{m['semantic']:>7.3f}"
             f"{m['semantic'] / max(m['semantic/attributes'], 1e-9):>12.3f}"
-            f"{by_count.get(1, 0.0):>7.3f}{by_count.get(2, 0.0):>7.3f}{by_count.get(3, 0.0):>7.3f}"
-            f"{top_relation_share(result.captions):>9.3f}{run.seconds + run.pretrain_seconds:>9.0f}",
+            f"{exact[0]:>7.3f}{exact[1]:>7.3f}{exact[2]:>7.3f}"
+            f"{top_relation_share(result.captions):>9.3f}{seconds:>9.0f}",
             flush=True,
         )
     return 0

@@ -1,4 +1,5 @@
-"""Command line and base config shared by the captioning benchmarks (not a benchmark itself)."""
+"""Command line and base config shared by the captioning benchmarks (not a benchmark
+itself)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from crossalign.train.captioning import (
 def caption_benchmark_setup(
     description: str,
 ) -> tuple[argparse.Namespace, CaptionExperimentConfig]:
-    """Parse ``--steps``, ``--test-size`` and ``--threads``; return them with the default config they adjust."""
+    """Parse ``--steps``, ``--test-size`` and ``--threads``; return them with the
+    default config they adjust."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--steps",

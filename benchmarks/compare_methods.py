@@ -1,14 +1,17 @@
-"""Alignment methods compared under one budget: retrieval, swap accuracies, geometry, time.
+"""Alignment methods compared under one budget: retrieval, swap accuracies, geometry,
+time.
 
-    python benchmarks/compare_methods.py [--fast | --full] [--methods infonce,hard_negatives] [--threads 1]
+    python benchmarks/compare_methods.py [--fast | --full] [--methods
+    infonce,hard_negatives] [--threads 1]
                                          [--lit] [--device auto]
 
 Every method trains the book's default dual encoder with the same data, batches, steps,
-learning rate and seed (``crossalign.experiments.compare``); only the loss differs. ``--fast``
-(the default on a CPU) is the setting of chapter 5; ``--full`` is the default recipe's size,
-meant for a GPU. ``--lit`` also trains the LiT model (image tower into the frozen MiniLM space)
-and prints its R@1 next to both towers trained. The last line gives the process's CPU seconds:
-with ``--threads 1`` they approximate the wall time on a quiet two-core machine.
+learning rate and seed (``crossalign.experiments.compare``); only the loss differs.
+``--fast`` (the default on a CPU) is the setting of chapter 5; ``--full`` is the default
+recipe's size, meant for a GPU. ``--lit`` also trains the LiT model (image tower into
+the frozen MiniLM space) and prints its R@1 next to both towers trained. The last line
+gives the process's CPU seconds: with ``--threads 1`` they approximate the wall time on
+a quiet two-core machine.
 """
 
 from __future__ import annotations
@@ -76,9 +79,12 @@ def main() -> int:
     )
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
     print(
-        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-        f"{'fast' if fast else 'full'} setting: {config.train_size} images of {config.image_size} px, "
-        f"{config.steps} steps x {config.batch_size}, lr {config.lr}, seed {config.seed}"
+        f"torch {torch.__version__}, device {device}, threads "
+        f"{torch.get_num_threads()}, "
+        f"{'fast' if fast else 'full'} setting: {config.train_size} images of "
+        f"{config.image_size} px, "
+        f"{config.steps} steps x {config.batch_size}, lr {config.lr}, seed "
+        f"{config.seed}"
     )
     started = time.process_time()
     data = prepare_data(config)

@@ -1,18 +1,20 @@
-"""Which tower limits relation-swap accuracy? Each image tower with each text tower, same budget.
+"""Which tower limits relation-swap accuracy? Each image tower with each text tower,
+same budget.
 
     python benchmarks/relation_swap_towers.py [--steps N] [--train-size N] [--threads 2]
 
 Trains the hard-negative method in the fast comparison setting (``CompareConfig.fast``,
 chapter 5) four times: the image tower is either the default CNN on pixels or
 ``SceneGraphEncoder``, which is *given* every object's shape, colour, size and centre
-(``crossalign.experiments.scene_oracle``); the text tower is either the default recipe's GRU
-(``text_tower="recipe"``) or the comparison's word convolution with max pooling
-(``text_tower="conv"``, ``ConvTextEncoder``). A last row trains plain InfoNCE with the oracle
-and the convolution. Data, batches, steps and seed are the same in every row.
+(``crossalign.experiments.scene_oracle``); the text tower is either the default recipe's
+GRU (``text_tower="recipe"``) or the comparison's word convolution with max pooling
+(``text_tower="conv"``, ``ConvTextEncoder``). A last row trains plain InfoNCE with the
+oracle and the convolution. Data, batches, steps and seed are the same in every row.
 
 How to read it: the oracle row of a text tower is the best that text tower reaches with
-perfect vision; the gap between a text tower's two rows is what the CNN loses; the InfoNCE row
-shows that without swapped captions in the loss even perfect towers ignore relations.
+perfect vision; the gap between a text tower's two rows is what the CNN loses; the
+InfoNCE row shows that without swapped captions in the loss even perfect towers ignore
+relations.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def main() -> int:
     }
     config = CompareConfig.fast(**overrides)
     print(
-        f"fast setting: {config.train_size} images of {config.image_size} px, {config.steps} steps x "
+        f"fast setting: {config.train_size} images of {config.image_size} px, "
+        f"{config.steps} steps x "
         f"{config.batch_size}, seed {config.seed}"
     )
     data = prepare_data(config)

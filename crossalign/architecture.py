@@ -1,17 +1,20 @@
-"""Graphs of pipelines and of the package itself: topological order, cycles, Mermaid text.
+"""Graphs of pipelines and of the package itself: topological order, cycles, Mermaid
+text.
 
-Two chapters draw diagrams that must stay true. Chapter 4 checks that a pipeline drawn as a
-Mermaid flowchart is a DAG (the seed's is not) and finds its cycle; chapter 10 draws the
-package's architecture from the real module list and the real ``import`` statements, so the
-diagram cannot drift from the code. Everything here works on plain data:
+Two chapters draw diagrams that must stay true. Chapter 4 checks that a pipeline drawn
+as a Mermaid flowchart is a DAG (the seed's is not) and finds its cycle; chapter 10
+draws the package's architecture from the real module list and the real ``import``
+statements, so the diagram cannot drift from the code. Everything here works on plain
+data:
 
 - a graph is a list of ``(source, target)`` edges over string node ids;
-- :func:`parse_mermaid_edges` reads the edges (and node labels) of a ``graph TD`` flowchart;
+- :func:`parse_mermaid_edges` reads the edges (and node labels) of a ``graph TD``
+  flowchart;
 - :func:`topological_order` sorts a DAG or raises :class:`CycleError` naming one cycle;
-- :func:`package_modules` and :func:`import_graph` read a package with ``pkgutil`` and ``ast``
-  (nothing is imported except the package itself, to find where it lives);
-- :func:`group_by_subpackage` and :func:`architecture_mermaid` fold the module graph into one
-  node per sub-package or top-level module.
+- :func:`package_modules` and :func:`import_graph` read a package with ``pkgutil`` and
+  ``ast`` (nothing is imported except the package itself, to find where it lives);
+- :func:`group_by_subpackage` and :func:`architecture_mermaid` fold the module graph
+  into one node per sub-package or top-level module.
 
 ``python -m crossalign.architecture`` prints the package's diagram.
 """
@@ -38,19 +41,22 @@ _HEADER = re.compile(r"^\s*(graph|flowchart)\s+(TD|TB|BT|LR|RL)\s*$")
 
 
 class CycleError(ValueError):
-    """A graph that should be acyclic has a cycle; ``cycle`` lists its nodes in order."""
+    """A graph that should be acyclic has a cycle; ``cycle`` lists its nodes in
+    order."""
 
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = list(cycle)
         path = " --> ".join([*self.cycle, self.cycle[0]])
         super().__init__(
-            f"the graph has a cycle: {path}; a data flow must be a DAG (remove or reverse an edge)"
+            f"the graph has a cycle: {path}; a data flow must be a DAG (remove or "
+            "reverse an edge)"
         )
 
 
 @dataclass(frozen=True)
 class Flowchart:
-    """A Mermaid flowchart as data: its direction, node labels and edges, in drawing order."""
+    """A Mermaid flowchart as data: its direction, node labels and edges, in drawing
+    order."""
 
     direction: str
     labels: dict[str, str]
@@ -63,12 +69,14 @@ class Flowchart:
 
 
 def parse_mermaid_edges(text: str) -> Flowchart:
-    """Read a Mermaid ``graph``/``flowchart`` of ``A[label] --> B[label]`` lines into a :class:`Flowchart`.
+    """Read a Mermaid ``graph``/``flowchart`` of ``A[label] --> B[label]`` lines into a
+    :class:`Flowchart`.
 
-    Accepts ``-->``, ``-.->`` and ``==>`` arrows, edge texts (``A -->|text| B``), lines that
-    only declare a node (``A["label"]``), quoted labels and ``%%`` comments; a node's label is
-    the first one given for it (its id otherwise). Any other line raises a ``ValueError`` naming the line, so that a typo does not silently drop an
-    edge from the graph being checked.
+    Accepts ``-->``, ``-.->`` and ``==>`` arrows, edge texts (``A -->|text| B``), lines
+    that only declare a node (``A["label"]``), quoted labels and ``%%`` comments; a
+    node's label is the first one given for it (its id otherwise). Any other line raises
+    a ``ValueError`` naming the line, so that a typo does not silently drop an edge from
+    the graph being checked.
     """
     lines = [
         line
@@ -82,7 +90,8 @@ def parse_mermaid_edges(text: str) -> Flowchart:
     header = _HEADER.match(lines[0])
     if header is None:
         raise ValueError(
-            f"line 1 {lines[0].strip()!r} must be a header such as 'graph TD' or 'flowchart LR'"
+            f"line 1 {lines[0].strip()!r} must be a header such as 'graph TD' or "
+            "'flowchart LR'"
         )
     labels: dict[str, str] = {}
     edges: list[Edge] = []
@@ -97,7 +106,8 @@ def parse_mermaid_edges(text: str) -> Flowchart:
             edges.append((source, target))
         else:
             raise ValueError(
-                f"line {number} {line.strip()!r} is not an edge of the form 'A[label] --> B[label]'"
+                f"line {number} {line.strip()!r} is not an edge of the form 'A[label] "
+                "--> B[label]'"
             )
         for node, label in declared:
             if node not in labels or (labels[node] == node and label):
@@ -106,10 +116,12 @@ def parse_mermaid_edges(text: str) -> Flowchart:
 
 
 def find_cycle(edges: Iterable[Edge]) -> list[str] | None:
-    """One cycle of the directed graph as a list of nodes (``[a, b]`` for ``a->b->a``), or ``None``.
+    """One cycle of the directed graph as a list of nodes (``[a, b]`` for ``a->b->a``),
+    or ``None``.
 
-    Depth-first search with three colours: meeting a node that is still on the current path
-    (grey) closes a cycle, which is then read off the path. Self-loops count as cycles.
+    Depth-first search with three colours: meeting a node that is still on the current
+    path (grey) closes a cycle, which is then read off the path. Self-loops count as
+    cycles.
     """
     successors = _successors(edges)
     state: dict[str, int] = {}  # 1: on the current path, 2: finished
@@ -135,8 +147,9 @@ def find_cycle(edges: Iterable[Edge]) -> list[str] | None:
 def topological_order(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> list[str]:
     """The nodes in an order where every edge points forward (Kahn's algorithm, stable).
 
-    Ties are broken by first appearance (``nodes`` first, then edge order), so the answer is
-    deterministic. Raises :class:`CycleError` with one cycle when there is no such order.
+    Ties are broken by first appearance (``nodes`` first, then edge order), so the
+    answer is deterministic. Raises :class:`CycleError` with one cycle when there is no
+    such order.
     """
     edges = list(edges)
     successors = _successors(edges, nodes)
@@ -166,7 +179,8 @@ def topological_order(edges: Iterable[Edge], nodes: Iterable[str] = ()) -> list[
 def _successors(
     edges: Iterable[Edge], nodes: Iterable[str] = ()
 ) -> dict[str, list[str]]:
-    """Adjacency lists in first-appearance order (duplicates kept: they count for in-degrees)."""
+    """Adjacency lists in first-appearance order (duplicates kept: they count for
+    in-degrees)."""
     successors: dict[str, list[str]] = {node: [] for node in nodes}
     for source, target in edges:
         successors.setdefault(source, []).append(target)
@@ -180,7 +194,8 @@ def flowchart_mermaid(
     direction: str = "TD",
     dashed: Iterable[Edge] = (),
 ) -> str:
-    """Mermaid text for a flowchart: one ``id["label"]`` line per node, then one line per edge."""
+    """Mermaid text for a flowchart: one ``id["label"]`` line per node, then one line
+    per edge."""
     dashed = set(dashed)
     unknown = sorted({node for edge in edges for node in edge} - set(labels))
     if unknown:
@@ -194,11 +209,12 @@ def flowchart_mermaid(
 
 
 def package_modules(package: str = "crossalign") -> list[str]:
-    """Every module of ``package`` (sub-packages and their modules included), sorted by name.
+    """Every module of ``package`` (sub-packages and their modules included), sorted by
+    name.
 
-    Found with ``pkgutil.iter_modules`` folder by folder, so that only the package itself is
-    imported (``pkgutil.walk_packages`` would import every sub-package to find its folder);
-    the package itself is listed as well (its ``__init__``).
+    Found with ``pkgutil.iter_modules`` folder by folder, so that only the package
+    itself is imported (``pkgutil.walk_packages`` would import every sub-package to find
+    its folder); the package itself is listed as well (its ``__init__``).
     """
     root = importlib.import_module(package)
     if not hasattr(root, "__path__"):
@@ -225,7 +241,8 @@ def package_modules(package: str = "crossalign") -> list[str]:
 
 
 def _module_file(package: str, module: str) -> Path:
-    """The source file of ``module`` (a ``package.x.y`` name), found from the package folder."""
+    """The source file of ``module`` (a ``package.x.y`` name), found from the package
+    folder."""
     root = Path(importlib.import_module(package).__path__[0])
     parts = module.split(".")[1:]
     candidate = root.joinpath(*parts)
@@ -237,7 +254,8 @@ def _module_file(package: str, module: str) -> Path:
 
 
 def _resolve(name: str, known: set[str]) -> str | None:
-    """The longest known module that ``name`` is or lies in (``a.b.C`` -> ``a.b``), else ``None``."""
+    """The longest known module that ``name`` is or lies in (``a.b.C`` -> ``a.b``), else
+    ``None``."""
     while name:
         if name in known:
             return name
@@ -247,7 +265,8 @@ def _resolve(name: str, known: set[str]) -> str | None:
 
 @dataclass(frozen=True)
 class ImportEdge:
-    """``source`` imports ``target``; ``lazy`` when every such import sits inside a function."""
+    """``source`` imports ``target``; ``lazy`` when every such import sits inside a
+    function."""
 
     source: str
     target: str
@@ -255,12 +274,14 @@ class ImportEdge:
 
 
 def import_graph(package: str = "crossalign") -> list[ImportEdge]:
-    """The imports between the modules of ``package``, read from their source with ``ast``.
+    """The imports between the modules of ``package``, read from their source with
+    ``ast``.
 
-    Handles ``import p.x``, ``from p.x import y`` (``y`` may itself be a module), and relative
-    imports. An import inside a function body (a lazy import, often used to break an import
-    cycle or to keep start-up fast) gives an edge with ``lazy=True`` unless the same target is
-    also imported at module level. Self-edges are dropped. Edges are sorted.
+    Handles ``import p.x``, ``from p.x import y`` (``y`` may itself be a module), and
+    relative imports. An import inside a function body (a lazy import, often used to
+    break an import cycle or to keep start-up fast) gives an edge with ``lazy=True``
+    unless the same target is also imported at module level. Self-edges are dropped.
+    Edges are sorted.
     """
     modules = package_modules(package)
     known = set(modules)
@@ -313,10 +334,11 @@ def _import_targets(
 
 
 def group_of(module: str, package: str = "crossalign") -> str:
-    """The diagram node a module belongs to: its first-level sub-package or top-level module.
+    """The diagram node a module belongs to: its first-level sub-package or top-level
+    module.
 
-    ``crossalign.data.shapes`` -> ``data``; ``crossalign.linear`` -> ``linear``; the package's
-    own ``__init__`` -> the package name.
+    ``crossalign.data.shapes`` -> ``data``; ``crossalign.linear`` -> ``linear``; the
+    package's own ``__init__`` -> the package name.
     """
     if module == package:
         return package
@@ -328,10 +350,11 @@ def group_of(module: str, package: str = "crossalign") -> str:
 def group_by_subpackage(
     package: str = "crossalign",
 ) -> tuple[dict[str, list[str]], list[ImportEdge]]:
-    """Fold the module graph into groups: ``{group: [module short names]}`` and group-level edges.
+    """Fold the module graph into groups: ``{group: [module short names]}`` and
+    group-level edges.
 
-    A group edge is lazy only if every module-level import behind it is lazy; edges inside a
-    group and edges into the package ``__init__`` (re-exports) are left out.
+    A group edge is lazy only if every module-level import behind it is lazy; edges
+    inside a group and edges into the package ``__init__`` (re-exports) are left out.
     """
     groups: dict[str, list[str]] = {}
     for module in package_modules(package):
@@ -355,10 +378,12 @@ def group_by_subpackage(
 
 
 def architecture_mermaid(package: str = "crossalign") -> str:
-    """The package's architecture as a Mermaid flowchart: groups as boxes, imports as arrows.
+    """The package's architecture as a Mermaid flowchart: groups as boxes, imports as
+    arrows.
 
-    A box lists the modules of a sub-package (``data/`` with ``shapes, vocab, ...``); an arrow
-    ``a --> b`` means code in ``a`` imports ``b``, dashed when only inside functions (lazy).
+    A box lists the modules of a sub-package (``data/`` with ``shapes, vocab, ...``); an
+    arrow ``a --> b`` means code in ``a`` imports ``b``, dashed when only inside
+    functions (lazy).
     """
     groups, edges = group_by_subpackage(package)
     labels = {}

@@ -1,13 +1,15 @@
-"""The ``crossalign`` command line: train, evaluate and query dual encoders; train and run captioners.
+"""The ``crossalign`` command line: train, evaluate and query dual encoders; train and
+run captioners.
 
-    crossalign train [--config FILE] [--set train.steps=100 ...] [--output-dir DIR] [--resume CKPT]
-    crossalign evaluate CHECKPOINT [--split test] [--size N]
-    crossalign retrieve CHECKPOINT --query "a red circle left of a blue square" [--top-k 5] [--save FIG]
-    crossalign caption train [--config FILE] [--set train.steps=100 ...] [--output-dir DIR]
-    crossalign caption evaluate CHECKPOINT [--split test] [--size N] [--beam-size 3] [--show 5]
+    crossalign train [--config FILE] [--set train.steps=100 ...] [--output-dir DIR]
+    [--resume CKPT] crossalign evaluate CHECKPOINT [--split test] [--size N] crossalign
+    retrieve CHECKPOINT --query "a red circle left of a blue square" [--top-k 5] [--save
+    FIG] crossalign caption train [--config FILE] [--set train.steps=100 ...]
+    [--output-dir DIR] crossalign caption evaluate CHECKPOINT [--split test] [--size N]
+    [--beam-size 3] [--show 5]
 
-Every subcommand prints what it did; bad arguments or files end with a one-line message on
-stderr and exit status 2.
+Every subcommand prints what it did; bad arguments or files end with a one-line message
+on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     model, tokenizer, config, dataset, device = _load(args)
     if not 1 <= args.top_k <= len(dataset):
         raise ValueError(
-            f"--top-k {args.top_k} must be between 1 and the number of images ({len(dataset)})"
+            f"--top-k {args.top_k} must be between 1 and the number of images "
+            f"({len(dataset)})"
         )
     image_emb = embed_images(model, dataset, device=device)
     query_emb = embed_texts(
@@ -287,7 +290,8 @@ def _cmd_caption_train(args: argparse.Namespace) -> int:
     result = train_captioner(config)
     save_caption_config(config, output_dir / "config.yaml")
     print(
-        f"trained to step {config.train.steps} in {result.seconds:.1f} s; checkpoint: {result.checkpoint}"
+        f"trained to step {config.train.steps} in {result.seconds:.1f} s; checkpoint: "
+        f"{result.checkpoint}"
     )
     test = build_caption_dataset(config, "test")
     evaluation = evaluate_captioner(

@@ -1,37 +1,39 @@
 """Greedy and beam-search decoding for any autoregressive captioner.
 
 A captioner is seen through one function, its *step*: given the tokens so far ``[B, t]``
-(the first one is ``bos_id``) and a decoder state, it returns the log-probabilities of the
-next token ``[B, V]``, the new state and, optionally, the attention the model paid while
-predicting that token ``[B, ...]`` (for example over image regions). The state is any nested
-structure of tuples, lists and dicts (a *pytree*) whose tensors all have the batch as their
-first dimension; when beams are re-ranked the search reorders it with :func:`reorder_state`.
+(the first one is ``bos_id``) and a decoder state, it returns the log-probabilities of
+the next token ``[B, V]``, the new state and, optionally, the attention the model paid
+while predicting that token ``[B, ...]`` (for example over image regions). The state is
+any nested structure of tuples, lists and dicts (a *pytree*) whose tensors all have the
+batch as their first dimension; when beams are re-ranked the search reorders it with
+:func:`reorder_state`.
 
 Conventions shared by every search here:
 
-* A hypothesis is the list of *generated* tokens, without ``bos_id``; its length counts the
-  ``eos_id`` that ends it. A hypothesis still running after ``max_len`` tokens is kept as it
-  is (truncated, without ``eos_id``), so a model that never emits ``eos_id`` still gets an
-  answer.
-* Its score is the sum of its tokens' log-probabilities. Beams are ranked by that sum while
-  they grow; finished hypotheses are ranked by the *normalised score*
-  ``score / length ** length_penalty`` (the simple power form; GNMT's ``((5 + length) / 6)
-  ** alpha`` is the same idea with a softer curve). ``length_penalty = 0`` ranks by the plain
-  sum, which favours short captions; larger values favour longer ones.
+* A hypothesis is the list of *generated* tokens, without ``bos_id``; its length counts
+  the ``eos_id`` that ends it. A hypothesis still running after ``max_len`` tokens is
+  kept as it is (truncated, without ``eos_id``), so a model that never emits ``eos_id``
+  still gets an answer.
+* Its score is the sum of its tokens' log-probabilities. Beams are ranked by that sum
+  while they grow; finished hypotheses are ranked by the *normalised score*
+  ``score / length ** length_penalty`` (the simple power form; GNMT's
+  ``((5 + length) / 6) ** alpha`` is the same idea with a softer curve).
+  ``length_penalty = 0`` ranks by the plain sum, which favours short captions; larger
+  values favour longer ones.
 * The step function must return log-probabilities (every value <= 0, e.g. from
   ``log_softmax``); ``-inf`` marks a token the model forbids.
 
-Beam search, per image (Wu et al. 2016, and the form most libraries use): every live beam is
-extended by every token; of the ``2 * beam_size`` best extensions, those ending in ``eos_id``
-that rank among the first ``beam_size`` enter a pool of finished hypotheses (which keeps the
-``beam_size`` best by normalised score), and the first ``beam_size`` others become the next
-beams. An image is done when its pool is full and no live beam can still beat the worst
-hypothesis in it; when ``max_len`` is reached the live beams join the pool. The result is the
-best of the pool.
+Beam search, per image (Wu et al. 2016, and the form most libraries use): every live
+beam is extended by every token; of the ``2 * beam_size`` best extensions, those ending
+in ``eos_id`` that rank among the first ``beam_size`` enter a pool of finished
+hypotheses (which keeps the ``beam_size`` best by normalised score), and the first
+``beam_size`` others become the next beams. An image is done when its pool is full and
+no live beam can still beat the worst hypothesis in it; when ``max_len`` is reached the
+live beams join the pool. The result is the best of the pool.
 
-:func:`beam_search` runs this for all images at once, as one batch of ``B * beam_size`` rows
-per step; :func:`beam_search_reference` runs it one image at a time with plain Python
-bookkeeping, to check the batched version against and to measure it by.
+:func:`beam_search` runs this for all images at once, as one batch of ``B * beam_size``
+rows per step; :func:`beam_search_reference` runs it one image at a time with plain
+Python bookkeeping, to check the batched version against and to measure it by.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ __all__ = [
 
 
 class StepFunction(Protocol):
-    """One decoding step of an autoregressive model: next-token log-probabilities from the prefix.
+    """One decoding step of an autoregressive model: next-token log-probabilities from
+    the prefix.
 
-    ``tokens`` is ``[B, t]`` (``bos_id`` first), ``state`` a pytree of tensors with batch-first
-    dimensions (or ``None``). Returns ``(log_probs [B, V], new_state, attention [B, ...] or
-    None)``.
+    ``tokens`` is ``[B, t]`` (``bos_id`` first), ``state`` a pytree of tensors with
+    batch-first dimensions (or ``None``). Returns
+    ``(log_probs [B, V], new_state, attention [B, ...] or None)``.
     """
 
     def __call__(
@@ -77,13 +80,15 @@ class DecodeResult:
     dimension of size ``beam_size`` after the batch (best hypothesis first).
 
     Attributes:
-        tokens: ``[B, T]`` generated tokens (no ``bos_id``), padded with ``pad_id`` after each
+        tokens: ``[B, T]`` generated tokens (no ``bos_id``), padded with ``pad_id``
+        after each
             sequence's end; ``T`` is the longest length in the batch.
-        lengths: ``[B]`` number of generated tokens, counting the final ``eos_id`` if any.
-        scores: ``[B]`` sum of the tokens' log-probabilities.
-        normalized_scores: ``[B]`` ``scores / lengths ** length_penalty``, what the search ranks
+        lengths: ``[B]`` number of generated tokens, counting the final ``eos_id`` if
+        any. scores: ``[B]`` sum of the tokens' log-probabilities. normalized_scores:
+        ``[B]`` ``scores / lengths ** length_penalty``, what the search ranks
             finished hypotheses by (equal to ``scores`` for greedy decoding).
-        attention: ``[B, T, ...]`` the attention returned with each token (zeros after the
+        attention: ``[B, T, ...]`` the attention returned with each token (zeros after
+        the
             end), or ``None`` when the step function returns none.
     """
 
@@ -95,18 +100,20 @@ class DecodeResult:
 
 
 def reorder_state(state: Any, indices: torch.Tensor) -> Any:
-    """Select rows ``indices`` of every tensor in a decoder state (tensors, tuples, lists, dicts, None).
+    """Select rows ``indices`` of every tensor in a decoder state (tensors, tuples,
+    lists, dicts, None).
 
-    Used when beams are re-ranked: row ``i`` of the result is row ``indices[i]`` of the input,
-    for each tensor along its first (batch) dimension. Containers keep their type (named
-    tuples included); ``None`` stays ``None``.
+    Used when beams are re-ranked: row ``i`` of the result is row ``indices[i]`` of the
+    input, for each tensor along its first (batch) dimension. Containers keep their type
+    (named tuples included); ``None`` stays ``None``.
     """
     if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
         raise ValueError("indices must be a 1-D tensor of row numbers")
     if isinstance(state, torch.Tensor):
         if state.dim() == 0:
             raise ValueError(
-                "every tensor in the decoder state needs a batch dimension; got a 0-d tensor"
+                "every tensor in the decoder state needs a batch dimension; got a 0-d "
+                "tensor"
             )
         return state.index_select(0, indices.to(device=state.device, dtype=torch.long))
     if state is None:
@@ -173,13 +180,15 @@ def _check_arguments(
     for tensor in _state_tensors(init_state):
         if tensor.dim() == 0 or tensor.shape[0] != batch_size:
             raise ValueError(
-                f"init_state holds a tensor of shape {tuple(tensor.shape)}; every tensor in it must "
+                f"init_state holds a tensor of shape {tuple(tensor.shape)}; every "
+                "tensor in it must "
                 f"have the batch ({batch_size}) as its first dimension"
             )
 
 
 def _check_step_output(log_probs: Any, attention: Any, rows: int, eos_id: int) -> int:
-    """Raise unless the step returned ``[rows, V]`` log-probabilities (V > eos_id); return V."""
+    """Raise unless the step returned ``[rows, V]`` log-probabilities (V > eos_id);
+    return V."""
     if (
         not isinstance(log_probs, torch.Tensor)
         or log_probs.dim() != 2
@@ -191,15 +200,18 @@ def _check_step_output(log_probs: Any, attention: Any, rows: int, eos_id: int) -
             else type(log_probs).__name__
         )
         raise ValueError(
-            f"the step function must return log_probs of shape [{rows}, vocab], got {shape}"
+            f"the step function must return log_probs of shape [{rows}, vocab], got "
+            f"{shape}"
         )
     if not log_probs.is_floating_point():
         raise ValueError(
-            f"the step function must return floating-point log_probs, got {log_probs.dtype}"
+            "the step function must return floating-point log_probs, got "
+            f"{log_probs.dtype}"
         )
     if eos_id >= log_probs.shape[1]:
         raise ValueError(
-            f"eos_id={eos_id} is outside the step function's vocabulary of {log_probs.shape[1]}"
+            f"eos_id={eos_id} is outside the step function's vocabulary of "
+            f"{log_probs.shape[1]}"
         )
     if attention is not None and (
         not isinstance(attention, torch.Tensor) or attention.shape[0] != rows
@@ -219,7 +231,8 @@ def _input_device(state: Any) -> torch.device:
 def _normalize(
     scores: torch.Tensor, lengths: torch.Tensor | int, length_penalty: float
 ) -> torch.Tensor:
-    """Length-normalised scores ``scores / lengths ** length_penalty`` (the plain sum when it is 0)."""
+    """Length-normalised scores ``scores / lengths ** length_penalty`` (the plain sum
+    when it is 0)."""
     if length_penalty == 0:
         return scores
     lengths = torch.as_tensor(lengths, dtype=scores.dtype, device=scores.device)
@@ -235,10 +248,12 @@ def greedy_decode(
     max_len: int = 20,
     pad_id: int | None = None,
 ) -> DecodeResult:
-    """Decode by taking the most likely token at every step, for the whole batch at once.
+    """Decode by taking the most likely token at every step, for the whole batch at
+    once.
 
-    Rows that emitted ``eos_id`` are padded with ``pad_id`` (default ``eos_id``) and stop
-    adding to their score; decoding stops when every row has ended or after ``max_len`` tokens.
+    Rows that emitted ``eos_id`` are padded with ``pad_id`` (default ``eos_id``) and
+    stop adding to their score; decoding stops when every row has ended or after
+    ``max_len`` tokens.
     """
     _check_arguments(init_state, batch_size, bos_id, eos_id, max_len, pad_id=pad_id)
     pad = eos_id if pad_id is None else pad_id
@@ -315,9 +330,11 @@ class _BatchedPool:
         tokens: torch.Tensor,
         attention: torch.Tensor | None,
     ) -> None:
-        """Merge candidates ``[B, n]`` where ``accepted``, keeping each image's best, best first.
+        """Merge candidates ``[B, n]`` where ``accepted``, keeping each image's best,
+        best first.
 
-        ``tokens`` is ``[B, n, t]`` (with ``bos_id``), ``attention`` ``[B, n, t - 1, ...]``.
+        ``tokens`` is ``[B, n, t]`` (with ``bos_id``), ``attention``
+        ``[B, n, t - 1, ...]``.
         """
         batch_size, beam_size = self.scores.shape
         if self.normalized.dtype != scores.dtype:
@@ -362,7 +379,8 @@ class _BatchedPool:
             self.attention = all_attention.gather(1, index)
 
     def result(self, return_all: bool) -> DecodeResult:
-        """The pooled hypotheses as a :class:`DecodeResult` (the best only unless ``return_all``)."""
+        """The pooled hypotheses as a :class:`DecodeResult` (the best only unless
+        ``return_all``)."""
         lengths = self.lengths if return_all else self.lengths[:, :1]
         longest = max(int(lengths.max()), 1)
         tokens = self.tokens[:, :, 1 : 1 + longest]
@@ -385,15 +403,16 @@ def beam_search(
     pad_id: int | None = None,
     return_all: bool = False,
 ) -> DecodeResult:
-    """Beam search for a whole batch at once: every image's beams go through ``step`` as one batch.
+    """Beam search for a whole batch at once: every image's beams go through ``step`` as
+    one batch.
 
     The step function sees ``B * beam_size`` rows, image ``i``'s beams at rows
-    ``i * beam_size ... (i + 1) * beam_size - 1``; the state is expanded and reordered to match
-    with :func:`reorder_state`. See the module docstring for the search rules, which are those of
-    :func:`beam_search_reference`. Returns the best hypothesis per image, or with
-    ``return_all=True`` the ``beam_size`` best (rows of an image with fewer hypotheses, possible
-    only with a tiny vocabulary, have score ``-inf`` and length 0). Sequences are padded with
-    ``pad_id`` (default ``eos_id``).
+    ``i * beam_size ... (i + 1) * beam_size - 1``; the state is expanded and reordered
+    to match with :func:`reorder_state`. See the module docstring for the search rules,
+    which are those of :func:`beam_search_reference`. Returns the best hypothesis per
+    image, or with ``return_all=True`` the ``beam_size`` best (rows of an image with
+    fewer hypotheses, possible only with a tiny vocabulary, have score ``-inf`` and
+    length 0). Sequences are padded with ``pad_id`` (default ``eos_id``).
     """
     _check_arguments(
         init_state,
@@ -432,9 +451,8 @@ def beam_search(
         n_candidates = min(2 * k, k * vocab_size)
         top_scores, top_index = extended.topk(n_candidates, dim=1)
         top_scores, top_index = top_scores.to(device), top_index.to(device)
-        source = (
-            top_index // vocab_size + image_offsets
-        )  # [B, n] row of the beam each candidate extends
+        # [B, n] row of the beam each candidate extends
+        source = top_index // vocab_size + image_offsets
         token = top_index % vocab_size
         valid = torch.isfinite(top_scores)
         is_eos = token == eos_id
@@ -502,7 +520,8 @@ def beam_search(
 
 @dataclass
 class _Hypothesis:
-    """One hypothesis of the reference search: its tokens (with bos), score and attention rows."""
+    """One hypothesis of the reference search: its tokens (with bos), score and
+    attention rows."""
 
     tokens: list[int]
     score: float
@@ -521,10 +540,11 @@ def beam_search_reference(
     pad_id: int | None = None,
     return_all: bool = False,
 ) -> DecodeResult:
-    """Beam search one image at a time, with lists and loops: the reference for :func:`beam_search`.
+    """Beam search one image at a time, with lists and loops: the reference for
+    :func:`beam_search`.
 
-    Same arguments, rules and result as :func:`beam_search`; the step function sees only one
-    image's live beams at a time. Written for clarity, not speed.
+    Same arguments, rules and result as :func:`beam_search`; the step function sees only
+    one image's live beams at a time. Written for clarity, not speed.
     """
     _check_arguments(
         init_state,
@@ -543,22 +563,24 @@ def beam_search_reference(
     for image in range(batch_size):
         state = reorder_state(init_state, torch.tensor([image], device=device))
         live = [_Hypothesis([bos_id], 0.0, [])]
-        pool: list[
-            tuple[float, _Hypothesis]
-        ] = []  # (normalised score, hypothesis), best first
+        # (normalised score, hypothesis), best first
+        pool: list[tuple[float, _Hypothesis]] = []
 
-        def add_to_pool(hypothesis: _Hypothesis, score: torch.Tensor) -> None:
+        def add_to_pool(
+            hypothesis: _Hypothesis,
+            score: torch.Tensor,
+            pool: list[tuple[float, _Hypothesis]] = pool,
+        ) -> None:
             normalized = float(
                 _normalize(score, len(hypothesis.tokens) - 1, length_penalty)
             )
             pool.append((normalized, hypothesis))
-            pool.sort(
-                key=lambda entry: entry[0], reverse=True
-            )  # stable: earlier entries win ties
+            # stable: earlier entries win ties
+            pool.sort(key=lambda entry: entry[0], reverse=True)
             del pool[beam_size:]
 
         done = False
-        for length in range(1, max_len + 1):
+        for _ in range(max_len):
             tokens = torch.tensor(
                 [hypothesis.tokens for hypothesis in live], device=device
             )
@@ -620,7 +642,8 @@ def _reference_result(
     dtype: torch.dtype,
     return_all: bool,
 ) -> DecodeResult:
-    """Pack the reference search's pools into a :class:`DecodeResult` shaped like beam_search's."""
+    """Pack the reference search's pools into a :class:`DecodeResult` shaped like
+    beam_search's."""
     kept = per_image if return_all else [pool[:1] for pool in per_image]
     width = beam_size if return_all else 1
     batch_size = len(per_image)

@@ -65,16 +65,18 @@ def _env_int(name: str) -> int:
 def init_distributed(
     backend: str | None = None, timeout: timedelta | None = None
 ) -> DistInfo:
-    """Join the process group described by ``torchrun``'s environment and say where we are.
+    """Join the process group described by ``torchrun``'s environment and say where we
+    are.
 
-    ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` and
-    ``MASTER_PORT``). With ``WORLD_SIZE`` absent or 1 nothing is initialised and the
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR``
+    and ``MASTER_PORT``). With ``WORLD_SIZE`` absent or 1 nothing is initialised and the
     single-process answer comes back (rank 0, world size 1, the best available device).
 
     ``backend=None`` chooses ``"nccl"`` when CUDA is available and ``"gloo"`` otherwise.
-    With NCCL each process takes the GPU ``cuda:LOCAL_RANK``; with Gloo it runs on the CPU.
-    ``timeout`` bounds how long a collective waits for the other ranks (PyTorch's default
-    when ``None``). Calling it again after the group exists just reports the same answer.
+    With NCCL each process takes the GPU ``cuda:LOCAL_RANK``; with Gloo it runs on the
+    CPU. ``timeout`` bounds how long a collective waits for the other ranks (PyTorch's
+    default when ``None``). Calling it again after the group exists just reports the
+    same answer.
     """
     world_size = _env_int("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world_size < 1:
@@ -101,11 +103,13 @@ def init_distributed(
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise ValueError(
-                "backend='nccl' needs CUDA, which is not available here; use backend='gloo'"
+                "backend='nccl' needs CUDA, which is not available here; use "
+                "backend='gloo'"
             )
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
-                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible; "
                 "start at most one process per GPU (torchrun --nproc-per-node)"
             )
         device = torch.device("cuda", local_rank)
@@ -151,9 +155,9 @@ def barrier() -> None:
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Return the mean of ``tensor`` over all ranks, for logging losses and metrics.
 
-    The result is a new, detached tensor (the input is untouched); every rank receives the
-    same value. Integer tensors are averaged in float32. Without a process group it returns
-    a detached copy of ``tensor``.
+    The result is a new, detached tensor (the input is untouched); every rank receives
+    the same value. Integer tensors are averaged in float32. Without a process group it
+    returns a detached copy of ``tensor``.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
@@ -178,14 +182,16 @@ _MAX_GATHER_DIMS = 8
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 in forward; sum the gradients over ranks in backward.
 
-    Forward: rank ``r`` contributes ``x_r`` and every rank receives ``cat(x_0, ..., x_{W-1})``.
+    Forward: rank ``r`` contributes ``x_r`` and every rank receives
+    ``cat(x_0, ..., x_{W-1})``.
 
-    Backward: the output is used by the loss on *every* rank, so the gradient of the total
-    (summed over ranks) objective with respect to ``x_r`` is the sum, over ranks ``s``, of
-    the slice ``r`` of rank ``s``'s incoming gradient. An all-reduce (sum) of the incoming
-    gradient followed by taking this rank's slice computes exactly that. A reduce-scatter
-    would move about half the bytes, but Gloo does not implement it; the all-reduce works on
-    every backend, and the tensors involved (one batch of embeddings) are small.
+    Backward: the output is used by the loss on *every* rank, so the gradient of the
+    total (summed over ranks) objective with respect to ``x_r`` is the sum, over ranks
+    ``s``, of the slice ``r`` of rank ``s``'s incoming gradient. An all-reduce (sum) of
+    the incoming gradient followed by taking this rank's slice computes exactly that. A
+    reduce-scatter would move about half the bytes, but Gloo does not implement it; the
+    all-reduce works on every backend, and the tensors involved (one batch of
+    embeddings) are small.
     """
 
     @staticmethod
@@ -207,26 +213,27 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank (in rank order) so that gradients reach each rank's part.
+    """Concatenate ``x`` from every rank (in rank order) so that gradients reach each
+    rank's part.
 
     The plain ``torch.distributed.all_gather`` returns tensors that are cut off from the
-    autograd graph, so a contrastive loss computed on them would push no gradient into the
-    other ranks' features. Here the backward pass all-reduces (sums) the incoming gradient
-    and hands each rank the slice for its own rows: the features of rank ``r`` then receive
-    the gradient from every rank's loss, as they would in one process on the whole batch.
-    This is written out as a small ``autograd.Function`` (rather than using
-    ``torch.distributed.nn.functional.all_gather``) so that the backward rule is visible in
-    one place and behaves the same on NCCL and Gloo.
+    autograd graph, so a contrastive loss computed on them would push no gradient into
+    the other ranks' features. Here the backward pass all-reduces (sums) the incoming
+    gradient and hands each rank the slice for its own rows: the features of rank ``r``
+    then receive the gradient from every rank's loss, as they would in one process on
+    the whole batch. This is written out as a small ``autograd.Function`` (rather than
+    using ``torch.distributed.nn.functional.all_gather``) so that the backward rule is
+    visible in one place and behaves the same on NCCL and Gloo.
 
-    All ranks must pass tensors of the same shape and dtype; the shapes are checked first
-    (one small extra collective) so a mismatch raises the same ``ValueError`` on every rank
-    instead of hanging. With world size 1 ``x`` itself is returned.
+    All ranks must pass tensors of the same shape and dtype; the shapes are checked
+    first (one small extra collective) so a mismatch raises the same ``ValueError`` on
+    every rank instead of hanging. With world size 1 ``x`` itself is returned.
     """
     if not is_distributed():
         return x
-    # Every rank sends a fixed-length record (number of dimensions, then the shape padded
-    # with -1), so even ranks whose tensors disagree take part in one well-formed collective
-    # and all of them raise the same error below instead of hanging.
+    # Every rank sends a fixed-length record (number of dimensions, then the shape
+    # padded with -1), so even ranks whose tensors disagree take part in one well-formed
+    # collective and all of them raise the same error below instead of hanging.
     record = torch.full((1 + _MAX_GATHER_DIMS,), -1, dtype=torch.long, device=x.device)
     record[0] = x.dim()
     record[1 : 1 + min(x.dim(), _MAX_GATHER_DIMS)] = torch.tensor(
@@ -237,11 +244,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     shapes = [tuple(int(n) for n in r[1 : 1 + int(r[0])]) for r in records]
     if any(not torch.equal(r, records[0]) for r in records):
         raise ValueError(
-            f"gather_with_grad needs the same shape on every rank, got {shapes} (rank order); "
-            "give every rank the same local batch size, e.g. drop_last=True in the sampler and loader"
+            f"gather_with_grad needs the same shape on every rank, got {shapes} (rank "
+            "order); "
+            "give every rank the same local batch size, e.g. drop_last=True in the "
+            "sampler and loader"
         )
     if not 1 <= x.dim() <= _MAX_GATHER_DIMS:
         raise ValueError(
-            f"gather_with_grad needs a tensor with 1 to {_MAX_GATHER_DIMS} dimensions, got shape {tuple(x.shape)}"
+            f"gather_with_grad needs a tensor with 1 to {_MAX_GATHER_DIMS} dimensions, "
+            f"got shape {tuple(x.shape)}"
         )
     return _GatherWithGrad.apply(x)

@@ -22,7 +22,8 @@ def embed_images(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Unit-length embeddings [N, D] of every image of ``dataset``, in index order (on the CPU)."""
+    """Unit-length embeddings [N, D] of every image of ``dataset``, in index order (on
+    the CPU)."""
     model.eval()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=_stack_images
@@ -60,7 +61,8 @@ def evaluate_retrieval(
     device: str | torch.device = "cpu",
     max_len: int | None = None,
 ) -> dict[str, float]:
-    """Image-to-text and text-to-image R@1/5/10 and ranks over every caption of ``dataset``.
+    """Image-to-text and text-to-image R@1/5/10 and ranks over every caption of
+    ``dataset``.
 
     ``dataset`` must offer ``caption_image_index()`` (ShapesWorld and Flickr8k do): each
     caption counts as a positive for its own image only (many-to-many protocol).

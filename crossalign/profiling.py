@@ -1,10 +1,12 @@
-"""Where training time goes: an operator profile of any callable, and timings of variants side by side.
+"""Where training time goes: an operator profile of any callable, and timings of
+variants side by side.
 
-Timings on a shared machine are noisy, so the book never compares two numbers measured at
-different moments. :func:`time_side_by_side` runs the variants in alternation (A, B, C, A, B,
-C, ...), so that a change in machine load hits all of them alike, and reports each variant's
-median together with its speed-up over a baseline. :func:`profile_callable` wraps
-``torch.profiler`` and returns the top operators as data (for asserts) and as the familiar table.
+Timings on a shared machine are noisy, so the book never compares two numbers measured
+at different moments. :func:`time_side_by_side` runs the variants in alternation (A, B,
+C, A, B, C, ...), so that a change in machine load hits all of them alike, and reports
+each variant's median together with its speed-up over a baseline.
+:func:`profile_callable` wraps ``torch.profiler`` and returns the top operators as data
+(for asserts) and as the familiar table.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class OpStat:
 
 @dataclass(frozen=True)
 class ProfileSummary:
-    """The top operators of a profile, sorted by self time, and torch's table of them."""
+    """The top operators of a profile, sorted by self time, and torch's table of
+    them."""
 
     ops: list[OpStat]
     table: str
@@ -47,11 +50,13 @@ def profile_callable(
     warmup: int = 1,
     device_time: bool | None = None,
 ) -> ProfileSummary:
-    """Run ``fn`` ``warmup`` times unprofiled, then once under ``torch.profiler``; return the top ops.
+    """Run ``fn`` ``warmup`` times unprofiled, then once under ``torch.profiler``;
+    return the top ops.
 
-    Operators are ranked by *self* time (time spent in the operator itself, not in operators it
-    calls), on the GPU when ``device_time`` is true (default: when CUDA is available, since CPU
-    time of an asynchronous GPU launch says little), else on the CPU.
+    Operators are ranked by *self* time (time spent in the operator itself, not in
+    operators it calls), on the GPU when ``device_time`` is true (default: when CUDA is
+    available, since CPU time of an asynchronous GPU launch says little), else on the
+    CPU.
     """
     if row_limit < 1:
         raise ValueError(f"row_limit={row_limit} must be >= 1")
@@ -90,7 +95,8 @@ def profile_callable(
 
 @dataclass(frozen=True)
 class VariantTiming:
-    """Seconds of each repetition of one variant, their median, and the speed-up over the baseline."""
+    """Seconds of each repetition of one variant, their median, and the speed-up over
+    the baseline."""
 
     name: str
     seconds: tuple[float, ...]
@@ -105,12 +111,14 @@ def time_side_by_side(
     baseline: str | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[VariantTiming]:
-    """Time each variant ``repeats`` times in alternation; speed-up = baseline median / own median.
+    """Time each variant ``repeats`` times in alternation; speed-up = baseline median /
+    own median.
 
-    Every variant first runs ``warmup`` untimed times (caches, lazy initialisation, autotuning).
-    Then round ``r`` runs all variants once, starting at a different one each round, so that
-    neither position in a round nor a slow drift of the machine favours a variant. ``baseline``
-    defaults to the first variant. On a GPU, make each callable synchronise before it returns.
+    Every variant first runs ``warmup`` untimed times (caches, lazy initialisation,
+    autotuning). Then round ``r`` runs all variants once, starting at a different one
+    each round, so that neither position in a round nor a slow drift of the machine
+    favours a variant. ``baseline`` defaults to the first variant. On a GPU, make each
+    callable synchronise before it returns.
     """
     if not variants:
         raise ValueError("variants is empty: pass at least one name -> callable")

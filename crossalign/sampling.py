@@ -1,21 +1,24 @@
-"""Sampling from a language model: temperature, top-k and top-p (nucleus) filtering, and generation.
+"""Sampling from a language model: temperature, top-k and top-p (nucleus) filtering, and
+generation.
 
 A language model gives, for the next token, a vector of *logits* ``z`` (B, V); the
-distribution is ``softmax(z)``. Three standard ways to reshape it before drawing a token:
+distribution is ``softmax(z)``. Three standard ways to reshape it before drawing a
+token:
 
-- **temperature** ``tau > 0`` divides the logits: ``softmax(z / tau)``. ``tau < 1`` sharpens
-  the distribution, ``tau > 1`` flattens it, and ``tau -> 0`` concentrates all the mass on
-  the argmax (``temperature=0`` means exactly that: greedy decoding).
-- **top-k** keeps the ``k`` largest logits (exactly ``k``; ties are broken by position) and
-  gives the others probability zero.
-- **top-p** (nucleus, Holtzman et al. 2020) keeps the *smallest* set of most probable tokens
-  whose total probability is ``>= p``, so the number kept adapts to how confident the model is.
+- **temperature** ``tau > 0`` divides the logits: ``softmax(z / tau)``. ``tau < 1``
+  sharpens the distribution, ``tau > 1`` flattens it, and ``tau -> 0`` concentrates all
+  the mass on the argmax (``temperature=0`` means exactly that: greedy decoding).
+- **top-k** keeps the ``k`` largest logits (exactly ``k``; ties are broken by position)
+  and gives the others probability zero.
+- **top-p** (nucleus, Holtzman et al. 2020) keeps the *smallest* set of most probable
+  tokens whose total probability is ``>= p``, so the number kept adapts to how confident
+  the model is.
 
-Filtered-out tokens get the logit ``-inf``; :func:`filter_logits` applies temperature, then
-top-k, then top-p (the order Hugging Face ``generate`` uses), each on the result of the one
-before. :func:`generate` runs the usual loop for any causal language model that maps token ids
-(B, T) to logits (B, T, V): a :class:`~crossalign.models.gpt.GPT`, a Hugging Face causal LM
-(whose output has ``.logits``), or any function.
+Filtered-out tokens get the logit ``-inf``; :func:`filter_logits` applies temperature,
+then top-k, then top-p (the order Hugging Face ``generate`` uses), each on the result of
+the one before. :func:`generate` runs the usual loop for any causal language model that
+maps token ids (B, T) to logits (B, T, V): a :class:`~crossalign.models.gpt.GPT`, a
+Hugging Face causal LM (whose output has ``.logits``), or any function.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ __all__ = [
 
 
 def _check_logits(logits: torch.Tensor) -> None:
-    """Raise when ``logits`` is not a floating tensor with a last (vocabulary) dimension."""
+    """Raise when ``logits`` is not a floating tensor with a last (vocabulary)
+    dimension."""
     if (
         not isinstance(logits, torch.Tensor)
         or not logits.is_floating_point()
@@ -56,13 +60,15 @@ def _check_temperature(temperature: float) -> float:
         or not (math.isfinite(temperature) and temperature >= 0)
     ):
         raise ValueError(
-            f"temperature must be a finite number >= 0 (0 = greedy argmax), got {temperature!r}"
+            "temperature must be a finite number >= 0 (0 = greedy argmax), got "
+            f"{temperature!r}"
         )
     return float(temperature)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row (exactly ``k``; ties broken by index), set the rest to -inf.
+    """Keep the ``k`` largest logits of each row (exactly ``k``; ties broken by index),
+    set the rest to -inf.
 
     ``k`` at least the vocabulary size leaves the logits unchanged.
     """
@@ -77,11 +83,12 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep each row's smallest set of most probable tokens whose probability sums to ``>= p``; the rest -> -inf.
+    """Keep each row's smallest set of most probable tokens whose probability sums to
+    ``>= p``; the rest -> -inf.
 
-    Tokens are taken in order of decreasing probability (ties by index); a token is kept when
-    the mass of the tokens before it is still below ``p``, so the most probable token is always
-    kept and ``p = 1`` keeps every token of positive probability.
+    Tokens are taken in order of decreasing probability (ties by index); a token is kept
+    when the mass of the tokens before it is still below ``p``, so the most probable
+    token is always kept and ``p = 1`` keeps every token of positive probability.
     """
     _check_logits(logits)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
@@ -101,12 +108,14 @@ def filter_logits(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """Divide by ``temperature`` (> 0), then apply :func:`top_k_filter` and :func:`top_p_filter` when given."""
+    """Divide by ``temperature`` (> 0), then apply :func:`top_k_filter` and
+    :func:`top_p_filter` when given."""
     _check_logits(logits)
     temperature = _check_temperature(temperature)
     if temperature == 0:
         raise ValueError(
-            "temperature=0 is greedy decoding, which has no distribution to filter; use argmax"
+            "temperature=0 is greedy decoding, which has no distribution to filter; "
+            "use argmax"
         )
     logits = logits / temperature
     if top_k is not None:
@@ -123,9 +132,11 @@ def sample_next_token(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one token id per row of ``logits`` (B, V) -> (B,), after :func:`filter_logits`.
+    """Draw one token id per row of ``logits`` (B, V) -> (B,), after
+    :func:`filter_logits`.
 
-    ``temperature = 0`` returns the argmax (the first on ties), whatever ``top_k`` and ``top_p``.
+    ``temperature = 0`` returns the argmax (the first on ties), whatever ``top_k`` and
+    ``top_p``.
     """
     _check_logits(logits)
     if logits.dim() != 2:
@@ -141,11 +152,13 @@ def sample_next_token(
 
 
 def _logits_of(output: Any) -> torch.Tensor:
-    """The logits tensor of a model output: the tensor itself, or its ``.logits`` (Hugging Face)."""
+    """The logits tensor of a model output: the tensor itself, or its ``.logits``
+    (Hugging Face)."""
     logits = output.logits if hasattr(output, "logits") else output
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(
-            "the model must return logits of shape (B, T, vocab_size) (or an object with .logits)"
+            "the model must return logits of shape (B, T, vocab_size) (or an object "
+            "with .logits)"
         )
     return logits
 
@@ -162,13 +175,15 @@ def generate(
     block_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Extend each prompt of ``input_ids`` (B, T) by up to ``max_new_tokens`` sampled tokens -> (B, T + n).
+    """Extend each prompt of ``input_ids`` (B, T) by up to ``max_new_tokens`` sampled
+    tokens -> (B, T + n).
 
-    At every step the model sees the last ``block_size`` tokens (default: ``model.config.block_size``
-    when the model has one, else everything) and the next token is drawn by
-    :func:`sample_next_token`. Once a row has produced ``eos_id`` it is filled with ``eos_id``;
-    generation stops early when every row has. All prompts share one length (no padding), so
-    a batch is the same prompt repeated or prompts of equal length.
+    At every step the model sees the last ``block_size`` tokens (default:
+    ``model.config.block_size`` when the model has one, else everything) and the next
+    token is drawn by :func:`sample_next_token`. Once a row has produced ``eos_id`` it
+    is filled with ``eos_id``; generation stops early when every row has. All prompts
+    share one length (no padding), so a batch is the same prompt repeated or prompts of
+    equal length.
     """
     if (
         not isinstance(input_ids, torch.Tensor)

@@ -1,4 +1,5 @@
-"""Small helpers every part of the package shares: seeding, device choice, atomic writes."""
+"""Small helpers every part of the package shares: seeding, device choice, atomic
+writes."""
 
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device={device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'"
+            f"device={device!r} was asked for, but CUDA is not available here; use "
+            "'cpu' or 'auto'"
         )
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise ValueError(
-            f"device={device!r} was asked for, but Apple MPS is not available here; use 'cpu' or 'auto'"
+            f"device={device!r} was asked for, but Apple MPS is not available here; "
+            "use 'cpu' or 'auto'"
         )
     return dev
 
@@ -86,7 +89,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def default_cache_dir() -> Path:
-    """Where data sets and cached features go: ``$CROSSALIGN_CACHE`` or ``~/.cache/crossalign``."""
+    """Where data sets and cached features go: ``$CROSSALIGN_CACHE`` or
+    ``~/.cache/crossalign``."""
     return Path(
         os.environ.get("CROSSALIGN_CACHE", Path.home() / ".cache" / "crossalign")
     ).expanduser()

@@ -1,14 +1,15 @@
-"""Plots for the book: similarity heatmaps, retrieval results, image grids, training curves, embedding maps,
-attention overlays.
+"""Plots for the book: similarity heatmaps, retrieval results, image grids, training
+curves, embedding maps, attention overlays.
 
-Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it works
-under any backend, including the headless ``Agg`` used by tests and notebook validation.
-Figures made here are built with ``matplotlib.figure.Figure`` rather than ``pyplot``: they
-are not registered with pyplot, so a notebook shows them only when they are displayed (as a
-cell's last value or with ``display(fig)``) and they are freed like any other object.
+Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it
+works under any backend, including the headless ``Agg`` used by tests and notebook
+validation. Figures made here are built with ``matplotlib.figure.Figure`` rather than
+``pyplot``: they are not registered with pyplot, so a notebook shows them only when they
+are displayed (as a cell's last value or with ``display(fig)``) and they are freed like
+any other object.
 
-Tensors may live on any device and have any dtype; they are copied to float64 NumPy arrays
-once, by ``_to_numpy``. Images are ``[K, 3, H, W]`` with values in ``[0, 1]``.
+Tensors may live on any device and have any dtype; they are copied to float64 NumPy
+arrays once, by ``_to_numpy``. Images are ``[K, 3, H, W]`` with values in ``[0, 1]``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,8 @@ from matplotlib.patches import Rectangle
 from crossalign.metrics.geometry import modality_gap, pca
 from crossalign.utils import atomic_path
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
-PathLike = Union[str, os.PathLike]
+ArrayLike = torch.Tensor | np.ndarray
+PathLike = str | os.PathLike
 
 SEQUENTIAL_CMAP = "viridis"
 DIVERGING_CMAP = "coolwarm"
@@ -46,14 +47,16 @@ WRONG_COLOUR = "tab:red"
 IMAGE_COLOUR = "tab:blue"
 TEXT_COLOUR = "tab:orange"
 ANNOTATE_MAX_SIDE = 8
-# Thumbnails sit in a column one heatmap cell wide, 0.1 cell clear of column 0 (which starts at x = -0.5).
+# Thumbnails sit in a column one heatmap cell wide, 0.1 cell clear of column 0 (which
+# starts at x = -0.5).
 _THUMBNAIL_LEFT = -1.6
 _IMAGE_RANGE_TOLERANCE = 1e-3
 
 
 @functools.cache
 def _activate_display_backend() -> None:
-    """Let pyplot pick its backend once, so that Jupyter registers its PNG display for figures.
+    """Let pyplot pick its backend once, so that Jupyter registers its PNG display for
+    figures.
 
     The figures made here are not tracked by pyplot (no double display in notebooks, no
     leak when plotting in a loop); in a notebook they show when they are a cell's value.
@@ -64,7 +67,8 @@ def _activate_display_backend() -> None:
 
 
 def _new_figure(**kwargs: Any) -> Figure:
-    """A matplotlib figure that pyplot does not track (see :func:`_activate_display_backend`)."""
+    """A matplotlib figure that pyplot does not track (see
+    :func:`_activate_display_backend`)."""
     _activate_display_backend()
     return Figure(**kwargs)
 
@@ -81,29 +85,32 @@ def similarity_heatmap(
 ) -> Figure:
     """Draw an image-text similarity matrix ``[N_img, N_txt]`` as a heatmap.
 
-    Rows are images, columns are texts. Each row's best-matching text (its argmax; the first
-    one on ties) gets a box outline, so a correct retrieval shows as an outlined diagonal
-    when row ``i`` and column ``i`` are a pair. A matrix with negative values uses a diverging
-    colormap centred on zero; a non-negative one uses a sequential colormap.
+    Rows are images, columns are texts. Each row's best-matching text (its argmax; the
+    first one on ties) gets a box outline, so a correct retrieval shows as an outlined
+    diagonal when row ``i`` and column ``i`` are a pair. A matrix with negative values
+    uses a diverging colormap centred on zero; a non-negative one uses a sequential
+    colormap.
 
     Args:
-        similarity: the matrix, e.g. ``image_emb @ text_emb.T``.
-        row_labels: one label per image (drawn left of the thumbnails when ``images`` is given).
-        col_labels: one caption per text, wrapped and truncated to stay readable.
-        images: ``[N_img, 3, H, W]`` in ``[0, 1]``; shown as thumbnails along the rows.
-        title: the axes title.
-        ax: axes to draw on; a new figure is made when omitted.
-        annotate: write the values in the cells; by default only when both sides are <= 8.
-        save_path: also write the figure there (format from the suffix, e.g. ``.png``).
+        similarity: the matrix, e.g. ``image_emb @ text_emb.T``. row_labels: one label
+        per image (drawn left of the thumbnails when ``images`` is given). col_labels:
+        one caption per text, wrapped and truncated to stay readable. images:
+        ``[N_img, 3, H, W]`` in ``[0, 1]``; shown as thumbnails along the rows. title:
+        the axes title. ax: axes to draw on; a new figure is made when omitted.
+        annotate: write the values in the cells; by default only when both sides are <=
+        8. save_path: also write the figure there (format from the suffix, e.g.
+        ``.png``).
     """
     sim = _to_numpy(similarity, "similarity")
     if sim.ndim != 2 or 0 in sim.shape:
         raise ValueError(
-            f"similarity must be a non-empty 2-D matrix [N_img, N_txt], got shape {tuple(sim.shape)}"
+            "similarity must be a non-empty 2-D matrix [N_img, N_txt], got shape "
+            f"{tuple(sim.shape)}"
         )
     if not np.isfinite(sim).all():
         raise ValueError(
-            "similarity contains NaN or infinite values; check the embeddings it was computed from"
+            "similarity contains NaN or infinite values; check the embeddings it was "
+            "computed from"
         )
     n_img, n_txt = sim.shape
     _check_label_count(row_labels, n_img, "row_labels", "rows (images)")
@@ -113,7 +120,8 @@ def similarity_heatmap(
         thumbnails = _to_display_images(images, "images")
         if len(thumbnails) != n_img:
             raise ValueError(
-                f"images has {len(thumbnails)} images but similarity has {n_img} rows; give one image per row"
+                f"images has {len(thumbnails)} images but similarity has {n_img} rows; "
+                "give one image per row"
             )
 
     if ax is None:
@@ -176,22 +184,23 @@ def retrieval_grid(
     titles: Sequence[str] | None = None,
     save_path: PathLike | None = None,
 ) -> Figure:
-    """Show a text query and its top-k retrieved images in a row, best first, with their scores.
+    """Show a text query and its top-k retrieved images in a row, best first, with their
+    scores.
 
     Args:
-        query: the query sentence, used as the figure title.
-        images: the retrieved images ``[K, 3, H, W]`` in ``[0, 1]``, in rank order.
-        scores: the K similarity scores, in the same order.
-        correct: optional K flags; a correct hit gets a green frame, a wrong one a red frame.
-        titles: optional K short texts (e.g. file names) written under each rank and score.
-        save_path: also write the figure there.
+        query: the query sentence, used as the figure title. images: the retrieved
+        images ``[K, 3, H, W]`` in ``[0, 1]``, in rank order. scores: the K similarity
+        scores, in the same order. correct: optional K flags; a correct hit gets a green
+        frame, a wrong one a red frame. titles: optional K short texts (e.g. file names)
+        written under each rank and score. save_path: also write the figure there.
     """
     pictures = _to_display_images(images, "images")
     k = len(pictures)
     score_values = _to_numpy(scores, "scores")
     if score_values.ndim != 1 or len(score_values) != k:
         raise ValueError(
-            f"scores must hold one number per image: got shape {tuple(score_values.shape)} for {k} images"
+            "scores must hold one number per image: got shape "
+            f"{tuple(score_values.shape)} for {k} images"
         )
     _check_label_count(correct, k, "correct", "images")
     _check_label_count(titles, k, "titles", "images")
@@ -224,9 +233,11 @@ def image_grid(
     ncols: int = 8,
     save_path: PathLike | None = None,
 ) -> Figure:
-    """Show images ``[K, 3, H, W]`` in ``[0, 1]`` in a grid of ``ncols`` columns, with optional titles.
+    """Show images ``[K, 3, H, W]`` in ``[0, 1]`` in a grid of ``ncols`` columns, with
+    optional titles.
 
-    The grid has ``ceil(K / ncols)`` rows and exactly K axes (no empty frames at the end).
+    The grid has ``ceil(K / ncols)`` rows and exactly K axes (no empty frames at the
+    end).
     """
     pictures = _to_display_images(images, "images")
     if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
@@ -258,12 +269,13 @@ def training_curves(
 ) -> Figure:
     """Plot logged values against the training step, one subplot per key.
 
-    ``history`` is a list of dicts, one per logged step, each with a ``"step"`` and numeric
-    values such as ``"loss"``, ``"lr"`` or ``"val/i2t_r1"``. Keys may be sparse (validation
-    metrics are logged every few hundred steps): each curve uses only the entries that have
-    the key, and all subplots share the step axis so sparse and dense curves line up. By
-    default every numeric key except ``"step"`` is plotted, in order of first appearance.
-    The ``"lr"`` axis is logarithmic when all its values are positive.
+    ``history`` is a list of dicts, one per logged step, each with a ``"step"`` and
+    numeric values such as ``"loss"``, ``"lr"`` or ``"val/i2t_r1"``. Keys may be sparse
+    (validation metrics are logged every few hundred steps): each curve uses only the
+    entries that have the key, and all subplots share the step axis so sparse and dense
+    curves line up. By default every numeric key except ``"step"`` is plotted, in order
+    of first appearance. The ``"lr"`` axis is logarithmic when all its values are
+    positive.
     """
     if len(history) == 0:
         raise ValueError("history is empty; log at least one step before plotting")
@@ -287,7 +299,8 @@ def training_curves(
         ]
         if not points:
             raise ValueError(
-                f"key {key!r} is in no entry of history; available keys: {_numeric_keys(history)}"
+                f"key {key!r} is in no entry of history; available keys: "
+                f"{_numeric_keys(history)}"
             )
         if any(value is None for _, value in points):
             raise ValueError(
@@ -325,25 +338,28 @@ def embedding_projection(
     ax: Axes | None = None,
     save_path: PathLike | None = None,
 ) -> Figure:
-    """Draw image and text embeddings on one plane, with matching pairs joined and each centroid marked.
+    """Draw image and text embeddings on one plane, with matching pairs joined and each
+    centroid marked.
 
-    A single PCA is fitted on the union of both sets, so the two modalities share the axes
-    and their separation, the modality gap (Liang et al., 2022), shows as it is. Images are
-    circles and texts triangles, in two colours; thin grey lines join image ``i`` to text
-    ``i`` for the first ``pairs`` rows; each modality's centroid is a large cross, and a
-    dashed line joins the two crosses. The legend gives the modality gap measured in the
-    full space (the distance between the centroids of the unit embeddings): the dashed line
-    is its shadow on the plane and can only be shorter. The axes are drawn at equal scale and
-    labelled with the share of the variance each component explains.
+    A single PCA is fitted on the union of both sets, so the two modalities share the
+    axes and their separation, the modality gap (Liang et al., 2022), shows as it is.
+    Images are circles and texts triangles, in two colours; thin grey lines join image
+    ``i`` to text ``i`` for the first ``pairs`` rows; each modality's centroid is a
+    large cross, and a dashed line joins the two crosses. The legend gives the modality
+    gap measured in the full space (the distance between the centroids of the unit
+    embeddings): the dashed line is its shadow on the plane and can only be shorter. The
+    axes are drawn at equal scale and labelled with the share of the variance each
+    component explains.
 
     Args:
-        image_emb: ``[N_img, D]`` unit-norm image embeddings, ``D >= 2``.
-        text_emb: ``[N_txt, D]`` unit-norm text embeddings.
-        pairs: how many pairs to join, from the first row; all of them when larger than N.
-            With ``pairs > 0`` row ``i`` of ``image_emb`` and of ``text_emb`` must be a pair,
-            so both need the same number of rows; ``pairs=0`` draws sets of any sizes.
-        method: the projection; ``"pca"`` is the one available.
-        labels: one short text per image; the images of the joined pairs get theirs written
+        image_emb: ``[N_img, D]`` unit-norm image embeddings, ``D >= 2``. text_emb:
+        ``[N_txt, D]`` unit-norm text embeddings. pairs: how many pairs to join, from
+        the first row; all of them when larger than N.
+            With ``pairs > 0`` row ``i`` of ``image_emb`` and of ``text_emb`` must be a
+            pair, so both need the same number of rows; ``pairs=0`` draws sets of any
+            sizes.
+        method: the projection; ``"pca"`` is the one available. labels: one short text
+        per image; the images of the joined pairs get theirs written
             beside their point.
         title: the axes title.
         ax: axes to draw on; a new figure is made when omitted.
@@ -359,12 +375,15 @@ def embedding_projection(
     n_img, n_txt = images.shape[0], texts.shape[0]
     if images.shape[1] < 2:
         raise ValueError(
-            f"image_emb and text_emb need at least 2 dimensions to project on a plane, got {images.shape[1]}"
+            "image_emb and text_emb need at least 2 dimensions to project on a plane, "
+            f"got {images.shape[1]}"
         )
     if pairs > 0 and n_img != n_txt:
         raise ValueError(
-            f"image_emb has {n_img} rows and text_emb {n_txt}; joining pairs needs row i of each to be a pair, "
-            "so pass pairs=0 or give one text per image (e.g. each image's first caption)"
+            f"image_emb has {n_img} rows and text_emb {n_txt}; joining pairs needs row "
+            "i of each to be a pair, "
+            "so pass pairs=0 or give one text per image (e.g. each image's first "
+            "caption)"
         )
     n_pairs = min(int(pairs), n_img)
     _check_label_count(labels, n_img, "labels", "images")
@@ -468,14 +487,16 @@ def attention_overlay(
     alpha: float = 0.6,
     save_path: PathLike | None = None,
 ) -> Figure:
-    """Show where a captioner looked for each word: the image, then one attention overlay per word.
+    """Show where a captioner looked for each word: the image, then one attention
+    overlay per word.
 
-    ``image`` is ``[3, H, W]`` in [0, 1]; ``attention`` holds one map per word, ``[T, N]`` over
-    the ``N = h * w`` regions of the encoder's grid (row by row, as ``forward_tokens`` orders
-    them) or already ``[T, h, w]``; ``grid`` gives ``(h, w)`` for the flat form (default: a
-    square grid). Each map is stretched over the image with bilinear interpolation and drawn
-    with the sequential colormap at opacity ``alpha``; the panel title is the word and the
-    largest weight of its map. Returns a figure with ``1 + T`` panels.
+    ``image`` is ``[3, H, W]`` in [0, 1]; ``attention`` holds one map per word,
+    ``[T, N]`` over the ``N = h * w`` regions of the encoder's grid (row by row, as
+    ``forward_tokens`` orders them) or already ``[T, h, w]``; ``grid`` gives ``(h, w)``
+    for the flat form (default: a square grid). Each map is stretched over the image
+    with bilinear interpolation and drawn with the sequential colormap at opacity
+    ``alpha``; the panel title is the word and the largest weight of its map. Returns a
+    figure with ``1 + T`` panels.
     """
     picture = _to_display_images(_to_numpy(image, "image")[None], "image")[0]
     maps = _to_numpy(attention, "attention")
@@ -486,12 +507,14 @@ def attention_overlay(
             side = math.isqrt(n)
             if side * side != n:
                 raise ValueError(
-                    f"attention has {n} regions, which is not a square grid; pass grid=(h, w)"
+                    f"attention has {n} regions, which is not a square grid; pass "
+                    "grid=(h, w)"
                 )
             grid = (side, side)
         if grid[0] * grid[1] != n:
             raise ValueError(
-                f"grid={tuple(grid)} has {grid[0] * grid[1]} regions but attention has {n}"
+                f"grid={tuple(grid)} has {grid[0] * grid[1]} regions but attention has "
+                f"{n}"
             )
         maps = maps.reshape(maps.shape[0], grid[0], grid[1])
     if maps.ndim != 3:
@@ -500,7 +523,8 @@ def attention_overlay(
         )
     if len(words) != maps.shape[0]:
         raise ValueError(
-            f"got {len(words)} words for {maps.shape[0]} attention maps; give one word per map"
+            f"got {len(words)} words for {maps.shape[0]} attention maps; give one word "
+            "per map"
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -533,10 +557,11 @@ def attention_overlay(
 
 
 def save_figure(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` atomically, creating parent folders; the suffix picks the format.
+    """Write ``fig`` to ``path`` atomically, creating parent folders; the suffix picks
+    the format.
 
-    The figure is written to a temporary file beside ``path`` and renamed onto it, so a crash
-    never leaves a half-written image. Returns the path written.
+    The figure is written to a temporary file beside ``path`` and renamed onto it, so a
+    crash never leaves a half-written image. Returns the path written.
     """
     target = Path(path)
     file_format = target.suffix.lower().lstrip(".")
@@ -552,7 +577,8 @@ def save_figure(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
 
 
 def _to_numpy(values: ArrayLike | Sequence[float], name: str) -> np.ndarray:
-    """Copy a tensor (any device, any dtype) or an array-like to a float64 NumPy array."""
+    """Copy a tensor (any device, any dtype) or an array-like to a float64 NumPy
+    array."""
     if isinstance(values, torch.Tensor):
         return values.detach().to(device="cpu", dtype=torch.float64).numpy()
     try:
@@ -564,7 +590,8 @@ def _to_numpy(values: ArrayLike | Sequence[float], name: str) -> np.ndarray:
 
 
 def _to_display_images(images: ArrayLike, name: str) -> np.ndarray:
-    """Check ``[K, 3, H, W]`` images in ``[0, 1]`` and return them as ``[K, H, W, 3]`` for imshow."""
+    """Check ``[K, 3, H, W]`` images in ``[0, 1]`` and return them as ``[K, H, W, 3]``
+    for imshow."""
     array = _to_numpy(images, name)
     if array.ndim != 4 or array.shape[1] != 3 or array.shape[0] == 0:
         raise ValueError(
@@ -574,13 +601,15 @@ def _to_display_images(images: ArrayLike, name: str) -> np.ndarray:
     if low < -_IMAGE_RANGE_TOLERANCE or high > 1 + _IMAGE_RANGE_TOLERANCE:
         raise ValueError(
             f"{name} must hold values in [0, 1], found [{low:.3f}, {high:.3f}]; "
-            "divide 8-bit images by 255 and undo any normalisation (x * std + mean) before plotting"
+            "divide 8-bit images by 255 and undo any normalisation (x * std + mean) "
+            "before plotting"
         )
     return np.clip(array, 0.0, 1.0).transpose(0, 2, 3, 1)
 
 
 def _colour_scale(sim: np.ndarray) -> tuple[str, Normalize]:
-    """Pick the colormap and its range: diverging around zero for signed values, else sequential."""
+    """Pick the colormap and its range: diverging around zero for signed values, else
+    sequential."""
     if sim.min() < 0:
         limit = float(np.abs(sim).max())
         return DIVERGING_CMAP, Normalize(vmin=-limit, vmax=limit)
@@ -588,7 +617,8 @@ def _colour_scale(sim: np.ndarray) -> tuple[str, Normalize]:
 
 
 def _outline_row_argmax(ax: Axes, sim: np.ndarray, colour: str) -> None:
-    """Draw a box around each row's largest cell (tagged with ``ARGMAX_GID`` so it can be found)."""
+    """Draw a box around each row's largest cell (tagged with ``ARGMAX_GID`` so it can
+    be found)."""
     for row, col in enumerate(sim.argmax(axis=1)):
         outline = Rectangle(
             (col - 0.5, row - 0.5),
@@ -622,7 +652,8 @@ def _write_cell_values(ax: Axes, heatmap: AxesImage) -> None:
 def _draw_row_thumbnails(
     ax: Axes, thumbnails: np.ndarray, row_labels: Sequence[str] | None
 ) -> None:
-    """Draw one thumbnail left of each heatmap row, in data coordinates so each fills one cell."""
+    """Draw one thumbnail left of each heatmap row, in data coordinates so each fills
+    one cell."""
     for row, picture in enumerate(thumbnails):
         thumb_ax = ax.inset_axes(
             (_THUMBNAIL_LEFT, row - 0.5, 1.0, 1.0), transform=ax.transData
@@ -645,15 +676,18 @@ def _draw_row_thumbnails(
 def _check_label_count(
     labels: Sequence[Any] | None, expected: int, name: str, what: str
 ) -> None:
-    """Raise a ``ValueError`` unless ``labels`` is None or holds exactly ``expected`` items."""
+    """Raise a ``ValueError`` unless ``labels`` is None or holds exactly ``expected``
+    items."""
     if labels is not None and len(labels) != expected:
         raise ValueError(
-            f"{name} has {len(labels)} items but there are {expected} {what}; give one per item"
+            f"{name} has {len(labels)} items but there are {expected} {what}; give one "
+            "per item"
         )
 
 
 def _wrap(text: str, width: int, max_lines: int) -> str:
-    """Wrap ``text`` to lines of at most ``width`` characters, cut to ``max_lines`` with an ellipsis."""
+    """Wrap ``text`` to lines of at most ``width`` characters, cut to ``max_lines`` with
+    an ellipsis."""
     lines = textwrap.wrap(str(text), width=width) or [""]
     if len(lines) > max_lines:
         lines = lines[:max_lines]
@@ -662,7 +696,8 @@ def _wrap(text: str, width: int, max_lines: int) -> str:
 
 
 def _as_float(value: Any) -> float | None:
-    """Return ``value`` as a float when it is a real number (or a one-element tensor), else None."""
+    """Return ``value`` as a float when it is a real number (or a one-element tensor),
+    else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, numbers.Real):
@@ -677,7 +712,8 @@ def _as_float(value: Any) -> float | None:
 
 
 def _numeric_keys(history: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Keys other than ``"step"`` with a numeric value somewhere in ``history``, by first appearance."""
+    """Keys other than ``"step"`` with a numeric value somewhere in ``history``, by
+    first appearance."""
     keys: dict[str, None] = {}
     for entry in history:
         for key, value in entry.items():

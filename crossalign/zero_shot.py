@@ -1,13 +1,16 @@
-"""Zero-shot classification with a dual encoder: classes written as sentences, no classifier training.
+"""Zero-shot classification with a dual encoder: classes written as sentences, no
+classifier training.
 
-CLIP (Radford et al., 2021) turns a contrastive image-text model into a classifier for any
-label set: write each class name into a sentence template ("a photo of a {}"), embed the
-sentences with the text tower, and give an image the class whose sentence is most similar.
-*Prompt ensembling* embeds several templates (and synonyms) per class and averages the unit
-vectors before renormalising; it removes the quirks of any single wording.
+CLIP (Radford et al., 2021) turns a contrastive image-text model into a classifier for
+any label set: write each class name into a sentence template ("a photo of a {}"), embed
+the sentences with the text tower, and give an image the class whose sentence is most
+similar. *Prompt ensembling* embeds several templates (and synonyms) per class and
+averages the unit vectors before renormalising; it removes the quirks of any single
+wording.
 
-On ShapesWorld the classes are the colours and the shapes of single-object images, and the
-templates are written in the data set's own grammar, the only language its text tower knows.
+On ShapesWorld the classes are the colours and the shapes of single-object images, and
+the templates are written in the data set's own grammar, the only language its text
+tower knows.
 """
 
 from __future__ import annotations
@@ -86,18 +89,20 @@ def class_embeddings(
     synonyms: dict[str, Sequence[str]] | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """One unit vector per class ``[C, E]``: the mean of its prompts' text embeddings, renormalised.
+    """One unit vector per class ``[C, E]``: the mean of its prompts' text embeddings,
+    renormalised.
 
-    Each class is written into every template, with every synonym when ``synonyms[name]`` is
-    given (otherwise the name itself). One template and no synonyms is the plain, single-prompt
-    classifier; more of them is prompt ensembling.
+    Each class is written into every template, with every synonym when
+    ``synonyms[name]`` is given (otherwise the name itself). One template and no
+    synonyms is the plain, single-prompt classifier; more of them is prompt ensembling.
     """
     if not class_names or not templates:
         raise ValueError("class_names and templates must both be non-empty")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
         raise ValueError(
-            f"every template needs exactly one '{{}}' for the class name; these do not: {bad}"
+            f"every template needs exactly one '{{}}' for the class name; these do "
+            f"not: {bad}"
         )
     rows = []
     for name in class_names:
@@ -112,7 +117,8 @@ def class_embeddings(
 def zero_shot_predict(
     model: Any, images: torch.Tensor, classes: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Class index ``[B]`` of each image: the class embedding with the highest cosine similarity."""
+    """Class index ``[B]`` of each image: the class embedding with the highest cosine
+    similarity."""
     model.eval()
     device = classes.device
     predictions = []
@@ -131,7 +137,8 @@ def attribute_images(
     seed: int = 0,
     image_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-object ShapesWorld images and the class index of their ``attribute`` (colour or shape)."""
+    """Single-object ShapesWorld images and the class index of their ``attribute``
+    (colour or shape)."""
     _check_attribute(attribute)
     world = ShapesWorld(
         split, size=size, seed=seed, image_size=image_size, min_objects=1, max_objects=1
@@ -158,10 +165,12 @@ def zero_shot_accuracy(
     image_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> float:
-    """Zero-shot accuracy on the ``attribute`` ("colour" or "shape") of single-object images.
+    """Zero-shot accuracy on the ``attribute`` ("colour" or "shape") of single-object
+    images.
 
-    ``ensemble=False`` uses the first template with the class name only; ``ensemble=True``
-    averages all templates of the attribute and every synonym of each class.
+    ``ensemble=False`` uses the first template with the class name only;
+    ``ensemble=True`` averages all templates of the attribute and every synonym of each
+    class.
     """
     _check_attribute(attribute)
     templates = _TEMPLATES[attribute] if ensemble else _TEMPLATES[attribute][:1]

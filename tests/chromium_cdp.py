@@ -1,12 +1,15 @@
-"""Headless Chromium driven over the DevTools protocol, walled off from every host but this one.
+"""Headless Chromium driven over the DevTools protocol, walled off from every host but
+this one.
 
-Used by ``test_browser.py``. The browser is Debian's ``chromium``; the protocol is spoken over
-one websocket (``websocket-client``), so no browser download and no driver are needed.
+Used by ``test_browser.py``. The browser is Debian's ``chromium``; the protocol is
+spoken over one websocket (``websocket-client``), so no browser download and no driver
+are needed.
 
 Two independent walls keep pages offline: every host name resolves to nothing except
-``localhost``, and every request that is not for the loopback interface is sent to a proxy
-address where nothing listens. Whatever a page still tries to fetch elsewhere shows up in the
-recorded ``Network.requestWillBeSent`` events, which is what the tests count.
+``localhost``, and every request that is not for the loopback interface is sent to a
+proxy address where nothing listens. Whatever a page still tries to fetch elsewhere
+shows up in the recorded ``Network.requestWillBeSent`` events, which is what the tests
+count.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import websocket
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
-DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens there, so nothing gets through
+# The discard port: nothing listens there, so nothing gets through.
+DEAD_PROXY = "http://127.0.0.1:9"
 
 
 def find_chromium() -> str | None:
-    """Return the path of a Chromium executable on ``PATH``, or ``None`` when there is none."""
+    """Return the path of a Chromium executable on ``PATH``, or ``None`` when there is
+    none."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
@@ -40,7 +45,8 @@ def find_chromium() -> str | None:
 
 
 def leaves_localhost(url: str) -> bool:
-    """Whether fetching ``url`` would use the network beyond this machine's loopback interface."""
+    """Whether fetching ``url`` would use the network beyond this machine's loopback
+    interface."""
     parts = urlsplit(url)
     if parts.scheme not in NETWORK_SCHEMES:
         return False  # data:, blob:, about: and the like never touch the network
@@ -57,9 +63,8 @@ class PageEvents:
     """What one page did while it loaded: requests, failures and errors it reported."""
 
     requests: list[str] = field(default_factory=list)  # every URL requested, in order
-    failed: list[str] = field(
-        default_factory=list
-    )  # "<error> for <URL>" of loads that failed
+    # "<error> for <URL>" of loads that failed
+    failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def outside_requests(self) -> list[str]:
@@ -70,7 +75,8 @@ class PageEvents:
 class HeadlessChromium:
     """A headless Chromium with one page, controlled through the DevTools protocol.
 
-    Use it as a context manager; the browser process and its profile folder are removed on exit.
+    Use it as a context manager; the browser process and its profile folder are removed
+    on exit.
     """
 
     def __init__(
@@ -89,7 +95,8 @@ class HeadlessChromium:
         self._events: list[dict[str, Any]] = []
 
     def command_line(self, profile: str) -> list[str]:
-        """The Chromium arguments: headless, no background traffic, no way out but loopback."""
+        """The Chromium arguments: headless, no background traffic, no way out but
+        loopback."""
         width, height = self.window
         arguments = [
             self.executable,
@@ -106,7 +113,8 @@ class HeadlessChromium:
             "--disable-sync",
             "--disable-domain-reliability",
             "--metrics-recording-only",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE "
+            "127.0.0.1",
             f"--proxy-server={DEAD_PROXY}",
             f"--window-size={width},{height}",
             f"--user-data-dir={profile}",
@@ -115,9 +123,8 @@ class HeadlessChromium:
             "about:blank",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            arguments.insert(
-                1, "--no-sandbox"
-            )  # Chromium refuses to start its sandbox as root
+            # Chromium refuses to start its sandbox as root
+            arguments.insert(1, "--no-sandbox")
         return arguments
 
     def __enter__(self) -> HeadlessChromium:
@@ -145,9 +152,8 @@ class HeadlessChromium:
     def __exit__(self, *exc_info: object) -> None:
         if self._socket is not None:
             try:
-                self.call(
-                    "Browser.close"
-                )  # a clean exit lets Chromium flush and close its profile
+                # a clean exit lets Chromium flush and close its profile
+                self.call("Browser.close")
             except (DevToolsError, websocket.WebSocketException, OSError):
                 pass
             self._socket.close()
@@ -172,17 +178,20 @@ class HeadlessChromium:
             self._profile = None
 
     def _page_socket_url(self, profile: Path) -> str:
-        """Wait for Chromium to announce its DevTools port, then return the page's websocket URL."""
+        """Wait for Chromium to announce its DevTools port, then return the page's
+        websocket URL."""
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
         while not (port_file.is_file() and port_file.read_text().strip()):
             if self._process is not None and self._process.poll() is not None:
                 raise DevToolsError(
-                    f"{self.executable} exited with code {self._process.returncode} at start"
+                    f"{self.executable} exited with code {self._process.returncode} at "
+                    "start"
                 )
             if time.monotonic() > deadline:
                 raise DevToolsError(
-                    f"{self.executable} did not open a DevTools port within {self.timeout} s"
+                    f"{self.executable} did not open a DevTools port within "
+                    f"{self.timeout} s"
                 )
             time.sleep(0.05)
         port = int(port_file.read_text().splitlines()[0])
@@ -210,7 +219,8 @@ class HeadlessChromium:
     def _receive_reply(
         connection: websocket.WebSocket, message_id: int
     ) -> dict[str, Any]:
-        """Read from ``connection`` until the reply to ``message_id`` arrives; return its result."""
+        """Read from ``connection`` until the reply to ``message_id`` arrives; return
+        its result."""
         while True:
             message = json.loads(connection.recv())
             if message.get("id") == message_id:
@@ -221,7 +231,8 @@ class HeadlessChromium:
                 return message.get("result", {})
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """Send one DevTools command and return its result; events that arrive meanwhile are kept."""
+        """Send one DevTools command and return its result; events that arrive meanwhile
+        are kept."""
         if self._socket is None:
             raise DevToolsError(
                 "the browser is not running: use HeadlessChromium as a context manager"
@@ -243,7 +254,8 @@ class HeadlessChromium:
                 return message.get("result", {})
 
     def _wait_for_event(self, method: str, timeout: float) -> None:
-        """Block until an event named ``method`` has been received (it stays in the backlog)."""
+        """Block until an event named ``method`` has been received (it stays in the
+        backlog)."""
         assert self._socket is not None
         deadline = time.monotonic() + timeout
         while not any(event["method"] == method for event in self._events):
@@ -261,14 +273,16 @@ class HeadlessChromium:
                 self._events.append(message)
 
     def open(self, url: str) -> None:
-        """Navigate to ``url`` and wait for its load event (the recorded events start afresh)."""
+        """Navigate to ``url`` and wait for its load event (the recorded events start
+        afresh)."""
         self._events.clear()
         result = self.call("Page.navigate", url=url)
         if result.get("errorText"):
             raise DevToolsError(f"cannot open {url}: {result['errorText']}")
         self._wait_for_event("Page.loadEventFired", self.timeout)
         deadline = time.monotonic() + self.timeout
-        # A late load event of the previous page can arrive first: wait until this one is loaded.
+        # A late load event of the previous page can arrive first: wait until this one
+        # is loaded.
         while (
             self.evaluate("document.readyState === 'complete' ? location.href : ''")
             != url
@@ -280,7 +294,8 @@ class HeadlessChromium:
             time.sleep(0.05)
 
     def evaluate(self, expression: str) -> Any:
-        """Evaluate JavaScript in the page (awaiting a promise it returns) and return the value."""
+        """Evaluate JavaScript in the page (awaiting a promise it returns) and return
+        the value."""
         result = self.call(
             "Runtime.evaluate",
             expression=expression,
@@ -289,13 +304,13 @@ class HeadlessChromium:
         )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise DevToolsError(
-                f"script failed: {details.get('exception', {}).get('description', details.get('text'))}"
-            )
+            description = details.get("exception", {}).get("description")
+            raise DevToolsError(f"script failed: {description or details.get('text')}")
         return result["result"].get("value")
 
     def events(self) -> PageEvents:
-        """Summarise the events recorded since the last ``open``: requests, failures, errors."""
+        """Summarise the events recorded since the last ``open``: requests, failures,
+        errors."""
         summary = PageEvents()
         urls: dict[str, str] = {}
         for event in self._events:
@@ -305,14 +320,16 @@ class HeadlessChromium:
                 summary.requests.append(params["request"]["url"])
             elif method == "Network.loadingFailed" and not params.get("canceled"):
                 summary.failed.append(
-                    f"{params.get('errorText', 'failed')} for {urls.get(params['requestId'], '?')}"
+                    f"{params.get('errorText', 'failed')} for "
+                    f"{urls.get(params['requestId'], '?')}"
                 )
             elif (
                 method == "Network.responseReceived"
                 and params["response"]["status"] >= 400
             ):
                 summary.errors.append(
-                    f"HTTP {params['response']['status']} for {params['response']['url']}"
+                    f"HTTP {params['response']['status']} for "
+                    f"{params['response']['url']}"
                 )
             elif method == "Runtime.exceptionThrown":
                 details = params["exceptionDetails"]
@@ -332,9 +349,8 @@ class HeadlessChromium:
                     )
                 )
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                summary.errors.append(
-                    f"{params['entry']['text']} {params['entry'].get('url', '')}".strip()
-                )
+                entry = params["entry"]
+                summary.errors.append(f"{entry['text']} {entry.get('url', '')}".strip())
         return summary
 
     def screenshot(self, path: Path) -> None:

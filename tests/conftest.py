@@ -1,4 +1,5 @@
-"""Shared test set-up: a non-interactive matplotlib backend, and no figure left open after a test."""
+"""Shared test set-up: a non-interactive matplotlib backend, and no figure left open
+after a test."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def close_figures():
-    """Close every pyplot figure a test opened, so figures never pile up across tests."""
+    """Close every pyplot figure a test opened, so figures never pile up across
+    tests."""
     yield
     plt.close("all")

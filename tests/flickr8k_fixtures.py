@@ -1,9 +1,10 @@
 """Writers of tiny Flickr8k fixtures in each exact on-disk format, quirks included.
 
-A :class:`Flickr8kSpec` is the ground truth (image names, captions, splits); the writers put it
-on disk the way the real releases do, and with ``quirks=True`` add the real files' quirks on top
-(an id written ``<name>.jpg.1#k``, a one-word caption ``"A"``, a repeated caption line, blank
-lines). A correct loader reads back exactly the spec, whatever the format and the quirks.
+A :class:`Flickr8kSpec` is the ground truth (image names, captions, splits); the writers
+put it on disk the way the real releases do, and with ``quirks=True`` add the real
+files' quirks on top (an id written ``<name>.jpg.1#k``, a one-word caption ``"A"``, a
+repeated caption line, blank lines). A correct loader reads back exactly the spec,
+whatever the format and the quirks.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ _PLACES = [
 
 @dataclass
 class Flickr8kSpec:
-    """Ground truth of a fixture: captions per image (in file order) and the split lists."""
+    """Ground truth of a fixture: captions per image (in file order) and the split
+    lists."""
 
     captions: dict[str, list[str]]
     splits: dict[str, list[str]]
@@ -58,13 +60,15 @@ class Flickr8kSpec:
 
 def image_name(i: int) -> str:
     """A file name shaped like the real ones, e.g. ``1000268201_693b08cb0e.jpg``."""
-    return f"{1000268201 + 104729 * i}_{hashlib.sha1(str(i).encode()).hexdigest()[:10]}.jpg"
+    digest = hashlib.sha1(str(i).encode()).hexdigest()[:10]
+    return f"{1000268201 + 104729 * i}_{digest}.jpg"
 
 
 def make_spec(
     n_train: int = 12, n_val: int = 4, n_test: int = 4, captions_per_image: int = 5
 ) -> Flickr8kSpec:
-    """Build a spec: distinct multi-word captions, some with commas and one with double quotes."""
+    """Build a spec: distinct multi-word captions, some with commas and one with double
+    quotes."""
     counts = {"train": n_train, "val": n_val, "test": n_test}
     captions: dict[str, list[str]] = {}
     splits: dict[str, list[str]] = {split: [] for split in SPLITS}
@@ -73,7 +77,8 @@ def make_spec(
         for _ in range(counts[split]):
             name = image_name(i)
             captions[name] = [
-                f"{_SUBJECTS[(i + k) % len(_SUBJECTS)]} {_VERBS[(2 * i + k) % len(_VERBS)]} "
+                f"{_SUBJECTS[(i + k) % len(_SUBJECTS)]} "
+                f"{_VERBS[(2 * i + k) % len(_VERBS)]} "
                 f"{_PLACES[(i + 3 * k) % len(_PLACES)]} ."
                 for k in range(captions_per_image)
             ]
@@ -98,7 +103,8 @@ def image_colour(i: int) -> tuple[int, int, int]:
 def write_images(
     image_dir: Path, names: list[str], size: tuple[int, int] = (40, 32)
 ) -> None:
-    """Write one solid-colour JPEG (``size`` = width, height) per name, colour ``image_colour(i)``."""
+    """Write one solid-colour JPEG (``size`` = width, height) per name, colour
+    ``image_colour(i)``."""
     width, height = size
     for i, name in enumerate(names):
         write_jpeg(
@@ -108,7 +114,8 @@ def write_images(
 
 
 def write_corrupt_jpeg(path: Path, kind: str = "truncated") -> None:
-    """Write a broken file with a ``.jpg`` name: a JPEG cut in half, or bytes that are no image."""
+    """Write a broken file with a ``.jpg`` name: a JPEG cut in half, or bytes that are
+    no image."""
     if kind == "truncated":
         buffer = io.BytesIO()
         noise = np.random.default_rng(0).integers(
@@ -125,7 +132,8 @@ def write_corrupt_jpeg(path: Path, kind: str = "truncated") -> None:
 def _caption_rows(
     spec: Flickr8kSpec, quirks: bool
 ) -> list[tuple[str, int, str, str | None]]:
-    """``(image, k, caption, quirk)`` rows in file order, quirk rows inserted when asked.
+    """``(image, k, caption, quirk)`` rows in file order, quirk rows inserted when
+    asked.
 
     A blank row's caption is the text of the blank line (white space or nothing).
     """
@@ -198,7 +206,8 @@ def write_kaggle(
     quirks: bool = False,
     image_folder: str | None = "Images",
 ) -> dict[str, list[int]]:
-    """Write the Kaggle layout (``captions.txt`` CSV + ``Images/``); return quirk line numbers."""
+    """Write the Kaggle layout (``captions.txt`` CSV + ``Images/``); return quirk line
+    numbers."""
     root.mkdir(parents=True, exist_ok=True)
     rows = _caption_rows(spec, quirks)
     with (root / "captions.txt").open("w", encoding="utf-8", newline="") as handle:
@@ -224,9 +233,11 @@ def write_karpathy(
     restval: bool = True,
     image_folder: str | None = "Images",
 ) -> dict[str, list[str]]:
-    """Write Karpathy's ``dataset_flickr8k.json``; every other train image is marked ``restval``.
+    """Write Karpathy's ``dataset_flickr8k.json``; every other train image is marked
+    ``restval``.
 
-    Returns the JSON locations (``images[i].sentences[j]``) of the quirk entries by kind.
+    Returns the JSON locations (``images[i].sentences[j]``) of the quirk entries by
+    kind.
     """
     root.mkdir(parents=True, exist_ok=True)
     split_of = {image: split for split, names in spec.splits.items() for image in names}

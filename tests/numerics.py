@@ -10,7 +10,8 @@ import torch
 def central_differences(
     f: Callable[[], torch.Tensor], x: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
-    """Numerical gradient of the scalar ``f()`` with respect to ``x``, one coordinate at a time.
+    """Numerical gradient of the scalar ``f()`` with respect to ``x``, one coordinate at
+    a time.
 
     ``x`` is perturbed in place (through a detached view, so ``f`` sees the change) and
     restored; use float64 tensors so that ``eps = 1e-6`` gives about 1e-9 accuracy.

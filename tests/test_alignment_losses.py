@@ -1,8 +1,9 @@
-"""Triplet (VSE0/VSE++), siamese, adversarial, distillation and hard-negative losses against independent truth.
+"""Triplet (VSE0/VSE++), siamese, adversarial, distillation and hard-negative losses
+against independent truth.
 
 Every loss is compared with a formulation written here with Python loops over pairs and
-``math`` (not with the vectorised code under test), with hand-computed tiny cases, and with
-finite differences in float64.
+``math`` (not with the vectorised code under test), with hand-computed tiny cases, and
+with finite differences in float64.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _logsumexp(values: list[float]) -> float:
     return top + math.log(math.fsum(math.exp(v - top) for v in values))
 
 
-# ---------------------------------------------------------------- triplet ranking (VSE0, VSE++)
+# ---------------------------------------------------------------- triplet ranking
+# (VSE0, VSE++)
 
 
 def reference_triplet(
@@ -63,7 +65,8 @@ def reference_triplet(
     hardest: bool,
     reduction: str,
 ) -> float:
-    """VSE0 / VSE++ with explicit loops over (query, negative) pairs, in both directions."""
+    """VSE0 / VSE++ with explicit loops over (query, negative) pairs, in both
+    directions."""
     rows, cols = image.tolist(), text.tolist()
     n = len(rows)
     s = [[_dot(rows[i], cols[j]) for j in range(n)] for i in range(n)]
@@ -96,8 +99,9 @@ def test_triplet_matches_loop_reference(
 def test_triplet_hand_computed_three_pairs() -> None:
     """Images on the axes, so the similarity matrix is whatever the caption columns say.
 
-    Hinges with margin 0.2: image queries give 0 (row 0), 0.1 (row 1), 0.1 + 0.5 (row 2);
-    caption queries give 0 (col 0), 0.1 (col 1), 0.5 (col 2). VSE0 = 1.3, VSE++ = 0.6 + 0.6.
+    Hinges with margin 0.2: image queries give 0 (row 0), 0.1 (row 1), 0.1 + 0.5 (row
+    2); caption queries give 0 (col 0), 0.1 (col 1), 0.5 (col 2). VSE0 = 1.3, VSE++ =
+    0.6 + 0.6.
     """
     similarities = torch.tensor(
         [[0.9, 0.5, 0.1], [0.3, 0.8, 0.7], [0.3, 0.7, 0.4]], dtype=torch.float64
@@ -116,10 +120,11 @@ def test_triplet_hand_computed_three_pairs() -> None:
 
 
 def test_triplet_hand_computed_two_pairs_with_known_cosines() -> None:
-    """u = e1, e2; v1 = (0.8, 0.6), v2 = (0, 1): cosines s11 = 0.8, s12 = 0, s21 = 0.6, s22 = 1.
+    """u = e1, e2; v1 = (0.8, 0.6), v2 = (0, 1): cosines s11 = 0.8, s12 = 0, s21 = 0.6,
+    s22 = 1.
 
-    Margin 0.5: image 2 vs caption 1 costs 0.5 + 0.6 - 1 = 0.1, caption 1 vs image 2 costs
-    0.5 + 0.6 - 0.8 = 0.3, the other two hinges are inactive: total 0.4.
+    Margin 0.5: image 2 vs caption 1 costs 0.5 + 0.6 - 1 = 0.1, caption 1 vs image 2
+    costs 0.5 + 0.6 - 0.8 = 0.3, the other two hinges are inactive: total 0.4.
     """
     image = torch.eye(2, dtype=torch.float64)
     text = torch.tensor([[0.8, 0.6], [0.0, 1.0]], dtype=torch.float64)
@@ -164,7 +169,8 @@ def test_triplet_gradients_match_finite_differences(hardest: bool) -> None:
 
 
 def test_triplet_uses_features_as_given() -> None:
-    """Doubling both inputs multiplies every similarity by 4, which changes the hinges: no hidden normalisation."""
+    """Doubling both inputs multiplies every similarity by 4, which changes the hinges:
+    no hidden normalisation."""
     image, text = _random_features(6, 3, seed=22)
     assert triplet_loss(2 * image, 2 * text).item() != pytest.approx(
         triplet_loss(image, text).item(), rel=1e-3
@@ -215,7 +221,8 @@ def test_triplet_shape_errors_name_the_argument() -> None:
 def reference_siamese(
     image: torch.Tensor, text: torch.Tensor, same: list[bool], margin: float
 ) -> float:
-    """Hadsell et al. without the 1/2 factor, pair by pair, with the distance from math.dist."""
+    """Hadsell et al. without the 1/2 factor, pair by pair, with the distance from
+    math.dist."""
     costs = []
     for a, b, is_same in zip(image.tolist(), text.tolist(), same):
         distance = math.dist(a, b)
@@ -238,7 +245,8 @@ def test_siamese_matches_loop_reference(
 
 
 def test_siamese_hand_computed() -> None:
-    """Distances 0.5 (same: 0.25), 0.3 (different, margin 0.5: 0.2^2 = 0.04), 1.0 (different, beyond the margin: 0)."""
+    """Distances 0.5 (same: 0.25), 0.3 (different, margin 0.5: 0.2^2 = 0.04), 1.0
+    (different, beyond the margin: 0)."""
     image = torch.zeros(3, 2, dtype=torch.float64)
     text = torch.tensor([[0.3, 0.4], [0.0, 0.3], [0.6, 0.8]], dtype=torch.float64)
     same = torch.tensor([True, False, False])
@@ -255,12 +263,10 @@ def test_siamese_gradients_match_finite_differences() -> None:
     image, text = _random_features(8, 3, seed=30)
     same = torch.tensor([True, False] * 4)
     distances = (image - text).norm(dim=1)
-    assert (
-        (distances[~same] - 1.3).abs() > 1e-3
-    ).all()  # no mismatched pair sits on the hinge's kink
-    assert (
-        distances[~same] < 1.3
-    ).any()  # and some mismatched pairs are inside the margin
+    # no mismatched pair sits on the hinge's kink
+    assert ((distances[~same] - 1.3).abs() > 1e-3).all()
+    # and some mismatched pairs are inside the margin
+    assert (distances[~same] < 1.3).any()
     image.requires_grad_(True)
     text.requires_grad_(True)
     assert gradcheck(
@@ -292,7 +298,8 @@ def test_siamese_argument_errors() -> None:
         siamese_contrastive_loss(image, text[:, :1], torch.tensor([True, False, True]))
 
 
-# ---------------------------------------------------------------- gradient reversal and the discriminator
+# ---------------------------------------------------------------- gradient reversal and
+# the discriminator
 
 
 @pytest.mark.parametrize("lambda_", [0.0, 1e-3, 0.5, 1.0, 2.75, 3])
@@ -311,7 +318,8 @@ def test_gradient_reversal_forward_is_identity_and_backward_is_exactly_minus_lam
 def test_gradient_reversal_through_a_graph_reverses_exactly_the_upstream_gradient() -> (
     None
 ):
-    """With g the gradient of f at x, f(GRL(x)) gives x exactly -lambda * g; lambda = 0 blocks it."""
+    """With g the gradient of f at x, f(GRL(x)) gives x exactly -lambda * g; lambda = 0
+    blocks it."""
     gen = torch.Generator().manual_seed(41)
     x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(4, 2, generator=gen, dtype=torch.float64)
@@ -367,7 +375,8 @@ def _discriminator(dim: int, seed: int) -> ModalityDiscriminator:
 def reference_modality_bce(
     discriminator: ModalityDiscriminator, image: torch.Tensor, text: torch.Tensor
 ) -> float:
-    """BCE written out: -log sigmoid(z) for every image logit, -log(1 - sigmoid(z)) for every text logit."""
+    """BCE written out: -log sigmoid(z) for every image logit, -log(1 - sigmoid(z)) for
+    every text logit."""
     with torch.no_grad():
         image_logits = discriminator(image).tolist()
         text_logits = discriminator(text).tolist()
@@ -396,7 +405,8 @@ def test_adversarial_loss_value_is_the_discriminator_bce(lambda_: float) -> None
 
 
 def test_adversarial_gradients_discriminator_descends_and_encoders_ascend() -> None:
-    """Parameters get the true BCE gradient (finite differences); features get exactly -lambda times it."""
+    """Parameters get the true BCE gradient (finite differences); features get exactly
+    -lambda times it."""
     lambda_ = 0.7
     image, text = _random_features(4, 3, seed=44)
     discriminator = _discriminator(3, seed=44)
@@ -425,7 +435,8 @@ def test_adversarial_gradients_discriminator_descends_and_encoders_ascend() -> N
 
 
 def test_one_gradient_step_moves_the_two_players_in_opposite_directions() -> None:
-    """A small step along -grad lowers the BCE when the discriminator moves and raises it when the features move."""
+    """A small step along -grad lowers the BCE when the discriminator moves and raises
+    it when the features move."""
     image, text = _random_features(16, 4, seed=45)
     discriminator = _discriminator(4, seed=45)
     image.requires_grad_(True)
@@ -446,16 +457,16 @@ def test_one_gradient_step_moves_the_two_players_in_opposite_directions() -> Non
 
 def test_adversarial_loss_checks_the_discriminator_output() -> None:
     image, text = _random_features(3, 4, seed=46)
-    assert (
-        adversarial_alignment_loss(image, text, lambda f: f[:, :1]).shape == ()
-    )  # [2N, 1] is accepted
+    # [2N, 1] is accepted
+    assert adversarial_alignment_loss(image, text, lambda f: f[:, :1]).shape == ()
     with pytest.raises(ValueError, match=r"one logit per embedding, shape \[6\]"):
         adversarial_alignment_loss(image, text, lambda f: f)
     with pytest.raises(ValueError, match="same number of pairs"):
         adversarial_alignment_loss(image, text[:2], _discriminator(4, seed=46))
 
 
-# ---------------------------------------------------------------- similarity distillation
+# ---------------------------------------------------------------- similarity
+# distillation
 
 
 def reference_distillation(
@@ -465,7 +476,8 @@ def reference_distillation(
     teacher_scale: float,
     direction: str,
 ) -> float:
-    """Mean over queries of sum_j p_j log(p_j / q_j), softmaxes and sums written out in Python."""
+    """Mean over queries of sum_j p_j log(p_j / q_j), softmaxes and sums written out in
+    Python."""
 
     def logits(
         image: torch.Tensor, text: torch.Tensor, scale: float
@@ -534,7 +546,8 @@ def test_distillation_is_zero_for_equal_distributions_and_positive_otherwise() -
     assert (
         similarity_distillation_loss(image, text, image, text, 5.0, 5.0).item() == 0.0
     )
-    # A teacher in a larger space with the same similarities (orthonormal rows map 4-D to 6-D): still ~0.
+    # A teacher in a larger space with the same similarities (orthonormal rows map 4-D
+    # to 6-D): still ~0.
     lift, _ = torch.linalg.qr(
         torch.randn(
             6, 4, generator=torch.Generator().manual_seed(52), dtype=torch.float64
@@ -603,7 +616,8 @@ def test_distillation_argument_errors() -> None:
         similarity_distillation_loss(image, text, image.tolist(), text, 1.0, 1.0)
 
 
-# ---------------------------------------------------------------- CLIP with hard negatives
+# ---------------------------------------------------------------- CLIP with hard
+# negatives
 
 
 def reference_hard_negative_clip(
@@ -613,7 +627,8 @@ def reference_hard_negative_clip(
     mask: torch.Tensor,
     scale: float,
 ) -> float:
-    """Image i's row: N captions plus its valid negatives; caption j's column: the N images. Loops only."""
+    """Image i's row: N captions plus its valid negatives; caption j's column: the N
+    images. Loops only."""
     rows, cols, extra, keep = (
         image.tolist(),
         text.tolist(),
@@ -637,7 +652,8 @@ def reference_hard_negative_clip(
 def _negatives(
     n: int, k: int, d: int, seed: int, dtype=torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded unit-norm negatives [n, k, d] and a random mask [n, k] that keeps about two thirds."""
+    """Seeded unit-norm negatives [n, k, d] and a random mask [n, k] that keeps about
+    two thirds."""
     gen = torch.Generator().manual_seed(seed)
     negatives = F.normalize(torch.randn(n, k, d, generator=gen, dtype=dtype), dim=2)
     mask = torch.rand(n, k, generator=gen) < 0.67
@@ -665,15 +681,17 @@ def test_hard_negatives_match_loop_reference(
 
 
 def test_hard_negatives_hand_computed() -> None:
-    """Orthonormal pairs plus one negative of cosine c per image: each image CE is log(1 + (N-1)e^-s + e^{s(c-1)})."""
+    """Orthonormal pairs plus one negative of cosine c per image: each image CE is log(1
+    + (N-1)e^-s + e^{s(c-1)})."""
     n, scale, c = 3, 4.0, 0.6
     eye = torch.eye(n, dtype=torch.float64)
     negatives = torch.zeros(n, 1, n + 1, dtype=torch.float64)
     for i in range(n):
+        # cosine c with image i, 0 with the rest
         negatives[i, 0, i], negatives[i, 0, n] = (
             c,
             math.sqrt(1 - c**2),
-        )  # cosine c with image i, 0 with the rest
+        )
     padded_eye = F.pad(eye, (0, 1))
     image_ce = math.log(1 + (n - 1) * math.exp(-scale) + math.exp(scale * (c - 1)))
     text_ce = math.log(1 + (n - 1) * math.exp(-scale))

@@ -1,4 +1,5 @@
-"""Graph utilities and the package's import graph, checked against hand-built graphs and packages."""
+"""Graph utilities and the package's import graph, checked against hand-built graphs and
+packages."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_parse_seed_flowchart():
 
 def test_parse_edge_texts_comments_and_arrow_kinds():
     chart = parse_mermaid_edges(
-        'flowchart LR\n  %% a comment\n  x["in put"] -->|yes| y\n  y -.-> z[Z]\n  z ==> x'
+        'flowchart LR\n  %% a comment\n  x["in put"] -->|yes| y\n  y -.-> z[Z]\n  z '
+        "==> x"
     )
     assert chart.direction == "LR"
     assert chart.edges == [("x", "y"), ("y", "z"), ("z", "x")]
@@ -129,18 +131,25 @@ def test_flowchart_mermaid_round_trips_through_the_parser():
 
 @pytest.fixture
 def toy_package(tmp_path, monkeypatch):
-    """A package with sub-packages, absolute, relative and lazy imports, and a re-export."""
+    """A package with sub-packages, absolute, relative and lazy imports, and a
+    re-export."""
     files = {
         "toypkg/__init__.py": "from toypkg.util import helper\n",
         "toypkg/util.py": "import os\n\ndef helper():\n    return os.sep\n",
         "toypkg/data/__init__.py": "from .reader import read\n",
-        "toypkg/data/reader.py": "from ..util import helper\nfrom toypkg import util\n\ndef read():\n    return helper()\n",
+        "toypkg/data/reader.py": (
+            "from ..util import helper\nfrom toypkg import util\n\n"
+            "def read():\n    return helper()\n"
+        ),
         "toypkg/models/__init__.py": "",
         "toypkg/models/net.py": (
             "import toypkg.data.reader\nfrom toypkg.data import read\n\n"
             "def build():\n    from toypkg.cli import main\n    return main\n"
         ),
-        "toypkg/cli.py": "def main():\n    from toypkg.models import net\n    import toypkg.util\n    return net\n",
+        "toypkg/cli.py": (
+            "def main():\n    from toypkg.models import net\n"
+            "    import toypkg.util\n    return net\n"
+        ),
     }
     for name, text in files.items():
         path = tmp_path / name
@@ -211,9 +220,10 @@ def test_group_of_rejects_foreign_modules():
 def test_crossalign_diagram_covers_every_module_file():
     root = Path(importlib.import_module("crossalign").__path__[0])
 
+    # every folder up to the root has an __init__.py
     def in_regular_package(
         path: Path,
-    ) -> bool:  # every folder up to the root has an __init__.py
+    ) -> bool:
         return all(
             (folder / "__init__.py").is_file()
             for folder in path.parents
@@ -232,6 +242,5 @@ def test_crossalign_diagram_covers_every_module_file():
     for module in on_disk - {"crossalign"}:
         assert module.split(".")[-1] in text, module
     top_level = [(e.source, e.target) for e in group_by_subpackage()[1] if not e.lazy]
-    assert (
-        find_cycle(top_level) is None
-    )  # module-level imports between sub-packages form a DAG
+    # module-level imports between sub-packages form a DAG
+    assert find_cycle(top_level) is None

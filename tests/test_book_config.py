@@ -1,4 +1,5 @@
-"""The book's configuration: citations fail the build when wrong, assets are wired as fetched."""
+"""The book's configuration: citations fail the build when wrong, assets are wired as
+fetched."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ SPHINX = CONFIG["sphinx"]["config"]
 
 
 def build_tiny_book(directory: Path, page: str) -> subprocess.CompletedProcess[str]:
-    """Build a two-page book (``page`` and the real bibliography page) with the book's settings.
+    """Build a two-page book (``page`` and the real bibliography page) with the book's
+    settings.
 
     Everything that matters for citations comes from the real ``_config.yml``; only what
-    would need the full book (executing notebooks, the fetched web assets) is switched off.
+    would need the full book (executing notebooks, the fetched web assets) is switched
+    off.
     """
     pytest.importorskip("jupyter_book")
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
@@ -78,8 +81,9 @@ def test_bibliography_page_lists_every_entry():
 
 
 def test_vendor_assets_are_served_from_a_static_path_jupyter_book_does_not_inject():
-    # Jupyter Book adds every script under <book root>/_static to every page; book/_static is
-    # a plain Sphinx static path, so only the entries configured below are ever loaded.
+    # Jupyter Book adds every script under <book root>/_static to every page;
+    # book/_static is a plain Sphinx static path, so only the entries configured below
+    # are ever loaded.
     assert not (ROOT / "_static").exists()
     assert SPHINX["html_static_path"] == ["book/_static"]
 

@@ -1,14 +1,16 @@
-"""The rendered book in headless Chromium with no network: diagrams, math, launch buttons.
+"""The rendered book in headless Chromium with no network: diagrams, math, launch
+buttons.
 
-The site is built without executing the notebooks (their committed outputs are used) into a
-temporary folder, with one extra probe page holding a known diagram and known equations, so
-the check never passes for want of content. ``CROSSALIGN_SITE=_build/html`` checks an
-already built site instead. The site is served on 127.0.0.1; Chromium can reach nothing else
-(see ``chromium_cdp.py``), and every request a page makes is recorded and counted.
+The site is built without executing the notebooks (their committed outputs are used)
+into a temporary folder, with one extra probe page holding a known diagram and known
+equations, so the check never passes for want of content.
+``CROSSALIGN_SITE=_build/html`` checks an already built site instead. The site is served
+on 127.0.0.1; Chromium can reach nothing else (see ``chromium_cdp.py``), and every
+request a page makes is recorded and counted.
 
-Screenshots of the landing page and of chapter 4 (when it exists) go to ``_build/screenshots/``.
-Run by ``make browser`` (part of ``make test``), which sets ``CROSSALIGN_REQUIRE_BROWSER=1``
-so that a missing Chromium fails instead of skipping.
+Screenshots of the landing page and of chapter 4 (when it exists) go to
+``_build/screenshots/``. Run by ``make browser`` (part of ``make test``), which sets
+``CROSSALIGN_REQUIRE_BROWSER=1`` so that a missing Chromium fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ PROBE_PAGE = f"book/{PROBE_NAME}.html"
 PROBE_LABELS = ("probe image encoder", "probe text encoder", "probe shared space")
 PROBE_SOURCE = """# Offline rendering probe
 
-Built only by `tests/test_browser.py`: a known diagram, known equations, an exercise and a
-solution hidden in a dropdown.
+Built only by `tests/test_browser.py`: a known diagram, known equations, an exercise
+and a solution hidden in a dropdown.
 
 ```{mermaid}
 flowchart LR
@@ -50,7 +52,8 @@ flowchart LR
 The temperature $\\tau > 0$ scales every similarity $s_{ij}$ in
 
 $$
-\\mathcal{L} = -\\frac{1}{N} \\sum_{i=1}^{N} \\log \\frac{e^{s_{ii}/\\tau}}{\\sum_{j=1}^{N} e^{s_{ij}/\\tau}}
+\\mathcal{L} = -\\frac{1}{N} \\sum_{i=1}^{N}
+  \\log \\frac{e^{s_{ii}/\\tau}}{\\sum_{j=1}^{N} e^{s_{ij}/\\tau}}
 $$
 
 ```{exercise} Probe exercise
@@ -66,7 +69,8 @@ The hidden answer is $x = 1$.
 :::
 """
 PROBE_MATH_ELEMENTS = 5
-# Not part of any page: fetched once on purpose to prove that the wall holds and is counted.
+# Not part of any page: fetched once on purpose to prove that the wall holds and is
+# counted.
 NETWORK_PROBE_URL = "http://network-probe.example/blocked"
 REFRESH = re.compile(
     r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.IGNORECASE
@@ -78,23 +82,28 @@ RENDER_REPORT_JS = r"""
 (async () => {
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const deadline = Date.now() + 20000;
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
   const diagrams = () => [...document.querySelectorAll(".mermaid")]
       .filter((el) => !el.closest(".mermaid-fullscreen-modal"));
-  const rendered = (el) => {  // Mermaid's final SVG names its diagram type (an error SVG says "error")
+  // Mermaid's final SVG names its diagram type (an error SVG says "error").
+  const rendered = (el) => {
     const svg = el.querySelector("svg[aria-roledescription]");
     return svg !== null && svg.getAttribute("aria-roledescription") !== "error";
   };
   while (Date.now() < deadline) {
     const pending = diagrams().filter((el) => !rendered(el));
     if (pending.length === 0) break;
-    for (const el of pending) {          // diagrams in closed dropdowns render once shown
-      for (let box = el.closest("details"); box; box = box.parentElement.closest("details")) box.open = true;
+    for (const el of pending) {  // diagrams in closed dropdowns render once shown
+      let box = el.closest("details");
+      for (; box; box = box.parentElement.closest("details")) box.open = true;
       if (el.hasAttribute("data-mermaid-deferred")) el.scrollIntoView();
     }
     await sleep(100);
   }
-  const skip = "script, style, pre, code, textarea, mjx-container, .highlight, .mermaid";
+  const skip =
+      "script, style, pre, code, textarea, mjx-container, .highlight, .mermaid";
   const rawTex = [];
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -121,15 +130,20 @@ DROPDOWN_REPORT_JS = r"""
   const boxes = [...document.querySelectorAll(".admonition.dropdown")];
   const hidden = (box) => [...box.children]
       .filter((child) => !child.matches(".admonition-title, .toggle-button"))
-      .every((child) => getComputedStyle(child).visibility === "hidden" || child.getClientRects().length === 0);
+      .every((child) => getComputedStyle(child).visibility === "hidden"
+                        || child.getClientRects().length === 0);
   const hiddenBefore = boxes.filter(hidden).length;
-  for (const box of boxes) (box.querySelector(".toggle-button") || box.querySelector(".admonition-title")).click();
+  for (const box of boxes) {
+    const toggle = box.querySelector(".toggle-button");
+    (toggle || box.querySelector(".admonition-title")).click();
+  }
   await new Promise((resolve) => setTimeout(resolve, 500));
   return {
     dropdowns: boxes.length,
     hiddenBefore: hiddenBefore,
     hiddenAfter: boxes.filter(hidden).length,
-    exercises: [...document.querySelectorAll(".exercise")].map((el) => el.textContent.replace(/\s+/g, " ").trim()),
+    exercises: [...document.querySelectorAll(".exercise")]
+        .map((el) => el.textContent.replace(/\s+/g, " ").trim()),
   };
 })()
 """
@@ -152,8 +166,9 @@ class PageReport:
 
 @dataclass
 class BrowserRun:
-    """Every page's report, the network probe's outcome, the probe page's dropdown report
-    (``None`` for a site built elsewhere, which has no probe page) and the screenshots taken."""
+    """Every page's report, the network probe's outcome, the probe page's dropdown
+    report (``None`` for a site built elsewhere, which has no probe page) and the
+    screenshots taken."""
 
     reports: dict[str, PageReport]
     probe_outcome: str
@@ -163,7 +178,8 @@ class BrowserRun:
 
 
 def require(condition: bool, reason: str) -> None:
-    """Skip (or fail, under ``CROSSALIGN_REQUIRE_BROWSER=1``) when ``condition`` does not hold."""
+    """Skip (or fail, under ``CROSSALIGN_REQUIRE_BROWSER=1``) when ``condition`` does
+    not hold."""
     if not condition:
         if REQUIRE_BROWSER:
             pytest.fail(reason)
@@ -171,10 +187,11 @@ def require(condition: bool, reason: str) -> None:
 
 
 def prepare_source(source: Path) -> None:
-    """Lay out a copy of the book in ``source``: execution off, the probe page added to the toc.
+    """Lay out a copy of the book in ``source``: execution off, the probe page added to
+    the toc.
 
-    The copy is symlinks to the repository except the two configuration files and ``book/``,
-    which gets the probe page beside links to every chapter.
+    The copy is symlinks to the repository except the two configuration files and
+    ``book/``, which gets the probe page beside links to every chapter.
     """
     source.mkdir(parents=True)
     for entry in ROOT.iterdir():
@@ -211,14 +228,22 @@ def prepare_source(source: Path) -> None:
 
 
 def build_site(workdir: Path) -> Path:
-    """Build the HTML site from committed notebook outputs with warnings as errors; return it."""
+    """Build the HTML site from committed notebook outputs with warnings as errors;
+    return it."""
     source = workdir / "source"
     prepare_source(source)
+    # fmt: skip
     command = [
         str(Path(sys.executable).with_name("jupyter-book")),
-        "build", str(source), "--builder", "html", "--warningiserror", "--keep-going",
-        "--path-output", str(workdir),
-    ]  # fmt: skip
+        "build",
+        str(source),
+        "--builder",
+        "html",
+        "--warningiserror",
+        "--keep-going",
+        "--path-output",
+        str(workdir),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.fail(
@@ -228,7 +253,8 @@ def build_site(workdir: Path) -> Path:
 
 
 class QuietSiteHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the site's files, with the JavaScript module type browsers insist on, silently."""
+    """Serves the site's files, with the JavaScript module type browsers insist on,
+    silently."""
 
     extensions_map = {
         **http.server.SimpleHTTPRequestHandler.extensions_map,
@@ -257,7 +283,8 @@ def site(tmp_path_factory) -> Path:
 
 
 def redirect_target(site: Path, page: str) -> str | None:
-    """Where ``page`` sends the browser at once (a ``<meta http-equiv="Refresh">`` page), if anywhere."""
+    """Where ``page`` sends the browser at once (a ``<meta http-equiv="Refresh">``
+    page), if anywhere."""
     match = REFRESH.search((site / page).read_text(encoding="utf-8"))
     return (
         None
@@ -267,7 +294,8 @@ def redirect_target(site: Path, page: str) -> str | None:
 
 
 def site_pages(site: Path) -> list[str]:
-    """Every content page of ``site``, relative to it (assets, sources and redirects left out)."""
+    """Every content page of ``site``, relative to it (assets, sources and redirects
+    left out)."""
     skipped = ("_static/", "_sources/", "_images/", "_downloads/")
     pages = [path.relative_to(site).as_posix() for path in site.rglob("*.html")]
     return sorted(
@@ -297,7 +325,8 @@ def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
 def take_screenshots(
     browser: HeadlessChromium, base: str, pages: list[str], landing: str
 ) -> list[Path]:
-    """Save the landing page and chapter 4's first diagram (when the chapter exists) as PNGs."""
+    """Save the landing page and chapter 4's first diagram (when the chapter exists) as
+    PNGs."""
     views = [(landing, "landing.png", None)]
     if CHAPTER_4 in pages:
         views.append(
@@ -320,7 +349,8 @@ def take_screenshots(
 
 @pytest.fixture(scope="module")
 def browser_run(site: Path, request) -> BrowserRun:
-    """Serve ``site`` on loopback, open every page in walled-off Chromium, take screenshots."""
+    """Serve ``site`` on loopback, open every page in walled-off Chromium, take
+    screenshots."""
     chromium = find_chromium()
     require(
         chromium is not None,
@@ -366,16 +396,22 @@ def summary_lines(run: BrowserRun) -> list[str]:
         "",
         "browser check (headless Chromium, network limited to 127.0.0.1)",
         f"  pages visited                {len(run.reports)}",
-        f"  Mermaid diagrams rendered    {sum(r.svgs for r in reports)} of {sum(r.diagrams for r in reports)}",
-        f"  math blocks typeset          {sum(r.typeset for r in reports)} of {sum(r.math for r in reports)}",
-        f"  requests outside localhost   {sum(len(r.events.outside_requests()) for r in reports)}",
-        f"  console errors, failed loads {sum(len(r.events.errors) + len(r.events.failed) for r in reports)}",
-        f"  screenshots                  {', '.join(str(p.relative_to(ROOT)) for p in run.screenshots)}",
+        f"  Mermaid diagrams rendered    {sum(r.svgs for r in reports)} of "
+        f"{sum(r.diagrams for r in reports)}",
+        f"  math blocks typeset          {sum(r.typeset for r in reports)} of "
+        f"{sum(r.math for r in reports)}",
+        "  requests outside localhost   "
+        f"{sum(len(r.events.outside_requests()) for r in reports)}",
+        "  console errors, failed loads "
+        f"{sum(len(r.events.errors) + len(r.events.failed) for r in reports)}",
+        "  screenshots                  "
+        f"{', '.join(str(p.relative_to(ROOT)) for p in run.screenshots)}",
     ]
 
 
 def probe_report(browser_run: BrowserRun) -> PageReport:
-    """The probe page's report; skips for a site built elsewhere (it has no probe page)."""
+    """The probe page's report; skips for a site built elsewhere (it has no probe
+    page)."""
     if PROBE_PAGE not in browser_run.reports:
         pytest.skip("the probe page exists only in the site this test builds itself")
     return browser_run.reports[PROBE_PAGE]
@@ -460,7 +496,8 @@ def test_leaves_localhost_classifies_urls():
 
 
 def notebook_pages(site: Path) -> list[Path]:
-    """The built pages whose source is a notebook (they are the ones with launch buttons)."""
+    """The built pages whose source is a notebook (they are the ones with launch
+    buttons)."""
     return sorted(
         site / "book" / f"{path.stem}.html"
         for path in (ROOT / "book").glob("*.ipynb")
@@ -483,7 +520,8 @@ def test_every_notebook_page_has_a_colab_launch_button(site):
 
 
 def test_pages_load_only_the_intended_vendor_scripts(site):
-    """Only MathJax's entry file is a script tag; Mermaid comes from one module import, no CDN."""
+    """Only MathJax's entry file is a script tag; Mermaid comes from one module import,
+    no CDN."""
     for page in site_pages(site):
         html = (site / page).read_text(encoding="utf-8")
         tags = re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html)
@@ -496,6 +534,7 @@ def test_pages_load_only_the_intended_vendor_scripts(site):
         )
         if 'class="mermaid"' in html:
             assert re.search(
-                r"import mermaid from \"[./]*_static/vendor/mermaid/mermaid\.esm\.min\.mjs\"",
+                r"import mermaid from "
+                r"\"[./]*_static/vendor/mermaid/mermaid\.esm\.min\.mjs\"",
                 html,
             ), page

@@ -1,10 +1,11 @@
-"""Caption metrics against pycocoevalcap's own scorers, hand-computed cases, and input errors.
+"""Caption metrics against pycocoevalcap's own scorers, hand-computed cases, and input
+errors.
 
-pycocoevalcap's Bleu, Rouge and Cider are pure Python, so they run here as the reference on
-generated corpora (random vocabularies and seeds, empty and one-word candidates, repeated
-n-grams, 1 to 7 references per image, single images) and on a small realistic corpus. The
-tokeniser is checked against outputs recorded from pycocoevalcap's Java PTBTokenizer, and
-against the tokenizer itself when Java is installed.
+pycocoevalcap's Bleu, Rouge and Cider are pure Python, so they run here as the reference
+on generated corpora (random vocabularies and seeds, empty and one-word candidates,
+repeated n-grams, 1 to 7 references per image, single images) and on a small realistic
+corpus. The tokeniser is checked against outputs recorded from pycocoevalcap's Java
+PTBTokenizer, and against the tokenizer itself when Java is installed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 def pycocoevalcap_scores(
     candidates: dict, references: dict, sigma: float = 6.0
 ) -> dict[str, float]:
-    """The six scores from pycocoevalcap, fed the ``{id: [caption]}`` candidates it expects."""
+    """The six scores from pycocoevalcap, fed the ``{id: [caption]}`` candidates it
+    expects."""
     results = {image: [caption] for image, caption in candidates.items()}
     bleu, _ = Bleu(4).compute_score(references, results, verbose=0)
     rouge, _ = Rouge().compute_score(references, results)
@@ -44,7 +46,8 @@ def pycocoevalcap_scores(
 
 
 def assert_same_scores(ours: dict[str, float], theirs: dict[str, float]) -> None:
-    """Equal to float rounding: relative 1e-9 (far inside the 1e-6 promised), so tiny BLEU-4 values count too."""
+    """Equal to float rounding: relative 1e-9 (far inside the 1e-6 promised), so tiny
+    BLEU-4 values count too."""
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert math.isclose(ours[name], theirs[name], rel_tol=1e-9, abs_tol=1e-13), (
@@ -59,8 +62,8 @@ def random_corpus(
 ) -> tuple[dict[int, str], dict[int, list[str]]]:
     """A seeded corpus of 1-7 references per image and candidates of every awkward kind.
 
-    Candidates are empty, one word, a repeated short n-gram, a reference with edits, or random;
-    references are 1-15 words, with repeats likely from a small vocabulary.
+    Candidates are empty, one word, a repeated short n-gram, a reference with edits, or
+    random; references are 1-15 words, with repeats likely from a small vocabulary.
     """
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(vocab_size)]
@@ -257,7 +260,8 @@ def test_cider_d_sigma_equals_pycocoevalcap(sigma: float) -> None:
 
 
 def test_irregular_spaces_are_split_as_pycocoevalcap_splits_them() -> None:
-    # BLEU and CIDEr split on any whitespace, ROUGE on single spaces (a double space is an empty token).
+    # BLEU and CIDEr split on any whitespace, ROUGE on single spaces (a double space is
+    # an empty token).
     candidates = {0: "a  dog runs ", 1: " two cats", 2: "a bird\tflies"}
     references = {
         0: ["a dog  runs", "dogs run"],
@@ -270,25 +274,29 @@ def test_irregular_spaces_are_split_as_pycocoevalcap_splits_them() -> None:
     )
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Hand-computed cases
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
-SMOOTHED = 1e-6  # the smoothing constants move a hand-computed precision by at most ~1e-9 relative
+# The smoothing constants move a hand-computed precision by at most ~1e-9 relative.
+SMOOTHED = 1e-6
 
 
 @pytest.mark.parametrize(
     ("candidates", "references", "expected"),
     [
-        # the, cat, on, the, mat match; "sat" does not: 5/6, equal lengths so no brevity penalty.
+        # the, cat, on, the, mat match; "sat" does not: 5/6, equal lengths so no brevity
+        # penalty.
         (["the cat sat on the mat"], [["the cat is on the mat"]], 5 / 6),
         # Clipping: "the" counts at most twice, as often as in the reference.
         (["the the the the the the the"], [["the cat is on the mat"]], 2 / 7),
-        # Clipping uses the reference holding the n-gram most often (3 times in the second).
+        # Clipping uses the reference holding the n-gram most often (3 times in the
+        # second).
         (["a a a a"], [["a b", "a a a c"]], 3 / 4),
         # Brevity penalty: 2 words against 6, exp(1 - 6/2).
         (["the cat"], [["the cat sat on the mat"]], math.exp(-2)),
-        # A slightly short candidate is penalised too: 19 words against 20, exp(1 - 20/19).
+        # A slightly short candidate is penalised too: 19 words against 20, exp(1 -
+        # 20/19).
         (
             [" ".join("abcdefghijklmnopqrs")],
             [[" ".join("abcdefghijklmnopqrst")]],
@@ -296,9 +304,11 @@ SMOOTHED = 1e-6  # the smoothing constants move a hand-computed precision by at 
         ),
         # The closest reference length (2) is used: no penalty.
         (["the cat"], [["the cat sat on the mat", "a cat"]], 1.0),
-        # Tie between lengths 3 and 5 for a 4-word candidate: the shorter wins, so no penalty.
+        # Tie between lengths 3 and 5 for a 4-word candidate: the shorter wins, so no
+        # penalty.
         (["a b c d"], [["a b c", "a b c d e"]], 1.0),
-        # Corpus pooling: (2 + 0) / (2 + 4) = 1/3, where the mean of per-image BLEU-1 would be 1/2.
+        # Corpus pooling: (2 + 0) / (2 + 4) = 1/3, where the mean of per-image BLEU-1
+        # would be 1/2.
         (["a b", "c d e f"], [["a b"], ["w x y z"]], 1 / 3),
     ],
     ids=[
@@ -344,8 +354,8 @@ def rouge_f(precision: float, recall: float) -> float:
     [
         # LCS("a b c d", "a c e d f") = "a c d": P = 3/4, R = 3/5.
         ("a b c d", ["a c e d f"], rouge_f(3 / 4, 3 / 5)),
-        # Precision and recall are maximised separately: P = 1 from the long reference, R = 1
-        # from the short one, so F = 1 though neither reference alone gives it.
+        # Precision and recall are maximised separately: P = 1 from the long reference,
+        # R = 1 from the short one, so F = 1 though neither reference alone gives it.
         ("a b c d", ["a b", "a b c d e f g h"], 1.0),
         # Order matters: LCS("a b c", "c b a") = 1.
         ("a b c", ["c b a"], rouge_f(1 / 3, 1 / 3)),
@@ -367,7 +377,8 @@ def test_rouge_l_is_the_mean_over_images() -> None:
 
 
 def test_cider_d_of_perfect_captions_with_distinct_words_is_10() -> None:
-    # Every n-gram is in one image out of 2 (idf = log 2 for all), so each order's cosine is 1.
+    # Every n-gram is in one image out of 2 (idf = log 2 for all), so each order's
+    # cosine is 1.
     assert cider_d(
         ["a b c d e", "f g h i"], [["a b c d e"], ["f g h i"]]
     ) == pytest.approx(10.0, rel=1e-12)
@@ -397,9 +408,9 @@ def test_lcs_length_equals_dynamic_programming() -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Input forms and errors
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 
 def test_lists_dicts_and_pycocoevalcap_form_give_the_same_scores() -> None:
@@ -476,27 +487,42 @@ def test_cider_d_rejects_bad_sigma(sigma: object) -> None:
         cider_d(["a"], [["a"]], sigma=sigma)
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Tokenisation
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
-# Outputs recorded from pycocoevalcap's PTBTokenizer (Stanford CoreNLP 3.4.1 with -lowerCase,
-# then its punctuation filter).
+# Outputs recorded from pycocoevalcap's PTBTokenizer (Stanford CoreNLP 3.4.1 with
+# -lowerCase, then its punctuation filter).
 PTB_TOKENISED = {
     "A dog runs.": "a dog runs",
     "A Dog, a CAT; and a bird: all running!": "a dog a cat and a bird all running",
     "The dog's ball isn't red.": "the dog 's ball is n't red",
-    "They're sure it can't be, and we'll see; I'm here, you've gone, he'd go.": "they 're sure it ca n't be and we 'll see i 'm here you 've gone he 'd go",
-    "A man in a t-shirt and black-and-white shoes.": "a man in a t-shirt and black-and-white shoes",
-    "A 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres.": "a 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres",
-    "She said \"hello\" and 'goodbye' to the dogs' owner.": "she said hello and goodbye to the dogs owner",
+    "They're sure it can't be, and we'll see; I'm here, you've gone, he'd go.": (
+        "they 're sure it ca n't be and we 'll see i 'm here you 've gone he 'd go"
+    ),
+    "A man in a t-shirt and black-and-white shoes.": (
+        "a man in a t-shirt and black-and-white shoes"
+    ),
+    "A 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres.": (
+        "a 3-year-old boy holds 1,000 balloons at 10:30 on 3.5 acres"
+    ),
+    "She said \"hello\" and 'goodbye' to the dogs' owner.": (
+        "she said hello and goodbye to the dogs owner"
+    ),
     "Wait... what?! Really?? No!": "wait what ?! really ?? no",
-    "A sign reads $5 & 20% off #1 (cheap) [new] {big}": "a sign reads $ 5 & 20 % off # 1 -lrb- cheap -rrb- -lsb- new -rsb- -lcb- big -rcb-",
-    "A woman from the U.S. meets Mr. Smith at 5 p.m. on Main St.": "a woman from the u.s. meets mr. smith at 5 p.m. on main st.",
+    "A sign reads $5 & 20% off #1 (cheap) [new] {big}": (
+        "a sign reads $ 5 & 20 % off # 1 "
+        "-lrb- cheap -rrb- -lsb- new -rsb- -lcb- big -rcb-"
+    ),
+    "A woman from the U.S. meets Mr. Smith at 5 p.m. on Main St.": (
+        "a woman from the u.s. meets mr. smith at 5 p.m. on main st."
+    ),
     "Two dogs -- one big - one small -- play.": "two dogs one big one small play",
     "I cannot wanna gonna do it.": "i can not wan na gon na do it",
     "a dog ' s ball and it 's here": "a dog s ball and it 's here",
-    "Café naïve dog\u2019s \u201cquoted\u201d \u2018single\u2019 words": "café naïve dog 's quoted single words",
+    "Café naïve dog\u2019s \u201cquoted\u201d \u2018single\u2019 words": (
+        "café naïve dog 's quoted single words"
+    ),
     "  leading and trailing spaces   ": "leading and trailing spaces",
     "A": "a",
     ".": "",
@@ -530,9 +556,9 @@ def test_tokenize_caption_matches_the_java_ptb_tokenizer() -> None:
         assert " ".join(tokenize_caption(text)) == tokenised[i][0], text
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # METEOR (Java only)
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 
 def test_meteor_without_java_says_java_is_required(
@@ -545,8 +571,7 @@ def test_meteor_without_java_says_java_is_required(
 
 def test_meteor_without_pycocoevalcap_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/java")
-    monkeypatch.setitem(
-        sys.modules, "pycocoevalcap.meteor.meteor", None
-    )  # makes the import fail
+    # makes the import fail
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.meteor.meteor", None)
     with pytest.raises(RuntimeError, match="METEOR needs the pycocoevalcap package"):
         meteor(["a dog"], [["a dog runs"]])

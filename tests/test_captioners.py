@@ -1,5 +1,6 @@
-"""Captioners: exact padding handling, the loss against a hand-written cross-entropy, teacher
-forcing against step-by-step decoding, and the decoding searches on the captioners' step functions."""
+"""Captioners: exact padding handling, the loss against a hand-written cross-entropy,
+teacher forcing against step-by-step decoding, and the decoding searches on the
+captioners' step functions."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_outputs_at_real_positions_ignore_whatever_sits_in_the_padding(kind):
     garbage[ids == PAD] = torch.tensor([7, 1, 9, 4, 5, 8])[: int((ids == PAD).sum())]
     clean, noisy = model(features, ids), model(features, garbage)
     real = ids[:, 1:] != PAD
-    # Equal up to rounding: with tokens in place of padding the SAT runs its recurrence on more rows at once.
+    # Equal up to rounding: with tokens in place of padding the SAT runs its recurrence
+    # on more rows at once.
     torch.testing.assert_close(
         clean.logits[real], noisy.logits[real], rtol=1e-13, atol=1e-13
     )
@@ -139,7 +141,8 @@ def test_doubly_stochastic_penalty_by_hand_and_padding_free():
         [[[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64
     )
     mask = torch.tensor([[True, True, False]])
-    # region 0 receives 0.5 + 1.0 = 1.5, region 1 receives 0.5: ((1 - 1.5)^2 + (1 - 0.5)^2) / 2
+    # region 0 receives 0.5 + 1.0 = 1.5, region 1 receives 0.5: ((1 - 1.5)^2 + (1 -
+    # 0.5)^2) / 2
     assert doubly_stochastic_penalty(attention, mask).item() == pytest.approx(0.25)
     changed = attention.clone()
     changed[0, 2] = torch.tensor([0.3, 0.7])
@@ -149,9 +152,10 @@ def test_doubly_stochastic_penalty_by_hand_and_padding_free():
     )
 
 
-def test_doubly_stochastic_penalty_favours_uniform_attention_when_words_outnumber_regions():
-    # 20 words over 16 regions: uniform attention gives every region 20/16 units, the minimum (1 - 20/16)^2;
-    # attention on the two cells of one object, however split, costs more.
+def test_doubly_stochastic_penalty_favours_uniform_attention_when_words_outnumber_regions():  # noqa: E501
+    # 20 words over 16 regions: uniform attention gives every region 20/16 units, the
+    # minimum (1 - 20/16)^2; attention on the two cells of one object, however split,
+    # costs more.
     steps, regions = 20, 16
     mask = torch.ones(1, steps, dtype=torch.bool)
     uniform = torch.full((1, steps, regions), 1.0 / regions, dtype=torch.float64)
@@ -196,9 +200,8 @@ def test_teacher_forcing_equals_step_by_step_decoding(kind, options):
     state = model.init_state(features)
     for t in range(ids.shape[1] - 1):
         log_probs, state, attention = model.step(ids[:, : t + 1], state)
-        rows = real[
-            :, t
-        ]  # the step runs every caption; teacher forcing need not run a padded target
+        # the step runs every caption; teacher forcing need not run a padded target
+        rows = real[:, t]
         torch.testing.assert_close(
             log_probs[rows],
             output.logits[rows, t].log_softmax(-1),
@@ -229,9 +232,8 @@ def test_sat_attention_reads_the_previous_word_only_with_attend_with_word():
         )
         assert torch.equal(before[0, :2], after[0, :2])
         assert torch.equal(before[0, 2], after[0, 2]) != attend_with_word
-        assert not torch.equal(
-            before[0, 3], after[0, 3]
-        )  # a step later the LSTM state has read it either way
+        # a step later the LSTM state has read it either way
+        assert not torch.equal(before[0, 3], after[0, 3])
 
 
 @torch.no_grad()
@@ -247,9 +249,8 @@ def test_sat_teacher_forcing_skips_positions_past_each_captions_end():
         model(features[b : b + 1], ids[b : b + 1, : int((ids[b] != PAD).sum())])
         for b in range(3)
     ]
-    for b, single in enumerate(
-        alone
-    ):  # each caption as if it were the only one, with no padding at all
+    # each caption as if it were the only one, with no padding at all
+    for b, single in enumerate(alone):
         n = single.logits.shape[1]
         torch.testing.assert_close(
             output.logits[b, :n], single.logits[0], rtol=1e-10, atol=1e-10
@@ -368,11 +369,12 @@ def test_captioner_on_images_with_a_frozen_encoder():
     assert not any(p.requires_grad for p in model.encoder.parameters())
     images = torch.rand(2, 3, 32, 32)
     output = model(images, _padded_ids()[:2])
+    # a 32 px image halved twice: 8 x 8 regions
     assert output.attention.shape == (
         2,
         5,
         64,
-    )  # a 32 px image halved twice: 8 x 8 regions
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -427,31 +429,30 @@ def test_config_round_trip_and_errors():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_several_captions_per_image_equal_repeating_the_image(kind):
-    # Captions grouped by image read the regions of image j // k: the same as feeding each image k times.
+    # Captions grouped by image read the regions of image j // k: the same as feeding
+    # each image k times.
     model, features = _model(kind), _features(batch=2)
-    ids = torch.cat(
-        [_padded_ids(), _padded_ids()[[2, 0, 1]]]
-    )  # 6 captions, 3 per image
+    # 6 captions, 3 per image
+    ids = torch.cat([_padded_ids(), _padded_ids()[[2, 0, 1]]])
     shared = model(features, ids)
     repeated = model(features.repeat_interleave(3, dim=0), ids)
     assert torch.allclose(shared.logits, repeated.logits, atol=1e-12)
     assert torch.allclose(shared.attention, repeated.attention, atol=1e-12)
-    assert (
-        shared.logits[0].sub(shared.logits[3]).abs().max() > 0
-    )  # image 0 and image 1 differ
+    # image 0 and image 1 differ
+    assert shared.logits[0].sub(shared.logits[3]).abs().max() > 0
     with pytest.raises(ValueError, match="same number of captions"):
         model(features, ids[:5])
 
 
 def test_sat_without_region_positions_ignores_region_order_and_with_them_does_not():
-    # Soft attention and the mean-region initial state are sums over regions, so a plain SAT
-    # cannot tell where a region was; the learnt position embedding makes the order matter.
+    # Soft attention and the mean-region initial state are sums over regions, so a plain
+    # SAT cannot tell where a region was; the learnt position embedding makes the order
+    # matter.
     ids = _padded_ids()
     features = _features()
     order = torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(3))
-    shuffled = features.flatten(2)[:, :, order].transpose(
-        1, 2
-    )  # [B, N, C] regions in another order
+    # [B, N, C] regions in another order
+    shuffled = features.flatten(2)[:, :, order].transpose(1, 2)
     plain, placed = _model("sat"), _model("sat", region_positions=True)
     torch.testing.assert_close(plain(shuffled, ids).logits, plain(features, ids).logits)
     assert not torch.allclose(

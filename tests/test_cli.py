@@ -1,4 +1,5 @@
-"""The command line, run in-process: what each subcommand prints and writes, and how it refuses bad input."""
+"""The command line, run in-process: what each subcommand prints and writes, and how it
+refuses bad input."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ TINY_EXPERIMENT = {
 
 
 def write_tiny_config(folder: Path) -> Path:
-    """The tiny experiment as a YAML file (no output_dir: the command line decides where runs go)."""
+    """The tiny experiment as a YAML file (no output_dir: the command line decides where
+    runs go)."""
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_EXPERIMENT), encoding="utf-8")
     return path
@@ -76,7 +78,8 @@ def usage_error(capsys) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One 3-step CLI training run shared by the tests: (config file, run folder, what it printed)."""
+    """One 3-step CLI training run shared by the tests: (config file, run folder, what
+    it printed)."""
     folder = tmp_path_factory.mktemp("cli")
     config = write_tiny_config(folder)
     run = folder / "run"
@@ -299,7 +302,8 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 
 def test_invalid_yaml_config_is_a_one_line_error(tmp_path, capsys):
-    """The module promises a one-line message; PyYAML's error text spans several lines."""
+    """The module promises a one-line message; PyYAML's error text spans several
+    lines."""
     path = tmp_path / "broken.yaml"
     path.write_text("data: {name: shapes\n", encoding="utf-8")
     assert (
@@ -334,7 +338,8 @@ def test_bad_override_syntax_is_a_usage_error(tmp_path, capsys, item):
 
 
 def test_wrongly_typed_value_is_a_usage_error(tmp_path, capsys):
-    """``--set train.steps=ten`` must be refused with exit status 2, not crash inside the trainer."""
+    """``--set train.steps=ten`` must be refused with exit status 2, not crash inside
+    the trainer."""
     config_path = write_tiny_config(tmp_path)
     assert (
         main(

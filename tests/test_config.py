@@ -1,4 +1,5 @@
-"""Experiment configs: YAML/JSON round trips, the shipped default, overrides and errors that name the key."""
+"""Experiment configs: YAML/JSON round trips, the shipped default, overrides and errors
+that name the key."""
 
 from __future__ import annotations
 
@@ -196,13 +197,15 @@ def test_override_rejects_malformed_items_naming_them(item, named):
 
 
 def test_override_with_malformed_yaml_value_is_a_value_error_naming_it():
-    """An unclosed list is a user typo, so it must be a ValueError (exit status 2 in the CLI), not a raw YAMLError."""
+    """An unclosed list is a user typo, so it must be a ValueError (exit status 2 in the
+    CLI), not a raw YAMLError."""
     with pytest.raises(ValueError, match="train.betas"):
         ExperimentConfig().override(["train.betas=[0.8, 0.9"])
 
 
 def test_override_reads_exponent_notation_as_a_float():
-    """``--set train.lr=1e-3`` is how everyone writes a learning rate; YAML 1.1 reads it as a string."""
+    """``--set train.lr=1e-3`` is how everyone writes a learning rate; YAML 1.1 reads it
+    as a string."""
     lr = ExperimentConfig().override(["train.lr=1e-3"]).train.lr
     assert lr == 0.001 and isinstance(lr, float)
 

@@ -1,4 +1,5 @@
-"""Tests for crossalign.decoding: batched beam search against the per-image reference, brute force and hand-computed cases."""
+"""Tests for crossalign.decoding: batched beam search against the per-image reference,
+brute force and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ BOS, EOS = 0, 1
 
 
 class TableModel:
-    """A bigram decoder: the next token's log-probabilities depend only on the previous token."""
+    """A bigram decoder: the next token's log-probabilities depend only on the previous
+    token."""
 
     def __init__(self, vocab_size: int, seed: int, forbid_eos: bool = False) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -40,7 +42,8 @@ class TableModel:
 
 
 class GRUModel:
-    """A tiny attentive captioner whose every step depends on its hidden state and its image."""
+    """A tiny attentive captioner whose every step depends on its hidden state and its
+    image."""
 
     def __init__(
         self, vocab_size: int, hidden: int = 8, regions: int = 3, seed: int = 0
@@ -77,9 +80,8 @@ class GRUModel:
         )
         count = state["steps"][0].count + 1
         logits = self.out(hidden) * 2.0
-        logits[:, EOS] += (
-            count - 3.0
-        )  # eos grows likelier with length, so captions end at varied lengths
+        # eos grows likelier with length, so captions end at varied lengths
+        logits[:, EOS] += count - 3.0
         new_state = {
             "hidden": hidden,
             "image": state["image"],
@@ -89,7 +91,8 @@ class GRUModel:
 
 
 def sequence_score(step, state, sequence):
-    """Sum of log-probabilities and attention rows of one sequence, replayed one token at a time."""
+    """Sum of log-probabilities and attention rows of one sequence, replayed one token
+    at a time."""
     tokens = torch.tensor([[BOS]])
     total, maps = 0.0, []
     for token in sequence:
@@ -102,7 +105,8 @@ def sequence_score(step, state, sequence):
 
 
 def all_hypotheses(vocab_size, max_len):
-    """Every hypothesis the search can return: non-eos prefixes ended by eos, or truncated at max_len."""
+    """Every hypothesis the search can return: non-eos prefixes ended by eos, or
+    truncated at max_len."""
     others = [token for token in range(vocab_size) if token != EOS]
     for length in range(1, max_len + 1):
         for prefix in itertools.product(others, repeat=length - 1):
@@ -163,7 +167,8 @@ def test_batched_beam_search_equals_reference(kind, beam_size, length_penalty):
 
 
 def test_gru_results_match_replayed_scores_and_attention():
-    """Scores and attention of each returned caption equal a fresh replay: the state was reordered right."""
+    """Scores and attention of each returned caption equal a fresh replay: the state was
+    reordered right."""
     model = GRUModel(10, seed=5)
     state = model.init_state(5, seed=6)
     result = beam_search(
@@ -195,9 +200,8 @@ def test_gru_results_match_replayed_scores_and_attention():
             )
             assert torch.all(result.attention[image, slot, length:] == 0)
             assert torch.all(result.tokens[image, slot, length:] == EOS)
-    assert (
-        ended_early > 0
-    )  # the check covered finished hypotheses, not only truncated ones
+    # the check covered finished hypotheses, not only truncated ones
+    assert ended_early > 0
 
 
 @pytest.mark.parametrize("kind", ["table", "gru", "no_eos"])
@@ -211,7 +215,8 @@ def test_beam_size_one_equals_greedy(kind):
 def test_greedy_matches_python_argmax_loop():
     model = TableModel(9, seed=7)
     result = greedy_decode(model, None, 9, BOS, EOS, max_len=6, pad_id=8)
-    # With a bigram table every row starts from bos: all rows decode the same argmax chain.
+    # With a bigram table every row starts from bos: all rows decode the same argmax
+    # chain.
     chain, token, total = [], BOS, 0.0
     while len(chain) < 6 and (not chain or chain[-1] != EOS):
         token = int(model.table[token].argmax())
@@ -225,12 +230,14 @@ def test_greedy_matches_python_argmax_loop():
 
 @pytest.mark.parametrize("length_penalty", [0.0, 0.7])
 def test_exhaustive_beam_finds_brute_force_ranking(length_penalty):
-    """A beam wide enough to hold every prefix returns exactly the brute-force best hypotheses."""
+    """A beam wide enough to hold every prefix returns exactly the brute-force best
+    hypotheses."""
+    # 36 = vocab * (vocab - 1) ** (max_len - 1) covers every candidate
     vocab_size, max_len, beam_size = (
         4,
         3,
         36,
-    )  # 36 = vocab * (vocab - 1) ** (max_len - 1) covers every candidate
+    )
     model = GRUModel(vocab_size, seed=8)
     state = model.init_state(3, seed=9)
     result = beam_search(
@@ -270,9 +277,8 @@ def test_exhaustive_beam_finds_brute_force_ranking(length_penalty):
 def test_never_emitting_eos_returns_best_truncated_sequence():
     vocab_size, max_len = 5, 4
     model = TableModel(vocab_size, seed=10, forbid_eos=True)
-    result = beam_search(
-        model, None, 2, BOS, EOS, beam_size=64, max_len=max_len
-    )  # 64 = 4 ** 3 prefixes
+    # 64 = 4 ** 3 prefixes
+    result = beam_search(model, None, 2, BOS, EOS, beam_size=64, max_len=max_len)
     best = max(
         (sequence_score(model, None, s)[0], s)
         for s in itertools.product([0, 2, 3, 4], repeat=max_len)
@@ -288,7 +294,8 @@ def test_never_emitting_eos_returns_best_truncated_sequence():
 
 @pytest.mark.parametrize("length_penalty, expected", [(0.0, [EOS]), (1.0, [2, EOS])])
 def test_length_penalty_hand_computed(length_penalty, expected):
-    """P(eos|bos)=.6, P(a|bos)=.4, P(eos|a)=.95: [eos] scores log .6 = -.511, [a, eos] -.967 (-.484 per token)."""
+    """P(eos|bos)=.6, P(a|bos)=.4, P(eos|a)=.95: [eos] scores log .6 = -.511, [a, eos]
+    -.967 (-.484 per token)."""
     probabilities = torch.tensor(
         [
             [0.0, 0.6, 0.4],  # after bos

@@ -1,7 +1,9 @@
-"""Distributed helpers and the distributed CLIP loss: 2 Gloo processes on the CPU against one process.
+"""Distributed helpers and the distributed CLIP loss: 2 Gloo processes on the CPU
+against one process.
 
-One spawn of two ranks (module-scoped fixture) runs every multi-process check and writes each
-rank's results to a file; the tests below compare them with values computed in this process.
+One spawn of two ranks (module-scoped fixture) runs every multi-process check and writes
+each rank's results to a file; the tests below compare them with values computed in this
+process.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 
 
 class TinyDualEncoder(nn.Module):
-    """Two linear projections into a shared 4-d space and a learnable log-scale, in float64."""
+    """Two linear projections into a shared 4-d space and a learnable log-scale, in
+    float64."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +85,8 @@ def gather_weights(rank: int) -> torch.Tensor:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank: set torchrun's variables, run every check, save the results to out_dir/rank{rank}.pt."""
+    """One rank: set torchrun's variables, run every check, save the results to
+    out_dir/rank{rank}.pt."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(WORLD_SIZE),
@@ -146,7 +150,8 @@ def _free_port() -> int:
 
 
 def _import_root() -> str:
-    """The folder from which this module imports under its current name (any pytest import mode).
+    """The folder from which this module imports under its current name (any pytest
+    import mode).
 
     Spawned ranks unpickle ``_worker`` by module name, and they start with the parent's
     ``sys.path``; this folder must be on it.
@@ -159,7 +164,8 @@ def _import_root() -> str:
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Spawn WORLD_SIZE Gloo ranks once, wait (bounded) for them, and load what each saved."""
+    """Spawn WORLD_SIZE Gloo ranks once, wait (bounded) for them, and load what each
+    saved."""
     out_dir = tmp_path_factory.mktemp("ranks")
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(_import_root())
@@ -173,7 +179,8 @@ def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
                 if process.is_alive():
                     process.kill()
             pytest.fail(
-                f"the {WORLD_SIZE} Gloo ranks did not finish within {SPAWN_DEADLINE_S:.0f} s (killed)"
+                f"the {WORLD_SIZE} Gloo ranks did not finish within "
+                f"{SPAWN_DEADLINE_S:.0f} s (killed)"
             )
     return [
         torch.load(out_dir / f"rank{rank}.pt", weights_only=True)
@@ -208,7 +215,8 @@ def test_gather_with_grad_values_and_gradient(rank_results: list[dict]) -> None:
 
 
 def _single_process_reference() -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss and parameter gradients of one process on the concatenated batch, with clip_loss."""
+    """Loss and parameter gradients of one process on the concatenated batch, with
+    clip_loss."""
     model = make_model()
     images, texts = make_batch()
     loss = clip_loss(*model(images, texts))

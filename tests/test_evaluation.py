@@ -1,4 +1,5 @@
-"""Embedding data sets and scoring retrieval, checked with hand-made models whose answers are known."""
+"""Embedding data sets and scoring retrieval, checked with hand-made models whose
+answers are known."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ N_IMAGES = 12
 
 
 class TextIdTokenizer:
-    """Encodes each known text as one token, its position in ``texts``; records every call."""
+    """Encodes each known text as one token, its position in ``texts``; records every
+    call."""
 
     def __init__(self, texts: list[str]):
         self.ids = {text: i for i, text in enumerate(texts)}
@@ -31,11 +33,12 @@ class TextIdTokenizer:
 
 
 class OracleModel:
-    """Embeds image ``i`` as the one-hot ``e_i`` and each caption as ``e_{target of its image}``.
+    """Embeds image ``i`` as the one-hot ``e_i`` and each caption as
+    ``e_{target of its image}``.
 
-    Images are recognised by nearest neighbour among the reference renders, so the oracle
-    does not depend on the order in which it is shown them. With the identity target it is
-    a perfect retriever.
+    Images are recognised by nearest neighbour among the reference renders, so the
+    oracle does not depend on the order in which it is shown them. With the identity
+    target it is a perfect retriever.
     """
 
     def __init__(self, dataset: ShapesWorld, target=lambda image: image):
@@ -102,10 +105,10 @@ def test_oracle_gets_perfect_recall_both_ways(world):
 def test_partly_wrong_oracle_gives_the_hand_computed_metrics(world):
     """Captions of images 0, 3, 6, 9 point at the next image; everything else is right.
 
-    Text to image: the 40 right captions rank 1; a wrong caption scores 0 with every image
-    but the next one, and ties count against it, so it ranks 12.
-    Image to text: images 2, 5, 8, 11 rank 1; images 1, 4, 7, 10 tie with the 5 captions of
-    the image before them (rank 6); images 0, 3, 6, 9 score 0 with all 60 captions (rank 56).
+    Text to image: the 40 right captions rank 1; a wrong caption scores 0 with every
+    image but the next one, and ties count against it, so it ranks 12. Image to text:
+    images 2, 5, 8, 11 rank 1; images 1, 4, 7, 10 tie with the 5 captions of the image
+    before them (rank 6); images 0, 3, 6, 9 score 0 with all 60 captions (rank 56).
     """
     dataset, texts, _ = world
     oracle = OracleModel(
@@ -182,7 +185,8 @@ def test_evaluate_retrieval_passes_max_len_to_the_tokenizer(world):
 
 
 def test_real_dual_encoder_embeddings_do_not_depend_on_batching(world):
-    """Captions of different lengths are padded differently per batch; the GRU must skip padding."""
+    """Captions of different lengths are padded differently per batch; the GRU must skip
+    padding."""
     dataset, texts, _ = world
     vocab = Vocabulary.build(caption_words())
     torch.manual_seed(0)

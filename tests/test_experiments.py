@@ -1,9 +1,9 @@
 """Tests of the method registry and the comparison runner (crossalign.experiments).
 
-Independent truths: losses against direct formulas (clip_loss, the siamese formula), swap
-accuracy against a loop and a hand-counted example, the swap negatives against
-ShapesWorld.relation_swap / attribute_swap, and every method's loss going down on a fixed
-batch under the shared optimiser.
+Independent truths: losses against direct formulas (clip_loss, the siamese formula),
+swap accuracy against a loop and a hand-counted example, the swap negatives against
+ShapesWorld.relation_swap / attribute_swap, and every method's loss going down on a
+fixed batch under the shared optimiser.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def _method(name: str, data):
         seed_everything(1)
         return get_method(name, teacher=build_model(TINY.experiment(), data.tokenizer))
     if name == "adversarial_only":
-        # With the reversal switched off the game reduces to training the discriminator, whose loss must fall.
+        # With the reversal switched off the game reduces to training the discriminator,
+        # whose loss must fall.
         return get_method(name, lambda_=0.0)
     return get_method(name)
 
@@ -207,9 +208,8 @@ def test_swap_accuracy_hand_computed_and_against_a_loop() -> None:
     e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     image = torch.stack([e1, e1, e1, e2])
     true = torch.stack([e1, e2, e1, e2])
-    swapped = torch.stack(
-        [e2, e1, e1, e1]
-    )  # right, wrong, tie (counts as wrong), right
+    # right, wrong, tie (counts as wrong), right
+    swapped = torch.stack([e2, e1, e1, e1])
     assert swap_accuracy(image, true, swapped) == 0.5
     generator = torch.Generator().manual_seed(0)
     image, true, swapped = (torch.randn(50, 8, generator=generator) for _ in range(3))
@@ -285,9 +285,8 @@ def test_compare_methods_scores_are_in_range_and_distillation_reuses_infonce() -
             for d in ("i2t", "t2i")
             for k in (1, 5, 10)
         )
-        assert (
-            result.retrieval["t2i_r10"] == 1.0
-        )  # with 6 test images every rank is at most 6
+        # with 6 test images every rank is at most 6
+        assert result.retrieval["t2i_r10"] == 1.0
         assert (
             0.0 <= result.relation_swap <= 1.0 and 0.0 <= result.attribute_swap <= 1.0
         )

@@ -1,4 +1,5 @@
-"""Feature cache: cached features equal the frozen encoder's output; writes are atomic; metadata is checked."""
+"""Feature cache: cached features equal the frozen encoder's output; writes are atomic;
+metadata is checked."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from crossalign.data.feature_cache import (
 )
 from crossalign.data.flickr8k import Flickr8k
 
-FP16_RTOL = 6e-4  # fp16 keeps 11 significant bits: relative rounding error <= 2**-11 ~ 4.9e-4 (bf16: 3.9e-3)
+# fp16 keeps 11 significant bits: relative rounding error <= 2**-11 ~ 4.9e-4
+# (bf16: 3.9e-3).
+FP16_RTOL = 6e-4
 
 
 class TinyEncoder(nn.Module):
-    """Conv + BatchNorm + Dropout: train mode would change both the output and the BN statistics."""
+    """Conv + BatchNorm + Dropout: train mode would change both the output and the BN
+    statistics."""
 
     def __init__(self, grid: bool = False) -> None:
         super().__init__()

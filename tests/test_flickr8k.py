@@ -1,4 +1,5 @@
-"""Flickr8k: three formats, one truth; quirks fixed and reported; problems raised or skipped; safe download."""
+"""Flickr8k: three formats, one truth; quirks fixed and reported; problems raised or
+skipped; safe download."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def load(root: Path, split: str = "train", **kwargs) -> Flickr8k:
 
 
 def write_layout(root: Path, layout: str, quirks: bool = False):
-    """Write one of the layouts in circulation; return what the writer says about its quirks."""
+    """Write one of the layouts in circulation; return what the writer says about its
+    quirks."""
     if layout == "original":
         return write_original(root, SPEC, quirks=quirks)
     if layout == "karpathy":
@@ -164,7 +166,8 @@ def test_image_folder_names_in_circulation_and_explicit_image_dir(tmp_path):
     )
 
 
-# --- the Kaggle layout alone: a deterministic fallback split, announced --------------------------
+# --- the Kaggle layout alone: a deterministic fallback split, announced
+# --------------------------
 
 
 def test_kaggle_without_split_files_warns_and_splits_deterministically(tmp_path):
@@ -206,7 +209,8 @@ def test_fallback_split_is_6000_1000_1000_on_8000_names_and_ignores_input_order(
     ] == [1011, 1011]
 
 
-# --- quirks: fixed by rule, reported in both modes -------------------------------------------------
+# --- quirks: fixed by rule, reported in both modes
+# -------------------------------------------------
 
 
 @pytest.mark.parametrize("layout", ["original", "kaggle+split files", "karpathy"])
@@ -255,7 +259,8 @@ def test_captions_with_commas_and_quotes_survive_the_csv(tmp_path):
     assert any("," in caption for caps in captions.values() for caption in caps)
 
 
-# --- problems: raise naming the place, or skip and record ----------------------------------------
+# --- problems: raise naming the place, or skip and record
+# ----------------------------------------
 
 
 def test_malformed_token_line_names_file_and_line(tmp_path):
@@ -354,7 +359,8 @@ def test_without_verification_a_corrupt_image_fails_on_access_naming_it(tmp_path
     assert data[1]["image_id"] == SPEC.splits["test"][1]
 
 
-# --- items ------------------------------------------------------------------------------------------
+# --- items
+# --------------------------------------------------------------------------------------
 
 
 def test_item_holds_the_resized_image_all_captions_and_ids(tmp_path):
@@ -413,11 +419,13 @@ def test_caption_image_index_maps_every_caption_to_its_image(tmp_path):
     assert flat == ["a dog", "a cat", "two birds"] and index.tolist() == [0, 0, 1]
 
 
-# --- download: atomic files, safe extraction, structure checks -----------------------------------
+# --- download: atomic files, safe extraction, structure checks
+# -----------------------------------
 
 
 class CutConnection:
-    """A response that delivers the first chunk of a real one, then fails or ends early."""
+    """A response that delivers the first chunk of a real one, then fails or ends
+    early."""
 
     def __init__(self, response, fail: bool) -> None:
         self.response, self.fail, self.chunks = response, fail, 0
@@ -579,7 +587,8 @@ def test_extract_archive_refuses_tar_links(tmp_path):
 
 
 def zip_folder(folder: Path, archive: Path, only: list[str] | None = None) -> Path:
-    """Zip the files under ``folder`` (or only the top-level names in ``only``) with relative names."""
+    """Zip the files under ``folder`` (or only the top-level names in ``only``) with
+    relative names."""
     with zipfile.ZipFile(archive, "w") as zf:
         for path in sorted(folder.rglob("*")):
             relative = path.relative_to(folder)
@@ -591,7 +600,8 @@ def zip_folder(folder: Path, archive: Path, only: list[str] | None = None) -> Pa
 def mirror_archives(
     tmp_path: Path, text_files: list[str] | None = None
 ) -> tuple[str, str]:
-    """Zips laid out like the mirror's: the image folder in one, the text files in the other."""
+    """Zips laid out like the mirror's: the image folder in one, the text files in the
+    other."""
     source = tmp_path / "source"
     write_original(source, SPEC)
     images = zip_folder(

@@ -1,4 +1,5 @@
-"""Tests for crossalign.models.fusion: shapes, masking, hand-computed references, registry, learning."""
+"""Tests for crossalign.models.fusion: shapes, masking, hand-computed references,
+registry, learning."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def _fusion(
 
 
 def _randomize(module: nn.Module, seed: int = 0) -> None:
-    """Give every parameter random values (torch starts some biases at 0, which would hide bugs)."""
+    """Give every parameter random values (torch starts some biases at 0, which would
+    hide bugs)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
@@ -56,7 +58,8 @@ def _batch(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random tokens, an arbitrary image mask and a right-padded text mask, each row with a real token."""
+    """Random tokens, an arbitrary image mask and a right-padded text mask, each row
+    with a real token."""
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(batch, n_image, IMAGE_DIM, generator=g, dtype=dtype)
     text = torch.randn(batch, n_text, TEXT_DIM, generator=g, dtype=dtype)
@@ -72,7 +75,8 @@ def _batch(
 
 
 def _reference_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean by selecting the real tokens of each row (independent of the package's masked_mean)."""
+    """Masked mean by selecting the real tokens of each row (independent of the
+    package's masked_mean)."""
     return torch.stack([row[keep].mean(dim=0) for row, keep in zip(tokens, mask)])
 
 
@@ -87,7 +91,8 @@ def _with_padding(
     )
 
 
-# --- one interface: shapes, pooled inputs, masks ------------------------------------------------
+# --- one interface: shapes, pooled inputs, masks
+# ------------------------------------------------
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
@@ -155,7 +160,8 @@ def test_padded_tokens_never_change_the_output(name: str) -> None:
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_padded_batch_equals_each_example_alone_without_padding(name: str) -> None:
-    """The batched, masked output of a row equals the output for that row's real tokens alone."""
+    """The batched, masked output of a row equals the output for that row's real tokens
+    alone."""
     image, text, image_mask, text_mask = _batch(seed=3)
     fusion = _fusion(name)
     batched = fusion(image, text, image_mask, text_mask)
@@ -166,12 +172,14 @@ def test_padded_batch_equals_each_example_alone_without_padding(name: str) -> No
         torch.testing.assert_close(batched[b], alone[0], rtol=1e-5, atol=1e-5)
 
 
-# --- gradients ----------------------------------------------------------------------------------
+# --- gradients
+# ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_gradients_reach_both_modalities_and_never_padding(name: str) -> None:
-    """Every module uses both modalities (no design here zeroes one), and padding gets exactly zero gradient."""
+    """Every module uses both modalities (no design here zeroes one), and padding gets
+    exactly zero gradient."""
     image, text, image_mask, text_mask = _batch(seed=4)
     image.requires_grad_(True)
     text.requires_grad_(True)
@@ -197,7 +205,8 @@ def test_gradients_match_finite_differences(name: str) -> None:
     )
 
 
-# --- each module against its formula, computed by hand ------------------------------------------
+# --- each module against its formula, computed by hand
+# ------------------------------------------
 
 
 def test_concat_fusion_formula() -> None:
@@ -250,7 +259,8 @@ def test_weighted_sum_weights_sum_to_one_and_mix_the_projections() -> None:
 
 
 def test_gated_fusion_equals_the_gmu_formula() -> None:
-    """h = z * tanh(W_i x_i + b_i) + (1 - z) * tanh(W_t x_t + b_t), z = sigmoid(W_z [x_i; x_t] + b_z)."""
+    """h = z * tanh(W_i x_i + b_i) + (1 - z) * tanh(W_t x_t + b_t), z = sigmoid(W_z
+    [x_i; x_t] + b_z)."""
     image, text, image_mask, text_mask = _batch(seed=11)
     fusion = GatedFusion(IMAGE_DIM, TEXT_DIM, OUT_DIM)
     _randomize(fusion, seed=12)
@@ -293,7 +303,8 @@ def _reference_cross_attention(
     image_mask: torch.Tensor,
     text_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-attention block written out head by head from the module's weights, one example at a time."""
+    """Cross-attention block written out head by head from the module's weights, one
+    example at a time."""
     attn = fusion.attention
     heads, dim = attn.num_heads, fusion.out_dim
     head_dim = dim // heads
@@ -373,7 +384,8 @@ def test_cross_attention_weights_ignore_masked_image_tokens_and_rows_sum_to_one(
 
 
 def test_cross_attention_with_equal_widths_under_no_grad_ignores_padding() -> None:
-    """image_dim == out_dim takes torch's packed-projection path (and its inference fast path in eval)."""
+    """image_dim == out_dim takes torch's packed-projection path (and its inference fast
+    path in eval)."""
     torch.manual_seed(0)
     fusion = CrossAttentionFusion(OUT_DIM, TEXT_DIM, OUT_DIM, num_heads=3).eval()
     g = torch.Generator().manual_seed(23)
@@ -424,7 +436,8 @@ def test_film_scales_and_shifts_every_real_image_token_from_the_pooled_text() ->
     torch.testing.assert_close(fusion(image, text, image_mask, text_mask), expected)
 
 
-# --- registry and bad input ---------------------------------------------------------------------
+# --- registry and bad input
+# ---------------------------------------------------------------------
 
 
 def test_registry_names_classes_and_rebuild_from_config() -> None:
@@ -506,16 +519,19 @@ def test_bad_inputs_get_clear_errors() -> None:
     )
 
 
-# --- what fusion can learn: an image-text interaction (XOR) --------------------------------------
+# --- what fusion can learn: an image-text interaction (XOR)
+# --------------------------------------
 
 CORNERS = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
 
 
 def _xor_data(groups: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Label = (image bit != text bit); the bits are feature 0 of every real token (+-1), the rest is noise.
+    """Label = (image bit != text bit); the bits are feature 0 of every real token
+    (+-1), the rest is noise.
 
-    Examples come in groups of four that share all noise and masks and differ only in the two
-    bits, one per corner of {+-1}^2. Padded tokens carry the *opposite* bit, to punish leaks.
+    Examples come in groups of four that share all noise and masks and differ only in
+    the two bits, one per corner of {+-1}^2. Padded tokens carry the *opposite* bit, to
+    punish leaks.
     """
     g = torch.Generator().manual_seed(seed)
     n_image, n_text = 4, 5
@@ -539,7 +555,8 @@ def _xor_data(groups: int, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def _train_on_xor(name: str, steps: int = 150, **options: object) -> float:
-    """Train ``fusion -> Linear(out_dim, 1)`` on XOR with Adam; return accuracy on fresh grouped data."""
+    """Train ``fusion -> Linear(out_dim, 1)`` on XOR with Adam; return accuracy on fresh
+    grouped data."""
     torch.manual_seed(0)
     fusion = build_fusion(name, IMAGE_DIM, TEXT_DIM, 16, **options)
     head = nn.Linear(16, 1)
@@ -580,16 +597,18 @@ def test_affine_fusions_with_a_linear_head_cannot_learn_xor(
 ) -> None:
     """Proof that accuracy <= 3/4 on grouped data, whatever the weights.
 
-    These fusions are affine in the pooled inputs, and so is the head, so within a group (same
-    noise and masks) the logit is ``g(s_i, s_t) = c + a s_i + b s_t`` with no ``s_i s_t`` term.
-    Getting all four corners right needs ``g(+,-) > 0``, ``g(-,+) > 0``, ``g(+,+) <= 0`` and
-    ``g(-,-) <= 0``; but ``g(+,-) + g(-,+) = 2c = g(+,+) + g(-,-)``, so the first pair sums to
-    more than zero and the second to at most zero: impossible. At most 3 of each 4 are right.
+    These fusions are affine in the pooled inputs, and so is the head, so within a group
+    (same noise and masks) the logit is ``g(s_i, s_t) = c + a s_i + b s_t`` with no
+    ``s_i s_t`` term. Getting all four corners right needs ``g(+,-) > 0``,
+    ``g(-,+) > 0``, ``g(+,+) <= 0`` and ``g(-,-) <= 0``; but
+    ``g(+,-) + g(-,+) = 2c = g(+,+) + g(-,-)``, so the first pair sums to more than zero
+    and the second to at most zero: impossible. At most 3 of each 4 are right.
     """
     assert _train_on_xor(name, **options) <= 0.75
 
 
-# --- CUDA ---------------------------------------------------------------------------------------
+# --- CUDA
+# --------------------------------------------------------------------------------------
 
 
 @pytest.mark.gpu

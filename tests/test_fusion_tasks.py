@@ -1,4 +1,5 @@
-"""Tests for crossalign.experiments.fusion_tasks: shapes, padding, additivity, learning, scoring, tables."""
+"""Tests for crossalign.experiments.fusion_tasks: shapes, padding, additivity, learning,
+scoring, tables."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ TINY = dict(
 
 
 def _backbone(seed: int = 0) -> Backbone:
-    """Untrained, frozen towers of the default shape (enough for every test that is not about pretraining)."""
+    """Untrained, frozen towers of the default shape (enough for every test that is not
+    about pretraining)."""
     torch.manual_seed(seed)
     tokenizer = backbone_vocabulary(
         ["what colour is the circle", "how many objects are there"]
@@ -64,7 +66,8 @@ def _backbone(seed: int = 0) -> Backbone:
             embed_dim=8,
         )
     )
-    with torch.no_grad():  # BatchNorm statistics that are not the identity, so eval mode is really exercised
+    # BatchNorm statistics that are not the identity, so eval mode is really exercised.
+    with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
@@ -78,9 +81,8 @@ def _classifier(name: str, num_classes: int = 3, seed: int = 0) -> FusionClassif
     model = FusionClassifier(
         backbone, name, num_classes, fusion_dim=8, fusion_options=OPTIONS.get(name)
     ).eval()
-    with (
-        torch.no_grad()
-    ):  # random biases too: torch starts some at zero, which could hide a bug
+    # random biases too: torch starts some at zero, which could hide a bug
+    with torch.no_grad():
         for p in list(model.fusion.parameters()) + list(model.head.parameters()):
             p.normal_(0.0, 0.5)
     return model
@@ -103,7 +105,8 @@ def _inputs(n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_output_shape_and_padding_invariance(name: str) -> None:
-    """A padded batch gives, row by row, the logits of each item run alone without padding."""
+    """A padded batch gives, row by row, the logits of each item run alone without
+    padding."""
     model = _classifier(name)
     images, ids, mask, texts = _inputs()
     assert not bool(mask.all())  # the batch really is padded
@@ -118,7 +121,8 @@ def test_output_shape_and_padding_invariance(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["mean", "weighted"])
 def test_affine_fusion_is_late_fusion(name: str) -> None:
-    """logit(i, t) = a(i) + b(t): swapping partners leaves the sum of two pairs' logits unchanged."""
+    """logit(i, t) = a(i) + b(t): swapping partners leaves the sum of two pairs' logits
+    unchanged."""
     model = _classifier(name).double()
     images, ids, mask, _ = _inputs()
     swapped = torch.tensor([1, 0, 3, 2])
@@ -160,11 +164,12 @@ def test_encode_tokens_matches_the_towers_item_by_item() -> None:
     backbone = _backbone()
     data = build_task_data("qa", FusionTaskConfig(**TINY))
     features = encode_tokens(backbone, data.test, batch_size=5)
+    # 32 px, three stride-2 stages: a 4 x 4 grid
     assert features.image_tokens.shape == (
         24,
         16,
         8,
-    )  # 32 px, three stride-2 stages: a 4 x 4 grid
+    )
     for i in (0, 13, 23):
         ids, mask = backbone.tokenizer.encode_batch([data.test.texts[i]])
         image = backbone.image_encoder.forward_tokens(data.test.images[i : i + 1])
@@ -239,9 +244,8 @@ def test_training_lowers_the_loss_and_leaves_the_towers_alone() -> None:
     data = build_task_data("qa", config)
     features = (encode_tokens(backbone, data.train), encode_tokens(backbone, data.test))
     result = train_fusion("film", "qa", config, backbone=backbone, features=features)
-    torch.manual_seed(
-        config.seed
-    )  # train_fusion seeds the same way before building its model
+    # train_fusion seeds the same way before building its model
+    torch.manual_seed(config.seed)
     untrained = FusionClassifier(backbone, "film", len(ANSWERS), config.fusion_dim)
     assert len(result.losses) == config.steps
     assert _full_loss(result.model, features[0]) < 0.75 * _full_loss(

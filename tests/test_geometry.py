@@ -1,4 +1,5 @@
-"""Tests for crossalign.metrics.geometry against brute-force loops, closed forms and NumPy's SVD."""
+"""Tests for crossalign.metrics.geometry against brute-force loops, closed forms and
+NumPy's SVD."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def brute_force_uniformity(x: torch.Tensor, t: float) -> float:
 def sign_fixed_numpy_pca(
     x: np.ndarray, k: int, center: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCA with NumPy's SVD and the documented sign rule (largest-|loading| entry positive)."""
+    """PCA with NumPy's SVD and the documented sign rule (largest-|loading| entry
+    positive)."""
     data = x - x.mean(axis=0) if center else x
     _, singular_values, vh = np.linalg.svd(data, full_matrices=False)
     components = vh[:k].copy()
@@ -145,12 +147,13 @@ def test_uniformity_of_identical_points_is_zero():
     assert uniformity(x) == pytest.approx(0.0, abs=1e-12)
 
 
-# --------------------------------------------------------------------------- modality gap
+# --------------------------------------------------------------------------- modality
+# gap
 
 
 def test_modality_gap_of_a_known_shift_after_renormalising():
-    # Texts (0, +-1, 0); images are the texts shifted by (s, 0, 0) and renormalised:
-    # (s, +-1, 0) / sqrt(1 + s^2), so the image centroid is (s / sqrt(1 + s^2), 0, 0) and
+    # Texts (0, +-1, 0); images are the texts shifted by (s, 0, 0) and renormalised: (s,
+    # +-1, 0) / sqrt(1 + s^2), so the image centroid is (s / sqrt(1 + s^2), 0, 0) and
     # the text centroid is the origin. With s = sqrt(3) the gap is sqrt(3) / 2.
     text = torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
     shift = torch.tensor([math.sqrt(3.0), 0.0, 0.0], dtype=torch.float64)
@@ -264,7 +267,8 @@ def test_pca_keeps_a_float32_input_in_float32():
     assert projected.dtype == components.dtype == ratio.dtype == torch.float32
 
 
-# --------------------------------------------------------------------------- geometry_report
+# ---------------------------------------------------------------------------
+# geometry_report
 
 
 def test_geometry_report_for_row_pairs_equals_the_separate_measures():

@@ -1,4 +1,5 @@
-"""Tests for the GPT-style decoder: causality, padding, the two inputs, and a from-scratch reference forward."""
+"""Tests for the GPT-style decoder: causality, padding, the two inputs, and a
+from-scratch reference forward."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ def _model(config: GPTConfig = CONFIG, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     model = GPT(config).eval()
     with torch.no_grad():  # non-trivial biases and LayerNorm parameters
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.add_(torch.randn_like(parameter) * 0.2)
     return model
 
 
 def _reference_forward(model: GPT, ids: torch.Tensor) -> torch.Tensor:
-    """The GPT forward pass written out with explicit loops over heads and masked softmax (no nn modules)."""
+    """The GPT forward pass written out with explicit loops over heads and masked
+    softmax (no nn modules)."""
 
     def layer_norm(x, ln):
         mean = x.mean(-1, keepdim=True)
@@ -131,7 +133,8 @@ def test_right_padding_does_not_change_real_positions():
 
 
 def test_padding_mask_hides_padded_keys_in_the_middle():
-    """A masked key inside the sequence is invisible: its token can change without effect."""
+    """A masked key inside the sequence is invisible: its token can change without
+    effect."""
     model = _model()
     ids = torch.randint(
         0, CONFIG.vocab_size, (1, 10), generator=torch.Generator().manual_seed(5)
@@ -160,12 +163,13 @@ def test_weights_are_tied_and_initialised_like_gpt2():
         + (4 * c * c + 4 * c)
         + (4 * c * c + c)
     )
+    # lm_head: shared
     expected = (
         config.vocab_size * c
         + config.block_size * c
         + config.n_layer * per_block
         + 2 * c
-    )  # lm_head: shared
+    )
     assert model.num_parameters() == expected
     assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)

@@ -1,4 +1,5 @@
-"""Our GPT and Hugging Face's GPT2LMHeadModel give the same logits after converting weights either way."""
+"""Our GPT and Hugging Face's GPT2LMHeadModel give the same logits after converting
+weights either way."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=3, n_head=4, n_embd=32)
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
-    """Overwrite every parameter with noise, so zero biases and unit LayerNorm scales hide no transposition."""
+    """Overwrite every parameter with noise, so zero biases and unit LayerNorm scales
+    hide no transposition."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():

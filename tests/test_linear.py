@@ -1,15 +1,17 @@
-"""Orthogonal Procrustes and CCA (crossalign.linear) against planted truth and independent NumPy code.
+"""Orthogonal Procrustes and CCA (crossalign.linear) against planted truth and
+independent NumPy code.
 
 * Procrustes: a planted orthogonal map is recovered; the result equals SciPy's
-  ``orthogonal_procrustes`` (or a NumPy SVD when SciPy is absent); no nearby rotation does
-  better (a check that does not use the SVD formula at all).
+  ``orthogonal_procrustes`` (or a NumPy SVD when SciPy is absent); no nearby rotation
+  does better (a check that does not use the SVD formula at all).
 * CCA: data whose *sample* covariance is exactly a covariance built here, with known
-  canonical correlations, so the fitted correlations must equal the planted ones to rounding
-  (1e-10 with ``reg=0``; the default ``reg=1e-4`` shrinks them by a few 1e-4, inside 1e-3).
-  Fitting on random samples instead carries sampling error of about ``(1 - rho^2) / sqrt(N)``
-  (0.002 for rho = 0.3 at N = 200,000), so a 1e-3 tolerance would be wrong there; that test
-  uses a tolerance derived from the sampling error. A NumPy implementation with a different
-  whitening (symmetric inverse square roots from ``eigh``) is the second reference.
+  canonical correlations, so the fitted correlations must equal the planted ones to
+  rounding (1e-10 with ``reg=0``; the default ``reg=1e-4`` shrinks them by a few 1e-4,
+  inside 1e-3). Fitting on random samples instead carries sampling error of about
+  ``(1 - rho^2) / sqrt(N)`` (0.002 for rho = 0.3 at N = 200,000), so a 1e-3 tolerance
+  would be wrong there; that test uses a tolerance derived from the sampling error. A
+  NumPy implementation with a different whitening (symmetric inverse square roots from
+  ``eigh``) is the second reference.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _random_orthogonal(dim: int, seed: int) -> torch.Tensor:
-    """A random orthogonal matrix: Q of the QR of a Gaussian matrix, column signs fixed by R."""
+    """A random orthogonal matrix: Q of the QR of a Gaussian matrix, column signs fixed
+    by R."""
     q, r = torch.linalg.qr(
         torch.randn(dim, dim, generator=_generator(seed), dtype=torch.float64)
     )
@@ -36,7 +39,8 @@ def _random_orthogonal(dim: int, seed: int) -> torch.Tensor:
 
 
 def _reference_procrustes(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """SciPy's orthogonal Procrustes when SciPy is importable, else the polar factor by NumPy SVD."""
+    """SciPy's orthogonal Procrustes when SciPy is importable, else the polar factor by
+    NumPy SVD."""
     try:
         from scipy.linalg import orthogonal_procrustes as scipy_procrustes
     except ImportError:
@@ -83,7 +87,8 @@ def test_procrustes_matches_scipy_or_numpy_svd() -> None:
 
 
 def test_procrustes_beats_every_nearby_orthogonal_matrix() -> None:
-    """Local optimality, checked without the SVD formula: turning W by a small rotation never helps."""
+    """Local optimality, checked without the SVD formula: turning W by a small rotation
+    never helps."""
     gen = _generator(5)
     source = torch.randn(30, 6, generator=gen, dtype=torch.float64)
     target = torch.randn(30, 6, generator=gen, dtype=torch.float64)
@@ -130,7 +135,8 @@ def test_aligner_recovers_planted_similarity_transform() -> None:
 
 
 def test_aligner_scale_is_the_least_squares_scale() -> None:
-    """For noisy data the fitted scale is <A, B> / <A, A> with A the rotated centred source."""
+    """For noisy data the fitted scale is <A, B> / <A, A> with A the rotated centred
+    source."""
     gen = _generator(8)
     source = torch.randn(60, 5, generator=gen, dtype=torch.float64)
     target = 0.3 * source @ _random_orthogonal(5, seed=9) + 0.2 * torch.randn(
@@ -172,7 +178,8 @@ def test_aligner_keeps_input_dtype_and_checks_use() -> None:
 
 
 def _planted_covariance(p: int, q: int, rho: tuple[float, ...]) -> torch.Tensor:
-    """Covariance of latent (a, noise_x, b, noise_y): identity, except corr(a_i, b_i) = rho_i."""
+    """Covariance of latent (a, noise_x, b, noise_y): identity, except corr(a_i, b_i) =
+    rho_i."""
     cov = torch.eye(p + q, dtype=torch.float64)
     for i, r in enumerate(rho):
         cov[i, p + i] = cov[p + i, i] = r
@@ -180,7 +187,8 @@ def _planted_covariance(p: int, q: int, rho: tuple[float, ...]) -> torch.Tensor:
 
 
 def _data_with_exact_covariance(n: int, cov: torch.Tensor, seed: int) -> torch.Tensor:
-    """Rows whose sample covariance (1/(n-1)) equals ``cov`` to rounding: whiten noise exactly, then colour it."""
+    """Rows whose sample covariance (1/(n-1)) equals ``cov`` to rounding: whiten noise
+    exactly, then colour it."""
     noise = torch.randn(
         n, cov.shape[0], generator=_generator(seed), dtype=torch.float64
     )
@@ -193,7 +201,8 @@ def _data_with_exact_covariance(n: int, cov: torch.Tensor, seed: int) -> torch.T
 def _planted_views(
     latent: torch.Tensor, p: int, q: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """X and Y through random invertible mixings plus offsets; CCA is invariant to both."""
+    """X and Y through random invertible mixings plus offsets; CCA is invariant to
+    both."""
     gen = _generator(seed)
     mix_x = torch.randn(p, p, generator=gen, dtype=torch.float64) + 2 * torch.eye(
         p, dtype=torch.float64
@@ -209,7 +218,8 @@ def _planted_views(
 def _numpy_cca(
     x: np.ndarray, y: np.ndarray, k: int, reg: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference CCA: symmetric inverse square roots (eigh) and an SVD; returns (rho, A, B)."""
+    """Reference CCA: symmetric inverse square roots (eigh) and an SVD; returns (rho, A,
+    B)."""
     xc, yc = x - x.mean(0), y - y.mean(0)
     n = x.shape[0]
 
@@ -239,7 +249,8 @@ def test_cca_recovers_planted_correlations_exactly() -> None:
 
 
 def test_cca_on_random_samples_is_within_sampling_error() -> None:
-    """N = 200,000 draws: the error of each rho is about (1 - rho^2)/sqrt(N) (1e-3 would be too tight)."""
+    """N = 200,000 draws: the error of each rho is about (1 - rho^2)/sqrt(N) (1e-3 would
+    be too tight)."""
     p, q, n = 5, 4, 200_000
     chol = torch.linalg.cholesky(_planted_covariance(p, q, PLANTED_RHO))
     latent = (
@@ -271,7 +282,8 @@ def test_cca_matches_numpy_reference(reg: float) -> None:
 
 
 def test_cca_projections_are_white_and_pairwise_correlated() -> None:
-    """With reg=0, each side's projections are centred, have identity covariance and cross-covariance diag(rho)."""
+    """With reg=0, each side's projections are centred, have identity covariance and
+    cross-covariance diag(rho)."""
     gen = _generator(16)
 
     def randn(*shape: int) -> torch.Tensor:

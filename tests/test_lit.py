@@ -1,4 +1,5 @@
-"""Tests of locked-text tuning (crossalign.experiments.lit) with the packaged MiniLM encoder.
+"""Tests of locked-text tuning (crossalign.experiments.lit) with the packaged MiniLM
+encoder.
 
 The frozen tower must come out of training bit for bit unchanged and without gradients;
 cached sentence features must equal the encoder's output on each caption alone.
@@ -56,9 +57,8 @@ def test_training_leaves_every_minilm_parameter_unchanged_and_without_grad(
         math.isfinite(x) for x in result.losses
     )
     for split in (result.test, result.compositional):
-        assert (
-            0.0 <= split["i2t_r1"] <= 1.0 and split["t2i_r10"] == 1.0
-        )  # 4 images: every rank <= 4
+        # 4 images: every rank <= 4
+        assert 0.0 <= split["i2t_r1"] <= 1.0 and split["t2i_r10"] == 1.0
 
 
 def test_sentence_features_equal_one_caption_at_a_time(minilm: HFTextEncoder) -> None:
@@ -67,7 +67,8 @@ def test_sentence_features_equal_one_caption_at_a_time(minilm: HFTextEncoder) ->
         "a big red circle left of a small blue square",
         "a disc",
         "there is a tiny violet rhombus at the top left",
-        "a small green cross above a large white triangle, and a big cyan square is below the small green cross",
+        "a small green cross above a large white triangle, and a big cyan square is "
+        "below the small green cross",
     ]
     cached = sentence_features(minilm, tokenizer, texts, batch_size=3)
     for i, text in enumerate(texts):

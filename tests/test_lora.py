@@ -1,4 +1,5 @@
-"""Low-rank adapters: exact identity at init, the forward formula, merging, what trains."""
+"""Low-rank adapters: exact identity at init, the forward formula, merging, what
+trains."""
 
 from __future__ import annotations
 
@@ -56,9 +57,8 @@ def test_merge_gives_the_unmerged_outputs_and_removes_adapters():
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     torch.testing.assert_close(model(ids), unmerged, rtol=0, atol=1e-6)
-    assert not torch.equal(
-        model(ids), _gpt()(ids)
-    )  # the merged update really changed the model
+    # the merged update really changed the model
+    assert not torch.equal(model(ids), _gpt()(ids))
 
 
 def test_only_adapter_parameters_train():

@@ -1,4 +1,5 @@
-"""The CLIP loss against an independent loop formulation, closed forms and finite differences."""
+"""The CLIP loss against an independent loop formulation, closed forms and finite
+differences."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _logsumexp(values: list[float]) -> float:
 
 
 def reference_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
-    """Symmetric InfoNCE written out with Python loops: -log softmax of the matching pair, both ways."""
+    """Symmetric InfoNCE written out with Python loops: -log softmax of the matching
+    pair, both ways."""
     n = image.shape[0]
     rows = image.tolist()
     cols = text.tolist()
@@ -68,7 +70,8 @@ def test_clip_loss_float32_matches_loop_reference() -> None:
 
 
 def test_swapping_modalities_keeps_the_loss_and_shuffling_pairs_changes_it() -> None:
-    """Swapping the modalities transposes the logits, which leaves the symmetric loss unchanged."""
+    """Swapping the modalities transposes the logits, which leaves the symmetric loss
+    unchanged."""
     image, text = _random_features(9, 6, seed=5)
     scale = torch.tensor(3.0, dtype=torch.float64)
     assert clip_loss(image, text, scale).item() == pytest.approx(
@@ -82,7 +85,8 @@ def test_swapping_modalities_keeps_the_loss_and_shuffling_pairs_changes_it() -> 
 
 @pytest.mark.parametrize(("n", "scale"), [(2, 5.0), (5, 5.0), (5, 30.0)])
 def test_orthonormal_pairs_closed_form(n: int, scale: float) -> None:
-    """Matching pairs on orthonormal axes: every CE equals log(1 + (N - 1) exp(-scale))."""
+    """Matching pairs on orthonormal axes: every CE equals log(1 + (N - 1)
+    exp(-scale))."""
     eye = torch.eye(n, dtype=torch.float64)
     expected = math.log1p((n - 1) * math.exp(-scale))
     assert clip_loss(eye, eye.clone(), scale).item() == pytest.approx(
@@ -97,13 +101,15 @@ def test_perfectly_aligned_with_large_scale_is_nearly_zero() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 10, 64])
 def test_identical_features_give_log_n(n: int) -> None:
-    """With every feature the same, each caption is as likely as any other: loss = log N."""
+    """With every feature the same, each caption is as likely as any other: loss = log
+    N."""
     same = F.normalize(torch.ones(n, 4, dtype=torch.float64), dim=1)
     assert clip_loss(same, same, 42.0).item() == pytest.approx(math.log(n), abs=1e-12)
 
 
 def test_features_are_used_as_given_not_renormalised() -> None:
-    """Doubling the image features must act like doubling the scale, i.e. no hidden L2 normalisation."""
+    """Doubling the image features must act like doubling the scale, i.e. no hidden L2
+    normalisation."""
     image, text = _random_features(6, 5, seed=6)
     assert clip_loss(2 * image, text, 3.0).item() == pytest.approx(
         clip_loss(image, text, 6.0).item(), rel=1e-13
@@ -146,7 +152,8 @@ def test_gradients_match_finite_differences() -> None:
 
 
 def test_gradient_through_learnable_log_scale() -> None:
-    """d loss / d log_scale = scale * d loss / d scale when the module passes log_scale.exp()."""
+    """d loss / d log_scale = scale * d loss / d scale when the module passes
+    log_scale.exp()."""
     image, text = _random_features(6, 3, seed=9)
     log_scale = torch.tensor(
         math.log(1 / 0.07), dtype=torch.float64, requires_grad=True

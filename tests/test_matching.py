@@ -1,9 +1,10 @@
-"""Rule-based and statistical matching (crossalign.matching) against hand-made examples and controls.
+"""Rule-based and statistical matching (crossalign.matching) against hand-made examples
+and controls.
 
 * Keyword scores: worked examples computed by hand, a brute-force reference (Counter and
   ``min``) on ShapesWorld captions, and the rule's known blind spot (attribute binding).
-* Hand-made features: hand-drawn images whose histograms, blob bins and edge directions are
-  known exactly; blob bins of ShapesWorld objects against their scene graphs.
+* Hand-made features: hand-drawn images whose histograms, blob bins and edge directions
+  are known exactly; blob bins of ShapesWorld objects against their scene graphs.
 * Retrieval on 200 ShapesWorld test images (text->image chance R@1 is 1/200): keyword
   matching reaches about R@1 0.46 (image->text) and 0.62 (text->image); CCA matching
   about 0.8 both ways. Only safe bounds are asserted; ``pytest -s`` prints the numbers.
@@ -48,7 +49,8 @@ BACKGROUND_GREY = 0.12
 
 
 def _scene(*objects: tuple[str, str, str]) -> SceneGraph:
-    """A scene graph from (size, colour, shape) triples; positions and relations do not matter here."""
+    """A scene graph from (size, colour, shape) triples; positions and relations do not
+    matter here."""
     placed = tuple(
         ShapeObject(shape=shape, colour=colour, size=size, x=0.2 + 0.3 * i, y=0.5)
         for i, (size, colour, shape) in enumerate(objects)
@@ -59,7 +61,8 @@ def _scene(*objects: tuple[str, str, str]) -> SceneGraph:
 def _retrieval_from_scores(
     scores: torch.Tensor, owner: torch.Tensor
 ) -> dict[str, float]:
-    """retrieval_metrics on a caption-by-image score matrix (identity image embeddings)."""
+    """retrieval_metrics on a caption-by-image score matrix (identity image
+    embeddings)."""
     return retrieval_metrics(torch.eye(scores.shape[1]), scores, owner)
 
 
@@ -90,11 +93,13 @@ def train_split() -> dict:
     }
 
 
-# --------------------------------------------------------------------------- rule-based matching
+# --------------------------------------------------------------------------- rule-based
+# matching
 
 
 def test_keyword_scores_worked_example() -> None:
-    """The docstring's example: mentions small, large, circle, square once and red twice."""
+    """The docstring's example: mentions small, large, circle, square once and red
+    twice."""
     caption = "a small red circle is left of a big red square"
     scenes = [
         _scene(("small", "red", "circle"), ("large", "blue", "square")),
@@ -135,7 +140,8 @@ def test_keyword_scores_read_synonyms_and_ignore_other_words() -> None:
 def _reference_keyword_scores(
     captions: list[str], scenes: list[SceneGraph]
 ) -> list[list[int]]:
-    """Brute force: Counters of canonical attribute values, summed minima, one pair at a time."""
+    """Brute force: Counters of canonical attribute values, summed minima, one pair at a
+    time."""
     canonical = {}
     for table in (SHAPE_WORDS, COLOUR_WORDS, SIZE_WORDS):
         for name, words in table.items():
@@ -163,7 +169,8 @@ def test_keyword_scores_match_brute_force_reference(test_split: dict) -> None:
 
 
 def test_keyword_scores_are_blind_to_attribute_binding(test_split: dict) -> None:
-    """In a two-object caption, swapping the objects' colours keeps the bag of attribute words: no score changes.
+    """In a two-object caption, swapping the objects' colours keeps the bag of attribute
+    words: no score changes.
 
     (With three objects the swapped colour of an object named twice changes the bag.)
     """
@@ -184,7 +191,8 @@ def test_keyword_matching_retrieval_beats_chance_but_is_far_from_perfect(
     scores = keyword_match_scores(test_split["captions"], test_split["scenes"])
     metrics = _retrieval_from_scores(scores, test_split["owner"])
     print(
-        f"keyword matching R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}"
+        f"keyword matching R@1: i2t {metrics['i2t_r1']:.3f}, t2i "
+        f"{metrics['t2i_r1']:.3f}"
     )
     assert 0.25 < metrics["i2t_r1"] < 0.8
     assert 0.35 < metrics["t2i_r1"] < 0.85
@@ -199,7 +207,8 @@ def test_keyword_scores_reject_bad_input() -> None:
         keyword_match_scores(["a red circle"], [{"objects": []}])
 
 
-# --------------------------------------------------------------------------- hand-made features
+# --------------------------------------------------------------------------- hand-made
+# features
 
 
 def _background(size: int = 30) -> torch.Tensor:
@@ -212,7 +221,8 @@ def _paint(image: torch.Tensor, mask: torch.Tensor, colour: str) -> torch.Tensor
 
 
 def test_region_histogram_of_a_square_in_one_region() -> None:
-    """A 10x10 red square filling exactly the top-left region (one ninth) of a 30x30 image."""
+    """A 10x10 red square filling exactly the top-left region (one ninth) of a 30x30
+    image."""
     mask = torch.zeros(30, 30, dtype=torch.bool)
     mask[:10, :10] = True
     features = handcrafted_image_features(_paint(_background(), mask, "red")[None])[0]
@@ -229,9 +239,8 @@ def test_blob_bins_of_hand_drawn_square_and_triangle() -> None:
     square = torch.zeros(30, 30, dtype=torch.bool)
     square[:10, :10] = True  # fill 1, centre of mass halfway down, area 100/900
     triangle = torch.zeros(30, 30, dtype=torch.bool)
-    for k in range(
-        10
-    ):  # row k is 2k + 1 wide: fill 100/190, centre of mass at (6.15 + 0.5)/10
+    # row k is 2k + 1 wide: fill 100/190, centre of mass at (6.15 + 0.5)/10
+    for k in range(10):
         triangle[10 + k, 15 - k : 16 + k] = True
     images = torch.stack(
         [
@@ -261,7 +270,8 @@ def test_blob_bins_agree_with_shapesworld_scene_graphs() -> None:
 
 
 def test_edge_directions_of_hand_drawn_boundaries() -> None:
-    """Vertical boundary -> bin 0, horizontal -> bin 4, the two diagonals -> bins 2 and 6."""
+    """Vertical boundary -> bin 0, horizontal -> bin 4, the two diagonals -> bins 2 and
+    6."""
     rows, cols = torch.meshgrid(torch.arange(20), torch.arange(20), indexing="ij")
     masks = [cols >= 10, rows >= 10, cols > rows, cols > 19 - rows]
     images = torch.stack([_paint(_background(20), mask, "white") for mask in masks])
@@ -293,7 +303,8 @@ def test_features_reject_bad_images() -> None:
         handcrafted_image_features(torch.zeros(1, 3, 2, 8))
 
 
-# --------------------------------------------------------------------------- bag of words
+# --------------------------------------------------------------------------- bag of
+# words
 
 
 def test_bag_of_words_counts_by_hand() -> None:
@@ -321,7 +332,8 @@ def test_bag_of_words_rejects_bad_vocabulary() -> None:
         bag_of_words(["a"], ["a", 2])
 
 
-# --------------------------------------------------------------------------- statistical matching
+# ---------------------------------------------------------------------------
+# statistical matching
 
 
 def test_correlation_matching_beats_chance(train_split: dict, test_split: dict) -> None:
@@ -343,7 +355,8 @@ def test_correlation_matching_beats_chance(train_split: dict, test_split: dict) 
 def test_correlation_matching_needs_true_pairs(
     train_split: dict, test_split: dict
 ) -> None:
-    """Control: trained on captions paired with random images, retrieval falls to chance."""
+    """Control: trained on captions paired with random images, retrieval falls to
+    chance."""
     train, test = train_split, test_split
     shuffled = train["owner"][
         torch.randperm(len(train["owner"]), generator=torch.Generator().manual_seed(0))
@@ -353,7 +366,8 @@ def test_correlation_matching_needs_true_pairs(
     )
     metrics = _retrieval_from_scores(scores, test_split["owner"])
     print(
-        f"CCA matching on shuffled pairs R@1: i2t {metrics['i2t_r1']:.3f}, t2i {metrics['t2i_r1']:.3f}"
+        f"CCA matching on shuffled pairs R@1: i2t {metrics['i2t_r1']:.3f}, t2i "
+        f"{metrics['t2i_r1']:.3f}"
     )
     assert metrics["i2t_r1"] < 0.06 and metrics["t2i_r1"] < 0.06
 
@@ -361,7 +375,8 @@ def test_correlation_matching_needs_true_pairs(
 def test_matcher_is_cca_of_features_and_words_with_weighted_cosine(
     train_split: dict, test_split: dict
 ) -> None:
-    """The matcher's scores equal the pipeline written out: CCA, weight by rho ** power, cosine."""
+    """The matcher's scores equal the pipeline written out: CCA, weight by rho ** power,
+    cosine."""
     images, captions, owner = (
         train_split["images"][:300],
         train_split["captions"][:1500],

@@ -1,4 +1,5 @@
-"""Tests for the Bengio-style MLP language model: windows, a hand-written forward pass, locality."""
+"""Tests for the Bengio-style MLP language model: windows, a hand-written forward pass,
+locality."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ def test_each_prediction_sees_exactly_its_window():
         changed = ids.clone()
         changed[0, position] = (changed[0, position] + 1) % 20
         moved = (model(changed) - base).abs().amax(-1)[0] > 0
-        assert moved.nonzero().flatten().tolist() == [
-            t for t in range(position, min(position + 3, 10))
-        ]
+        assert moved.nonzero().flatten().tolist() == list(
+            range(position, min(position + 3, 10))
+        )
 
 
 def test_bad_arguments_are_refused():

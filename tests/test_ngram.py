@@ -1,4 +1,5 @@
-"""Tests for the count-based n-gram language models (add-k and interpolated Kneser-Ney)."""
+"""Tests for the count-based n-gram language models (add-k and interpolated
+Kneser-Ney)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,10 @@ def test_distribution_sums_to_one_for_seen_unseen_and_start_contexts(model):
 def test_add_k_matches_hand_computation():
     lm = NGramLM(order=2, smoothing="add_k", k=1.0).fit(TINY)
     assert lm.vocabulary == ("</s>", "<unk>", "a", "b", "c")
-    # Bigram counts: c(<s> a) = 2, c(<s> b) = 1, so c(<s>) = 3; c(a b) = c(a c) = c(a </s>) = 1, c(a) = 3.
-    assert lm.prob("a", ()) == pytest.approx(
-        (2 + 1) / (3 + 5)
-    )  # empty context = sentence start
+    # Bigram counts: c(<s> a) = 2, c(<s> b) = 1, so c(<s>) = 3; c(a b) = c(a c) = c(a
+    # </s>) = 1, c(a) = 3.
+    # empty context = sentence start
+    assert lm.prob("a", ()) == pytest.approx((2 + 1) / (3 + 5))
     assert lm.prob("b", (BOS,)) == pytest.approx((1 + 1) / (3 + 5))
     assert lm.prob("c", ("a",)) == pytest.approx((1 + 1) / (3 + 5))
     assert lm.prob("a", ("a",)) == pytest.approx((0 + 1) / (3 + 5))
@@ -84,8 +85,9 @@ def test_add_k_matches_hand_computation():
 
 def test_kneser_ney_bigram_matches_hand_computation():
     lm = NGramLM(order=2, smoothing="kneser_ney", discount=0.5).fit(TINY)
-    # Unigram continuation counts N1+(. w): a after {<s>, b} = 2, b after {a, <s>} = 2, c after {a} = 1,
-    # </s> after {b, c, a} = 3, <unk> = 0. Total 8, 4 distinct words, so the uniform weight is 0.5 * 4 / 8.
+    # Unigram continuation counts N1+(. w): a after {<s>, b} = 2, b after {a, <s>} = 2,
+    # c after {a} = 1, </s> after {b, c, a} = 3, <unk> = 0. Total 8, 4 distinct words,
+    # so the uniform weight is 0.5 * 4 / 8.
     p1 = {
         "a": 1.5 / 8 + 0.25 / 5,
         "b": 1.5 / 8 + 0.25 / 5,
@@ -95,9 +97,8 @@ def test_kneser_ney_bigram_matches_hand_computation():
     }
     assert p1["a"] == pytest.approx(0.2375) and p1["c"] == pytest.approx(0.1125)
     # Context "a": b, c, </s> once each: c(a) = 3, N1+(a .) = 3.
-    assert lm.prob("c", ("a",)) == pytest.approx(
-        0.5 / 3 + 0.5 * 3 / 3 * p1["c"]
-    )  # = 0.2229166...
+    # = 0.2229166...
+    assert lm.prob("c", ("a",)) == pytest.approx(0.5 / 3 + 0.5 * 3 / 3 * p1["c"])
     assert lm.prob("a", ("a",)) == pytest.approx(0.5 * 3 / 3 * p1["a"])  # = 0.11875
     assert lm.prob(UNK, ("a",)) == pytest.approx(0.5 * p1[UNK])
     # Unseen context "<unk>": the whole mass comes from the unigram level.
@@ -107,25 +108,25 @@ def test_kneser_ney_bigram_matches_hand_computation():
 
 def test_kneser_ney_trigram_uses_continuation_counts_at_the_middle_level():
     lm = NGramLM(order=3, smoothing="kneser_ney", discount=0.5).fit(TINY)
-    # Trigram types: (<s> <s> a) x2, (<s> a b), (a b </s>), (<s> a c), (a c </s>), (<s> <s> b), (<s> b a),
-    # (b a </s>). Every bigram has a continuation count of 1, e.g. N1+(. <s> a) = 1 although c(<s> a) = 2.
-    # Unigram level as in the bigram test: P1(a) = 0.2375, P1(c) = 0.1125.
-    p2_c_given_a = (
-        0.5 / 3 + 0.5 * 3 / 3 * 0.1125
-    )  # bigram level, context a: {b, c, </s>} once each
+    # Trigram types: (<s> <s> a) x2, (<s> a b), (a b </s>), (<s> a c), (a c </s>), (<s>
+    # <s> b), (<s> b a), (b a </s>). Every bigram has a continuation count of 1, e.g.
+    # N1+(. <s> a) = 1 although c(<s> a) = 2. Unigram level as in the bigram test: P1(a)
+    # = 0.2375, P1(c) = 0.1125.
+    # bigram level, context a: {b, c, </s>} once each
+    p2_c_given_a = 0.5 / 3 + 0.5 * 3 / 3 * 0.1125
     # Trigram context (<s>, a): b once, c once -> c = 2, N1+ = 2.
-    assert lm.prob("c", ("a",)) == pytest.approx(
-        0.5 / 2 + 0.5 * 2 / 2 * p2_c_given_a
-    )  # = 0.3614583...
-    # Unseen trigram context (<unk>, <s>) backs off to the bigram level, context <s>: continuation counts
-    # a: 1, b: 1 (not the raw counts 2 and 1): 0.5 / 2 + 0.5 * 2 / 2 * P1(a).
-    assert lm.prob("a", ("zebra", BOS)) == pytest.approx(
-        0.5 / 2 + 0.5 * 0.2375
-    )  # = 0.36875
+    # = 0.3614583...
+    assert lm.prob("c", ("a",)) == pytest.approx(0.5 / 2 + 0.5 * 2 / 2 * p2_c_given_a)
+    # Unseen trigram context (<unk>, <s>) backs off to the bigram level, context <s>:
+    # continuation counts a: 1, b: 1 (not the raw counts 2 and 1): 0.5 / 2 + 0.5 * 2 / 2
+    # * P1(a).
+    # = 0.36875
+    assert lm.prob("a", ("zebra", BOS)) == pytest.approx(0.5 / 2 + 0.5 * 0.2375)
 
 
 def test_kneser_ney_unigram_level_prefers_words_completing_many_contexts():
-    # "francisco" occurs 6 times, always after "san"; "glasses" occurs 3 times, after three different words.
+    # "francisco" occurs 6 times, always after "san"; "glasses" occurs 3 times, after
+    # three different words.
     corpus = [["san", "francisco"]] * 6 + [
         ["reading", "glasses"],
         ["new", "glasses"],
@@ -133,15 +134,14 @@ def test_kneser_ney_unigram_level_prefers_words_completing_many_contexts():
     ]
     kn = NGramLM(order=2, smoothing="kneser_ney", discount=0.75).fit(corpus)
     raw = NGramLM(order=1, smoothing="add_k", k=1.0).fit(corpus)
-    assert raw.prob("francisco") > raw.prob(
-        "glasses"
-    )  # (6 + 1) / (27 + 8) vs (3 + 1) / (27 + 8)
-    unseen = (
-        "zebra",
-    )  # an unseen context exposes the unigram (continuation) level alone
+    # (6 + 1) / (27 + 8) vs (3 + 1) / (27 + 8)
+    assert raw.prob("francisco") > raw.prob("glasses")
+    # an unseen context exposes the unigram (continuation) level alone
+    unseen = ("zebra",)
     assert kn.prob("francisco", unseen) < kn.prob("glasses", unseen)
-    # Continuation counts: francisco 1, glasses 3, san/reading/new/sun 1 each (after <s>), </s> 2 (after
-    # francisco, glasses): total 10 over 7 distinct words, uniform weight 0.75 * 7 / 10 over |V| = 8.
+    # Continuation counts: francisco 1, glasses 3, san/reading/new/sun 1 each (after
+    # <s>), </s> 2 (after francisco, glasses): total 10 over 7 distinct words, uniform
+    # weight 0.75 * 7 / 10 over |V| = 8.
     assert len(kn.vocabulary) == 8
     floor = 0.75 * 7 / 10 / 8
     assert kn.prob("francisco", unseen) == pytest.approx(0.25 / 10 + floor)
@@ -151,8 +151,8 @@ def test_kneser_ney_unigram_level_prefers_words_completing_many_contexts():
 def test_perplexity_equals_exp_of_mean_negative_log_probability_by_hand():
     lm = NGramLM(order=2, smoothing="add_k", k=1.0).fit(TINY)
     held_out = [["a", "c"], ["zebra"]]
-    # a c: P(a|<s>) = 3/8, P(c|a) = 2/8, P(</s>|c) = 2/6; zebra -> <unk>: P(<unk>|<s>) = 1/8,
-    # P(</s>|<unk>) = 1/5 (unseen context). Five predicted tokens.
+    # a c: P(a|<s>) = 3/8, P(c|a) = 2/8, P(</s>|c) = 2/6; zebra -> <unk>: P(<unk>|<s>) =
+    # 1/8, P(</s>|<unk>) = 1/5 (unseen context). Five predicted tokens.
     logs = [
         math.log(3 / 8),
         math.log(2 / 8),
@@ -290,7 +290,8 @@ def test_trigram_kneser_ney_beats_unigram_on_shapesworld_captions():
         unigram.perplexity(held_out),
     )
     print(
-        f"ShapesWorld held-out perplexity: trigram KN {trigram_ppl:.2f}, unigram {unigram_ppl:.2f}"
+        f"ShapesWorld held-out perplexity: trigram KN {trigram_ppl:.2f}, unigram "
+        f"{unigram_ppl:.2f}"
     )
     assert math.isfinite(trigram_ppl) and 1 < trigram_ppl < unigram_ppl < len(
         unigram.vocabulary

@@ -1,4 +1,5 @@
-"""The vision-to-LM captioner: labels, loss, freezing, generation, stage 2, a Hugging Face GPT-2."""
+"""The vision-to-LM captioner: labels, loss, freezing, generation, stage 2, a Hugging
+Face GPT-2."""
 
 from __future__ import annotations
 
@@ -69,10 +70,11 @@ def test_ignore_index_is_not_a_token_id_and_labels_mask_prefix_bos_and_padding()
     labels = caption_labels(ids, mask, prefix_len=2)
     x = IGNORE_INDEX
     assert labels.tolist() == [[x, x, x, 5, 6, 3, x], [x, x, x, 7, 3, x, x]]
+    # the input is not modified
     assert ids.tolist() == [
         [2, 5, 6, 3, 0],
         [2, 7, 3, 0, 0],
-    ]  # the input is not modified
+    ]
 
 
 def test_loss_equals_hand_computed_cross_entropy_over_caption_tokens():
@@ -81,9 +83,8 @@ def test_loss_equals_hand_computed_cross_entropy_over_caption_tokens():
     ids, mask = VOCAB.encode_batch(["red circle left", "blue square", "top"])
     embeds, full_mask, _ = captioner.build_inputs(features, ids, mask)
     log_probs = torch.log_softmax(lm_logits(captioner.lm, embeds, full_mask), dim=-1)
-    start = (
-        PREFIX_LEN + 1
-    )  # caption position 0 (<bos>) sits after the prefix and the one prompt token
+    # caption position 0 (<bos>) sits after the prefix and the one prompt token
+    start = PREFIX_LEN + 1
     total, count = 0.0, 0
     for row in range(3):
         length = int(mask[row].sum())
@@ -106,7 +107,8 @@ def test_padding_ids_and_ignored_logits_change_nothing():
     loss = captioner.loss(features, ids, mask)
     other_padding = ids.masked_fill(~mask, VOCAB.token_to_id("blue"))
     assert torch.equal(captioner.loss(features, other_padding, mask), loss)
-    # a padded batch gives the token-weighted mean of each caption's loss computed unpadded
+    # a padded batch gives the token-weighted mean of each caption's loss computed
+    # unpadded
     texts = ["red circle left", "top"]
     alone = [
         captioner.loss(features[i : i + 1], *VOCAB.encode_batch([text]))
@@ -115,7 +117,8 @@ def test_padding_ids_and_ignored_logits_change_nothing():
     torch.testing.assert_close(
         loss, (alone[0] * 4 + alone[1] * 2) / 6, rtol=1e-5, atol=1e-6
     )
-    # logits at prefix, <bos>-predicting and padding positions are never read by the loss
+    # logits at prefix, <bos>-predicting and padding positions are never read by the
+    # loss
     embeds, full_mask, labels = captioner.build_inputs(features, ids, mask)
     logits = lm_logits(captioner.lm, embeds, full_mask)
     ignored = torch.cat(
@@ -131,9 +134,8 @@ def test_padding_ids_and_ignored_logits_change_nothing():
 
 def test_projector_step_leaves_frozen_lm_unchanged_and_without_gradients():
     lm = _gpt()
-    lm(
-        torch.randint(0, len(VOCAB), (2, 5))
-    ).sum().backward()  # stale gradients from the LM's own training
+    # stale gradients from the LM's own training
+    lm(torch.randint(0, len(VOCAB), (2, 5))).sum().backward()
     captioner = _captioner(lm=lm)
     lm_before = copy.deepcopy(captioner.lm.state_dict())
     projector_before = copy.deepcopy(captioner.projector.state_dict())
@@ -158,9 +160,8 @@ def test_projector_step_leaves_frozen_lm_unchanged_and_without_gradients():
         for n, p in captioner.projector.named_parameters()
     )
     captioner.train()
-    assert (
-        captioner.projector.training and not captioner.lm.training
-    )  # a frozen LM stays in eval mode
+    # a frozen LM stays in eval mode
+    assert captioner.projector.training and not captioner.lm.training
 
 
 def test_generation_matches_a_manual_argmax_loop_and_other_methods():
@@ -269,7 +270,8 @@ def test_stage_two_lora_trains_adapters_only_and_full_trains_the_lm():
 
 
 def _pretrain_on_repeated_captions(lm: torch.nn.Module, steps: int) -> None:
-    """Teach ``lm`` the toy captions, each written twice, so that it learns to read its context.
+    """Teach ``lm`` the toy captions, each written twice, so that it learns to read its
+    context.
 
     A frozen LM can only be steered by a prefix through attention it already uses; a
     randomly initialised one barely attends to anything, whatever the prefix says.

@@ -14,7 +14,8 @@ from crossalign.profiling import (
 
 
 class ScriptedClock:
-    """A clock that only moves when a variant 'works': each call advances it by a set cost."""
+    """A clock that only moves when a variant 'works': each call advances it by a set
+    cost."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -24,7 +25,8 @@ class ScriptedClock:
         return self.now
 
     def variant(self, name: str, cost: float):
-        """A callable that records its name and takes ``cost`` seconds of scripted time."""
+        """A callable that records its name and takes ``cost`` seconds of scripted
+        time."""
 
         def run() -> None:
             self.calls.append(name)
@@ -59,9 +61,8 @@ def test_rounds_rotate_the_starting_variant_and_warmup_is_untimed():
 
 def test_median_ignores_one_outlier():
     clock = ScriptedClock()
-    costs = iter(
-        [1.0, 100.0, 1.0, 1.0, 1.0, 1.0]
-    )  # warm-up, then a disturbed first timed call
+    # warm-up, then a disturbed first timed call
+    costs = iter([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
 
     def noisy() -> None:
         clock.now += next(costs)

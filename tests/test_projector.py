@@ -1,4 +1,5 @@
-"""Projectors: image features -> k prefix embeddings, checked against explicit formulas."""
+"""Projectors: image features -> k prefix embeddings, checked against explicit
+formulas."""
 
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ def test_linear_projector_is_x_w_plus_b_per_patch_and_expanded():
     out = expanding(pooled)
     assert out.shape == (3, 3, 4)
     flat = pooled @ expanding.net.weight.T + expanding.net.bias
-    torch.testing.assert_close(
-        out[:, 1], flat[:, 4:8]
-    )  # token j = output slice j * lm_dim .. (j + 1) * lm_dim
+    # token j = output slice j * lm_dim .. (j + 1) * lm_dim
+    torch.testing.assert_close(out[:, 1], flat[:, 4:8])
 
 
 def test_mlp_projector_is_linear_gelu_linear():
@@ -38,9 +38,8 @@ def test_mlp_projector_is_linear_gelu_linear():
     x = torch.randn(2, 7, 6)
     expected = F.gelu(x @ first.weight.T + first.bias) @ second.weight.T + second.bias
     torch.testing.assert_close(projector(x), expected)
-    assert (
-        MLPProjector(6, 4).net[0].out_features == 4
-    )  # hidden width defaults to lm_dim (LLaVA-1.5)
+    # hidden width defaults to lm_dim (LLaVA-1.5)
+    assert MLPProjector(6, 4).net[0].out_features == 4
 
 
 def test_transformer_mapper_shapes_batch_independence_and_permutation_invariance():
@@ -53,7 +52,8 @@ def test_transformer_mapper_shapes_batch_independence_and_permutation_invariance
     assert out.shape == (4, 3, 8)
     torch.testing.assert_close(mapper(pooled[2:3]), out[2:3], rtol=1e-5, atol=1e-6)
     patches = torch.randn(2, 5, 6)
-    # no position embeddings: the mapper reads patches as a set (order carries no information)
+    # no position embeddings: the mapper reads patches as a set (order carries no
+    # information)
     torch.testing.assert_close(
         mapper(patches[:, [4, 2, 0, 1, 3]]), mapper(patches), rtol=1e-5, atol=1e-5
     )
@@ -70,9 +70,8 @@ def test_gradients_reach_every_projector_parameter():
             for p in projector.parameters()
             if p.grad is not None and p.grad.abs().sum() > 0
         ]
-        if (
-            name == "transformer"
-        ):  # the patch-wise input layer is unused by pooled features
+        # the patch-wise input layer is unused by pooled features
+        if name == "transformer":
             assert len(used) == len(list(projector.parameters())) - 2
         else:
             assert len(used) == len(list(projector.parameters()))

@@ -1,4 +1,5 @@
-"""The Q-Former bridge: fixed number of outputs, attention maps, the contrastive objective, as a projector."""
+"""The Q-Former bridge: fixed number of outputs, attention maps, the contrastive
+objective, as a projector."""
 
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ def test_outputs_have_one_token_per_query_whatever_the_number_of_patches():
     torch.testing.assert_close(
         qformer(features[1:2]), qformer(features)[1:2], rtol=1e-5, atol=1e-6
     )
+    # a pooled vector is one image token
     assert qformer(torch.randn(2, 6)).shape == (
         2,
         3,
         12,
-    )  # a pooled vector is one image token
+    )
 
 
 def test_similarity_is_the_best_query_cosine_and_loss_is_symmetric_infonce():

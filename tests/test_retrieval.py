@@ -1,4 +1,5 @@
-"""Retrieval metrics against a sort-based brute force reference, hand-computed cases and errors."""
+"""Retrieval metrics against a sort-based brute force reference, hand-computed cases and
+errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from crossalign.metrics import (
 
 
 def _sorted_position(scores: list[float], is_positive: list[bool]) -> int:
-    """1-based position of the first positive when sorting by score, negatives first among equals."""
+    """1-based position of the first positive when sorting by score, negatives first
+    among equals."""
     order = sorted(range(len(scores)), key=lambda j: (-scores[j], is_positive[j]))
     return next(position for position, j in enumerate(order, start=1) if is_positive[j])
 
@@ -24,7 +26,8 @@ def _sorted_position(scores: list[float], is_positive: list[bool]) -> int:
 def brute_force_ranks(
     image: torch.Tensor, text: torch.Tensor, owner: list[int]
 ) -> tuple[list[int], list[int]]:
-    """Image-to-text and text-to-image ranks from a full score matrix built with Python loops."""
+    """Image-to-text and text-to-image ranks from a full score matrix built with Python
+    loops."""
     images, texts = image.double().tolist(), text.double().tolist()
     scores = [[sum(a * b for a, b in zip(u, v)) for v in texts] for u in images]
     i2t = [
@@ -55,7 +58,8 @@ def brute_force_metrics(
 
 
 def random_captioning(n_img: int, seed: int, max_captions: int = 7) -> list[int]:
-    """A shuffled caption-to-image map where image i has between 1 and max_captions captions."""
+    """A shuffled caption-to-image map where image i has between 1 and max_captions
+    captions."""
     gen = torch.Generator().manual_seed(seed)
     counts = torch.randint(1, max_captions + 1, (n_img,), generator=gen)
     owner = torch.repeat_interleave(torch.arange(n_img), counts)
@@ -75,7 +79,8 @@ def continuous_embeddings(
 def tied_embeddings(
     n_img: int, n_txt: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Small-integer embeddings (exact dot products, many equal scores) with duplicated rows."""
+    """Small-integer embeddings (exact dot products, many equal scores) with duplicated
+    rows."""
     gen = torch.Generator().manual_seed(seed)
     image = torch.randint(-1, 2, (n_img, 3), generator=gen).float()
     text = torch.randint(-1, 2, (n_txt, 3), generator=gen).float()
@@ -99,10 +104,19 @@ def test_continuous_random_data_matches_brute_force(chunk_size: int) -> None:
     )
     got = retrieval_metrics(image, text, torch.tensor(owner), chunk_size=chunk_size)
     assert got == pytest.approx(brute_force_metrics(i2t, t2i), rel=1e-12)
+    # fmt: skip
     assert list(got) == [
-        "i2t_r1", "i2t_r5", "i2t_r10", "i2t_median_rank", "i2t_mean_rank",
-        "t2i_r1", "t2i_r5", "t2i_r10", "t2i_median_rank", "t2i_mean_rank",
-    ]  # fmt: skip
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "i2t_median_rank",
+        "i2t_mean_rank",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "t2i_median_rank",
+        "t2i_mean_rank",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -125,8 +139,8 @@ def test_hand_computed_example_with_ties() -> None:
         I0: 2 0 1 0   best positive 2, no negative >= 2               -> rank 1
         I1: 0 1 1 3   positive 1; c1 (tie) and c3 are >= 1            -> rank 3
         I2: 2 1 2 3   positive 3, nothing >= 3                        -> rank 1
-    Text to image, per column: c0 2 vs I2 tie -> 2; c1 0 vs 1, 1 -> 3; c2 1 vs I0 tie, I2 -> 3;
-    c3 3 vs I1 tie -> 2.
+    Text to image, per column: c0 2 vs I2 tie -> 2; c1 0 vs 1, 1 -> 3; c2 1 vs I0 tie,
+    I2 -> 3; c3 3 vs I1 tie -> 2.
     """
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     text = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
@@ -141,6 +155,7 @@ def test_hand_computed_example_with_ties() -> None:
         ]
     got = retrieval_metrics(image, text, owner, ks=(1, 2), chunk_size=2)
     assert got == pytest.approx(
+        # fmt: skip
         {
             "i2t_r1": 2 / 3,
             "i2t_r2": 2 / 3,
@@ -150,7 +165,7 @@ def test_hand_computed_example_with_ties() -> None:
             "t2i_r2": 0.5,
             "t2i_median_rank": 2.5,
             "t2i_mean_rank": 2.5,
-        }  # fmt: skip
+        }
     )
 
 
@@ -168,7 +183,8 @@ def test_perfect_model_scores_perfectly() -> None:
 
 
 def test_constant_embeddings_get_the_worst_rank_not_a_perfect_one() -> None:
-    """A collapsed model (every embedding the same vector) must rank every positive last."""
+    """A collapsed model (every embedding the same vector) must rank every positive
+    last."""
     owner = random_captioning(5, seed=7)
     n_txt = len(owner)
     image = torch.full((5, 8), 0.25)
@@ -211,10 +227,17 @@ def test_autocast_region_does_not_lower_the_score_precision() -> None:
 
 
 def test_format_retrieval_table() -> None:
+    # fmt: skip
     metrics = {
-        "i2t_r1": 2 / 3, "i2t_r2": 2 / 3, "i2t_median_rank": 1.0, "i2t_mean_rank": 5 / 3,
-        "t2i_r1": 0.0, "t2i_r2": 0.5, "t2i_median_rank": 2.5, "t2i_mean_rank": 2.5,
-    }  # fmt: skip
+        "i2t_r1": 2 / 3,
+        "i2t_r2": 2 / 3,
+        "i2t_median_rank": 1.0,
+        "i2t_mean_rank": 5 / 3,
+        "t2i_r1": 0.0,
+        "t2i_r2": 0.5,
+        "t2i_median_rank": 2.5,
+        "t2i_mean_rank": 2.5,
+    }
     lines = format_retrieval(metrics).splitlines()
     assert len(lines) == 3
     assert lines[0].split() == ["R@1%", "R@2%", "median", "rank", "mean", "rank"]

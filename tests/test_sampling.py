@@ -31,7 +31,8 @@ def _random_logits(rows: int = 20, vocab: int = 9, seed: int = 0) -> torch.Tenso
 
 
 def _brute_force_nucleus(probs: np.ndarray, p: float) -> set[int]:
-    """The smallest set of indices with total probability >= p (largest mass among the smallest), by enumeration."""
+    """The smallest set of indices with total probability >= p (largest mass among the
+    smallest), by enumeration."""
     for size in range(1, len(probs) + 1):
         best = max(
             itertools.combinations(range(len(probs)), size),
@@ -112,7 +113,8 @@ def test_sampling_frequencies_match_the_filtered_distribution():
 
 
 class _CountingModel(torch.nn.Module):
-    """A toy causal LM that always predicts (last token + 1) mod V, and records the context lengths it saw."""
+    """A toy causal LM that always predicts (last token + 1) mod V, and records the
+    context lengths it saw."""
 
     def __init__(self, vocab: int = 7) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
-"""The scene-graph oracle: features read off the scene graph, a set function that ignores
-empty slots and object order, training through the comparison runner's own loop, and
-captioners trained on scene graphs through the captioning loop."""
+"""The scene-graph oracle: features read off the scene graph, a set function that
+ignores empty slots and object order, training through the comparison runner's own loop,
+and captioners trained on scene graphs through the captioning loop."""
 
 from __future__ import annotations
 
@@ -66,18 +66,17 @@ def test_encoder_is_a_set_function_of_the_real_objects():
     features = scene_features(ShapesWorld("test", size=8, image_size=32, seed=2))
     out = encoder(features)
     assert out.shape == (8, 16)
-    assert torch.allclose(
-        encoder(features.flip(1)), out, atol=1e-6
-    )  # object order does not matter
+    # object order does not matter
+    assert torch.allclose(encoder(features.flip(1)), out, atol=1e-6)
     junk = features.clone()
     empty = junk[..., -1] == 0
+    # garbage, not present
     junk[empty] = torch.where(
         torch.arange(SCENE_FEATURES) < SCENE_FEATURES - 1, 5.0, 0.0
-    )  # garbage, not present
+    )
     assert torch.allclose(encoder(junk), out, atol=1e-6)
-    one = encoder.mlp(features[:, :1]).squeeze(
-        1
-    )  # a lone object: exactly its own vector
+    # a lone object: exactly its own vector
+    one = encoder.mlp(features[:, :1]).squeeze(1)
     lone = features[:, 1, -1] == 0
     assert torch.allclose(out[lone], one[lone], atol=1e-6)
     with pytest.raises(ValueError, match="scene_features"):
@@ -95,9 +94,8 @@ def test_oracle_training_runs_the_comparison_loop_and_keeps_the_pixels_untouched
         "i2t_r1",
         "t2i_r1",
     }
-    assert (
-        torch.equal(data.train_images, pixels) and data.negatives is not None
-    )  # data reusable for the CNN
+    # data reusable for the CNN
+    assert torch.equal(data.train_images, pixels) and data.negatives is not None
     again = train_with_scene_oracle("hard_negatives", config, data)
     assert again.losses == result.losses  # seeded: the same run twice
 
@@ -172,9 +170,8 @@ def test_captioner_trains_and_decodes_from_scene_graphs_without_touching_the_con
         and "BLEU-4" in result.metrics
     )
     again = train_captioner_with_scene_oracle(config)
-    assert [h["loss"] for h in again.history] == [
-        h["loss"] for h in run.history
-    ]  # seeded: the same run twice
+    # seeded: the same run twice
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in run.history]
 
 
 def test_scene_graph_oracle_needs_shapesworld():

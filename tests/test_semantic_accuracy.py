@@ -1,4 +1,5 @@
-"""Semantic caption accuracy: every true caption of the grammar matches its scene, false ones do not."""
+"""Semantic caption accuracy: every true caption of the grammar matches its scene, false
+ones do not."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def test_relation_and_attribute_swaps_never_match():
 
 def test_parse_reads_synonyms_templates_and_the_back_reference():
     parsed = parse_caption(
-        "in this image, a little violet disc is to the left of a big turquoise rhombus, "
+        "in this image, a little violet disc is to the left of a big turquoise "
+        "rhombus, "
         "and a tiny red plus is under the big turquoise rhombus"
     )
     assert parsed.objects == (
@@ -80,19 +82,22 @@ def test_parse_reads_synonyms_templates_and_the_back_reference():
         ("a large blue square is to the right of a small red circle", True),
         ("there is a small red circle on the left of a large blue square", True),
         ("a small red circle is right of a large blue square", False),  # relation wrong
+        # shapes swapped between objects
         (
             "a small red square is left of a large blue circle",
             False,
-        ),  # shapes swapped between objects
+        ),
         ("a large red circle is left of a large blue square", False),  # size wrong
+        # not a relation of the scene
         (
             "a small red circle is above a large blue square",
             False,
-        ),  # not a relation of the scene
+        ),
+        # "the" before it was introduced
         (
             "a small red circle is left of the large blue square",
             False,
-        ),  # "the" before it was introduced
+        ),
         ("a small red circle is left of a large blue", False),  # not grammatical
         ("a small red circle at the left", False),  # one object for a two-object scene
         ("", False),
@@ -106,29 +111,35 @@ def test_two_object_captions(caption, expected):
     "caption, expected",
     [
         (
-            "a small red circle is left of a large blue square and a small green triangle is above the small red circle",
+            "a small red circle is left of a large blue square and a small green "
+            "triangle is above the small red circle",
             True,
         ),
         (
-            "a small red circle is left of a large blue square, and a small green triangle is over the large blue square",
+            "a small red circle is left of a large blue square, and a small green "
+            "triangle is over the large blue square",
             True,
         ),
         (
-            "a small red circle is left of a large blue square and a small green triangle is below the small red circle",
+            "a small red circle is left of a large blue square and a small green "
+            "triangle is below the small red circle",
             False,
         ),
         (
-            "a small red circle is left of a large blue square and a small green triangle is above the small green triangle",
+            "a small red circle is left of a large blue square and a small green "
+            "triangle is above the small green triangle",
             False,
         ),
         (
-            "a small red circle is left of a large blue square and a small green circle is above the small red circle",
+            "a small red circle is left of a large blue square and a small green "
+            "circle is above the small red circle",
             False,
         ),
+        # the third object is missing
         (
             "a small red circle is left of a large blue square",
             False,
-        ),  # the third object is missing
+        ),
     ],
 )
 def test_three_object_captions(caption, expected):
@@ -156,7 +167,10 @@ def test_look_alike_objects_are_matched_in_either_order():
     scene = _scene(
         twin_left, twin_right, ShapeObject("square", "blue", "large", 0.5, 0.85)
     )
-    caption = "a small red circle is right of a small red circle, and a large blue square is below the small red circle"
+    caption = (
+        "a small red circle is right of a small red circle, "
+        "and a large blue square is below the small red circle"
+    )
     assert caption_matches_scene(caption, scene)
     assert (
         scene.holds(0, "left of", 1) and Relation(1, "right of", 0) in scene.relations
@@ -166,7 +180,8 @@ def test_look_alike_objects_are_matched_in_either_order():
 def test_report_counts_each_check_including_the_previous_ones():
     captions = [
         "a small red circle is left of a large blue square",  # exact
-        "a small red circle is right of a large blue square",  # attributes right, relation wrong
+        # attributes right, relation wrong
+        "a small red circle is right of a large blue square",
         "a small red square is left of a large blue square",  # attribute wrong
         "a small red circle at the top",  # wrong object count
         "red circle",  # not grammatical

@@ -1,4 +1,5 @@
-"""The Colab setup cell: one source (tools/sync_setup_cell.py, from _config.yml), in every chapter."""
+"""The Colab setup cell: one source (tools/sync_setup_cell.py, from _config.yml), in
+every chapter."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import sync_setup_cell as tool  # noqa: E402
 
 # The cell as the book's authors wrote it by hand, for the repository configured today.
-HAND_WRITTEN_CELL = """# Colab only: install the companion package (this cell does nothing anywhere else).
+HAND_WRITTEN_CELL = """\
+# Colab only: install the companion package (does nothing anywhere else).
 import sys
 
 if "google.colab" in sys.modules:
@@ -33,7 +35,8 @@ def configured_url() -> str:
 
 
 def make_notebook(*sources: str) -> nbformat.NotebookNode:
-    """A notebook whose first cell is a title and whose other cells are code with ``sources``."""
+    """A notebook whose first cell is a title and whose other cells are code with
+    ``sources``."""
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell("# 9. A chapter")]
     notebook.cells += [nbformat.v4.new_code_cell(source) for source in sources]
@@ -99,6 +102,20 @@ def test_sync_replaces_stale_copy_in_place_keeping_id_and_other_tags():
     assert notebook.cells[1].metadata["tags"] == ["hide-input", "nbval-skip"]
 
 
+def test_sync_rewrites_a_copy_whose_first_line_was_worded_differently():
+    reworded = HAND_WRITTEN_CELL.replace(
+        tool.FIRST_LINE, "# Colab only: an older wording of the first line."
+    )
+    notebook = make_notebook(reworded, "import os")
+    cell_id = notebook.cells[1].id
+    assert tool.sync_notebook(notebook, HAND_WRITTEN_CELL)
+    assert [cell.source for cell in notebook.cells[1:]] == [
+        HAND_WRITTEN_CELL,
+        "import os",
+    ]
+    assert notebook.cells[1].id == cell_id
+
+
 def test_sync_moves_misplaced_copy_and_drops_duplicates():
     notebook = make_notebook("import os", HAND_WRITTEN_CELL, "x = 1", HAND_WRITTEN_CELL)
     assert tool.sync_notebook(notebook, HAND_WRITTEN_CELL)
@@ -132,9 +149,8 @@ def test_command_line_check_then_write_with_another_repository(tmp_path, capsys)
 
     assert tool.main(["--check", "--config", str(config), str(path)]) == 1
     assert "99_chapter.ipynb" in capsys.readouterr().err
-    assert (
-        nbformat.read(path, as_version=4).cells[1].source == HAND_WRITTEN_CELL
-    )  # --check wrote nothing
+    # --check wrote nothing
+    assert nbformat.read(path, as_version=4).cells[1].source == HAND_WRITTEN_CELL
 
     assert tool.main(["--config", str(config), str(path)]) == 0
     written = nbformat.read(path, as_version=4)

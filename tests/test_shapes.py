@@ -2,12 +2,12 @@
 
 Every check compares the data set with truth computed here, independently of the module:
 
-* a regex parser for the caption grammar (the module docstring) turns each caption back into
-  noun phrases and stated relations, which are then evaluated on the scene graph;
+* a regex parser for the caption grammar (the module docstring) turns each caption back
+  into noun phrases and stated relations, which are then evaluated on the scene graph;
 * spatial relations are recomputed from the object centres and ``RELATION_MARGIN``;
-* a float64 rasteriser, written from the shape geometry (circle of radius r, square of half
-  side 0.85 r, upward triangle inside the r-box, diamond, cross with arms r/3 wide), gives the
-  pixels each object must cover.
+* a float64 rasteriser, written from the shape geometry (circle of radius r, square of
+  half side 0.85 r, upward triangle inside the r-box, diamond, cross with arms r/3
+  wide), gives the pixels each object must cover.
 """
 
 from __future__ import annotations
@@ -53,14 +53,16 @@ OPPOSITE = {
 Description = tuple[str, str, str]  # (size, colour, shape), canonical names
 
 
-# ---------------------------------------------------------------------------- independent truth
+# ----------------------------------------------------------------------------
+# independent truth
 def describe(obj: ShapeObject) -> Description:
     """The canonical (size, colour, shape) of an object."""
     return (obj.size, obj.colour, obj.shape)
 
 
 def relations_between(a: ShapeObject, b: ShapeObject) -> set[str]:
-    """Every relation ``a <relation> b`` that holds: centres must differ by more than the margin."""
+    """Every relation ``a <relation> b`` that holds: centres must differ by more than
+    the margin."""
     found = set()
     if b.x - a.x > RELATION_MARGIN:
         found.add("left of")
@@ -74,7 +76,8 @@ def relations_between(a: ShapeObject, b: ShapeObject) -> set[str]:
 
 
 def region_of(obj: ShapeObject) -> tuple[str, str]:
-    """The third of the image (vertical, horizontal) that holds the centre (y points down)."""
+    """The third of the image (vertical, horizontal) that holds the centre (y points
+    down)."""
     thirds = ("top", "middle", "bottom"), ("left", "centre", "right")
     vertical = thirds[0][min(int(obj.y * 3), 2)]
     horizontal = thirds[1][min(int(obj.x * 3), 2)]
@@ -82,15 +85,15 @@ def region_of(obj: ShapeObject) -> tuple[str, str]:
 
 
 def shape_level(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """A function that is <= 0 exactly inside the shape (float64; offsets from the centre, y down)."""
+    """A function that is <= 0 exactly inside the shape (float64; offsets from the
+    centre, y down)."""
     ax, ay = np.abs(dx), np.abs(dy)
     if shape == "circle":
         return dx * dx + dy * dy - r * r
     if shape == "square":
         return np.maximum(ax, ay) - 0.85 * r
-    if (
-        shape == "triangle"
-    ):  # apex at the top (dy = -r), base of width 2r at the bottom (dy = r)
+    # apex at the top (dy = -r), base of width 2r at the bottom (dy = r)
+    if shape == "triangle":
         return np.maximum(np.maximum(-r - dy, dy - r), ax - (dy + r) / 2)
     if shape == "diamond":
         return ax + ay - r
@@ -101,7 +104,8 @@ def shape_level(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
 
 
 def object_level(obj: ShapeObject, side: int, pad: int = 0) -> np.ndarray:
-    """``shape_level`` at the pixel centres of a side x side image, extended by ``pad`` pixels."""
+    """``shape_level`` at the pixel centres of a side x side image, extended by ``pad``
+    pixels."""
     coords = (np.arange(-pad, side + pad) + 0.5) / side
     return shape_level(
         obj.shape,
@@ -111,9 +115,11 @@ def object_level(obj: ShapeObject, side: int, pad: int = 0) -> np.ndarray:
     )
 
 
-# ---------------------------------------------------------------------------- caption parser
+# ---------------------------------------------------------------------------- caption
+# parser
 def _reverse(table: dict) -> dict[str, str]:
-    """Map every synonym back to its canonical name (the synonym sets must not overlap)."""
+    """Map every synonym back to its canonical name (the synonym sets must not
+    overlap)."""
     back: dict[str, str] = {}
     for canonical, words in table.items():
         for word in words:
@@ -137,9 +143,11 @@ def _alternatives(words) -> str:
 
 
 def _noun(name: str, article: str = "a") -> str:
-    """Regex of an object phrase (article, size, colour, shape words) with named groups."""
+    """Regex of an object phrase (article, size, colour, shape words) with named
+    groups."""
     return (
-        rf"(?P<{name}>{article} (?P<{name}_size>{_alternatives(SIZE_OF)}) (?P<{name}_colour>{_alternatives(COLOUR_OF)})"
+        rf"(?P<{name}>{article} (?P<{name}_size>{_alternatives(SIZE_OF)}) "
+        rf"(?P<{name}_colour>{_alternatives(COLOUR_OF)})"
         rf" (?P<{name}_shape>{_alternatives(SHAPE_OF)}))"
     )
 
@@ -151,7 +159,8 @@ def _relation(name: str) -> str:
 
 _REGION = rf"(?P<region>{_alternatives(REGION_OF)})"
 _A, _B = _noun("a"), _noun("b")
-_CLAUSES = [  # "A <rel> B" in every template; the inverse template "B is <opposite> A" reads the same way
+# "A <rel> B" in every template; the inverse "B is <opposite> A" reads the same way.
+_CLAUSES = [
     rf"{_A} {_relation('main')} {_B}",
     rf"{_A} is {_relation('main')} {_B}",
     rf"there is {_A} {_relation('main')} {_B}",
@@ -171,7 +180,8 @@ _GRAMMAR = [re.compile(p) for p in _LONE + _CLAUSES + [c + _EXTRA for c in _CLAU
 
 @dataclass
 class Parsed:
-    """A caption read back: noun phrases by role, stated relations, region of a lone object."""
+    """A caption read back: noun phrases by role, stated relations, region of a lone
+    object."""
 
     nouns: dict[str, Description]
     statements: list[tuple[str, str, str]] = field(default_factory=list)
@@ -207,7 +217,8 @@ def parse(caption: str) -> Parsed:
 
 
 def is_true(parsed: Parsed, objects: tuple[ShapeObject, ...]) -> bool:
-    """Whether some binding of the phrases to distinct objects makes every statement true.
+    """Whether some binding of the phrases to distinct objects makes every statement
+    true.
 
     ``the`` (role d) refers back to one of the two objects of the first clause.
     """
@@ -263,7 +274,8 @@ def captions(world):
     return [world.captions(i) for i in range(N_SCENES)]
 
 
-# ---------------------------------------------------------------------------- determinism
+# ----------------------------------------------------------------------------
+# determinism
 def test_sample_is_the_same_alone_in_any_batch_and_in_any_order():
     ds = ShapesWorld("train", size=200, seed=5, noise=0.05)
     alone = torch.stack([ds.render([i])[0] for i in (3, 17, 150)])
@@ -272,9 +284,8 @@ def test_sample_is_the_same_alone_in_any_batch_and_in_any_order():
     shuffled = ds.render(shuffled_order)
     assert torch.equal(alone, in_batch)
     assert torch.equal(shuffled[[2, 4, 0]], alone)
-    assert torch.equal(
-        shuffled[5], alone[0]
-    )  # a repeated index in one batch gives the same image twice
+    # a repeated index in one batch gives the same image twice
+    assert torch.equal(shuffled[5], alone[0])
     assert torch.equal(ds[17]["image"], alone[1])
 
 
@@ -366,9 +377,8 @@ def test_render_matches_an_independent_float64_rasteriser(image_size):
         for obj in ds.scene(i).objects:
             level = object_level(obj, image_size)
             inside = level <= 0
-            uncertain |= (
-                np.abs(level) < 1e-6
-            )  # pixel centres on an edge: float32 may round either way
+            # pixel centres on an edge: float32 may round either way
+            uncertain |= np.abs(level) < 1e-6
             sure = torch.from_numpy(inside & ~uncertain)
             assert torch.equal(
                 image[:, sure], palette[obj.colour][:, None].expand(3, int(sure.sum()))
@@ -396,20 +406,21 @@ def test_centre_pixel_has_the_object_colour(world, scenes):
 def test_noise_changes_pixels_by_the_requested_amount():
     clean = ShapesWorld("train", size=64, seed=1).render(range(64))
     noisy = ShapesWorld("train", size=64, seed=1, noise=0.05).render(range(64))
-    unclipped = (clean > 0.25) & (
-        clean < 0.75
-    )  # far from 0 and 1, so clamping never bites
+    # far from 0 and 1, so clamping never bites
+    unclipped = (clean > 0.25) & (clean < 0.75)
     residual = (noisy - clean)[unclipped]
     assert abs(residual.mean().item()) < 0.002
     assert abs(residual.std().item() - 0.05) < 0.002
 
 
-# ---------------------------------------------------------------------------- scene graphs
+# ---------------------------------------------------------------------------- scene
+# graphs
 def test_objects_lie_inside_the_image_and_never_overlap(world, scenes):
+    # finer than the default 64 px; the padding shows any part outside the image
     side, pad = (
         128,
         40,
-    )  # finer than the default 64 px; the padding shows any part outside the image
+    )
     for scene in scenes:
         assert 1 <= len(scene.objects) <= 3
         masks = []
@@ -468,7 +479,8 @@ def test_relation_margin_is_respected_at_the_boundary():
 
 
 def object_counts(ds: ShapesWorld) -> np.ndarray:
-    """How many images have 1, 2 and 3 objects (batched layout, cross-checked with scene graphs)."""
+    """How many images have 1, 2 and 3 objects (batched layout, cross-checked with scene
+    graphs)."""
     per_image = ds.layout(np.arange(len(ds))).valid.sum(axis=1)
     assert all(per_image[i] == len(ds.scene(i).objects) for i in range(0, len(ds), 30))
     return np.bincount(per_image, minlength=4)[1:]
@@ -478,10 +490,11 @@ def test_object_count_follows_the_weights():
     counts = object_counts(ShapesWorld("train", size=3000, seed=21))
     expected = 3000 * np.array([0.1, 0.45, 0.45])
     chi_square = float(((counts - expected) ** 2 / expected).sum())
+    # the 0.1 % point of chi-square with 2 dof
     assert chi_square < 13.8, (
         counts,
         chi_square,
-    )  # the 0.1 % point of chi-square with 2 dof
+    )
 
 
 @pytest.mark.parametrize(
@@ -501,10 +514,11 @@ def test_object_count_range_and_zero_weights(kwargs, allowed):
 
 
 def test_min_objects_holds_for_every_image():
-    """Every image holds at least min_objects objects: placement never silently drops one.
+    """Every image holds at least min_objects objects: placement never silently drops
+    one.
 
-    Each object tries many random centres; with too few tries about 0.4 % of three-object
-    images once lost an object, and min_objects was not respected.
+    Each object tries many random centres; with too few tries about 0.4 % of
+    three-object images once lost an object, and min_objects was not respected.
     """
     ds = ShapesWorld("train", size=3000, seed=3, min_objects=3)
     per_image = ds.layout(np.arange(3000)).valid.sum(axis=1)
@@ -530,10 +544,11 @@ def test_captions_parse_and_describe_the_scene_truthfully(world, scenes, caption
             mentioned = sorted(
                 parsed.nouns[role] for role in "abc" if role in parsed.nouns
             )
+            # every object, and only the scene's objects
             assert mentioned == described, (
                 index,
                 caption,
-            )  # every object, and only the scene's objects
+            )
             if "d" in parsed.nouns:
                 assert parsed.nouns["d"] in (parsed.nouns["a"], parsed.nouns["b"]), (
                     caption
@@ -584,17 +599,20 @@ def test_captions_vary_within_an_image_and_use_every_template(captions):
 
 
 def test_inverse_template_is_used(captions):
-    """The inverse template "B is <opposite> A" is the only source of "X is R Y, and ...".
+    """The inverse template "B is <opposite> A" is the only source of "X is R Y, and
+    ...".
 
     The plain "X is R Y" template joins a third object with " and" (odd templates use no
-    comma), so a comma there shows an inverse clause; the truth test above checks its meaning.
+    comma), so a comma there shows an inverse clause; the truth test above checks its
+    meaning.
     """
     inverse_form = re.compile(_CLAUSES[1] + r", and ")
     inverse = [c for caps in captions for c in caps if inverse_form.match(c)]
     assert len(inverse) > 10
 
 
-# ---------------------------------------------------------------------------- compositional split
+# ----------------------------------------------------------------------------
+# compositional split
 def _pairs(scene) -> set[tuple[str, str]]:
     """The (colour, shape) pairs present in a scene."""
     return {(o.colour, o.shape) for o in scene.objects}
@@ -629,7 +647,8 @@ def test_every_compositional_image_holds_a_held_out_pair():
     assert hits == held_out
 
 
-# ---------------------------------------------------------------------------- hard negatives
+# ---------------------------------------------------------------------------- hard
+# negatives
 def test_relation_swap_changes_only_the_relation_phrase(world, scenes, captions):
     swaps = 0
     for index, (scene, caps) in enumerate(zip(scenes, captions)):
@@ -637,9 +656,8 @@ def test_relation_swap_changes_only_the_relation_phrase(world, scenes, captions)
             swapped = world.relation_swap(index, k)
             descriptions = [describe(o) for o in scene.objects]
             if len(scene.objects) == 1 or len(set(descriptions)) < len(descriptions):
-                assert (
-                    swapped is None
-                )  # no relation, or look-alike objects (see the next test)
+                # no relation, or look-alike objects (see the next test)
+                assert swapped is None
                 continue
             swaps += 1
             true, false = parse(caption), parse(swapped)
@@ -665,9 +683,10 @@ def test_relation_swap_is_false_when_objects_are_distinguishable(world, scenes):
 def test_relation_swap_is_false_even_when_two_objects_look_alike():
     """A relation swap is never true, even when two objects look alike.
 
-    Two large blue diamonds, one above the other: "a blue diamond beneath a blue diamond" and
-    its swap "a blue diamond over a blue diamond" are both true, so relation_swap must give
-    None for such scenes (about 2 % of two-object scenes) instead of a "negative" that is true.
+    Two large blue diamonds, one above the other: "a blue diamond beneath a blue
+    diamond" and its swap "a blue diamond over a blue diamond" are both true, so
+    relation_swap must give None for such scenes (about 2 % of two-object scenes)
+    instead of a "negative" that is true.
     """
     ds = ShapesWorld("train", size=3000, seed=11, min_objects=2, max_objects=2)
     look_alike = next(
@@ -763,8 +782,8 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, argument):
 def test_non_numbers_are_refused_by_name(kwargs, argument):
     """Arguments that are not (finite) numbers are refused at construction, by name.
 
-    Otherwise image_size=64.5 fails deep inside torch.full, noise=nan gives images full of NaN,
-    and a NaN object weight silently corrupts the object-count distribution.
+    Otherwise image_size=64.5 fails deep inside torch.full, noise=nan gives images full
+    of NaN, and a NaN object weight silently corrupts the object-count distribution.
     """
     with pytest.raises(ValueError, match=argument):
         ShapesWorld(size=10, **kwargs)
@@ -785,7 +804,8 @@ def test_out_of_range_indices_raise_index_error():
             call()
 
 
-# ---------------------------------------------------------------------------- Dataset protocol
+# ---------------------------------------------------------------------------- Dataset
+# protocol
 class _CountingWorld(ShapesWorld):
     """ShapesWorld that records which fetch method a DataLoader uses."""
 
@@ -843,7 +863,8 @@ def test_caption_image_index_lists_every_caption_with_its_image():
     assert texts[4:8] == ds.captions(1)
 
 
-# ---------------------------------------------------------------------------- caption collator
+# ---------------------------------------------------------------------------- caption
+# collator
 @pytest.fixture(scope="module")
 def vocab() -> Vocabulary:
     """A word vocabulary covering the ShapesWorld grammar."""
@@ -851,7 +872,8 @@ def vocab() -> Vocabulary:
 
 
 def _fake_items(indices, n_captions=5):
-    """Items whose captions name their position, so a choice can be read back unambiguously."""
+    """Items whose captions name their position, so a choice can be read back
+    unambiguously."""
     return [
         {
             "image": torch.full((3, 4, 4), float(i)),
@@ -927,7 +949,8 @@ def test_collator_errors(vocab):
 
 
 def test_lone_objects_sit_well_inside_their_region(world, scenes):
-    """A lone object's caption names its region, so its centre keeps clear of the 1/3 and 2/3 borders."""
+    """A lone object's caption names its region, so its centre keeps clear of the 1/3
+    and 2/3 borders."""
     lone = [s.objects[0] for s in scenes if len(s.objects) == 1]
     assert lone
     for obj in lone:

@@ -3,11 +3,11 @@
 The truth used here is computed independently of the module under test:
 
 * matching: positives and hard negatives are compared with the world's own captions and
-  ``relation_swap`` / ``attribute_swap`` outputs; random negatives are traced back to the
-  image that owns them;
-* QA: a small regex parser reads each question back, finds the objects it refers to in the
-  scene graph, checks that the reference is unique, and computes the answer itself (spatial
-  relations recomputed from the object centres and ``RELATION_MARGIN``).
+  ``relation_swap`` / ``attribute_swap`` outputs; random negatives are traced back to
+  the image that owns them;
+* QA: a small regex parser reads each question back, finds the objects it refers to in
+  the scene graph, checks that the reference is unique, and computes the answer itself
+  (spatial relations recomputed from the object centres and ``RELATION_MARGIN``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def test_matching_label_balance_follows_positive_rate(
 ) -> None:
     data = ShapesMatching(world, positive_rate=rate, seed=4)
     labels = np.array([data.pair(i)[1] for i in range(1000)])
-    # Binomial standard deviation is at most 0.016 over 1000 items: allow about 3 of them.
+    # Binomial standard deviation is at most 0.016 over 1000 items: allow about 3 of
+    # them.
     assert abs(labels.mean() - rate) < 0.05
 
 
@@ -171,7 +172,8 @@ def test_matching_rejects_bad_arguments(world: ShapesWorld) -> None:
         ShapesMatching(world)[1000]
 
 
-# ---------------------------------------------------------------------------- QA checker
+# ---------------------------------------------------------------------------- QA
+# checker
 OBJECT = (
     r"(?:(small|large) )?(?:(" + "|".join(COLOURS) + r") )?(" + "|".join(SHAPES) + r")"
 )
@@ -188,7 +190,8 @@ QUESTION_PATTERNS = {
 
 
 def holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
-    """Whether ``a relation b`` is true: centres must differ by more than the margin (y down)."""
+    """Whether ``a relation b`` is true: centres must differ by more than the margin (y
+    down)."""
     return {
         "left of": b.x - a.x > RELATION_MARGIN,
         "right of": a.x - b.x > RELATION_MARGIN,
@@ -198,7 +201,8 @@ def holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
 
 
 def the_one(objects, size=None, colour=None, shape=None) -> ShapeObject:
-    """The single object matching the given attributes; fails if there are none or several."""
+    """The single object matching the given attributes; fails if there are none or
+    several."""
     found = [
         o
         for o in objects

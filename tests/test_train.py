@@ -1,4 +1,5 @@
-"""The training loop: exact resume, non-finite stop, checkpoints, schedule, precision."""
+"""The training loop: exact resume, non-finite stop, checkpoints, schedule,
+precision."""
 
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def test_resume_continues_bit_for_bit(tmp_path):
 
 
 def test_gradient_accumulation_logs_the_mean_micro_batch_loss(tmp_path):
-    """With two micro-batches per step, the first step's logged loss is the mean of the two
-    micro-batch losses, recomputed here by hand from the same batches and initial weights."""
+    """With two micro-batches per step, the first step's logged loss is the mean of the
+    two micro-batch losses, recomputed here by hand from the same batches and initial
+    weights."""
     result = trainer.train(
         tiny_config(tmp_path, steps=1, batch_size=8, grad_accum=2, warmup_steps=0)
     )
@@ -134,9 +136,8 @@ def test_failed_checkpoint_write_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
     result = trainer.train(tiny_config(tmp_path, steps=2))
     model, tokenizer, config = ckpt.load_dual_encoder(tmp_path / "run")
-    assert (
-        config.model == result.model.config
-    )  # the completed model config (vocabulary size included)
+    # the completed model config (vocabulary size included)
+    assert config.model == result.model.config
     assert (config.data, config.train, config.seed) == (
         result.config.data,
         result.config.train,
@@ -148,7 +149,8 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
         model.state_dict().items(), result.model.state_dict().items()
     ):
         assert torch.equal(a, b), name
-    # the trained copy keeps its channels-last layout, so equality is up to float rounding
+    # the trained copy keeps its channels-last layout, so equality is up to float
+    # rounding
     torch.testing.assert_close(
         model.encode_image(images),
         result.model.encode_image(images),

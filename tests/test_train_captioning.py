@@ -1,5 +1,6 @@
-"""Captioning experiments: config round trips, a short ShapesWorld run, checkpoints, the Flickr8k
-feature-cache path end to end on the generated fixture, and the ``crossalign caption`` command."""
+"""Captioning experiments: config round trips, a short ShapesWorld run, checkpoints, the
+Flickr8k feature-cache path end to end on the generated fixture, and the
+``crossalign caption`` command."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def test_training_lowers_the_loss_well_below_chance(tiny_run):
 
 
 def test_several_captions_per_image_train_on_each_images_first_captions(monkeypatch):
-    # The step's captions are the first k of every image, grouped by image, and the loss sees k per image.
+    # The step's captions are the first k of every image, grouped by image, and the loss
+    # sees k per image.
     config = CaptionExperimentConfig.from_dict(TINY).override(
         ["train.steps=2", "train.batch_size=4", "train.captions_per_image=3"]
     )
@@ -136,15 +138,15 @@ def test_several_captions_per_image_train_on_each_images_first_captions(monkeypa
         train_captioner(config.override(["train.captions_per_image=0"]))
 
 
-def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_stays_fixed(
+def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_stays_fixed(  # noqa: E501
     monkeypatch,
 ):
-    # The encoder at the first captioning step is compared with the one train_captioner builds
-    # (same seed, same construction): pretraining must have moved it, and a run without
-    # pretraining must not (which shows the comparison rebuilds the very same initial weights).
-    steps: list[
-        dict[str, torch.Tensor]
-    ] = []  # the encoder's weights at every captioning step
+    # The encoder at the first captioning step is compared with the one train_captioner
+    # builds (same seed, same construction): pretraining must have moved it, and a run
+    # without pretraining must not (which shows the comparison rebuilds the very same
+    # initial weights).
+    # the encoder's weights at every captioning step
+    steps: list[dict[str, torch.Tensor]] = []
     original = ShowAttendTell.loss
 
     def recording_loss(self, inputs, input_ids):
@@ -166,12 +168,10 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
         base, build_caption_vocabulary(train_set), train_set
     ).encoder.state_dict()
     floats = [k for k, v in initial.items() if v.is_floating_point()]
-    assert all(
-        torch.equal(snapshots[0][k], initial[k]) for k in floats
-    )  # no pretraining: untouched
-    assert not all(
-        torch.equal(snapshots[1][k], initial[k]) for k in floats
-    )  # pretrained before captioning
+    # no pretraining: untouched
+    assert all(torch.equal(snapshots[0][k], initial[k]) for k in floats)
+    # pretrained before captioning
+    assert not all(torch.equal(snapshots[1][k], initial[k]) for k in floats)
     run = results[1]
     assert (
         len(run.pretrain_history) == 4
@@ -179,10 +179,11 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
         and len(run.history) == 3
     )
     assert results[0].pretrain_history == [] and results[0].pretrain_seconds == 0.0
+    # then frozen
     assert all(
         torch.equal(v, run.model.encoder.state_dict()[k])
         for k, v in snapshots[1].items()
-    )  # then frozen
+    )
     assert not any(p.requires_grad for p in run.model.encoder.parameters())
     with pytest.raises(ValueError, match="encoder_pretrain_steps=-1"):
         train_captioner(base.override(["train.encoder_pretrain_steps=-1"]))
@@ -193,9 +194,8 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
 def test_a_frozen_encoder_encodes_the_training_images_once_and_trains_the_same(
     monkeypatch,
 ):
-    inputs_seen: list[
-        int
-    ] = []  # the dimensions of what the captioner reads at each step
+    # the dimensions of what the captioner reads at each step
+    inputs_seen: list[int] = []
     original = ShowAttendTell.loss
 
     def recording_loss(self, inputs, input_ids):
@@ -219,9 +219,8 @@ def test_a_frozen_encoder_encodes_the_training_images_once_and_trains_the_same(
     unfrozen = train_captioner(
         base.override(["model.freeze_encoder=false", "train.encoder_pretrain_steps=0"])
     )
-    assert (
-        inputs_seen[12:] == [4] * 6 and len(unfrozen.history) == 6
-    )  # a trained encoder is never cached
+    # a trained encoder is never cached
+    assert inputs_seen[12:] == [4] * 6 and len(unfrozen.history) == 6
 
 
 def test_encode_regions_gives_every_image_its_own_regions_whatever_the_batch():

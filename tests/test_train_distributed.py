@@ -1,9 +1,11 @@
-"""The training loop under DDP: 2 Gloo processes on the CPU train exactly like one process.
+"""The training loop under DDP: 2 Gloo processes on the CPU train exactly like one
+process.
 
 Each rank takes half of every global batch; the contrastive loss gathers features across
 ranks and DDP averages gradients, so losses and weights must match a single process that
-sees the whole batch. The image tower is a small ViT: BatchNorm (in the CNN) computes its
-statistics per rank, which is a real, documented difference between the two settings.
+sees the whole batch. The image tower is a small ViT: BatchNorm (in the CNN) computes
+its statistics per rank, which is a real, documented difference between the two
+settings.
 """
 
 from __future__ import annotations
@@ -96,21 +98,19 @@ def test_two_process_training_equals_one_process(tmp_path, monkeypatch):
         for got, want in zip((h["loss"] for h in result["history"]), expected):
             assert abs(got - want) < 1e-5, (got, want)
     for name, value in single.model.state_dict().items():
-        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), (
-            name
-        )  # replicas stay identical
+        # replicas stay identical
+        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
         if name.endswith("in_proj_bias"):
-            # The key part of this bias has an exactly zero gradient (a softmax does not change when
-            # a constant is added to all its logits); Adam divides round-off by round-off there and
-            # takes full-size steps of arbitrary sign, in one process as in two. Compare the rest.
+            # The key part of this bias has an exactly zero gradient (a softmax does not
+            # change when a constant is added to all its logits); Adam divides round-off
+            # by round-off there and takes full-size steps of arbitrary sign, in one
+            # process as in two. Compare the rest.
             dim = value.shape[0] // 3
-            keep = torch.cat(
-                [torch.arange(dim), torch.arange(2 * dim, 3 * dim)]
-            )  # query and value parts
+            # query and value parts
+            keep = torch.cat([torch.arange(dim), torch.arange(2 * dim, 3 * dim)])
             value, got = value[keep], ranks[0]["state"][name][keep]
         else:
             got = ranks[0]["state"][name]
         torch.testing.assert_close(got, value, rtol=1e-4, atol=1e-5, msg=name)
-    assert (
-        tmp_path / "run" / "checkpoints" / "latest"
-    ).is_file()  # only rank 0 writes checkpoints
+    # only rank 0 writes checkpoints
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()

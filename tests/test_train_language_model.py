@@ -1,4 +1,5 @@
-"""Tests for language-model training and perplexity: exact on padded batches, closed-form optima."""
+"""Tests for language-model training and perplexity: exact on padded batches,
+closed-form optima."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _random_sequences(count: int, vocab: int, seed: int) -> list[list[int]]:
 def _unpadded_nll(
     model: torch.nn.Module, sequences: list[list[int]]
 ) -> tuple[float, int]:
-    """Sum of -log P(next token) computed one sequence at a time, with no padding anywhere."""
+    """Sum of -log P(next token) computed one sequence at a time, with no padding
+    anywhere."""
     total, count = 0.0, 0
     with torch.no_grad():
         for ids in sequences:
@@ -94,10 +96,12 @@ def test_pad_sequences_right_pads():
 
 
 def _coin_language() -> list[list[int]]:
-    """<bos> then a fair coin (3 or 4), then a token copying it (5 after 3, 6 after 4), then <eos>.
+    """<bos> then a fair coin (3 or 4), then a token copying it (5 after 3, 6 after 4),
+    then <eos>.
 
-    Per sequence three tokens are predicted (the coin, its copy, <eos>): one with entropy ln 2
-    and two determined ones, so the best possible perplexity is exp(ln 2 / 3) = 2 ** (1 / 3).
+    Per sequence three tokens are predicted (the coin, its copy, <eos>): one with
+    entropy ln 2 and two determined ones, so the best possible perplexity is exp(ln 2 /
+    3) = 2 ** (1 / 3).
     """
     generator = torch.Generator().manual_seed(0)
     coins = torch.randint(3, 5, (400,), generator=generator).tolist()
@@ -119,7 +123,8 @@ def test_training_reaches_the_entropy_of_a_known_language(kind):
     )
     after = perplexity(model, sequences)
     assert before > 4.0
-    # The empirical coin is not exactly fair: its entropy bounds the perplexity from below.
+    # The empirical coin is not exactly fair: its entropy bounds the perplexity from
+    # below.
     heads = sum(s[1] == 3 for s in sequences) / len(sequences)
     entropy = -(heads * math.log(heads) + (1 - heads) * math.log(1 - heads))
     assert after >= math.exp(entropy / 3) - 1e-6
@@ -129,7 +134,8 @@ def test_training_reaches_the_entropy_of_a_known_language(kind):
 
 
 def test_a_trigram_kneser_ney_model_agrees_on_the_same_language():
-    """The count model reaches the same optimum, a cross-check of the token accounting (</s> counted once)."""
+    """The count model reaches the same optimum, a cross-check of the token accounting
+    (</s> counted once)."""
     words = {3: "heads", 4: "tails", 5: "H", 6: "T"}
     sentences = [[words[t] for t in s[1:-1]] for s in _coin_language()]
     lm = NGramLM(order=3, smoothing="kneser_ney", discount=0.01).fit(sentences)

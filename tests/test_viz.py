@@ -16,7 +16,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _argmax_cells(ax) -> set[tuple[int, int]]:
-    """(row, col) of every argmax outline, read back from the rectangle's lower-left corner."""
+    """(row, col) of every argmax outline, read back from the rectangle's lower-left
+    corner."""
     cells = set()
     for patch in ax.patches:
         if patch.get_gid() == viz.ARGMAX_GID:
@@ -37,7 +38,8 @@ def _is_png(path) -> bool:
         return handle.read(8) == PNG_SIGNATURE
 
 
-# --------------------------------------------------------------------------- similarity_heatmap
+# ---------------------------------------------------------------------------
+# similarity_heatmap
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,10 @@ def test_heatmap_annotation_default_depends_on_size_and_can_be_forced():
 
 
 def test_heatmap_labels_rows_and_columns_and_wraps_long_captions():
-    long_caption = "a small red circle sits above a large blue square on a grey background near a green triangle"
+    long_caption = (
+        "a small red circle sits above a large blue square on a grey background "
+        "near a green triangle"
+    )
     captions = ["a dog", long_caption]
     fig = viz.similarity_heatmap(
         np.eye(2), row_labels=["first", "second"], col_labels=captions, title="pairs"
@@ -215,7 +220,8 @@ def test_heatmap_accepts_cuda_tensors():
     )
 
 
-# --------------------------------------------------------------------------- retrieval_grid
+# ---------------------------------------------------------------------------
+# retrieval_grid
 
 
 def test_retrieval_grid_shows_the_query_and_each_image_with_rank_and_score():
@@ -317,7 +323,8 @@ def test_image_grid_rejects_bad_input(kwargs, message):
         viz.image_grid(**kwargs)
 
 
-# --------------------------------------------------------------------------- training_curves
+# ---------------------------------------------------------------------------
+# training_curves
 
 
 def _history() -> list[dict]:

@@ -1,4 +1,5 @@
-"""Per-word attention overlays: one panel per word, each map stretched over the image where it belongs."""
+"""Per-word attention overlays: one panel per word, each map stretched over the image
+where it belongs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from crossalign import viz
 
 
 def _overlays(fig):
-    """The attention layer of every word panel (the second image drawn on it), in panel order."""
+    """The attention layer of every word panel (the second image drawn on it), in panel
+    order."""
     return [ax.images[1].get_array() for ax in fig.axes[1:]]
 
 
@@ -25,9 +27,8 @@ def test_one_panel_per_word_with_the_word_and_its_peak_weight():
 
 
 def test_each_map_lands_on_its_region_of_the_image():
-    grid = torch.zeros(
-        4, 2, 3
-    )  # a 2 x 3 grid: row 0 = top; four words, each attending to one region
+    # a 2 x 3 grid: row 0 = top; four words, each attending to one region
+    grid = torch.zeros(4, 2, 3)
     for word, (row, col) in enumerate([(0, 0), (0, 2), (1, 1), (1, 2)]):
         grid[word, row, col] = 1.0
     fig = viz.attention_overlay(

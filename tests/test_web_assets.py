@@ -1,4 +1,5 @@
-"""tools/fetch_web_assets.py: digests, the file selection and unpacking, on hand-made tarballs."""
+"""tools/fetch_web_assets.py: digests, the file selection and unpacking, on hand-made
+tarballs."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ ASSET = tool.WebAsset(
 
 
 def make_tarball(path: Path, files: dict[str, bytes]) -> Path:
-    """Write a gzipped tarball holding ``files`` (member name -> content), as npm pack does."""
+    """Write a gzipped tarball holding ``files`` (member name -> content), as npm pack
+    does."""
     with tarfile.open(path, "w:gz") as archive:
         for name, content in files.items():
             info = tarfile.TarInfo(name)

@@ -1,4 +1,5 @@
-"""Zero-shot classification by prompts: class embeddings, prediction, the ShapesWorld attribute task."""
+"""Zero-shot classification by prompts: class embeddings, prediction, the ShapesWorld
+attribute task."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""Fetch the pinned Mermaid and MathJax releases into ``book/_static/vendor`` for offline pages.
+"""Fetch the pinned Mermaid and MathJax releases into ``book/_static/vendor`` for
+offline pages.
 
     python tools/fetch_web_assets.py            # fetch if missing or outdated
     python tools/fetch_web_assets.py --check    # exit 1 unless the assets are in place
 
-The book's pages must render diagrams and equations with no network, so both libraries are
-served from the built site instead of a CDN. They come from the npm registry through the
-ordinary ``npm pack`` client, at pinned versions whose tarballs are checked against pinned
-SHA-512 digests, so every machine gets byte-identical files. Only what a browser needs is
-unpacked (no source maps, no type declarations), each library next to its licence. The
-target folder is git-ignored; ``make book`` and ``make test`` run this script first.
+The book's pages must render diagrams and equations with no network, so both libraries
+are served from the built site instead of a CDN. They come from the npm registry through
+the ordinary ``npm pack`` client, at pinned versions whose tarballs are checked against
+pinned SHA-512 digests, so every machine gets byte-identical files. Only what a browser
+needs is unpacked (no source maps, no type declarations), each library next to its
+licence. The target folder is git-ignored; ``make book`` and ``make test`` run this
+script first.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ STAMP_NAME = "assets.json"
 class WebAsset:
     """One npm package release and the files of it that the built site serves.
 
-    ``keep`` holds glob patterns relative to the package root; a file is unpacked when it
-    matches one of them (and its path, with ``strip`` removed, lands under ``folder``).
+    ``keep`` holds glob patterns relative to the package root; a file is unpacked when
+    it matches one of them (and its path, with ``strip`` removed, lands under
+    ``folder``).
     """
 
     package: str
@@ -53,7 +56,8 @@ class WebAsset:
 
 
 ASSETS = (
-    # Mermaid's ES-module build: a small entry file that imports its diagram chunks lazily.
+    # Mermaid's ES-module build: a small entry file that imports its diagram chunks
+    # lazily.
     WebAsset(
         package="mermaid",
         version="11.12.1",
@@ -66,8 +70,9 @@ ASSETS = (
             "package/dist/chunks/mermaid.esm.min/*.mjs",
         ),
     ),
-    # MathJax 3 (the version Sphinx targets): the TeX+MathML to CommonHTML bundle plus what it
-    # loads on demand (TeX extensions, fonts, the accessibility and menu components).
+    # MathJax 3 (the version Sphinx targets): the TeX+MathML to CommonHTML bundle plus
+    # what it loads on demand (TeX extensions, fonts, the accessibility and menu
+    # components).
     WebAsset(
         package="mathjax",
         version="3.2.2",
@@ -88,16 +93,19 @@ ASSETS = (
 
 
 def sri_digest(data: bytes) -> str:
-    """Return the Subresource-Integrity string (``sha512-<base64>``) npm records for ``data``."""
+    """Return the Subresource-Integrity string (``sha512-<base64>``) npm records for
+    ``data``."""
     return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
 
 
 def npm_pack(spec: str, destination: Path) -> Path:
-    """Download the tarball of ``spec`` with ``npm pack`` into ``destination``; return its path."""
+    """Download the tarball of ``spec`` with ``npm pack`` into ``destination``; return
+    its path."""
     npm = shutil.which("npm")
     if npm is None:
         raise FileNotFoundError(
-            "npm is not installed: install Node.js and npm (e.g. the Debian package npm), then rerun"
+            "npm is not installed: install Node.js and npm (e.g. the Debian package "
+            "npm), then rerun"
         )
     result = subprocess.run(
         [npm, "pack", spec, "--json", "--pack-destination", str(destination)],
@@ -107,7 +115,8 @@ def npm_pack(spec: str, destination: Path) -> Path:
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"npm pack {spec} failed (exit {result.returncode}):\n{result.stderr.strip()}"
+            f"npm pack {spec} failed (exit "
+            f"{result.returncode}):\n{result.stderr.strip()}"
         )
     (record,) = json.loads(result.stdout)
     return destination / record["filename"]
@@ -116,7 +125,8 @@ def npm_pack(spec: str, destination: Path) -> Path:
 def wanted(member: str, asset: WebAsset) -> bool:
     """Whether tarball member ``member`` is one of the files ``asset`` keeps.
 
-    A pattern ending in ``/**`` keeps a whole folder; otherwise ``*`` matches within one folder.
+    A pattern ending in ``/**`` keeps a whole folder; otherwise ``*`` matches within one
+    folder.
     """
     for pattern in asset.keep:
         if pattern.endswith("/**"):
@@ -130,7 +140,8 @@ def wanted(member: str, asset: WebAsset) -> bool:
 
 
 def unpack(tarball: Path, asset: WebAsset, target: Path) -> int:
-    """Unpack the kept files of ``asset`` from ``tarball`` into ``target``; return how many."""
+    """Unpack the kept files of ``asset`` from ``tarball`` into ``target``; return how
+    many."""
     count = 0
     with tarfile.open(tarball, "r:gz") as archive:
         for member in archive.getmembers():
@@ -144,7 +155,8 @@ def unpack(tarball: Path, asset: WebAsset, target: Path) -> int:
             destination = target / relative
             if ".." in PurePosixPath(relative).parts:
                 raise ValueError(
-                    f"{tarball.name}: refusing to unpack {member.name!r} outside {target}"
+                    f"{tarball.name}: refusing to unpack {member.name!r} outside "
+                    f"{target}"
                 )
             destination.parent.mkdir(parents=True, exist_ok=True)
             source = archive.extractfile(member)
@@ -153,13 +165,15 @@ def unpack(tarball: Path, asset: WebAsset, target: Path) -> int:
             count += 1
     if count == 0:
         raise RuntimeError(
-            f"{tarball.name}: none of the files {asset.keep} found; is the version right?"
+            f"{tarball.name}: none of the files {asset.keep} found; is the version "
+            "right?"
         )
     return count
 
 
 def expected_stamp() -> dict[str, str]:
-    """The record of package versions and digests that a complete fetch leaves behind."""
+    """The record of package versions and digests that a complete fetch leaves
+    behind."""
     return {asset.spec: asset.integrity for asset in ASSETS}
 
 
@@ -173,7 +187,8 @@ def is_current(vendor_dir: Path = VENDOR_DIR) -> bool:
 
 
 def fetch(vendor_dir: Path = VENDOR_DIR) -> None:
-    """Fetch, verify and unpack every pinned asset into ``vendor_dir`` (replacing what is there)."""
+    """Fetch, verify and unpack every pinned asset into ``vendor_dir`` (replacing what
+    is there)."""
     with tempfile.TemporaryDirectory(prefix="crossalign-assets-") as scratch:
         scratch_dir = Path(scratch)
         staging = scratch_dir / "vendor"
@@ -182,11 +197,13 @@ def fetch(vendor_dir: Path = VENDOR_DIR) -> None:
             digest = sri_digest(tarball.read_bytes())
             if digest != asset.integrity:
                 raise RuntimeError(
-                    f"{asset.spec}: tarball digest {digest} differs from the pinned {asset.integrity}"
+                    f"{asset.spec}: tarball digest {digest} differs from the pinned "
+                    f"{asset.integrity}"
                 )
             count = unpack(tarball, asset, staging / asset.folder)
             print(
-                f"{asset.spec:<20} {count:4d} files -> {vendor_dir.relative_to(ROOT) / asset.folder}"
+                f"{asset.spec:<20} {count:4d} files -> "
+                f"{vendor_dir.relative_to(ROOT) / asset.folder}"
             )
         (staging / STAMP_NAME).write_text(
             json.dumps(expected_stamp(), indent=1) + "\n", encoding="utf-8"
@@ -210,7 +227,8 @@ def main() -> int:
         return 0
     if args.check:
         print(
-            f"web assets missing or outdated in {VENDOR_DIR.relative_to(ROOT)}: run python tools/fetch_web_assets.py",
+            f"web assets missing or outdated in {VENDOR_DIR.relative_to(ROOT)}: run "
+            "python tools/fetch_web_assets.py",
             file=sys.stderr,
         )
         return 1

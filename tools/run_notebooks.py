@@ -1,15 +1,16 @@
-"""Re-execute chapter notebooks in clean kernels, save them with fresh outputs, report times.
+"""Re-execute chapter notebooks in clean kernels, save them with fresh outputs, report
+times.
 
     python tools/run_notebooks.py book/01_overview.ipynb [...]
 
-Used by ``make notebooks``. Each notebook runs in a new kernel with ``book/`` as the working
-directory (as in the book build); the first failing cell stops with its error and the
-notebook on disk is left untouched.
+Used by ``make notebooks``. Each notebook runs in a new kernel with ``book/`` as the
+working directory (as in the book build); the first failing cell stops with its error
+and the notebook on disk is left untouched.
 
-Stderr is dropped from cells tagged ``nbval-ignore-output`` before saving: it holds library
-warnings and progress bars that name this machine's paths and differ between machines, and
-nbval does not compare those cells anyway. Stderr of checked cells is kept, so nbval still
-catches a warning that appears or disappears there.
+Stderr is dropped from cells tagged ``nbval-ignore-output`` before saving: it holds
+library warnings and progress bars that name this machine's paths and differ between
+machines, and nbval does not compare those cells anyway. Stderr of checked cells is
+kept, so nbval still catches a warning that appears or disappears there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from nbclient import NotebookClient
 
 
 def drop_ignored_stderr(notebook: nbformat.NotebookNode) -> int:
-    """Remove stderr stream outputs from cells tagged ``nbval-ignore-output``; return how many."""
+    """Remove stderr stream outputs from cells tagged ``nbval-ignore-output``; return
+    how many."""
     removed = 0
     for cell in notebook.cells:
         if cell.cell_type != "code" or "nbval-ignore-output" not in cell.metadata.get(

@@ -1,13 +1,16 @@
-"""Write the Colab setup cell, built from the repository URL in ``_config.yml``, into every chapter.
+"""Write the Colab setup cell, built from the repository URL in ``_config.yml``, into
+every chapter.
 
-    python tools/sync_setup_cell.py              # update book/*.ipynb in place
-    python tools/sync_setup_cell.py --check      # exit 1 and name each notebook that differs
-    python tools/sync_setup_cell.py book/04_alignment_pipeline.ipynb   # only these notebooks
+    python tools/sync_setup_cell.py              # update book/*.ipynb in place python
+    tools/sync_setup_cell.py --check      # exit 1 and name each notebook that differs
+    python tools/sync_setup_cell.py book/04_alignment_pipeline.ipynb   # only these
+    notebooks
 
-The cell installs the companion package when a notebook runs in Google Colab and does nothing
-anywhere else. Every chapter carries the same cell, as the second cell (right after the title
-cell), tagged ``nbval-skip`` so notebook validation never runs it. The repository is named in
-one place, ``repository.url`` in ``_config.yml``, which also drives the launch buttons.
+The cell installs the companion package when a notebook runs in Google Colab and does
+nothing anywhere else. Every chapter carries the same cell, as the second cell (right
+after the title cell), tagged ``nbval-skip`` so notebook validation never runs it. The
+repository is named in one place, ``repository.url`` in ``_config.yml``, which also
+drives the launch buttons.
 """
 
 from __future__ import annotations
@@ -25,22 +28,28 @@ BOOK_DIR = ROOT / "book"
 SETUP_CELL_INDEX = 1
 SETUP_CELL_TAG = "nbval-skip"
 SETUP_CELL_ID = "colab-setup"
-FIRST_LINE = "# Colab only: install the companion package (this cell does nothing anywhere else)."
+FIRST_LINE = "# Colab only: install the companion package (does nothing anywhere else)."
+# How every version of the setup cell begins, so that rewording FIRST_LINE updates old
+# copies instead of adding a second cell.
+SETUP_CELL_PREFIX = "# Colab only:"
 
 
 def repository_url(config_path: Path = CONFIG_PATH) -> str:
-    """Return ``repository.url`` from the Jupyter Book configuration at ``config_path``."""
+    """Return ``repository.url`` from the Jupyter Book configuration at
+    ``config_path``."""
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     url = (config.get("repository") or {}).get("url")
     if not isinstance(url, str) or not url.startswith("https://"):
         raise ValueError(
-            f"{config_path}: repository.url must be an https:// URL of the book's repository, got {url!r}"
+            f"{config_path}: repository.url must be an https:// URL of the book's "
+            f"repository, got {url!r}"
         )
     return url.rstrip("/")
 
 
 def setup_cell_source(url: str) -> str:
-    """The source of the setup cell that installs ``crossalign`` from the repository at ``url``."""
+    """The source of the setup cell that installs ``crossalign`` from the repository at
+    ``url``."""
     return (
         f"{FIRST_LINE}\n"
         "import sys\n"
@@ -52,7 +61,9 @@ def setup_cell_source(url: str) -> str:
 
 def is_setup_cell(cell: nbformat.NotebookNode) -> bool:
     """Whether ``cell`` is a (possibly outdated) copy of the setup cell."""
-    return cell.cell_type == "code" and cell.source.lstrip().startswith(FIRST_LINE)
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(
+        SETUP_CELL_PREFIX
+    )
 
 
 def _has_expected_form(cell: nbformat.NotebookNode, source: str) -> bool:
@@ -75,10 +86,12 @@ def notebook_is_synced(notebook: nbformat.NotebookNode, source: str) -> bool:
 
 
 def sync_notebook(notebook: nbformat.NotebookNode, source: str) -> bool:
-    """Put the setup cell with ``source`` at its place in ``notebook``; return whether it changed.
+    """Put the setup cell with ``source`` at its place in ``notebook``; return whether
+    it changed.
 
-    An existing copy keeps its cell id and outputs when only its source or tags were stale;
-    any copy elsewhere in the notebook is moved to the right place, and duplicates are removed.
+    An existing copy keeps its cell id and outputs when only its source or tags were
+    stale; any copy elsewhere in the notebook is moved to the right place, and
+    duplicates are removed.
     """
     if notebook_is_synced(notebook, source):
         return False
@@ -149,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         for path in stale:
             print(
-                f"{path}: setup cell missing, misplaced or outdated (run python tools/sync_setup_cell.py)",
+                f"{path}: setup cell missing, misplaced or outdated (run python "
+                "tools/sync_setup_cell.py)",
                 file=sys.stderr,
             )
         return 1

@@ -1,4 +1,5 @@
-"""Data: ShapesWorld (generated, offline), Flickr8k (real), tokenisation, batching, feature caches."""
+"""Data: ShapesWorld (generated, offline), Flickr8k (real), tokenisation, batching,
+feature caches."""
 
 from crossalign.data.build import build_dataset, build_tokenizer
 from crossalign.data.collate import CaptionCollator

@@ -16,9 +16,11 @@ TOKENIZERS = ("word", "hf")
 def build_dataset(
     cfg: Any, split: str, seed: int = 0, size: int | None = None
 ) -> Dataset:
-    """The ``split`` ("train", "val", "test", or for ShapesWorld "compositional") of ``cfg.name``.
+    """The ``split`` ("train", "val", "test", or for ShapesWorld "compositional") of
+    ``cfg.name``.
 
-    ``cfg`` is a :class:`crossalign.train.config.DataConfig` (or anything with its fields).
+    ``cfg`` is a :class:`crossalign.train.config.DataConfig` (or anything with its
+    fields).
     """
     if cfg.name == "shapes":
         default = {
@@ -38,7 +40,8 @@ def build_dataset(
 
         if not cfg.root:
             raise ValueError(
-                "data.name='flickr8k' needs data.root: the folder holding the Flickr8k files"
+                "data.name='flickr8k' needs data.root: the folder holding the Flickr8k "
+                "files"
             )
         return Flickr8k(
             cfg.root, split=split, image_size=cfg.image_size, on_error="skip"
@@ -51,8 +54,8 @@ def build_tokenizer(
 ) -> Vocabulary | HFTokenizerAdapter:
     """A word vocabulary built on the training captions, or a Hugging Face tokenizer.
 
-    For ShapesWorld the vocabulary is built from the grammar's word list, which is exactly
-    the set of words any caption can use (no unknown words at test time).
+    For ShapesWorld the vocabulary is built from the grammar's word list, which is
+    exactly the set of words any caption can use (no unknown words at test time).
     """
     if cfg.tokenizer == "hf":
         return HFTokenizerAdapter(cfg.tokenizer_name, max_len=cfg.max_len)

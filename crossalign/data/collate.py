@@ -1,4 +1,5 @@
-"""Turning data-set items into training batches: stacked images plus one tokenised caption each."""
+"""Turning data-set items into training batches: stacked images plus one tokenised
+caption each."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from crossalign.data.shapes import hash_uniform
 
 
 class BatchTokenizer(Protocol):
-    """What the collator needs from a tokenizer (``Vocabulary`` and ``HFTokenizerAdapter`` both fit)."""
+    """What the collator needs from a tokenizer (``Vocabulary`` and
+    ``HFTokenizerAdapter`` both fit)."""
 
     def encode_batch(
         self, texts: Sequence[str], max_len: int | None = None
@@ -24,10 +26,11 @@ class BatchTokenizer(Protocol):
 class CaptionCollator:
     """Collate ``{"image", "captions", "index"}`` items, picking one caption per image.
 
-    ``caption="random"`` picks a caption per (epoch, image) with a counter-based hash of the
-    seed, so the choice does not depend on batch order or on worker processes, and a resumed
-    run sees exactly the captions an uninterrupted run would. ``caption="first"`` always takes
-    caption 0; an integer takes that caption. Call :meth:`set_epoch` at each new epoch.
+    ``caption="random"`` picks a caption per (epoch, image) with a counter-based hash of
+    the seed, so the choice does not depend on batch order or on worker processes, and a
+    resumed run sees exactly the captions an uninterrupted run would.
+    ``caption="first"`` always takes caption 0; an integer takes that caption. Call
+    :meth:`set_epoch` at each new epoch.
     """
 
     def __init__(
@@ -42,7 +45,8 @@ class CaptionCollator:
             or (isinstance(caption, int) and caption >= 0)
         ):
             raise ValueError(
-                f"caption={caption!r} must be 'random', 'first' or a caption number >= 0"
+                f"caption={caption!r} must be 'random', 'first' or a caption number >= "
+                "0"
             )
         self.tokenizer = tokenizer
         self.caption = caption
@@ -68,7 +72,8 @@ class CaptionCollator:
         for item in items:
             if k >= len(item["captions"]):
                 raise IndexError(
-                    f"caption={k} asked for, but item {item['index']} has {len(item['captions'])} captions"
+                    f"caption={k} asked for, but item {item['index']} has "
+                    f"{len(item['captions'])} captions"
                 )
             chosen.append(item["captions"][k])
         return chosen

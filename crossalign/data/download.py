@@ -1,17 +1,19 @@
-"""Download and unpack Flickr8k safely: atomic files, checked archives, checked structure.
+"""Download and unpack Flickr8k safely: atomic files, checked archives, checked
+structure.
 
-The authors' original download page needs a form; the copy most tutorials use is the pair of
-zip files attached to a GitHub release (``FLICKR8K_IMAGES_URL``, about 1 GB, and
+The authors' original download page needs a form; the copy most tutorials use is the
+pair of zip files attached to a GitHub release (``FLICKR8K_IMAGES_URL``, about 1 GB, and
 ``FLICKR8K_TEXT_URL``, about 2 MB). They unpack to the original layout read by
-:class:`crossalign.data.flickr8k.Flickr8k`: the folder ``Flicker8k_Dataset/`` with 8,091 JPEGs,
-``Flickr8k.token.txt`` with 40,460 caption lines (8,092 ids: one is the ``.jpg.1`` quirk) and the
-three split files. The mirror publishes no checksum, so the structure check after extraction
-(counts of images and caption lines, presence of every file) is what tells a complete download
-from a broken one.
+:class:`crossalign.data.flickr8k.Flickr8k`: the folder ``Flicker8k_Dataset/`` with 8,091
+JPEGs, ``Flickr8k.token.txt`` with 40,460 caption lines (8,092 ids: one is the
+``.jpg.1`` quirk) and the three split files. The mirror publishes no checksum, so the
+structure check after extraction (counts of images and caption lines, presence of every
+file) is what tells a complete download from a broken one.
 
-Every step is atomic: a file is streamed to a temporary name and renamed when complete, archives
-are unpacked into a temporary folder first, and the data set folder appears only once all of it
-has been checked. An interrupted run leaves nothing half-written behind.
+Every step is atomic: a file is streamed to a temporary name and renamed when complete,
+archives are unpacked into a temporary folder first, and the data set folder appears
+only once all of it has been checked. An interrupted run leaves nothing half-written
+behind.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def download_file(
     chunk_size: int = 1 << 20,
     timeout: float = 60.0,
 ) -> Path:
-    """Stream ``url`` to ``dest`` through a temporary file, check it, then rename it into place.
+    """Stream ``url`` to ``dest`` through a temporary file, check it, then rename it
+    into place.
 
-    The download is checked against the server's ``Content-Length`` (a cut connection is caught)
-    and, when given, against ``sha256``. On any failure ``dest`` is left as it was and no partial
-    file remains. ``file://`` URLs work too.
+    The download is checked against the server's ``Content-Length`` (a cut connection is
+    caught) and, when given, against ``sha256``. On any failure ``dest`` is left as it
+    was and no partial file remains. ``file://`` URLs work too.
     """
     dest = Path(dest)
     digest = hashlib.sha256()
@@ -82,18 +85,21 @@ def download_file(
                     bar.update(len(chunk))
         if expected_bytes is not None and received != expected_bytes:
             raise OSError(
-                f"download of {url} stopped after {received} of {expected_bytes} bytes; run it again"
+                f"download of {url} stopped after {received} of {expected_bytes} "
+                "bytes; run it again"
             )
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise ValueError(
-                f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest.hexdigest()}; "
+                f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got "
+                f"{digest.hexdigest()}; "
                 "the file is corrupt or has changed on the server, so it was not kept"
             )
     return dest
 
 
 def _refuse_unsafe_name(name: str, archive: Path) -> None:
-    """Raise for a member name that is absolute, has a drive or contains ``..`` (path traversal)."""
+    """Raise for a member name that is absolute, has a drive or contains ``..`` (path
+    traversal)."""
     path = PurePosixPath(name.replace("\\", "/"))
     if (
         path.is_absolute()
@@ -101,7 +107,8 @@ def _refuse_unsafe_name(name: str, archive: Path) -> None:
         or (path.parts and ":" in path.parts[0])
     ):
         raise ValueError(
-            f"{archive}: refusing member {name!r}, whose path points outside the extraction folder"
+            f"{archive}: refusing member {name!r}, whose path points outside the "
+            "extraction folder"
         )
 
 
@@ -119,7 +126,8 @@ def _extract_tar(archive: Path, into: Path) -> None:
             _refuse_unsafe_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
                 raise ValueError(
-                    f"{archive}: refusing member {member.name!r}: only files and folders are extracted, not links or devices"
+                    f"{archive}: refusing member {member.name!r}: only files and "
+                    "folders are extracted, not links or devices"
                 )
         if hasattr(tarfile, "data_filter"):
             tf.extractall(into, members=members, filter="data")
@@ -133,12 +141,14 @@ def extract_archive(
     *,
     skip_macos_metadata: bool = True,
 ) -> Path:
-    """Unpack a zip or tar archive into ``dest`` via a temporary folder, refusing unsafe members.
+    """Unpack a zip or tar archive into ``dest`` via a temporary folder, refusing unsafe
+    members.
 
-    Members with absolute paths, ``..`` components or (in tars) links are refused before anything
-    is written. The archive is unpacked beside ``dest``; then each top-level entry is renamed into
-    ``dest`` (created if needed), after checking that none exists there yet. A failure leaves
-    ``dest`` untouched. ``__MACOSX/`` resource-fork folders are dropped unless asked otherwise.
+    Members with absolute paths, ``..`` components or (in tars) links are refused before
+    anything is written. The archive is unpacked beside ``dest``; then each top-level
+    entry is renamed into ``dest`` (created if needed), after checking that none exists
+    there yet. A failure leaves ``dest`` untouched. ``__MACOSX/`` resource-fork folders
+    are dropped unless asked otherwise.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
@@ -161,7 +171,8 @@ def extract_archive(
         clashes = [entry.name for entry in entries if (dest / entry.name).exists()]
         if clashes:
             raise FileExistsError(
-                f"extracting {archive} would overwrite {', '.join(sorted(clashes))} in {dest}"
+                f"extracting {archive} would overwrite {', '.join(sorted(clashes))} in "
+                f"{dest}"
             )
         dest.mkdir(exist_ok=True)
         for entry in entries:
@@ -176,11 +187,13 @@ def check_flickr8k_structure(
     expected_images: int = FLICKR8K_IMAGE_COUNT,
     expected_caption_lines: int = FLICKR8K_CAPTION_LINES,
 ) -> None:
-    """Check that ``root`` holds the complete original layout; raise naming everything missing.
+    """Check that ``root`` holds the complete original layout; raise naming everything
+    missing.
 
-    Needs the image folder with at least ``expected_images`` ``.jpg`` files, ``Flickr8k.token.txt``
-    with at least ``expected_caption_lines`` non-blank lines and the three split files.
-    Raises ``FileNotFoundError`` if a file or folder is absent, else ``ValueError`` if a count is short.
+    Needs the image folder with at least ``expected_images`` ``.jpg`` files,
+    ``Flickr8k.token.txt`` with at least ``expected_caption_lines`` non-blank lines and
+    the three split files. Raises ``FileNotFoundError`` if a file or folder is absent,
+    else ``ValueError`` if a count is short.
     """
     root = Path(root)
     missing, short = [], []
@@ -200,7 +213,8 @@ def check_flickr8k_structure(
             n_lines = sum(1 for line in handle if line.strip())
         if n_lines < expected_caption_lines:
             short.append(
-                f"{token_file} has {n_lines} caption lines, expected {expected_caption_lines}"
+                f"{token_file} has {n_lines} caption lines, expected "
+                f"{expected_caption_lines}"
             )
     else:
         missing.append(f"{TOKEN_FILE} is missing")
@@ -227,13 +241,15 @@ def download_flickr8k(
     expected_images: int = FLICKR8K_IMAGE_COUNT,
     expected_caption_lines: int = FLICKR8K_CAPTION_LINES,
 ) -> Path:
-    """Download Flickr8k (images and text) into ``<cache_dir>/flickr8k`` and return that folder.
+    """Download Flickr8k (images and text) into ``<cache_dir>/flickr8k`` and return that
+    folder.
 
-    ``cache_dir`` defaults to :func:`crossalign.utils.default_cache_dir`; ``url`` and ``text_url``
-    default to the public mirror above. A folder that already passes the structure check is
-    returned without downloading unless ``force=True``. Both archives are fetched and unpacked in
-    a staging folder, the result is checked, and only then renamed to ``flickr8k``: a failed or
-    interrupted run leaves no partial data set and keeps an earlier complete one.
+    ``cache_dir`` defaults to :func:`crossalign.utils.default_cache_dir`; ``url`` and
+    ``text_url`` default to the public mirror above. A folder that already passes the
+    structure check is returned without downloading unless ``force=True``. Both archives
+    are fetched and unpacked in a staging folder, the result is checked, and only then
+    renamed to ``flickr8k``: a failed or interrupted run leaves no partial data set and
+    keeps an earlier complete one.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / "flickr8k"

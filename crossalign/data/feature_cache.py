@@ -1,16 +1,18 @@
 """Run a frozen image encoder once over a data set and cache its features on disk.
 
-Caption and projector training with a frozen vision encoder spends most of its time re-encoding
-the same images every epoch. Encoding them once and training from the cache is the standard
-trick (chapter 10). The cache is two files written atomically:
+Caption and projector training with a frozen vision encoder spends most of its time
+re-encoding the same images every epoch. Encoding them once and training from the cache
+is the standard trick (chapter 10). The cache is two files written atomically:
 
-- ``<name>.safetensors``: one tensor ``features`` of shape ``[N, *feature_shape]`` (fp16 by
-  default, which halves the size at a relative precision of about 5e-4);
-- ``<name>.json``: the sidecar, with the encoder's class name, the caller's ``encoder_id``, the
-  number of items, the feature shape and dtype, and, when the data set provides them, the image
-  ids and captions, so training from the cache needs no images at all.
+- ``<name>.safetensors``: one tensor ``features`` of shape ``[N, *feature_shape]`` (fp16
+  by default, which halves the size at a relative precision of about 5e-4);
+- ``<name>.json``: the sidecar, with the encoder's class name, the caller's
+  ``encoder_id``, the number of items, the feature shape and dtype, and, when the data
+  set provides them, the image ids and captions, so training from the cache needs no
+  images at all.
 
-Both files carry the same random ``run_id``; a sidecar that belongs to another run is refused.
+Both files carry the same random ``run_id``; a sidecar that belongs to another run is
+refused.
 """
 
 from __future__ import annotations
@@ -36,18 +38,21 @@ CACHE_VERSION = 1
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """Return the JSON sidecar that goes with a feature file: ``x.safetensors`` -> ``x.json``."""
+    """Return the JSON sidecar that goes with a feature file: ``x.safetensors`` ->
+    ``x.json``."""
     return Path(path).with_suffix(".json")
 
 
 def _collate_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack the images of a batch; keep captions and image ids as per-item lists (or None)."""
+    """Stack the images of a batch; keep captions and image ids as per-item lists (or
+    None)."""
     for item in items:
         if not isinstance(item, Mapping) or not isinstance(
             item.get("image"), torch.Tensor
         ):
             raise TypeError(
-                f"data set items must be dicts with an 'image' tensor, got {type(item).__name__}"
+                "data set items must be dicts with an 'image' tensor, got "
+                f"{type(item).__name__}"
             )
     return {
         "image": torch.stack([item["image"] for item in items]),
@@ -76,21 +81,24 @@ def cache_image_features(
     *,
     encoder_id: str | None = None,
 ) -> Path:
-    """Encode every image of ``dataset`` with a frozen ``encoder`` and cache the features at ``path``.
+    """Encode every image of ``dataset`` with a frozen ``encoder`` and cache the
+    features at ``path``.
 
-    ``encoder`` maps ``[B, 3, H, W]`` to a tensor ``[B, ...]`` (pooled ``[B, D]`` or a grid
-    ``[B, C, h, w]``); it is moved to ``device`` and run in eval mode under
-    ``torch.inference_mode``, and its train/eval mode is restored afterwards. Dataset items are
-    dicts with an ``"image"`` tensor; their ``"captions"`` and ``"image_id"`` are stored in the
-    sidecar when every item has them. ``encoder_id`` (default: the encoder's class name) names the
-    weights, so that :func:`load_feature_cache` can refuse features from another encoder. Features
-    are kept in memory as ``dtype`` until both files are written atomically: a crash leaves no
-    cache file behind and an earlier cache at ``path`` intact.
+    ``encoder`` maps ``[B, 3, H, W]`` to a tensor ``[B, ...]`` (pooled ``[B, D]`` or a
+    grid ``[B, C, h, w]``); it is moved to ``device`` and run in eval mode under
+    ``torch.inference_mode``, and its train/eval mode is restored afterwards. Dataset
+    items are dicts with an ``"image"`` tensor; their ``"captions"`` and ``"image_id"``
+    are stored in the sidecar when every item has them. ``encoder_id`` (default: the
+    encoder's class name) names the weights, so that :func:`load_feature_cache` can
+    refuse features from another encoder. Features are kept in memory as ``dtype`` until
+    both files are written atomically: a crash leaves no cache file behind and an
+    earlier cache at ``path`` intact.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(
-            f"path={str(path)!r} must end in .safetensors (the sidecar goes beside it as .json)"
+            f"path={str(path)!r} must end in .safetensors (the sidecar goes beside it "
+            "as .json)"
         )
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
@@ -118,8 +126,10 @@ def cache_image_features(
                     len(batch["image"]),
                 ):
                     raise TypeError(
-                        f"encoder must return a tensor [B, ...] with B={len(batch['image'])}, got "
-                        f"{getattr(output, 'shape', type(output).__name__)}; wrap it to return the features"
+                        "encoder must return a tensor [B, ...] with "
+                        f"B={len(batch['image'])}, got "
+                        f"{getattr(output, 'shape', type(output).__name__)}; wrap it "
+                        "to return the features"
                     )
                 if features is None:
                     features = torch.empty(
@@ -182,9 +192,9 @@ def load_feature_cache(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Load cached features (in their stored dtype) and their metadata, checking both.
 
-    Raises ``FileNotFoundError`` if the feature file or its sidecar is missing, and ``ValueError``
-    if the two come from different runs, disagree with each other, or do not match the
-    ``expected_*`` values the caller gives.
+    Raises ``FileNotFoundError`` if the feature file or its sidecar is missing, and
+    ``ValueError`` if the two come from different runs, disagree with each other, or do
+    not match the ``expected_*`` values the caller gives.
     """
     path = Path(path)
     sidecar = sidecar_path(path)
@@ -194,7 +204,8 @@ def load_feature_cache(
         )
     if not sidecar.is_file():
         raise FileNotFoundError(
-            f"{path} has no sidecar {sidecar.name} (it is written with the features; an interrupted or "
+            f"{path} has no sidecar {sidecar.name} (it is written with the features; "
+            "an interrupted or "
             "foreign file has none): re-create the cache with cache_image_features()"
         )
     try:
@@ -203,19 +214,23 @@ def load_feature_cache(
         raise ValueError(f"{sidecar}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != CACHE_FORMAT:
         raise ValueError(
-            f"{sidecar} is not a crossalign feature cache sidecar (no format {CACHE_FORMAT!r})"
+            f"{sidecar} is not a crossalign feature cache sidecar (no format "
+            f"{CACHE_FORMAT!r})"
         )
     with safe_open(str(path), framework="pt") as handle:
         file_run_id = (handle.metadata() or {}).get("run_id")
         if "features" not in handle.keys():
             raise ValueError(
-                f"{path} holds no 'features' tensor; it is not a crossalign feature cache"
+                f"{path} holds no 'features' tensor; it is not a crossalign feature "
+                "cache"
             )
         features = handle.get_tensor("features")
     if file_run_id != metadata.get("run_id"):
         raise ValueError(
-            f"{path} and {sidecar.name} were written by different runs (run_id {file_run_id} vs "
-            f"{metadata.get('run_id')}); re-create the cache with cache_image_features()"
+            f"{path} and {sidecar.name} were written by different runs (run_id "
+            f"{file_run_id} vs "
+            f"{metadata.get('run_id')}); re-create the cache with "
+            "cache_image_features()"
         )
     stored = {"num_items": features.shape[0], "feature_shape": list(features.shape[1:])}
     for key, value in stored.items():
@@ -237,10 +252,12 @@ def load_feature_cache(
 
 
 class CachedFeatures(torch.utils.data.Dataset):
-    """Cached encoder features as a data set: ``{"features", "captions", "image_id", "index"}``.
+    """Cached encoder features as a data set:
+    ``{"features", "captions", "image_id", "index"}``.
 
-    ``features`` comes as ``dtype`` (float32 by default); ``captions`` and ``image_id`` are
-    present when the source data set had them. Checks are those of :func:`load_feature_cache`.
+    ``features`` comes as ``dtype`` (float32 by default); ``captions`` and ``image_id``
+    are present when the source data set had them. Checks are those of
+    :func:`load_feature_cache`.
     """
 
     def __init__(
@@ -281,7 +298,8 @@ class CachedFeatures(torch.utils.data.Dataset):
         return item
 
     def caption_image_index(self) -> tuple[list[str], torch.Tensor]:
-        """All cached captions as one list, and the item index of each (for retrieval metrics)."""
+        """All cached captions as one list, and the item index of each (for retrieval
+        metrics)."""
         if self.captions is None:
             raise ValueError(f"{self.path} was cached from a data set without captions")
         return flatten_captions(self.captions)

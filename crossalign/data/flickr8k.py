@@ -1,41 +1,48 @@
-"""Flickr8k: 8,000 Flickr photos with five captions each, read from any of its three formats.
+"""Flickr8k: 8,000 Flickr photos with five captions each, read from any of its three
+formats.
 
-Three layouts of the same data are in circulation; all three parse to the same image file
-names, captions and splits:
+Three layouts of the same data are in circulation; all three parse to the same image
+file names, captions and splits:
 
 ``original``  (the authors' release)
     ``Flickr8k.token.txt`` with lines ``<image>.jpg#<k><TAB><caption>``, the split files
-    ``Flickr_8k.trainImages.txt``, ``Flickr_8k.devImages.txt`` and ``Flickr_8k.testImages.txt``
-    (one file name per line), and the image folder ``Flicker8k_Dataset/`` (sic).
+    ``Flickr_8k.trainImages.txt``, ``Flickr_8k.devImages.txt`` and
+    ``Flickr_8k.testImages.txt`` (one file name per line), and the image folder
+    ``Flicker8k_Dataset/`` (sic).
 ``karpathy``  (the split used by most retrieval and captioning papers)
-    ``dataset_flickr8k.json``: ``{"images": [{"filename", "split", "sentences": [{"raw",
-    "tokens"}, ...]}, ...], "dataset": "flickr8k"}``. Karpathy's ``restval`` counts as train.
+    ``dataset_flickr8k.json``, holding ``{"images": [...], "dataset": "flickr8k"}``
+    where each image is
+    ``{"filename", "split", "sentences": [{"raw", "tokens"}, ...]}``. Karpathy's
+    ``restval`` counts as train.
 ``kaggle``  (a popular re-upload)
-    ``captions.txt``, a CSV file with header ``image,caption`` and one row per caption (captions
-    holding a comma are quoted), and the image folder ``Images/``.
+    ``captions.txt``, a CSV file with header ``image,caption`` and one row per caption
+    (captions holding a comma are quoted), and the image folder ``Images/``.
 
-Captions come from the chosen format. The split comes from the first of these that exists in
-``root``: the three split files, ``dataset_flickr8k.json``, or else (the Kaggle layout alone has no
-split) a deterministic fallback, announced with a warning: file names are ranked by a SHA-256 hash
-of ``"<seed>:<name>"``, the first eighth goes to test, the next eighth to val and the rest to
-train, each split listed in sorted file-name order. On 8,000 images that gives 6000/1000/1000;
-on the 8,091 images of the Kaggle upload, 6069/1011/1011. Put ``dataset_flickr8k.json`` or the
-split files beside ``captions.txt`` to get the standard split instead.
+Captions come from the chosen format. The split comes from the first of these that
+exists in ``root``: the three split files, ``dataset_flickr8k.json``, or else (the
+Kaggle layout alone has no split) a deterministic fallback, announced with a warning:
+file names are ranked by a SHA-256 hash of ``"<seed>:<name>"``, the first eighth goes to
+test, the next eighth to val and the rest to train, each split listed in sorted
+file-name order. On 8,000 images that gives 6000/1000/1000; on the 8,091 images of the
+Kaggle upload, 6069/1011/1011. Put ``dataset_flickr8k.json`` or the split files beside
+``captions.txt`` to get the standard split instead.
 
-The real files have quirks. The loader handles each by a fixed rule and records it in the
-dataset's :class:`LoadReport`, whatever ``on_error`` says, because nothing is lost:
+The real files have quirks. The loader handles each by a fixed rule and records it in
+the dataset's :class:`LoadReport`, whatever ``on_error`` says, because nothing is lost:
 
-- an id written ``2258277193_586949ec62.jpg.1#0`` is normalised to ``2258277193_586949ec62.jpg``;
-- a caption with fewer than two words (the token file has a caption that is just ``"A"``) is
-  dropped: it describes nothing and would count as a reference in BLEU and CIDEr;
+- an id written ``2258277193_586949ec62.jpg.1#0`` is normalised to
+  ``2258277193_586949ec62.jpg``;
+- a caption with fewer than two words (the token file has a caption that is just
+  ``"A"``) is dropped: it describes nothing and would count as a reference in BLEU and
+  CIDEr;
 - a caption repeated for the same image (same text up to white space) is kept once;
 - blank lines are skipped.
 
-Real problems lose data, so they follow ``on_error``: ``"raise"`` (the default) raises an error
-naming the file (and line, for annotation files); ``"skip"`` leaves the item out and records it.
-They are: malformed annotation lines or entries, an image listed twice in different splits, an
-image of the split with no caption, an image missing on disk, and (with ``verify_images=True``)
-an image that does not decode.
+Real problems lose data, so they follow ``on_error``: ``"raise"`` (the default) raises
+an error naming the file (and line, for annotation files); ``"skip"`` leaves the item
+out and records it. They are: malformed annotation lines or entries, an image listed
+twice in different splits, an image of the split with no caption, an image missing on
+disk, and (with ``verify_images=True``) an image that does not decode.
 """
 
 from __future__ import annotations
@@ -77,7 +84,8 @@ IMAGE_DIR_NAMES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images")
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 MIN_CAPTION_WORDS = 2
 
-# Kinds of report entries. Fixed quirks are recorded in both modes; problems raise or are skipped.
+# Kinds of report entries. Fixed quirks are recorded in both modes; problems raise or
+# are skipped.
 NORMALISED_ID = "normalised id"
 SHORT_CAPTION = "single-word caption dropped"
 DUPLICATE_CAPTION = "duplicate caption dropped"
@@ -97,10 +105,12 @@ _IMAGE_NAME = re.compile(r"^(?P<image>.+?\.jpg)(?P<extra>\.\d+)?$", re.IGNORECAS
 
 
 class LoadReport:
-    """What the loader fixed or left out while reading Flickr8k: ``(item, reason)`` entries.
+    """What the loader fixed or left out while reading Flickr8k: ``(item, reason)``
+    entries.
 
-    ``item`` names the place (``path:line`` for annotation files, the image path for images);
-    ``reason`` says what was wrong and what the loader did. :meth:`summary` counts entries per kind.
+    ``item`` names the place (``path:line`` for annotation files, the image path for
+    images); ``reason`` says what was wrong and what the loader did. :meth:`summary`
+    counts entries per kind.
     """
 
     def __init__(self) -> None:
@@ -135,7 +145,8 @@ class LoadReport:
 
 @dataclass
 class _Policy:
-    """Applies ``on_error``: fixed quirks are noted, problems raise or are recorded and skipped."""
+    """Applies ``on_error``: fixed quirks are noted, problems raise or are recorded and
+    skipped."""
 
     on_error: str
     report: LoadReport = field(default_factory=LoadReport)
@@ -158,7 +169,8 @@ class Flickr8kAnnotations:
     """Captions and splits of Flickr8k as read from disk, before any image is opened.
 
     ``captions`` maps each image file name to its captions (file order); ``splits`` maps
-    ``train``/``val``/``test`` to file names; ``split_source`` says where the split came from.
+    ``train``/``val``/``test`` to file names; ``split_source`` says where the split came
+    from.
     """
 
     format: str
@@ -169,14 +181,16 @@ class Flickr8kAnnotations:
 
 
 def detect_format(root: str | Path) -> str:
-    """Return which Flickr8k format ``root`` holds: ``"original"``, ``"karpathy"`` or ``"kaggle"``.
+    """Return which Flickr8k format ``root`` holds: ``"original"``, ``"karpathy"`` or
+    ``"kaggle"``.
 
     Checked in that order, by the presence of the format's annotation file.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"Flickr8k root {root} is not a folder; pass the folder that holds the annotation files"
+            f"Flickr8k root {root} is not a folder; pass the folder that holds the "
+            "annotation files"
         )
     for fmt in FORMATS:
         if (root / ANNOTATION_FILES[fmt]).is_file():
@@ -184,12 +198,14 @@ def detect_format(root: str | Path) -> str:
     looked_for = ", ".join(f"{name} ({fmt})" for fmt, name in ANNOTATION_FILES.items())
     raise FileNotFoundError(
         f"No Flickr8k annotations in {root}: looked for {looked_for}. "
-        "Pass the folder that holds one of them, or fetch the data with download_flickr8k()"
+        "Pass the folder that holds one of them, or fetch the data with "
+        "download_flickr8k()"
     )
 
 
 def find_image_dir(root: str | Path, image_dir: str | Path | None = None) -> Path:
-    """Return the folder holding the images: ``image_dir`` if given, else the first known name in ``root``."""
+    """Return the folder holding the images: ``image_dir`` if given, else the first
+    known name in ``root``."""
     if image_dir is not None:
         path = Path(image_dir)
         if not path.is_dir():
@@ -208,9 +224,9 @@ def find_image_dir(root: str | Path, image_dir: str | Path | None = None) -> Pat
 def fallback_split(image_ids: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
     """Split file names deterministically into train/val/test in the proportions 6:1:1.
 
-    Names are ranked by SHA-256 of ``"<seed>:<name>"`` (the same on every machine and Python
-    version); the first ``n // 8`` go to test, the next ``n // 8`` to val, the rest to train.
-    Each split is returned in sorted order.
+    Names are ranked by SHA-256 of ``"<seed>:<name>"`` (the same on every machine and
+    Python version); the first ``n // 8`` go to test, the next ``n // 8`` to val, the
+    rest to train. Each split is returned in sorted order.
     """
     ranked = sorted(
         set(image_ids),
@@ -263,7 +279,8 @@ def _add_caption(
     item: str,
     policy: _Policy,
 ) -> None:
-    """Add one caption unless it is empty (a problem), too short or a repeat (fixed quirks)."""
+    """Add one caption unless it is empty (a problem), too short or a repeat (fixed
+    quirks)."""
     caption = caption.strip()
     if not caption:
         policy.problem(MALFORMED, item, f"empty caption for {image}")
@@ -288,7 +305,8 @@ def _add_caption(
 
 
 def _read_lines(path: Path, policy: _Policy) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, text)`` for non-blank lines; report blank and undecodable lines."""
+    """Yield ``(line number, text)`` for non-blank lines; report blank and undecodable
+    lines."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             item = f"{path}:{number}"
@@ -329,7 +347,8 @@ def _read_token_file(path: Path, policy: _Policy) -> dict[str, list[str]]:
 
 
 def _read_kaggle_csv(path: Path, policy: _Policy) -> dict[str, list[str]]:
-    """Read the Kaggle ``captions.txt``: CSV with header ``image,caption``, one row per caption."""
+    """Read the Kaggle ``captions.txt``: CSV with header ``image,caption``, one row per
+    caption."""
     captions: dict[str, list[str]] = {}
     seen: set[tuple[str, str]] = set()
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -358,7 +377,8 @@ def _read_kaggle_csv(path: Path, policy: _Policy) -> dict[str, list[str]]:
                 policy.problem(
                     MALFORMED,
                     item,
-                    f"expected '<image>.jpg,<caption>' (quote captions with commas), got {row!r}",
+                    "expected '<image>.jpg,<caption>' (quote captions with commas), "
+                    f"got {row!r}",
                 )
                 continue
             _add_caption(captions, seen, match.group("image"), row[1], item, policy)
@@ -368,9 +388,11 @@ def _read_kaggle_csv(path: Path, policy: _Policy) -> dict[str, list[str]]:
 def _read_karpathy_json(
     path: Path, policy: _Policy, with_captions: bool = True
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Read Karpathy's ``dataset_flickr8k.json``; return ``(captions, splits)`` (``restval`` -> train).
+    """Read Karpathy's ``dataset_flickr8k.json``; return ``(captions, splits)``
+    (``restval`` -> train).
 
-    With ``with_captions=False`` only the split is read (the captions come from another file).
+    With ``with_captions=False`` only the split is read (the captions come from another
+    file).
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -399,7 +421,8 @@ def _read_karpathy_json(
             policy.problem(
                 MALFORMED,
                 item,
-                f"expected an entry with a 'filename' ending in .jpg, got {str(entry)[:80]}",
+                "expected an entry with a 'filename' ending in .jpg, got "
+                f"{str(entry)[:80]}",
             )
             continue
         image = match.group("image")
@@ -407,7 +430,8 @@ def _read_karpathy_json(
             policy.problem(
                 MALFORMED,
                 item,
-                f"split {entry.get('split')!r} of {image} is not one of {sorted(KARPATHY_SPLITS)}",
+                f"split {entry.get('split')!r} of {image} is not one of "
+                f"{sorted(KARPATHY_SPLITS)}",
             )
             continue
         splits[KARPATHY_SPLITS[entry["split"]]].append(image)
@@ -426,7 +450,8 @@ def _read_karpathy_json(
                 policy.problem(
                     MALFORMED,
                     sentence_item,
-                    f"expected a sentence with 'raw' or 'tokens', got {str(sentence)[:80]}",
+                    "expected a sentence with 'raw' or 'tokens', got "
+                    f"{str(sentence)[:80]}",
                 )
                 continue
             _add_caption(captions, seen, image, raw, sentence_item, policy)
@@ -434,7 +459,8 @@ def _read_karpathy_json(
 
 
 def _read_split_file(path: Path, policy: _Policy) -> list[str]:
-    """Read one split file (one image file name per line); repeats are reported and kept once."""
+    """Read one split file (one image file name per line); repeats are reported and kept
+    once."""
     names: dict[str, None] = {}
     for number, line in _read_lines(path, policy):
         item = f"{path}:{number}"
@@ -457,12 +483,14 @@ def _read_split_file(path: Path, policy: _Policy) -> list[str]:
 def _read_splits(
     root: Path, captions: dict[str, list[str]], seed: int, policy: _Policy
 ) -> tuple[dict[str, list[str]], str]:
-    """Find the split for ``root``: split files, else Karpathy's JSON, else the fallback split."""
+    """Find the split for ``root``: split files, else Karpathy's JSON, else the fallback
+    split."""
     present = [name for name in SPLIT_FILES.values() if (root / name).is_file()]
     if present and len(present) < len(SPLIT_FILES):
         missing = sorted(set(SPLIT_FILES.values()) - set(present))
         raise FileNotFoundError(
-            f"{root} holds {', '.join(present)} but not {', '.join(missing)}; all three split files are needed"
+            f"{root} holds {', '.join(present)} but not {', '.join(missing)}; all "
+            "three split files are needed"
         )
     if present:
         splits = {
@@ -476,8 +504,10 @@ def _read_splits(
         )
         return splits, KARPATHY_FILE
     warnings.warn(
-        f"{root}: no split files ({', '.join(SPLIT_FILES.values())}) and no {KARPATHY_FILE}; using the "
-        f"deterministic fallback split (seed={seed}; 6:1:1 by hashed file name, see crossalign.data.flickr8k). "
+        f"{root}: no split files ({', '.join(SPLIT_FILES.values())}) and no "
+        f"{KARPATHY_FILE}; using the "
+        f"deterministic fallback split (seed={seed}; 6:1:1 by hashed file name, see "
+        "crossalign.data.flickr8k). "
         f"Add {KARPATHY_FILE} beside the captions for the standard split",
         UserWarning,
         stacklevel=4,
@@ -488,7 +518,8 @@ def _read_splits(
 def _check_disjoint(
     splits: dict[str, list[str]], source: str, policy: _Policy
 ) -> dict[str, list[str]]:
-    """Drop (or raise for) images listed in more than one split: that would leak test data."""
+    """Drop (or raise for) images listed in more than one split: that would leak test
+    data."""
     owner: dict[str, str] = {}
     for split in SPLITS:
         for image in splits[split]:
@@ -510,7 +541,8 @@ def _check_disjoint(
 def read_flickr8k_annotations(
     root: str | Path, fmt: str = "auto", on_error: str = "raise", split_seed: int = 0
 ) -> Flickr8kAnnotations:
-    """Read the captions and splits of Flickr8k in any of its three formats (no images opened)."""
+    """Read the captions and splits of Flickr8k in any of its three formats (no images
+    opened)."""
     if fmt not in ("auto", *FORMATS):
         raise ValueError(
             f"fmt={fmt!r} is not one of 'auto', {', '.join(map(repr, FORMATS))}"
@@ -558,7 +590,8 @@ def _image_problem(path: Path) -> str | None:
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bilinear, antialiased), then crop the centre square."""
+    """Resize so the shorter side is ``size`` (bilinear, antialiased), then crop the
+    centre square."""
     width, height = image.size
     scale = size / min(width, height)
     new_width, new_height = (
@@ -573,12 +606,13 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 class Flickr8k(torch.utils.data.Dataset):
     """Flickr8k images with all their captions, from any of the three on-disk formats.
 
-    Item ``i`` is ``{"image": FloatTensor[3, S, S] in [0, 1], "captions": list[str],
-    "image_id": file name, "index": i}``; with ``transform`` the image is ``transform(PIL image)``.
-    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (the three in that order).
-    Quirks and problems are handled as the module docstring says and listed in ``.report``;
-    with ``verify_images=True`` every image is decoded once here (at reduced resolution, about
-    a millisecond each) so ``on_error="skip"`` never yields a bad item later.
+    Item ``i`` is ``{"image", "captions", "image_id", "index"}``: a FloatTensor[3, S, S]
+    in [0, 1], a list of caption strings, the file name and ``i``; with ``transform``
+    the image is ``transform(PIL image)``. ``split`` is ``"train"``, ``"val"``,
+    ``"test"`` or ``"all"`` (the three in that order). Quirks and problems are handled
+    as the module docstring says and listed in ``.report``; with ``verify_images=True``
+    every image is decoded once here (at reduced resolution, about a millisecond each)
+    so ``on_error="skip"`` never yields a bad item later.
     """
 
     def __init__(
@@ -623,7 +657,8 @@ class Flickr8k(torch.utils.data.Dataset):
                 policy.problem(
                     NO_CAPTIONS,
                     str(path),
-                    f"in the {name_split} split of {self.split_source} but has no caption",
+                    f"in the {name_split} split of {self.split_source} but has no "
+                    "caption",
                 )
             elif not path.is_file():
                 policy.problem(
@@ -658,7 +693,8 @@ class Flickr8k(torch.utils.data.Dataset):
                 image = raw.convert("RGB")
         except OSError as exc:
             raise OSError(
-                f"{path}: cannot decode image ({exc}); build the data set with verify_images=True "
+                f"{path}: cannot decode image ({exc}); build the data set with "
+                "verify_images=True "
                 "and on_error='skip' to leave corrupt files out"
             ) from exc
         if self.transform is not None:
@@ -682,11 +718,13 @@ class Flickr8k(torch.utils.data.Dataset):
         return sum(len(caps) for caps in self.captions)
 
     def caption_image_index(self) -> tuple[list[str], torch.Tensor]:
-        """All captions as one list, and a LongTensor giving the image index of each (for retrieval)."""
+        """All captions as one list, and a LongTensor giving the image index of each
+        (for retrieval)."""
         return flatten_captions(self.captions)
 
     def __repr__(self) -> str:
         return (
-            f"Flickr8k(split={self.split!r}, format={self.format!r}, images={len(self)}, "
+            f"Flickr8k(split={self.split!r}, format={self.format!r}, "
+            f"images={len(self)}, "
             f"captions={self.num_captions}, report={self.report.summary()!r})"
         )

@@ -1,9 +1,9 @@
 """ShapesWorld: a procedural image-caption world for teaching alignment offline.
 
-Every image holds one to three coloured shapes on a plain (optionally noisy) background and
-keeps its *scene graph* (objects, attributes, positions, relations) as ground truth. Five
-captions per image come from a small grammar with synonyms and several templates, so
-multi-reference metrics and many-to-many retrieval behave as on Flickr8k.
+Every image holds one to three coloured shapes on a plain (optionally noisy) background
+and keeps its *scene graph* (objects, attributes, positions, relations) as ground truth.
+Five captions per image come from a small grammar with synonyms and several templates,
+so multi-reference metrics and many-to-many retrieval behave as on Flickr8k.
 
 Three properties make it useful in a book:
 
@@ -11,21 +11,21 @@ Three properties make it useful in a book:
   always the same, whatever batch it is drawn in: every random number is a hash of
   ``(seed, split, index, stream)`` (a counter-based generator), not a draw from a shared
   state. A train split can therefore be as large as you like at no memory cost.
-* **Fast.** :meth:`ShapesWorld.render` draws a whole batch at once: every object is drawn on
-  a small patch around it, and all patches are scattered into the canvases in one indexed
-  write. :meth:`ShapesWorld.render_one` is the plain per-sample path, kept as the reference
-  the vectorised one is tested against (and benchmarked against).
-* **Diagnostic.** The ``compositional`` split contains colour-shape pairs that never occur in
-  train/val/test (for example no red triangle is ever seen in training), and
-  :meth:`ShapesWorld.relation_swap` / :meth:`ShapesWorld.attribute_swap` give hard negative
-  captions ("left of" <-> "right of"; colours exchanged between two objects).
+* **Fast.** :meth:`ShapesWorld.render` draws a whole batch at once: every object is
+  drawn on a small patch around it, and all patches are scattered into the canvases in
+  one indexed write. :meth:`ShapesWorld.render_one` is the plain per-sample path, kept
+  as the reference the vectorised one is tested against (and benchmarked against).
+* **Diagnostic.** The ``compositional`` split contains colour-shape pairs that never
+  occur in train/val/test (for example no red triangle is ever seen in training), and
+  :meth:`ShapesWorld.relation_swap` / :meth:`ShapesWorld.attribute_swap` give hard
+  negative captions ("left of" <-> "right of"; colours exchanged between two objects).
 
 Grammar of a caption (regular, so captions can be parsed back)::
 
-    object   := article size colour shape           e.g. "a small red circle"
-    1 object := object region | "there is" object region | ...   ("at the top left")
-    2 objects:= object ["is"] relation object | object2 "is" inverse-relation object1 | ...
-    3 objects:= 2-object clause ", and" object "is" relation "the" size colour shape
+    object   := article size colour shape           e.g. "a small red circle" 1 object
+    := object region | "there is" object region | ...   ("at the top left") 2 objects:=
+    object ["is"] relation object | object2 "is" inverse-relation object1 | ... 3
+    objects:= 2-object clause ", and" object "is" relation "the" size colour shape
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ COLOUR_RGB: dict[str, tuple[float, float, float]] = {
 }
 #: Object radius as a fraction of the image side, per size.
 SIZE_RADIUS: dict[str, float] = {"small": 0.08, "large": 0.14}
-#: Colour-shape pairs never seen in train/val/test; the compositional split is built from them.
+#: Colour-shape pairs never seen in train/val/test; the compositional split is built
+# from them.
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
     ("green", "circle"),
@@ -122,7 +123,8 @@ REGION_WORDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("bottom", "right"): ("at the bottom right", "in the bottom right corner"),
 }
 
-#: Centres must differ by more than this (fraction of the side) along an axis for a relation.
+#: Centres must differ by more than this (fraction of the side) along an axis for a
+# relation.
 RELATION_MARGIN = 0.06
 #: Distance from the centre to the farthest point of each shape, in radii (triangle base
 #: corners: sqrt 2; square corners: 0.85 * sqrt 2; cross arm corners: sqrt(1 + 1/9)).
@@ -154,7 +156,8 @@ _MASK53 = float(2**-53)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective scrambling of 64-bit integers (wrap-around arithmetic)."""
+    """SplitMix64 finaliser: a bijective scrambling of 64-bit integers (wrap-around
+    arithmetic)."""
     with np.errstate(over="ignore"):
         x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
@@ -164,10 +167,11 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def hash_uniform(
     seed: int, split: int, indices: np.ndarray, stream: int, n: int
 ) -> np.ndarray:
-    """Uniform numbers in [0, 1) that depend only on (seed, split, index, stream, position).
+    """Uniform numbers in [0, 1) that depend only on (seed, split, index, stream,
+    position).
 
-    Returns an array of shape ``[len(indices), n]``. This counter-based generator is what
-    makes every sample index-addressable: no draw depends on what was drawn before.
+    Returns an array of shape ``[len(indices), n]``. This counter-based generator is
+    what makes every sample index-addressable: no draw depends on what was drawn before.
     """
     idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
     with np.errstate(over="ignore"):
@@ -184,7 +188,8 @@ def hash_uniform(
 
 @dataclass(frozen=True)
 class ShapeObject:
-    """One object of a scene: attributes plus centre (x right, y down, fractions of the side)."""
+    """One object of a scene: attributes plus centre (x right, y down, fractions of the
+    side)."""
 
     shape: str
     colour: str
@@ -197,7 +202,8 @@ class ShapeObject:
         return f"{self.size} {self.colour} {self.shape}"
 
     def region(self) -> tuple[str, str]:
-        """Which third of the image the centre lies in: (top|middle|bottom, left|centre|right)."""
+        """Which third of the image the centre lies in: (top|middle|bottom,
+        left|centre|right)."""
         vertical = (
             "top" if self.y < 1 / 3 else ("bottom" if self.y > 2 / 3 else "middle")
         )
@@ -238,7 +244,8 @@ class SceneGraph:
 def spatial_relations(
     objects: Sequence[ShapeObject], margin: float = RELATION_MARGIN
 ) -> tuple[Relation, ...]:
-    """Every directed relation that holds between distinct objects (an axis needs ``margin``)."""
+    """Every directed relation that holds between distinct objects (an axis needs
+    ``margin``)."""
     found = []
     for i, a in enumerate(objects):
         for j, b in enumerate(objects):
@@ -257,7 +264,8 @@ def spatial_relations(
 
 @dataclass(frozen=True)
 class _Layout:
-    """Scene parameters of a batch as arrays ([B, 3] each; ``valid`` marks real objects)."""
+    """Scene parameters of a batch as arrays ([B, 3] each; ``valid`` marks real
+    objects)."""
 
     shape: np.ndarray
     colour: np.ndarray
@@ -268,7 +276,8 @@ class _Layout:
 
 
 def _allowed_colours() -> np.ndarray:
-    """For each shape, the colour ids allowed outside the compositional split ([shapes, colours - 1])."""
+    """For each shape, the colour ids allowed outside the compositional split ([shapes,
+    colours - 1])."""
     table = []
     for shape in SHAPES:
         banned = {COLOURS.index(c) for c, s in HELD_OUT_PAIRS if s == shape}
@@ -304,7 +313,8 @@ def _scene_graphs(lay: _Layout) -> list[SceneGraph]:
 def _shape_mask(
     shape: str, dx: torch.Tensor, dy: torch.Tensor, radius: torch.Tensor
 ) -> torch.Tensor:
-    """Which pixels with offsets (dx, dy) from the centre lie inside the shape (y points down)."""
+    """Which pixels with offsets (dx, dy) from the centre lie inside the shape (y points
+    down)."""
     adx, ady = dx.abs(), dy.abs()
     if shape == "circle":
         return dx * dx + dy * dy <= radius * radius
@@ -322,24 +332,26 @@ def _shape_mask(
 
 
 class ShapesWorld(Dataset):
-    """A split of ShapesWorld: index-addressable images, scene graphs and five captions each.
+    """A split of ShapesWorld: index-addressable images, scene graphs and five captions
+    each.
 
     Args:
-        split: ``"train"``, ``"val"``, ``"test"`` or ``"compositional"``.
-        size: number of images (default 20,000 for train, 1,000 otherwise). Any size works:
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"compositional"``. size: number
+        of images (default 20,000 for train, 1,000 otherwise). Any size works:
             images are generated on demand, nothing is stored.
-        image_size: side of the square RGB images in pixels (32 to 224).
-        seed: world seed; the same (seed, split, index) always gives the same sample.
-        min_objects, max_objects: range of objects per image (1 to 3).
-        object_weights: relative frequency of 1, 2 and 3 objects (default 0.1, 0.45, 0.45:
-            lone objects are described only by their region, so they are kept rarer to keep
-            captions specific enough for retrieval).
-        noise: standard deviation of Gaussian pixel noise added to the background and shapes.
-        captions_per_image: how many captions each image gets (default 5).
+        image_size: side of the square RGB images in pixels (32 to 224). seed: world
+        seed; the same (seed, split, index) always gives the same sample. min_objects,
+        max_objects: range of objects per image (1 to 3). object_weights: relative
+        frequency of 1, 2 and 3 objects (default 0.1, 0.45, 0.45:
+            lone objects are described only by their region, so they are kept rarer to
+            keep captions specific enough for retrieval).
+        noise: standard deviation of Gaussian pixel noise added to the background and
+        shapes. captions_per_image: how many captions each image gets (default 5).
 
-    ``dataset[i]`` is a dict ``{"image": FloatTensor[3, H, W] in [0, 1], "captions": list[str],
-    "index": i}``; the scene graph is ``dataset.scene(i)``. A ``DataLoader`` over this data set
-    fetches whole batches through :meth:`__getitems__`, so rendering stays vectorised.
+    ``dataset[i]`` is a dict
+    ``{"image": FloatTensor[3, H, W] in [0, 1], "captions": list[str], "index": i}``;
+    the scene graph is ``dataset.scene(i)``. A ``DataLoader`` over this data set fetches
+    whole batches through :meth:`__getitems__`, so rendering stays vectorised.
     """
 
     def __init__(
@@ -363,13 +375,15 @@ class ShapesWorld(Dataset):
             raise ValueError(f"size={size!r} must be a positive integer")
         if not isinstance(image_size, numbers.Integral) or not 32 <= image_size <= 224:
             raise ValueError(
-                f"image_size={image_size!r} must be a whole number of pixels between 32 and 224"
+                f"image_size={image_size!r} must be a whole number of pixels between "
+                "32 and 224"
             )
         if not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed={seed!r} must be an integer")
         if not 1 <= min_objects <= max_objects <= _MAX_OBJECTS:
             raise ValueError(
-                f"min_objects={min_objects}, max_objects={max_objects}: need 1 <= min <= max <= {_MAX_OBJECTS}"
+                f"min_objects={min_objects}, max_objects={max_objects}: need 1 <= min "
+                f"<= max <= {_MAX_OBJECTS}"
             )
         if not math.isfinite(noise) or noise < 0:
             raise ValueError(f"noise={noise} must be a finite number >= 0")
@@ -386,14 +400,16 @@ class ShapesWorld(Dataset):
             or (weights < 0).any()
         ):
             raise ValueError(
-                f"object_weights={object_weights!r} must be {_MAX_OBJECTS} non-negative numbers"
+                f"object_weights={object_weights!r} must be {_MAX_OBJECTS} "
+                "non-negative numbers"
             )
         weights = weights.copy()
         weights[: min_objects - 1] = 0.0
         weights[max_objects:] = 0.0
         if weights.sum() <= 0:
             raise ValueError(
-                f"object_weights={object_weights!r} give zero weight to every count in [{min_objects}, {max_objects}]"
+                f"object_weights={object_weights!r} give zero weight to every count in "
+                f"[{min_objects}, {max_objects}]"
             )
         self.split = split
         self.size = int(size)
@@ -412,8 +428,10 @@ class ShapesWorld(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"ShapesWorld(split={self.split!r}, size={self.size}, image_size={self.image_size}, "
-            f"seed={self.seed}, objects={self.min_objects}-{self.max_objects}, noise={self.noise})"
+            f"ShapesWorld(split={self.split!r}, size={self.size}, "
+            f"image_size={self.image_size}, "
+            f"seed={self.seed}, objects={self.min_objects}-{self.max_objects}, "
+            f"noise={self.noise})"
         )
 
     def _check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -429,7 +447,8 @@ class ShapesWorld(Dataset):
         return hash_uniform(self.seed, self._split_code, idx, stream, n)
 
     def layout(self, indices: Sequence[int] | np.ndarray) -> _Layout:
-        """Sample the scene parameters of many images at once (vectorised, index-addressable)."""
+        """Sample the scene parameters of many images at once (vectorised,
+        index-addressable)."""
         idx = self._check_indices(indices)
         b = idx.size
         count = 1 + np.searchsorted(
@@ -494,9 +513,9 @@ class ShapesWorld(Dataset):
     ) -> None:
         """Move each lone object well inside one of the nine regions its caption names.
 
-        A lone object is described only by its region ("at the top left"), so its centre is
-        kept ``_REGION_MARGIN`` away from the region borders at 1/3 and 2/3: the region
-        phrase is then unambiguous, as a caption should be.
+        A lone object is described only by its region ("at the top left"), so its centre
+        is kept ``_REGION_MARGIN`` away from the region borders at 1/3 and 2/3: the
+        region phrase is then unambiguous, as a caption should be.
         """
         lone = count == 1
         if not lone.any():
@@ -534,11 +553,13 @@ class ShapesWorld(Dataset):
     def render(
         self, indices: Sequence[int] | np.ndarray, layout: _Layout | None = None
     ) -> torch.Tensor:
-        """Draw many images at once: FloatTensor[B, 3, H, W] in [0, 1] (vectorised path).
+        """Draw many images at once: FloatTensor[B, 3, H, W] in [0, 1] (vectorised
+        path).
 
-        Each object is evaluated on a small square patch around its centre (not the whole
-        canvas), then every inside pixel of every patch is written with one indexed store.
-        ``layout`` may pass the already sampled :meth:`layout` of ``indices``.
+        Each object is evaluated on a small square patch around its centre (not the
+        whole canvas), then every inside pixel of every patch is written with one
+        indexed store. ``layout`` may pass the already sampled :meth:`layout` of
+        ``indices``.
         """
         idx = self._check_indices(indices)
         s = self.image_size
@@ -581,8 +602,8 @@ class ShapesWorld(Dataset):
     def render_one(self, index: int) -> torch.Tensor:
         """Draw one image the plain way: every object evaluated on the whole canvas.
 
-        The per-sample reference for :meth:`render` (same pixels, exactly) and the baseline
-        of ``benchmarks/bench_shapes.py``.
+        The per-sample reference for :meth:`render` (same pixels, exactly) and the
+        baseline of ``benchmarks/bench_shapes.py``.
         """
         idx = self._check_indices([index])
         s = self.image_size
@@ -609,13 +630,15 @@ class ShapesWorld(Dataset):
         ].tolist()
 
     def captions(self, index: int) -> list[str]:
-        """The ``captions_per_image`` captions of image ``index`` (cached after the first call)."""
+        """The ``captions_per_image`` captions of image ``index`` (cached after the
+        first call)."""
         return self._captions_of(self._check_indices([index]))[0]
 
     def _captions_of(
         self, idx: np.ndarray, layout: _Layout | None = None
     ) -> list[list[str]]:
-        """Captions of many images; scene graphs are built (in one batch) only for uncached ones."""
+        """Captions of many images; scene graphs are built (in one batch) only for
+        uncached ones."""
         missing = [
             row for row, i in enumerate(idx) if int(i) not in self._caption_cache
         ]
@@ -636,12 +659,13 @@ class ShapesWorld(Dataset):
         return [list(self._caption_cache[int(i)]) for i in idx]
 
     def relation_swap(self, index: int, caption: int = 0) -> str | None:
-        """Caption ``caption`` of image ``index`` with its main relation reversed (a false caption).
+        """Caption ``caption`` of image ``index`` with its main relation reversed (a
+        false caption).
 
-        Everything else (template, synonyms, objects) stays the same, so only the relation
-        distinguishes it from the true caption. ``None`` for images with a single object, and
-        for images with two look-alike objects (same size, colour and shape), where "A above
-        A" reversed can be just as true.
+        Everything else (template, synonyms, objects) stays the same, so only the
+        relation distinguishes it from the true caption. ``None`` for images with a
+        single object, and for images with two look-alike objects (same size, colour and
+        shape), where "A above A" reversed can be just as true.
         """
         scene = self.scene(index)
         plan = _caption_plan(scene, self._caption_rng(index, caption, _PLAN_RANDOMS))
@@ -656,10 +680,12 @@ class ShapesWorld(Dataset):
         )
 
     def attribute_swap(self, index: int, caption: int = 0) -> str | None:
-        """Caption ``caption`` of image ``index`` with the colours of its two main objects exchanged.
+        """Caption ``caption`` of image ``index`` with the colours of its two main
+        objects exchanged.
 
-        Tests attribute binding: the words are the same, only which object has which colour
-        changes. ``None`` when the scene has one object or both objects share a colour.
+        Tests attribute binding: the words are the same, only which object has which
+        colour changes. ``None`` when the scene has one object or both objects share a
+        colour.
         """
         scene = self.scene(index)
         plan = _caption_plan(scene, self._caption_rng(index, caption, _PLAN_RANDOMS))
@@ -678,7 +704,8 @@ class ShapesWorld(Dataset):
         return _render_caption(SceneGraph(tuple(objects), scene.relations), plan)
 
     def caption_image_index(self) -> tuple[list[str], torch.Tensor]:
-        """All captions flattened, and for each the index of its image (for retrieval metrics)."""
+        """All captions flattened, and for each the index of its image (for retrieval
+        metrics)."""
         texts: list[str] = []
         owner: list[int] = []
         for i, caps in enumerate(self._captions_of(np.arange(self.size))):
@@ -686,12 +713,14 @@ class ShapesWorld(Dataset):
             owner.extend([i] * len(caps))
         return texts, torch.tensor(owner, dtype=torch.long)
 
-    # ------------------------------------------------------------------ Dataset protocol
+    # ------------------------------------------------------------------ Dataset
+    # protocol
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
-        """Fetch a batch with one vectorised render (``DataLoader`` calls this when present)."""
+        """Fetch a batch with one vectorised render (``DataLoader`` calls this when
+        present)."""
         idx = self._check_indices(indices)
         lay = self.layout(idx)
         images = self.render(idx, layout=lay)
@@ -704,7 +733,8 @@ class ShapesWorld(Dataset):
 
 @dataclass(frozen=True)
 class _CaptionPlan:
-    """The random choices behind one caption, kept apart from the words so negatives can reuse them."""
+    """The random choices behind one caption, kept apart from the words so negatives can
+    reuse them."""
 
     template: int
     synonyms: tuple[float, ...]
@@ -782,12 +812,14 @@ def _render_caption(scene: SceneGraph, plan: _CaptionPlan) -> str:
     c = _noun(objs[plan.extra.subject], u[8:11], "a")
     target = _noun(objs[plan.extra.object], u[11:14], "the")
     joiner = ", and" if plan.template % 2 == 0 else " and"
-    return f"{clause}{joiner} {c} is {_pick(RELATION_WORDS[plan.extra.relation], u[14])} {target}"
+    relation = _pick(RELATION_WORDS[plan.extra.relation], u[14])
+    return f"{clause}{joiner} {c} is {relation} {target}"
 
 
 @cache
 def caption_words() -> tuple[str, ...]:
-    """Every word the ShapesWorld grammar can produce (sorted), e.g. to size a vocabulary."""
+    """Every word the ShapesWorld grammar can produce (sorted), e.g. to size a
+    vocabulary."""
     words = {"a", "the", "is", "there", "picture", "of", "and", "in", "this", "image"}
     for table in (SHAPE_WORDS, COLOUR_WORDS, SIZE_WORDS, RELATION_WORDS, REGION_WORDS):
         for options in table.values():

@@ -1,17 +1,20 @@
-"""ShapesWorld tasks that need fusion: image-text matching and short visual question answering.
+"""ShapesWorld tasks that need fusion: image-text matching and short visual question
+answering.
 
-Retrieval can be solved by comparing two separately computed embeddings. The two tasks here
-ask for a single decision about an (image, text) *pair*, which is what fusion modules are for:
+Retrieval can be solved by comparing two separately computed embeddings. The two tasks
+here ask for a single decision about an (image, text) *pair*, which is what fusion
+modules are for:
 
-* :class:`ShapesMatching` -- does this caption describe this image? Negatives are chosen to be
-  hard: the same caption with its relation reversed ("left of" -> "right of") or with the
-  colours of its two objects exchanged, so a bag of words cannot tell them from the truth.
-* :class:`ShapesQA` -- answer a short question ("what colour is the circle?", "is the red
-  square above the cross?") with one word from a fixed vocabulary :data:`ANSWERS`.
+* :class:`ShapesMatching` -- does this caption describe this image? Negatives are chosen
+  to be hard: the same caption with its relation reversed ("left of" -> "right of") or
+  with the colours of its two objects exchanged, so a bag of words cannot tell them from
+  the truth.
+* :class:`ShapesQA` -- answer a short question ("what colour is the circle?", "is the
+  red square above the cross?") with one word from a fixed vocabulary :data:`ANSWERS`.
 
-Both are index-addressable like :class:`~crossalign.data.shapes.ShapesWorld`: every choice
-for item ``i`` is a hash of ``(seed, split, i, stream)`` (:func:`hash_uniform`), with stream
-ids of their own, so an item never depends on which batch it is drawn in.
+Both are index-addressable like :class:`~crossalign.data.shapes.ShapesWorld`: every
+choice for item ``i`` is a hash of ``(seed, split, i, stream)`` (:func:`hash_uniform`),
+with stream ids of their own, so an item never depends on which batch it is drawn in.
 """
 
 from __future__ import annotations
@@ -69,22 +72,24 @@ def _check_seed(seed: object) -> int:
 
 
 class ShapesMatching(Dataset):
-    """Image-text matching on ShapesWorld: is ``caption`` a true description of ``image``?
+    """Image-text matching on ShapesWorld: is ``caption`` a true description of
+    ``image``?
 
     Args:
         world: the images, scene graphs and captions.
         negatives: which kinds of false caption to draw (any of :data:`NEGATIVE_KINDS`):
             ``"relation"`` (:meth:`ShapesWorld.relation_swap`), ``"attribute"``
-            (:meth:`ShapesWorld.attribute_swap`) or ``"random"`` (a caption of another image
-            with at least one object this image lacks, so it cannot be true here).
+            (:meth:`ShapesWorld.attribute_swap`) or ``"random"`` (a caption of another
+            image with at least one object this image lacks, so it cannot be true here).
         positive_rate: probability that an item is a true pair.
         seed: seed of the task's own choices (the images come from ``world``'s seed).
 
-    Each item chooses its negative kind uniformly among ``negatives``. When that kind does
-    not exist for the image (one object: no relation; two objects of one colour: no
-    attribute swap) the next kind in ``negatives`` is tried, cyclically, and ``"random"`` is
-    the last resort. Items are dicts ``{"image", "caption", "label", "kind", "index"}`` with
-    ``label`` 1 for a true caption and ``kind`` one of ``"positive"`` or the negative kinds.
+    Each item chooses its negative kind uniformly among ``negatives``. When that kind
+    does not exist for the image (one object: no relation; two objects of one colour: no
+    attribute swap) the next kind in ``negatives`` is tried, cyclically, and
+    ``"random"`` is the last resort. Items are dicts
+    ``{"image", "caption", "label", "kind", "index"}`` with ``label`` 1 for a true
+    caption and ``kind`` one of ``"positive"`` or the negative kinds.
     """
 
     def __init__(
@@ -99,7 +104,8 @@ class ShapesMatching(Dataset):
         unknown = [kind for kind in negatives if kind not in NEGATIVE_KINDS]
         if not negatives or unknown or len(set(negatives)) < len(negatives):
             raise ValueError(
-                f"negatives={negatives!r} must be a non-empty list of distinct kinds from {NEGATIVE_KINDS}"
+                f"negatives={negatives!r} must be a non-empty list of distinct kinds "
+                f"from {NEGATIVE_KINDS}"
             )
         is_number = isinstance(positive_rate, numbers.Real) and not isinstance(
             positive_rate, bool
@@ -114,7 +120,8 @@ class ShapesMatching(Dataset):
             )
         if world.size < 2:
             raise ValueError(
-                f"world has {world.size} image; matching needs at least 2 (for random negatives)"
+                f"world has {world.size} image; matching needs at least 2 (for random "
+                "negatives)"
             )
         self.negatives = negatives
         self.positive_rate = float(positive_rate)
@@ -158,8 +165,8 @@ class ShapesMatching(Dataset):
         """Caption ``caption`` of another image that has an object this image lacks.
 
         Every caption names all objects of its image, so such a caption is false here.
-        Candidates are drawn by hash; if all of them fail, the images after ``index`` are
-        scanned in order.
+        Candidates are drawn by hash; if all of them fail, the images after ``index``
+        are scanned in order.
         """
         own = {obj.phrase() for obj in self.world.scene(index).objects}
         idx = np.array([index])
@@ -177,7 +184,8 @@ class ShapesMatching(Dataset):
             if not {obj.phrase() for obj in self.world.scene(partner).objects} <= own:
                 return self.world.captions(partner)[caption]
         raise ValueError(
-            f"no image of {self.world!r} has an object that image {index} lacks; use a larger world"
+            f"no image of {self.world!r} has an object that image {index} lacks; use a "
+            "larger world"
         )
 
     def __getitem__(self, index: int) -> dict:
@@ -217,7 +225,8 @@ def _unique(objects: Sequence[ShapeObject], key) -> list[int]:
 
 
 def _shortest_description(objects: Sequence[ShapeObject], k: int) -> str | None:
-    """The shortest of "shape", "colour shape", "size colour shape" that names only object ``k``."""
+    """The shortest of "shape", "colour shape", "size colour shape" that names only
+    object ``k``."""
     for key in (
         lambda o: (o.shape,),
         lambda o: (o.colour, o.shape),
@@ -229,7 +238,8 @@ def _shortest_description(objects: Sequence[ShapeObject], k: int) -> str | None:
 
 
 def _ask(scene: SceneGraph, qtype: str, u: Sequence[float]) -> QuestionAnswer | None:
-    """A question of type ``qtype`` about ``scene``, or ``None`` if none is unambiguous."""
+    """A question of type ``qtype`` about ``scene``, or ``None`` if none is
+    unambiguous."""
     objects = scene.objects
     if qtype == "count":
         return QuestionAnswer("how many objects are there?", str(len(objects)), qtype)
@@ -278,16 +288,17 @@ class ShapesQA(Dataset):
         seed: seed of the question choices (the images come from ``world``'s seed).
 
     Question types (:data:`QUESTION_TYPES`): ``"colour"`` ("what colour is the circle?",
-    asked only of a shape that occurs once), ``"shape"`` ("what shape is the red object?",
-    unique colour), ``"count"`` ("how many objects are there?"), ``"relation"`` ("is the red
-    circle left of the square?", each object named by its shortest unique description; the
-    answer is "yes" or "no" with equal probability, a "no" being the reverse of a true
-    relation) and ``"size"`` ("what size is the red circle?", unique colour and shape). Each
-    item draws a type uniformly and falls back to the next type in order when the scene has
-    no unambiguous question of that type ("count" always has one).
+    asked only of a shape that occurs once), ``"shape"`` ("what shape is the red
+    object?", unique colour), ``"count"`` ("how many objects are there?"),
+    ``"relation"`` ("is the red circle left of the square?", each object named by its
+    shortest unique description; the answer is "yes" or "no" with equal probability, a
+    "no" being the reverse of a true relation) and ``"size"`` ("what size is the red
+    circle?", unique colour and shape). Each item draws a type uniformly and falls back
+    to the next type in order when the scene has no unambiguous question of that type
+    ("count" always has one).
 
-    Items are dicts ``{"image", "question", "answer", "answer_id", "type", "index"}`` with
-    ``answer_id`` the position of ``answer`` in :data:`ANSWERS`.
+    Items are dicts ``{"image", "question", "answer", "answer_id", "type", "index"}``
+    with ``answer_id`` the position of ``answer`` in :data:`ANSWERS`.
     """
 
     def __init__(self, world: ShapesWorld, seed: int = 0) -> None:
@@ -302,7 +313,8 @@ class ShapesQA(Dataset):
         return f"ShapesQA(world={self.world!r}, seed={self.seed})"
 
     def question(self, index: int) -> QuestionAnswer:
-        """The question, answer and type of item ``index``, without rendering its image."""
+        """The question, answer and type of item ``index``, without rendering its
+        image."""
         return self._questions(self.world._check_indices([index]))[0]
 
     def _questions(self, idx: np.ndarray) -> list[QuestionAnswer]:

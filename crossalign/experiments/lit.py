@@ -1,15 +1,18 @@
-"""Locked-text tuning (LiT, Zhai et al. 2022, with the roles swapped): train an image tower into a frozen sentence space.
+"""Locked-text tuning (LiT, Zhai et al. 2022, with the roles swapped): train an image
+tower into a frozen sentence space.
 
-The text tower is the pretrained MiniLM-L6 sentence encoder (Reimers & Gurevych 2019), frozen
-entirely: no parameter of it changes and none receives a gradient. Its caption embeddings are
-therefore fixed, so they are computed once (:func:`sentence_features`) and training only runs
-the image tower (the default recipe's SmallCNN, from scratch) and a linear projection into the
-384-dimensional sentence space, with the symmetric InfoNCE loss and a learnt temperature.
+The text tower is the pretrained MiniLM-L6 sentence encoder (Reimers & Gurevych 2019),
+frozen entirely: no parameter of it changes and none receives a gradient. Its caption
+embeddings are therefore fixed, so they are computed once (:func:`sentence_features`)
+and training only runs the image tower (the default recipe's SmallCNN, from scratch) and
+a linear projection into the 384-dimensional sentence space, with the symmetric InfoNCE
+loss and a learnt temperature.
 
-:func:`compare_lit` sets this against training both towers, which on a CPU means the default
-comparison's text tower from scratch (:data:`~crossalign.experiments.compare.COMPARISON_TEXT_TOWER`;
-fine-tuning MiniLM is too slow there), with the same budget, on the standard test split and on the compositional split (colour-shape pairs never
-seen in training).
+:func:`compare_lit` sets this against training both towers, which on a CPU means the
+default comparison's text tower from scratch
+(:data:`~crossalign.experiments.compare.COMPARISON_TEXT_TOWER`; fine-tuning MiniLM is
+too slow there), with the same budget, on the standard test split and on the
+compositional split (colour-shape pairs never seen in training).
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ __all__ = [
 class LockedTextModel(nn.Module):
     """An image tower trained into the space of a frozen sentence encoder.
 
-    ``encode_image`` = normalise(projection(image_encoder(images))), a vector of the text
-    encoder's width; ``encode_text`` = normalise(frozen text encoder(tokens)). The text encoder
-    must be frozen (``HFTextEncoder(freeze=True)``): it stays in eval mode and without gradients.
+    ``encode_image`` = normalise(projection(image_encoder(images))), a vector of the
+    text encoder's width; ``encode_text`` = normalise(frozen text encoder(tokens)). The
+    text encoder must be frozen (``HFTextEncoder(freeze=True)``): it stays in eval mode
+    and without gradients.
     """
 
     def __init__(
@@ -92,7 +96,8 @@ class LockedTextModel(nn.Module):
         return self.log_logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-length image embeddings [B, text width] from images [B, 3, H, W] in [0, 1]."""
+        """Unit-length image embeddings [B, text width] from images [B, 3, H, W] in [0,
+        1]."""
         return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
 
     @torch.no_grad()
@@ -105,7 +110,8 @@ class LockedTextModel(nn.Module):
     def forward(
         self, images: torch.Tensor, text_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(image embeddings, normalised cached text features, logit scale): the inputs of the CLIP loss."""
+        """(image embeddings, normalised cached text features, logit scale): the inputs
+        of the CLIP loss."""
         return (
             self.encode_image(images),
             F.normalize(text_features, dim=-1),
@@ -116,7 +122,8 @@ class LockedTextModel(nn.Module):
 def build_lit_model(
     config: CompareConfig, text_encoder: HFTextEncoder | None = None
 ) -> LockedTextModel:
-    """The LiT model: the default recipe's image tower (from scratch) and the frozen MiniLM sentence encoder."""
+    """The LiT model: the default recipe's image tower (from scratch) and the frozen
+    MiniLM sentence encoder."""
     image = config.experiment().model
     encoder = text_encoder if text_encoder is not None else HFTextEncoder(freeze=True)
     return LockedTextModel(
@@ -135,10 +142,11 @@ def sentence_features(
     max_len: int | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """The frozen encoder's pooled vectors [N, D] of ``texts`` (not normalised), computed once to be cached.
+    """The frozen encoder's pooled vectors [N, D] of ``texts`` (not normalised),
+    computed once to be cached.
 
-    Texts are encoded in batches of similar length (sorted by character count, results put back
-    in the input order), which saves most of the work spent on padding.
+    Texts are encoded in batches of similar length (sorted by character count, results
+    put back in the input order), which saves most of the work spent on padding.
     """
     if len(texts) == 0:
         raise ValueError("sentence_features needs at least one text")
@@ -157,7 +165,8 @@ def sentence_features(
 
 @dataclass
 class LiTResult:
-    """Retrieval of one model on the test and compositional splits, and what training cost."""
+    """Retrieval of one model on the test and compositional splits, and what training
+    cost."""
 
     name: str
     test: dict[str, float]
@@ -190,11 +199,12 @@ def _retrieval(
 
 @dataclass
 class LiTFeatures:
-    """Frozen sentence features, computed once: training captions, test and compositional captions.
+    """Frozen sentence features, computed once: training captions, test and
+    compositional captions.
 
     ``train`` is [N, C, D] (the first C captions of each training image), ``test`` and
-    ``compositional`` are unit-length [5 * N_split, D] in the order of ``caption_image_index()``;
-    ``seconds`` is the time it took to compute them.
+    ``compositional`` are unit-length [5 * N_split, D] in the order of
+    ``caption_image_index()``; ``seconds`` is the time it took to compute them.
     """
 
     train: torch.Tensor
@@ -212,11 +222,12 @@ def lit_features(
     tokenizer,
     captions_per_image: int = 5,
 ) -> LiTFeatures:
-    """Embed the training, test and compositional captions with the frozen ``text_encoder``, once.
+    """Embed the training, test and compositional captions with the frozen
+    ``text_encoder``, once.
 
-    Only the first ``captions_per_image`` captions of each training image are embedded (on a
-    CPU MiniLM manages about a hundred captions a second on one core); test and compositional
-    splits always get all five.
+    Only the first ``captions_per_image`` captions of each training image are embedded
+    (on a CPU MiniLM manages about a hundred captions a second on one core); test and
+    compositional splits always get all five.
     """
     per_image = len(data.train_captions[0])
     if not 1 <= captions_per_image <= per_image:
@@ -256,11 +267,12 @@ def train_lit(
     captions_per_image: int = 5,
     features: LiTFeatures | None = None,
 ) -> LiTResult:
-    """Train the image tower into the frozen MiniLM space with ``config``'s budget; score test and compositional R@K.
+    """Train the image tower into the frozen MiniLM space with ``config``'s budget;
+    score test and compositional R@K.
 
     The caption embeddings are computed once by :func:`lit_features` (or passed in as
-    ``features``, made with the same config, data and encoder); the optimisation never runs
-    the text encoder. ``captions_per_image`` is passed to :func:`lit_features`.
+    ``features``, made with the same config, data and encoder); the optimisation never
+    runs the text encoder. ``captions_per_image`` is passed to :func:`lit_features`.
     """
     data = data or prepare_data(config)
     device = select_device(config.device)
@@ -314,11 +326,13 @@ def compare_lit(
     captions_per_image: int = 5,
     both_towers: MethodResult | None = None,
 ) -> list[LiTResult]:
-    """LiT (frozen MiniLM) against both towers trained (text tower from scratch), same budget and seed.
+    """LiT (frozen MiniLM) against both towers trained (text tower from scratch), same
+    budget and seed.
 
-    ``captions_per_image`` limits the captions LiT trains on (see :func:`train_lit`); the
-    from-scratch model trains on all five, as its text tower costs nothing to run. ``both_towers`` reuses an
-    ``infonce`` result of the same config instead of training it again.
+    ``captions_per_image`` limits the captions LiT trains on (see :func:`train_lit`);
+    the from-scratch model trains on all five, as its text tower costs nothing to run.
+    ``both_towers`` reuses an ``infonce`` result of the same config instead of training
+    it again.
     """
     config = config or CompareConfig.fast()
     data = data or prepare_data(config)
@@ -334,15 +348,17 @@ def compare_lit(
 def both_towers_result(
     both: MethodResult, config: CompareConfig, data: ComparisonData
 ) -> LiTResult:
-    """Score a dual encoder trained by :func:`train_method` on the compositional split too, as a :class:`LiTResult`."""
+    """Score a dual encoder trained by :func:`train_method` on the compositional split
+    too, as a :class:`LiTResult`."""
     compositional = _compositional(config)
     comp_texts, comp_owner = compositional.caption_image_index()
     device = select_device(config.device)
     comp_text_emb = embed_texts(
         both.model, comp_texts, data.tokenizer, device=device, max_len=config.max_len
     )
+    tower_name = "conv" if config.text_tower == "conv" else "GRU"
     return LiTResult(
-        name=f"both towers trained ({'conv' if config.text_tower == 'conv' else 'GRU'})",
+        name=f"both towers trained ({tower_name})",
         test=both.retrieval,
         compositional=_retrieval(
             both.model,
@@ -357,14 +373,18 @@ def both_towers_result(
 
 
 def format_lit_table(results: Sequence[LiTResult]) -> str:
-    """R@1 image->text and text->image on the test and compositional splits, one row per model."""
+    """R@1 image->text and text->image on the test and compositional splits, one row per
+    model."""
     if not results:
         raise ValueError("format_lit_table needs at least one LiTResult")
-    header = f"{'model':<28}  {'test i2t':>8}  {'test t2i':>8}  {'comp i2t':>8}  {'comp t2i':>8}  {'time s':>6}"
+    columns = ("test i2t", "test t2i", "comp i2t", "comp t2i")
+    cells = "  ".join(f"{column:>8}" for column in columns)
+    header = f"{'model':<28}  {cells}  {'time s':>6}"
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r.name:<28}  {r.test['i2t_r1']:>8.2f}  {r.test['t2i_r1']:>8.2f}  "
-            f"{r.compositional['i2t_r1']:>8.2f}  {r.compositional['t2i_r1']:>8.2f}  {r.seconds:>6.1f}"
+            f"{r.compositional['i2t_r1']:>8.2f}  {r.compositional['t2i_r1']:>8.2f}  "
+            f"{r.seconds:>6.1f}"
         )
     return "\n".join(lines)

@@ -1,21 +1,24 @@
 """A registry of alignment methods: one objective each, all trained by the same loop.
 
 A method turns a batch and a dual encoder into one scalar loss. Everything else (data,
-model, optimiser, schedule, budget, evaluation) is shared by :mod:`crossalign.experiments.compare`,
-so a comparison between methods compares objectives and nothing else.
+model, optimiser, schedule, budget, evaluation) is shared by
+:mod:`crossalign.experiments.compare`, so a comparison between methods compares
+objectives and nothing else.
 
-=================  ==========================================================================
-name               objective
-=================  ==========================================================================
-``infonce``        symmetric InfoNCE, the CLIP loss (Radford et al. 2021)
-``vse0``           triplet ranking, hinges summed over all in-batch negatives (VSE0)
-``vsepp``          triplet ranking, hardest in-batch negative only (VSE++, Faghri et al. 2018)
-``siamese``        margin contrastive loss on matching and shifted (mismatched) pairs
-``adversarial``    InfoNCE + a modality discriminator behind a gradient reversal layer
-``adversarial_only``  the discriminator game alone: matches the two distributions, uses no pairs
+=================
+========================================================================== name
+objective =================
+========================================================================== ``infonce``
+symmetric InfoNCE, the CLIP loss (Radford et al. 2021) ``vse0``           triplet
+ranking, hinges summed over all in-batch negatives (VSE0) ``vsepp``          triplet
+ranking, hardest in-batch negative only (VSE++, Faghri et al. 2018) ``siamese``
+margin contrastive loss on matching and shifted (mismatched) pairs ``adversarial``
+InfoNCE + a modality discriminator behind a gradient reversal layer ``adversarial_only``
+the discriminator game alone: matches the two distributions, uses no pairs
 ``distillation``   KL from a teacher's image-text similarity distribution (no labels)
 ``hard_negatives`` InfoNCE + relation- and attribute-swapped captions as extra negatives
-=================  ==========================================================================
+=================
+==========================================================================
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ __all__ = [
 
 @dataclass
 class AlignmentBatch:
-    """One training batch: images, one caption each and, optionally, K hard negative captions each.
+    """One training batch: images, one caption each and, optionally, K hard negative
+    captions each.
 
-    ``negative_ids`` / ``negative_attention`` are [B, K, L]; ``negative_valid`` [B, K] is False
-    where an image has no such negative (a lone object has no relation to swap).
+    ``negative_ids`` / ``negative_attention`` are [B, K, L]; ``negative_valid`` [B, K]
+    is False where an image has no such negative (a lone object has no relation to
+    swap).
     """
 
     images: torch.Tensor
@@ -69,12 +74,14 @@ class AlignmentBatch:
 
 
 class AlignmentMethod:
-    """An alignment objective: :meth:`loss` maps (model, batch, auxiliary module) to a scalar.
+    """An alignment objective: :meth:`loss` maps (model, batch, auxiliary module) to a
+    scalar.
 
-    ``hard_negatives`` asks the runner for swapped captions in every batch: ``None`` (none),
-    ``"chosen"`` (the swaps of the caption in the batch) or ``"all"`` (the swaps of all the
-    image's captions, all false for that image); :meth:`auxiliary` may return extra trainable
-    modules (a discriminator) that the runner optimises together with the model.
+    ``hard_negatives`` asks the runner for swapped captions in every batch: ``None``
+    (none), ``"chosen"`` (the swaps of the caption in the batch) or ``"all"`` (the swaps
+    of all the image's captions, all false for that image); :meth:`auxiliary` may return
+    extra trainable modules (a discriminator) that the runner optimises together with
+    the model.
     """
 
     name = "method"
@@ -118,10 +125,11 @@ class InfoNCEMethod(AlignmentMethod):
 
 
 class TripletMethod(AlignmentMethod):
-    """Bidirectional triplet ranking on cosines: VSE0 (``hardest=False``) or VSE++ (``hardest=True``).
+    """Bidirectional triplet ranking on cosines: VSE0 (``hardest=False``) or VSE++
+    (``hardest=True``).
 
-    The loss is averaged over the batch (``reduction="mean"``) so that its size, and with it the
-    useful learning rate, does not grow with the batch.
+    The loss is averaged over the batch (``reduction="mean"``) so that its size, and
+    with it the useful learning rate, does not grow with the batch.
     """
 
     def __init__(self, hardest: bool, margin: float = 0.2) -> None:
@@ -154,7 +162,8 @@ class TripletMethod(AlignmentMethod):
 
 
 class SiameseMethod(AlignmentMethod):
-    """Margin contrastive loss on N matching pairs and N mismatched ones (captions shifted by one).
+    """Margin contrastive loss on N matching pairs and N mismatched ones (captions
+    shifted by one).
 
     Every pair is judged alone, "same" or "different", with no competition between
     candidates: the loss pulls matching pairs together and pushes mismatched ones to at
@@ -173,7 +182,8 @@ class SiameseMethod(AlignmentMethod):
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Mean margin loss over the N matching and N shifted (mismatched) pairs of the batch."""
+        """Mean margin loss over the N matching and N shifted (mismatched) pairs of the
+        batch."""
         image_emb, text_emb, _ = model(
             batch.images, batch.input_ids, batch.attention_mask
         )
@@ -193,14 +203,16 @@ class SiameseMethod(AlignmentMethod):
 
 
 class AdversarialMethod(AlignmentMethod):
-    """A modality discriminator behind a gradient reversal layer, with or without InfoNCE.
+    """A modality discriminator behind a gradient reversal layer, with or without
+    InfoNCE.
 
-    ``with_infonce=True`` (``"adversarial"``): CLIP loss + ``weight`` times the discriminator's
-    loss; the encoders learn the pairs and, through the reversed gradient, to hide which modality
-    an embedding came from. ``with_infonce=False`` (``"adversarial_only"``): the game alone. Its
-    loss never looks at which caption belongs to which image, so it can only make the two
-    *distributions* alike; it cannot align pairs (Ganin & Lempitsky 2015 keep a supervised task
-    loss for the same reason).
+    ``with_infonce=True`` (``"adversarial"``): CLIP loss + ``weight`` times the
+    discriminator's loss; the encoders learn the pairs and, through the reversed
+    gradient, to hide which modality an embedding came from. ``with_infonce=False``
+    (``"adversarial_only"``): the game alone. Its loss never looks at which caption
+    belongs to which image, so it can only make the two *distributions* alike; it cannot
+    align pairs (Ganin & Lempitsky 2015 keep a supervised task loss for the same
+    reason).
     """
 
     def __init__(
@@ -231,10 +243,12 @@ class AdversarialMethod(AlignmentMethod):
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
-        """(InfoNCE +) ``weight`` x the discriminator's cross-entropy on gradient-reversed embeddings."""
+        """(InfoNCE +) ``weight`` x the discriminator's cross-entropy on
+        gradient-reversed embeddings."""
         if auxiliary is None:
             raise ValueError(
-                f"method {self.name!r} needs its discriminator: pass auxiliary=method.auxiliary(embed_dim)"
+                f"method {self.name!r} needs its discriminator: pass "
+                "auxiliary=method.auxiliary(embed_dim)"
             )
         image_emb, text_emb, scale = model(
             batch.images, batch.input_ids, batch.attention_mask
@@ -246,11 +260,13 @@ class AdversarialMethod(AlignmentMethod):
 
 
 class DistillationMethod(AlignmentMethod):
-    """The student learns the teacher's image-to-text and text-to-image softmax distributions.
+    """The student learns the teacher's image-to-text and text-to-image softmax
+    distributions.
 
-    No pair labels are used: the targets are the rows and columns of the teacher's similarity
-    matrix on the same batch, which also say *how* wrong every other caption is (a caption
-    naming the right shapes in the wrong colours is "less wrong" than an unrelated one).
+    No pair labels are used: the targets are the rows and columns of the teacher's
+    similarity matrix on the same batch, which also say *how* wrong every other caption
+    is (a caption naming the right shapes in the wrong colours is "less wrong" than an
+    unrelated one).
     """
 
     name = "distillation"
@@ -262,7 +278,8 @@ class DistillationMethod(AlignmentMethod):
             for attr in ("encode_image", "encode_text", "logit_scale")
         ):
             raise TypeError(
-                "teacher must be a trained dual encoder (encode_image, encode_text, logit_scale)"
+                "teacher must be a trained dual encoder (encode_image, encode_text, "
+                "logit_scale)"
             )
         self.teacher = teacher.eval().requires_grad_(False)
 
@@ -272,7 +289,8 @@ class DistillationMethod(AlignmentMethod):
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
-        """KL(teacher || student) of the similarity distributions, averaged over both directions."""
+        """KL(teacher || student) of the similarity distributions, averaged over both
+        directions."""
         image_emb, text_emb, scale = model(
             batch.images, batch.input_ids, batch.attention_mask
         )
@@ -288,17 +306,18 @@ class DistillationMethod(AlignmentMethod):
 
 
 class HardNegativeMethod(AlignmentMethod):
-    """InfoNCE in which every image must also beat the swapped versions of its own caption.
+    """InfoNCE in which every image must also beat the swapped versions of its own
+    caption.
 
-    The negatives (relation swapped: "left of" <-> "right of"; attribute swapped: two objects'
-    colours exchanged) use exactly the words of the true caption, so only a text encoder that
-    reads word order and an image encoder that sees positions can tell them apart.
-    ``negatives="chosen"`` (default) gives each image the two swaps of the caption in the
-    batch; ``"all"`` the swaps of all its captions (up to 10 negatives; each caption states a
-    different relation, so they are not redundant). Every negative is one more caption through
-    the text tower (3 captions per image against 11), so at equal training time "chosen" takes
-    about three times the steps, and on a CPU that served relations better than more
-    negatives per step.
+    The negatives (relation swapped: "left of" <-> "right of"; attribute swapped: two
+    objects' colours exchanged) use exactly the words of the true caption, so only a
+    text encoder that reads word order and an image encoder that sees positions can tell
+    them apart. ``negatives="chosen"`` (default) gives each image the two swaps of the
+    caption in the batch; ``"all"`` the swaps of all its captions (up to 10 negatives;
+    each caption states a different relation, so they are not redundant). Every negative
+    is one more caption through the text tower (3 captions per image against 11), so at
+    equal training time "chosen" takes about three times the steps, and on a CPU that
+    served relations better than more negatives per step.
     """
 
     name = "hard_negatives"
@@ -315,14 +334,16 @@ class HardNegativeMethod(AlignmentMethod):
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
-        """The CLIP loss with the batch's [B, K] hard negatives added to each image's candidates."""
+        """The CLIP loss with the batch's [B, K] hard negatives added to each image's
+        candidates."""
         if (
             batch.negative_ids is None
             or batch.negative_attention is None
             or batch.negative_valid is None
         ):
             raise ValueError(
-                "hard_negatives needs negative_ids, negative_attention and negative_valid in the batch"
+                "hard_negatives needs negative_ids, negative_attention and "
+                "negative_valid in the batch"
             )
         image_emb, text_emb, scale = model(
             batch.images, batch.input_ids, batch.attention_mask
@@ -359,7 +380,8 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str, **kwargs: Any) -> AlignmentMethod:
-    """Build the method called ``name`` (``distillation`` needs ``teacher=``; options as keywords)."""
+    """Build the method called ``name`` (``distillation`` needs ``teacher=``; options as
+    keywords)."""
     if name not in METHODS:
         raise ValueError(
             f"unknown alignment method {name!r}; valid names: {', '.join(METHODS)}"

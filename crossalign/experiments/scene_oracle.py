@@ -1,23 +1,24 @@
 """An image tower handed the answer: it reads the scene graph instead of the pixels.
 
-Relation-swap accuracy (does the image score "the circle is left of the square" above "the
-circle is right of the square"?) needs both towers: the image tower must see which object is
-left of which, and the text tower must read which object the caption puts on the left. When
-the score is low, which tower is to blame? Replace the image tower by one that is *given*
-every object's shape, colour, size and centre (:class:`SceneGraphEncoder`) and train again
-with the same text tower, loss, data and budget (:func:`train_with_scene_oracle`): whatever is
-still wrong cannot be the image tower's fault, so it is the text tower's (or the data's).
+Relation-swap accuracy (does the image score "the circle is left of the square" above
+"the circle is right of the square"?) needs both towers: the image tower must see which
+object is left of which, and the text tower must read which object the caption puts on
+the left. When the score is low, which tower is to blame? Replace the image tower by one
+that is *given* every object's shape, colour, size and centre
+(:class:`SceneGraphEncoder`) and train again with the same text tower, loss, data and
+budget (:func:`train_with_scene_oracle`): whatever is still wrong cannot be the image
+tower's fault, so it is the text tower's (or the data's).
 
-The encoder is a Deep Sets model (Zaheer et al. 2017): one MLP per object, summed over the
-objects, so it sees each object's attributes *with* its position and does not depend on the
-order of the objects. It cannot read images; it exists only for this diagnosis
+The encoder is a Deep Sets model (Zaheer et al. 2017): one MLP per object, summed over
+the objects, so it sees each object's attributes *with* its position and does not depend
+on the order of the objects. It cannot read images; it exists only for this diagnosis
 (``benchmarks/relation_swap_towers.py``).
 
-The same question arises for captioning: when a captioner states a false relation, did the
-CNN fail to see where the objects are, or did the decoder fail to compare them?
-:func:`train_captioner_with_scene_oracle` trains the configured captioner on the scene graphs
-themselves (:class:`SceneGraphCaptions`: one region per object slot, holding its attributes and
-centre) with the same decoder, captions, steps and seed
+The same question arises for captioning: when a captioner states a false relation, did
+the CNN fail to see where the objects are, or did the decoder fail to compare them?
+:func:`train_captioner_with_scene_oracle` trains the configured captioner on the scene
+graphs themselves (:class:`SceneGraphCaptions`: one region per object slot, holding its
+attributes and centre) with the same decoder, captions, steps and seed
 (``benchmarks/caption_relations.py``).
 """
 
@@ -61,19 +62,23 @@ __all__ = [
 
 #: Object slots per scene (ShapesWorld draws 1-3 objects).
 MAX_SCENE_OBJECTS = 3
-#: Features of one slot: one-hot shape, colour and size, centre x and y in [-1, 1], present flag.
+#: Features of one slot: one-hot shape, colour and size, centre x and y in [-1, 1],
+# present flag.
 SCENE_FEATURES = len(SHAPES) + len(COLOURS) + len(SIZES) + 3
 
 
 def scene_features(world: ShapesWorld) -> torch.Tensor:
-    """Every scene of ``world`` as ``[N, MAX_SCENE_OBJECTS, SCENE_FEATURES]``; absent objects are all zeros.
+    """Every scene of ``world`` as ``[N, MAX_SCENE_OBJECTS, SCENE_FEATURES]``; absent
+    objects are all zeros.
 
-    A slot holds one-hot shape, colour and size, then the centre (x right, y down, mapped from
-    [0, 1] to [-1, 1]) and a 1 marking a real object, in the scene graph's object order.
+    A slot holds one-hot shape, colour and size, then the centre (x right, y down,
+    mapped from [0, 1] to [-1, 1]) and a 1 marking a real object, in the scene graph's
+    object order.
     """
     if not isinstance(world, ShapesWorld):
         raise TypeError(
-            f"scene_features needs a ShapesWorld (it reads scene graphs), got {type(world).__name__}"
+            "scene_features needs a ShapesWorld (it reads scene graphs), got "
+            f"{type(world).__name__}"
         )
     features = torch.zeros(len(world), MAX_SCENE_OBJECTS, SCENE_FEATURES)
     colour_at, size_at, place_at = (
@@ -93,10 +98,11 @@ def scene_features(world: ShapesWorld) -> torch.Tensor:
 
 
 class SceneGraphEncoder(nn.Module):
-    """Deep Sets over object slots: ``sum_k present_k * MLP(slot_k)`` -> ``[B, out_dim]``.
+    """Deep Sets over object slots: ``sum_k present_k * MLP(slot_k)`` ->
+    ``[B, out_dim]``.
 
-    Input: ``[B, MAX_SCENE_OBJECTS, SCENE_FEATURES]`` from :func:`scene_features` (the last
-    feature marks real objects; empty slots contribute nothing).
+    Input: ``[B, MAX_SCENE_OBJECTS, SCENE_FEATURES]`` from :func:`scene_features` (the
+    last feature marks real objects; empty slots contribute nothing).
     """
 
     def __init__(self, out_dim: int = 256, hidden_dim: int = 256) -> None:
@@ -119,7 +125,8 @@ class SceneGraphEncoder(nn.Module):
         """Sum the per-object vectors of the real objects of each scene."""
         if scenes.dim() != 3 or scenes.shape[-1] != SCENE_FEATURES:
             raise ValueError(
-                f"scenes must have shape [B, objects, {SCENE_FEATURES}] (see scene_features), got {tuple(scenes.shape)}"
+                f"scenes must have shape [B, objects, {SCENE_FEATURES}] (see "
+                f"scene_features), got {tuple(scenes.shape)}"
             )
         return (self.mlp(scenes) * scenes[..., -1:]).sum(dim=1)
 
@@ -129,11 +136,13 @@ def train_with_scene_oracle(
     config: CompareConfig,
     data: ComparisonData | None = None,
 ) -> MethodResult:
-    """Train method ``name`` exactly as :func:`~crossalign.experiments.compare.train_method` does,
-    but with a :class:`SceneGraphEncoder` in place of the image tower, fed the scene graphs.
+    """Train method ``name`` exactly as
+    :func:`~crossalign.experiments.compare.train_method` does, but with a
+    :class:`SceneGraphEncoder` in place of the image tower, fed the scene graphs.
 
-    Same text tower, batches, steps, optimiser and seed; the test scores (retrieval, swap
-    accuracies, geometry) are computed on the same test split, from its scene graphs.
+    Same text tower, batches, steps, optimiser and seed; the test scores (retrieval,
+    swap accuracies, geometry) are computed on the same test split, from its scene
+    graphs.
     """
     data = data or prepare_data(config)
     test_set = ShapesWorld(
@@ -156,20 +165,21 @@ def train_with_scene_oracle(
         encoder = SceneGraphEncoder(out_dim=out_dim)
     result = train_method(name, config, scenes, image_encoder=encoder)
     if data.negatives is None:
-        data.negatives = (
-            scenes.negatives
-        )  # keep the tokenised swaps for the caller's next run
+        # keep the tokenised swaps for the caller's next run
+        data.negatives = scenes.negatives
     return result
 
 
 class SceneGraphCaptions(ShapesWorld):
     """A ShapesWorld split whose items hold the scene graph instead of the image.
 
-    Items are ``{"features": [MAX_SCENE_OBJECTS, SCENE_FEATURES], "captions", "index"}``: the
-    rows of :func:`scene_features`, which a captioner built with ``image_encoder=None`` and
-    ``feature_dim=SCENE_FEATURES`` reads as its regions (one per object slot). Scenes, captions
-    and everything else are those of the ShapesWorld built with the same arguments, so the
-    semantic scores of :func:`~crossalign.train.captioning.evaluate_captioner` apply unchanged.
+    Items are
+    ``{"features": [MAX_SCENE_OBJECTS, SCENE_FEATURES], "captions", "index"}``: the rows
+    of :func:`scene_features`, which a captioner built with ``image_encoder=None`` and
+    ``feature_dim=SCENE_FEATURES`` reads as its regions (one per object slot). Scenes,
+    captions and everything else are those of the ShapesWorld built with the same
+    arguments, so the semantic scores of
+    :func:`~crossalign.train.captioning.evaluate_captioner` apply unchanged.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -188,16 +198,18 @@ class SceneGraphCaptions(ShapesWorld):
 def _require_shapes(config: CaptionExperimentConfig) -> None:
     if config.data.name != "shapes":
         raise ValueError(
-            f"the scene-graph oracle needs data.name='shapes' (scene graphs), got {config.data.name!r}"
+            "the scene-graph oracle needs data.name='shapes' (scene graphs), got "
+            f"{config.data.name!r}"
         )
 
 
 def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentConfig:
-    """``config`` with the image encoder replaced by scene-graph regions; decoder and training unchanged.
+    """``config`` with the image encoder replaced by scene-graph regions; decoder and
+    training unchanged.
 
-    No image encoder (so no encoder pretraining), regions ``SCENE_FEATURES`` wide, and no
-    region position embedding in Show, Attend and Tell: an object slot's index says nothing
-    about where the object is (its centre is in the features).
+    No image encoder (so no encoder pretraining), regions ``SCENE_FEATURES`` wide, and
+    no region position embedding in Show, Attend and Tell: an object slot's index says
+    nothing about where the object is (its centre is in the features).
     """
     _require_shapes(config)
     oracle = copy.deepcopy(config)
@@ -214,11 +226,12 @@ def oracle_caption_config(config: CaptionExperimentConfig) -> CaptionExperimentC
 def train_captioner_with_scene_oracle(
     config: CaptionExperimentConfig,
 ) -> CaptionTrainResult:
-    """Train ``config``'s captioner exactly as :func:`~crossalign.train.captioning.train_captioner`
-    does, but on the training split's scene graphs (:class:`SceneGraphCaptions`) instead of its images.
+    """Train ``config``'s captioner exactly as
+    :func:`~crossalign.train.captioning.train_captioner` does, but on the training
+    split's scene graphs (:class:`SceneGraphCaptions`) instead of its images.
 
-    Evaluate it on ``oracle_caption_dataset(config, "test")``. The returned result's ``config``
-    is the oracle's (:func:`oracle_caption_config`).
+    Evaluate it on ``oracle_caption_dataset(config, "test")``. The returned result's
+    ``config`` is the oracle's (:func:`oracle_caption_config`).
     """
     oracle = oracle_caption_config(config)
     return train_captioner(oracle, train_set=oracle_caption_dataset(oracle, "train"))
@@ -227,7 +240,8 @@ def train_captioner_with_scene_oracle(
 def oracle_caption_dataset(
     config: CaptionExperimentConfig, split: str, size: int | None = None
 ) -> SceneGraphCaptions:
-    """The scene-graph twin of ``build_caption_dataset(config, split, size)``: same scenes, same captions."""
+    """The scene-graph twin of ``build_caption_dataset(config, split, size)``: same
+    scenes, same captions."""
     _require_shapes(config)
     world = build_caption_dataset(config, split, size)
     return SceneGraphCaptions(

@@ -1,6 +1,6 @@
-"""Alignment losses: symmetric InfoNCE (CLIP, single process and across ranks), its version
-with extra hard negatives, triplet ranking (VSE0, VSE++), siamese contrastive, adversarial
-alignment with gradient reversal, and similarity distillation."""
+"""Alignment losses: symmetric InfoNCE (CLIP, single process and across ranks), its
+version with extra hard negatives, triplet ranking (VSE0, VSE++), siamese contrastive,
+adversarial alignment with gradient reversal, and similarity distillation."""
 
 from crossalign.losses.adversarial import (
     GradientReversal,

@@ -1,12 +1,13 @@
-"""Similarity distillation: a student dual encoder learns the teacher's retrieval distributions.
+"""Similarity distillation: a student dual encoder learns the teacher's retrieval
+distributions.
 
-For a batch of N pairs, a dual encoder defines, for every image, a distribution over the N
-captions (the softmax of its row of scaled similarities) and, for every caption, one over the
-N images (the softmax of its column). Distillation asks the student to reproduce the
-teacher's distributions, not just its top choice: which wrong captions the teacher finds
-plausible ("dark knowledge", Hinton et al. 2015) is information the one-hot labels of the
-CLIP loss do not carry. The teacher may be larger and live in another embedding size; only
-the batch must be the same.
+For a batch of N pairs, a dual encoder defines, for every image, a distribution over the
+N captions (the softmax of its row of scaled similarities) and, for every caption, one
+over the N images (the softmax of its column). Distillation asks the student to
+reproduce the teacher's distributions, not just its top choice: which wrong captions the
+teacher finds plausible ("dark knowledge", Hinton et al. 2015) is information the
+one-hot labels of the CLIP loss do not carry. The teacher may be larger and live in
+another embedding size; only the batch must be the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _DIRECTIONS = ("both", "image_to_text", "text_to_image")
 def _check_model(
     image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, role: str
 ) -> torch.Tensor | float:
-    """Check one model's features and scale, naming the model in any error; return the checked scale."""
+    """Check one model's features and scale, naming the model in any error; return the
+    checked scale."""
     try:
         _check_features(image, text)
         return _check_scale(scale)
@@ -50,20 +52,25 @@ def similarity_distillation_loss(
     teacher_scale: torch.Tensor | float,
     direction: str = "both",
 ) -> torch.Tensor:
-    """KL(teacher || student) between the softmax retrieval distributions of N pairs, averaged over queries.
+    """KL(teacher || student) between the softmax retrieval distributions of N pairs,
+    averaged over queries.
 
-    ``student_image`` and ``student_text`` are [N, D_s], ``teacher_image`` and ``teacher_text``
-    are [N, D_t] (D_t may differ from D_s), all used as given (pass L2-normalised features).
-    ``student_scale`` and ``teacher_scale`` are the models' ``1 / temperature``. With logits
-    ``S = student_scale * student_image @ student_text.T`` and ``T`` likewise for the teacher:
+    ``student_image`` and ``student_text`` are [N, D_s], ``teacher_image`` and
+    ``teacher_text`` are [N, D_t] (D_t may differ from D_s), all used as given (pass
+    L2-normalised features). ``student_scale`` and ``teacher_scale`` are the models'
+    ``1 / temperature``. With logits
+    ``S = student_scale * student_image @ student_text.T`` and ``T`` likewise for the
+    teacher:
 
-    - ``"image_to_text"``: mean over images i of ``KL(softmax(T[i, :]) || softmax(S[i, :]))``;
+    - ``"image_to_text"``: mean over images i of
+      ``KL(softmax(T[i, :]) || softmax(S[i, :]))``;
     - ``"text_to_image"``: the same over the columns (captions as queries);
     - ``"both"`` (default): the average of the two.
 
-    The teacher is detached (features and scale): it gets no gradient and is not trained.
-    The loss is 0 exactly when the student's distributions equal the teacher's and positive
-    otherwise. No ``T^2`` factor is applied; the scales play the role of the temperatures.
+    The teacher is detached (features and scale): it gets no gradient and is not
+    trained. The loss is 0 exactly when the student's distributions equal the teacher's
+    and positive otherwise. No ``T^2`` factor is applied; the scales play the role of
+    the temperatures.
     """
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
@@ -71,7 +78,8 @@ def similarity_distillation_loss(
     teacher_scale = _check_model(teacher_image, teacher_text, teacher_scale, "teacher")
     if teacher_image.shape[0] != student_image.shape[0]:
         raise ValueError(
-            f"student and teacher must see the same batch, got {student_image.shape[0]} student pairs "
+            "student and teacher must see the same batch, got "
+            f"{student_image.shape[0]} student pairs "
             f"and {teacher_image.shape[0]} teacher pairs"
         )
     student_logits = student_scale * (student_image @ student_text.T)

@@ -1,20 +1,21 @@
-"""Margin-based alignment losses: the triplet ranking loss (VSE0, VSE++) and the siamese contrastive loss.
+"""Margin-based alignment losses: the triplet ranking loss (VSE0, VSE++) and the siamese
+contrastive loss.
 
 Triplet ranking (Faghri et al. 2018, "VSE++"). For N matching pairs with similarities
-``s(i, j) = <u_i, v_j>`` (cosines when the features are L2-normalised), a matching pair must
-beat every mismatched pair of the batch by a margin ``m``, in both directions:
+``s(i, j) = <u_i, v_j>`` (cosines when the features are L2-normalised), a matching pair
+must beat every mismatched pair of the batch by a margin ``m``, in both directions:
 
     image i as the query, caption j != i as the negative:   [m + s(i, j) - s(i, i)]_+
     caption j as the query, image i != j as the negative:   [m + s(i, j) - s(j, j)]_+
 
-VSE0 sums these hinges over all negatives; VSE++ keeps only the largest one per query (the
-hardest negative), so that the many easy negatives with a zero hinge do not drown the few
-informative ones.
+VSE0 sums these hinges over all negatives; VSE++ keeps only the largest one per query
+(the hardest negative), so that the many easy negatives with a zero hinge do not drown
+the few informative ones.
 
 Siamese contrastive loss (Hadsell, Chopra & LeCun 2006). Pairs carry a label, "same" or
 "different"; with the Euclidean distance ``d`` between the two embeddings, a "same" pair
-costs ``d^2`` (pull together) and a "different" pair ``[m - d]_+^2`` (push apart, but only
-until the margin ``m``).
+costs ``d^2`` (pull together) and a "different" pair ``[m - d]_+^2`` (push apart, but
+only until the margin ``m``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _REDUCTIONS = ("sum", "mean")
 
 
 def _check_margin(margin: float) -> float:
-    """Return ``margin`` as a float, or raise unless it is a finite, non-negative number."""
+    """Return ``margin`` as a float, or raise unless it is a finite, non-negative
+    number."""
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise TypeError(f"margin must be a float, got {type(margin).__name__}")
     if not math.isfinite(margin) or margin < 0:
@@ -62,20 +64,22 @@ def triplet_loss(
     hardest: bool = False,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Bidirectional triplet ranking loss of N matching pairs: VSE0 (all negatives) or VSE++ (hardest).
+    """Bidirectional triplet ranking loss of N matching pairs: VSE0 (all negatives) or
+    VSE++ (hardest).
 
-    ``image_features`` and ``text_features`` are [N, D], pair ``i`` being row ``i`` of both.
-    The features are used as given; pass L2-normalised features so that the dot products are
-    cosine similarities, as in the paper.
+    ``image_features`` and ``text_features`` are [N, D], pair ``i`` being row ``i`` of
+    both. The features are used as given; pass L2-normalised features so that the dot
+    products are cosine similarities, as in the paper.
 
-    - ``hardest=False`` (VSE0): sum of the hinges over all ``N - 1`` negatives of every query.
+    - ``hardest=False`` (VSE0): sum of the hinges over all ``N - 1`` negatives of every
+      query.
     - ``hardest=True`` (VSE++): only the largest hinge of every query ("max of hinges").
 
     ``reduction="sum"`` adds the per-query costs over the batch, as in the paper;
-    ``reduction="mean"`` divides that sum by N, i.e. the average cost of one matching pair
-    (its image as a query plus its caption as a query), which does not grow with the batch
-    for VSE++. With N = 2 each query has a single negative, so VSE++ equals VSE0; with N = 1
-    there is no negative and the loss is 0.
+    ``reduction="mean"`` divides that sum by N, i.e. the average cost of one matching
+    pair (its image as a query plus its caption as a query), which does not grow with
+    the batch for VSE++. With N = 2 each query has a single negative, so VSE++ equals
+    VSE0; with N = 1 there is no negative and the loss is 0.
     """
     _check_features(image_features, text_features)
     margin = _check_margin(margin)
@@ -110,11 +114,13 @@ def _check_same(same: torch.Tensor, batch: int) -> None:
         )
     if same.dtype != torch.bool:
         raise TypeError(
-            f"same must be a boolean tensor (True for a matching pair), got dtype {same.dtype}"
+            "same must be a boolean tensor (True for a matching pair), got dtype "
+            f"{same.dtype}"
         )
     if same.shape != (batch,):
         raise ValueError(
-            f"same must have shape [{batch}], one label per pair, got shape {tuple(same.shape)}"
+            f"same must have shape [{batch}], one label per pair, got shape "
+            f"{tuple(same.shape)}"
         )
 
 
@@ -124,20 +130,22 @@ def siamese_contrastive_loss(
     same: torch.Tensor,
     margin: float = 0.5,
 ) -> torch.Tensor:
-    """Margin contrastive loss (Hadsell et al. 2006) of N labelled pairs on their Euclidean distance.
+    """Margin contrastive loss (Hadsell et al. 2006) of N labelled pairs on their
+    Euclidean distance.
 
-    Pair ``i`` is ``(image_features[i], text_features[i])``, both [N, D], and ``same[i]`` (a
-    boolean [N]) says whether the two match. With ``d_i = ||image_i - text_i||_2``:
+    Pair ``i`` is ``(image_features[i], text_features[i])``, both [N, D], and
+    ``same[i]`` (a boolean [N]) says whether the two match. With
+    ``d_i = ||image_i - text_i||_2``:
 
         loss = mean_i ( d_i^2                if same[i]
                         max(0, margin - d_i)^2  otherwise )
 
-    Convention: Hadsell et al. write both terms with a factor 1/2; it is dropped here, so this
-    loss is twice theirs (the factor only rescales the gradients, i.e. the learning rate).
-    Matching pairs are pulled together without limit; mismatched pairs are pushed apart only
-    until they are ``margin`` apart, after which they cost nothing. Nothing is normalised here:
-    with L2-normalised features distances lie in [0, 2]. At ``d = 0`` a mismatched pair gets
-    the zero (sub)gradient, not NaN.
+    Convention: Hadsell et al. write both terms with a factor 1/2; it is dropped here,
+    so this loss is twice theirs (the factor only rescales the gradients, i.e. the
+    learning rate). Matching pairs are pulled together without limit; mismatched pairs
+    are pushed apart only until they are ``margin`` apart, after which they cost
+    nothing. Nothing is normalised here: with L2-normalised features distances lie in
+    [0, 2]. At ``d = 0`` a mismatched pair gets the zero (sub)gradient, not NaN.
     """
     _check_features(image_features, text_features)
     _check_same(same, image_features.shape[0])
@@ -152,12 +160,14 @@ def siamese_contrastive_loss(
 
 
 class TripletLoss(nn.Module):
-    """Module form of ``triplet_loss``: VSE0 (``hardest=False``) or VSE++ (``hardest=True``)."""
+    """Module form of ``triplet_loss``: VSE0 (``hardest=False``) or VSE++
+    (``hardest=True``)."""
 
     def __init__(
         self, margin: float = 0.2, hardest: bool = False, reduction: str = "sum"
     ) -> None:
-        """Store and check the options, so that a bad one fails when the loss is built, not mid-training."""
+        """Store and check the options, so that a bad one fails when the loss is built,
+        not mid-training."""
         super().__init__()
         self.margin = _check_margin(margin)
         _check_triplet_options(hardest, reduction)
@@ -167,14 +177,18 @@ class TripletLoss(nn.Module):
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor
     ) -> torch.Tensor:
-        """Return the triplet ranking loss of the N matching pairs (rows) of the two inputs."""
+        """Return the triplet ranking loss of the N matching pairs (rows) of the two
+        inputs."""
         return triplet_loss(
             image_features, text_features, self.margin, self.hardest, self.reduction
         )
 
     def extra_repr(self) -> str:
         """Show the options in ``print(module)``."""
-        return f"margin={self.margin}, hardest={self.hardest}, reduction={self.reduction!r}"
+        return (
+            f"margin={self.margin}, hardest={self.hardest}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 class SiameseContrastiveLoss(nn.Module):
@@ -191,7 +205,8 @@ class SiameseContrastiveLoss(nn.Module):
         text_features: torch.Tensor,
         same: torch.Tensor,
     ) -> torch.Tensor:
-        """Return the margin contrastive loss of the N labelled pairs (rows) of the two inputs."""
+        """Return the margin contrastive loss of the N labelled pairs (rows) of the two
+        inputs."""
         return siamese_contrastive_loss(
             image_features, text_features, same, self.margin
         )

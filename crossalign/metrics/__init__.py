@@ -1,7 +1,7 @@
-"""Evaluation metrics: cross-modal retrieval (R@K, ranks, many-to-many positives), caption
-metrics equal to pycocoevalcap (BLEU-1..4, ROUGE-L, CIDEr-D), and the geometry of the shared
-embedding space (alignment, uniformity, modality gap, PCA), and the semantic accuracy of
-ShapesWorld captions against their scene graphs."""
+"""Evaluation metrics: cross-modal retrieval (R@K, ranks, many-to-many positives),
+caption metrics equal to pycocoevalcap (BLEU-1..4, ROUGE-L, CIDEr-D), and the geometry
+of the shared embedding space (alignment, uniformity, modality gap, PCA), and the
+semantic accuracy of ShapesWorld captions against their scene graphs."""
 
 from crossalign.metrics.captioning import (
     caption_metrics,

@@ -1,30 +1,34 @@
-"""Caption metrics that give pycocoevalcap's numbers: BLEU-1..4, ROUGE-L and CIDEr-D, in pure Python.
+"""Caption metrics that give pycocoevalcap's numbers: BLEU-1..4, ROUGE-L and CIDEr-D, in
+pure Python.
 
-The COCO caption evaluation (the ``pycocoevalcap`` package) is the reference every captioning
-paper reports against. It runs in two steps, and so does this module:
+The COCO caption evaluation (the ``pycocoevalcap`` package) is the reference every
+captioning paper reports against. It runs in two steps, and so does this module:
 
 1. Tokenise every caption: Stanford's PTB tokeniser (Java) lower-cases and splits off
    punctuation and clitics, then a fixed list of punctuation tokens is dropped.
    :func:`tokenize_caption` does the same in pure Python (see its docstring for the few
-   differences). Join its tokens with single spaces: ``" ".join(tokenize_caption(text))``.
+   differences). Join its tokens with single spaces:
+   ``" ".join(tokenize_caption(text))``.
 2. Score the tokenised captions. The metrics here take those space-joined token strings,
-   exactly what pycocoevalcap's scorers take, and give the same numbers up to float rounding
-   (far within 1e-6; the tests compare the two on many corpora).
+   exactly what pycocoevalcap's scorers take, and give the same numbers up to float
+   rounding (far within 1e-6; the tests compare the two on many corpora).
 
 Captions come either as two dicts keyed by image id (``{id: "a dog runs"}`` and
-``{id: ["a dog is running", "a brown dog runs", ...]}``; pycocoevalcap's ``{id: ["a dog runs"]}``
-form is accepted for the candidates too) or as two lists in the same order (``["a dog runs", ...]``
-and ``[["a dog is running", ...], ...]``). Each image has one candidate, which may be empty (a
-model can generate nothing), and one or more non-empty references; their number may vary from
-image to image.
+``{id: ["a dog is running", "a brown dog runs", ...]}``; pycocoevalcap's
+``{id: ["a dog runs"]}`` form is accepted for the candidates too) or as two lists in the
+same order (``["a dog runs", ...]`` and ``[["a dog is running", ...], ...]``). Each
+image has one candidate, which may be empty (a model can generate nothing), and one or
+more non-empty references; their number may vary from image to image.
 
-All metrics are *corpus* metrics, and BLEU is not the mean of per-image BLEU: it pools the
-n-gram counts of the whole corpus first (see :func:`corpus_bleu`). CIDEr-D takes its document
-frequencies from the references of the evaluated set itself, so the same caption scores
-differently in different corpora, and a corpus of a single image always scores 0.
+All metrics are *corpus* metrics, and BLEU is not the mean of per-image BLEU: it pools
+the n-gram counts of the whole corpus first (see :func:`corpus_bleu`). CIDEr-D takes its
+document frequencies from the references of the evaluated set itself, so the same
+caption scores differently in different corpora, and a corpus of a single image always
+scores 0.
 
-METEOR needs Java (pycocoevalcap runs the METEOR 1.5 jar); :func:`meteor` calls it when Java
-and pycocoevalcap are installed and says so clearly when they are not. SPICE is not offered.
+METEOR needs Java (pycocoevalcap runs the METEOR 1.5 jar); :func:`meteor` calls it when
+Java and pycocoevalcap are installed and says so clearly when they are not. SPICE is not
+offered.
 """
 
 from __future__ import annotations
@@ -47,11 +51,12 @@ __all__ = [
 Candidates = Mapping[Hashable, str | Sequence[str]] | Sequence[str]
 References = Mapping[Hashable, Sequence[str]] | Sequence[Sequence[str]]
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Tokenisation
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
-# Abbreviations whose final period the PTB tokeniser keeps ("mr.", "st."), a subset of its list.
+# Abbreviations whose final period the PTB tokeniser keeps ("mr.", "st."), a subset of
+# its list.
 _ABBREVIATIONS = (
     "mrs",
     "mr",
@@ -85,8 +90,9 @@ _SPLIT_WORDS = {
     "lemme": ["lem", "me"],
     "gimme": ["gim", "me"],
 }
-# The PTB tokeniser writes brackets as these names. pycocoevalcap means to drop them but compares
-# them in upper case after lower-casing, so they stay in its token strings; so they do here.
+# The PTB tokeniser writes brackets as these names. pycocoevalcap means to drop them but
+# compares them in upper case after lower-casing, so they stay in its token strings; so
+# they do here.
 _BRACKETS = {
     "(": "-lrb-",
     ")": "-rrb-",
@@ -97,15 +103,17 @@ _BRACKETS = {
 }
 _CLITIC_SUFFIX = re.compile(r"(.+)('(?:s|re|ve|ll|d|m))")
 _TOKEN = re.compile(
-    # "mr." or "u.s." or "p.m.": the final period stays (not when a letter or digit follows).
+    # "mr." or "u.s." or "p.m.": the final period stays (not when a letter or digit
+    # follows).
     rf"(?P<abbreviation>(?:{'|'.join(_ABBREVIATIONS)})\.(?![^\W_])|(?:[^\W\d_]\.)+(?![^\W_]))"
     # A clitic written apart from its word ("it 's") stays a token of its own.
     r"|(?P<clitic>'(?:s|re|ve|ll|d|m)(?![^\W_]))"
-    # Letters and digits, joined by inner hyphens, slashes, apostrophes and periods ("t-shirt",
-    # "1/2", "dog's", "3.5"), and by commas or colons between digits ("1,000", "10:30").
+    # Letters and digits, joined by inner hyphens, slashes, apostrophes and periods
+    # ("t-shirt", "1/2", "dog's", "3.5"), and by commas or colons between digits
+    # ("1,000", "10:30").
     r"|(?P<word>[^\W_]+(?:(?:[-/'.]|(?<=\d)[,:](?=\d))[^\W_]+)*)"
-    # Punctuation that pycocoevalcap drops after PTB tokenisation: quotes, periods (also "..."),
-    # commas, colons, semicolons, hyphens and dashes, and a single "!" or "?".
+    # Punctuation that pycocoevalcap drops after PTB tokenisation: quotes, periods (also
+    # "..."), commas, colons, semicolons, hyphens and dashes, and a single "!" or "?".
     r"|(?P<dropped>[-.,;:\"'`]+|[!?](?![!?]))"
     # Anything else is kept as a token: "!!", "?!", "$", "%", "&", "#", brackets...
     r"|(?P<symbol>[!?]+|\S)"
@@ -116,7 +124,8 @@ _TYPOGRAPHIC = str.maketrans(
 
 
 def _split_clitics(word: str) -> list[str]:
-    """Split a word the PTB way: ``"dog's"`` -> ``dog 's``, ``"isn't"`` -> ``is n't``, ``"cannot"`` -> ``can not``."""
+    """Split a word the PTB way: ``"dog's"`` -> ``dog 's``, ``"isn't"`` -> ``is n't``,
+    ``"cannot"`` -> ``can not``."""
     if word in _SPLIT_WORDS:
         return list(_SPLIT_WORDS[word])
     if word.endswith("n't") and len(word) > 3:
@@ -128,33 +137,39 @@ def _split_clitics(word: str) -> list[str]:
 
 
 def tokenize_caption(text: str) -> list[str]:
-    """Tokenise a caption as the COCO caption evaluation does: lower case, punctuation dropped.
+    """Tokenise a caption as the COCO caption evaluation does: lower case, punctuation
+    dropped.
 
-    A pure-Python stand-in for pycocoevalcap's ``PTBTokenizer`` (Stanford's PTB tokeniser run
-    with ``-lowerCase``, then removal of the tokens ``'' ' `` ` . ? ! , : - -- ... ;``):
+    A pure-Python stand-in for pycocoevalcap's ``PTBTokenizer`` (Stanford's PTB
+    tokeniser run with ``-lowerCase``, then removal of the tokens ``'' ' ``
+    ` . ? ! , : - -- ... ;``):
 
     - lower-case; typographic quotes and apostrophes count as ASCII ones;
     - punctuation is split off and dropped: periods, commas, colons, semicolons, quotes,
       hyphens and dashes standing alone, ``...``, and a single ``!`` or ``?``;
-    - clitics become tokens of their own: ``"dog's"`` -> ``dog 's``, ``"isn't"`` -> ``is n't``,
-      ``"can't"`` -> ``ca n't``, ``"they're"`` -> ``they 're``; ``cannot``, ``gonna``,
-      ``gotta``, ``wanna``, ``lemme`` and ``gimme`` are split in two (``can not``);
+    - clitics become tokens of their own: ``"dog's"`` -> ``dog 's``, ``"isn't"`` ->
+      ``is n't``, ``"can't"`` -> ``ca n't``, ``"they're"`` -> ``they 're``; ``cannot``,
+      ``gonna``, ``gotta``, ``wanna``, ``lemme`` and ``gimme`` are split in two
+      (``can not``);
     - a word keeps its inner hyphens, slashes, apostrophes and periods (``t-shirt``,
-      ``black-and-white``, ``3-year-old``, ``face/hand``, ``o'clock``, ``3.5``) and a number its
-      inner commas and colons (``1,000``, ``10:30``); abbreviations keep their final period
-      (``u.s.``, ``p.m.``, ``mr.``, ``st.``);
-    - other symbols are kept as tokens (``$ 5``, ``20 %``, ``&``, ``!!``, ``?!``), and brackets
-      become ``-lrb- -rrb- -lsb- -rsb- -lcb- -rcb-``: pycocoevalcap means to drop them but
-      misses them after lower-casing, and that is what its scores are computed on.
+      ``black-and-white``, ``3-year-old``, ``face/hand``, ``o'clock``, ``3.5``) and a
+      number its inner commas and colons (``1,000``, ``10:30``); abbreviations keep
+      their final period (``u.s.``, ``p.m.``, ``mr.``, ``st.``);
+    - other symbols are kept as tokens (``$ 5``, ``20 %``, ``&``, ``!!``, ``?!``), and
+      brackets become ``-lrb- -rrb- -lsb- -rsb- -lcb- -rcb-``: pycocoevalcap means to
+      drop them but misses them after lower-casing, and that is what its scores are
+      computed on.
 
-    Known differences from the Java tokeniser, all rare in captions: the list of abbreviations
-    that keep their period is shorter; ``"12:30pm"`` stays one token (PTB: ``12:30 pm``);
-    ``".5"`` loses its period; ``rock'n'roll``, ``'tis``, ``'em``, ``y'all``, e-mail and web
-    addresses, ``@names`` and SGML-like ``<tags>`` are not given PTB's special treatment.
+    Known differences from the Java tokeniser, all rare in captions: the list of
+    abbreviations that keep their period is shorter; ``"12:30pm"`` stays one token (PTB:
+    ``12:30 pm``); ``".5"`` loses its period; ``rock'n'roll``, ``'tis``, ``'em``,
+    ``y'all``, e-mail and web addresses, ``@names`` and SGML-like ``<tags>`` are not
+    given PTB's special treatment.
 
-    Why not :func:`crossalign.data.vocab.simple_tokenize`: it splits ``t-shirt`` and ``3.5`` in
-    two and keeps ``dog's`` whole, where the COCO pipeline gives ``t-shirt``, ``3.5`` and
-    ``dog 's``; such words are common in captions and would change BLEU and CIDEr n-gram counts.
+    Why not :func:`crossalign.data.vocab.simple_tokenize`: it splits ``t-shirt`` and
+    ``3.5`` in two and keeps ``dog's`` whole, where the COCO pipeline gives ``t-shirt``,
+    ``3.5`` and ``dog 's``; such words are common in captions and would change BLEU and
+    CIDEr n-gram counts.
 
     >>> tokenize_caption("A dog's t-shirt, isn't it?")
     ['a', 'dog', "'s", 't-shirt', 'is', "n't", 'it']
@@ -173,44 +188,52 @@ def tokenize_caption(text: str) -> list[str]:
     return tokens
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Input checks
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 
 def _candidate_text(where: str, candidate: object) -> str:
-    """Return the candidate string, unwrapping pycocoevalcap's one-element list ``["a dog"]``."""
+    """Return the candidate string, unwrapping pycocoevalcap's one-element list
+    ``["a dog"]``."""
     if isinstance(candidate, (list, tuple)) and len(candidate) == 1:
         candidate = candidate[0]
     if not isinstance(candidate, str):
         raise TypeError(
-            f"the candidate {where} must be one caption string (space-joined tokens), got {candidate!r}"
+            f"the candidate {where} must be one caption string (space-joined tokens), "
+            f"got {candidate!r}"
         )
     return candidate
 
 
 def _reference_texts(where: str, references: object) -> list[str]:
-    """Return the references as a list of non-empty strings, or raise naming the image at fault."""
+    """Return the references as a list of non-empty strings, or raise naming the image
+    at fault."""
     if isinstance(references, str):
         raise TypeError(
-            f"the references {where} must be a list of caption strings, got one str; wrap it in a list"
+            f"the references {where} must be a list of caption strings, got one str; "
+            "wrap it in a list"
         )
     if not isinstance(references, (list, tuple)):
         raise TypeError(
-            f"the references {where} must be a list of caption strings, got {type(references).__name__}"
+            f"the references {where} must be a list of caption strings, got "
+            f"{type(references).__name__}"
         )
     if len(references) == 0:
         raise ValueError(
-            f"the references {where} are an empty list; every image needs at least one reference"
+            f"the references {where} are an empty list; every image needs at least one "
+            "reference"
         )
     for position, reference in enumerate(references):
         if not isinstance(reference, str):
             raise TypeError(
-                f"reference {position} {where} must be a str, got {type(reference).__name__}"
+                f"reference {position} {where} must be a str, got "
+                f"{type(reference).__name__}"
             )
         if not reference.split():
             raise ValueError(
-                f"reference {position} {where} is empty ({reference!r}); drop it, every reference needs a word"
+                f"reference {position} {where} is empty ({reference!r}); drop it, "
+                "every reference needs a word"
             )
     return list(references)
 
@@ -218,15 +241,19 @@ def _reference_texts(where: str, references: object) -> list[str]:
 def _paired_corpus(
     candidates: Candidates, references: References
 ) -> list[tuple[str, list[str]]]:
-    """Check both inputs and return ``(candidate, references)`` per image, in the references' order."""
+    """Check both inputs and return ``(candidate, references)`` per image, in the
+    references' order."""
     if isinstance(candidates, str) or isinstance(references, str):
         raise TypeError(
-            "candidates and references must be collections of captions, not a single str"
+            "candidates and references must be collections of captions, not a single "
+            "str"
         )
     if isinstance(candidates, Mapping) != isinstance(references, Mapping):
         raise TypeError(
-            "pass candidates and references in the same form: both dicts keyed by image id, "
-            f"or both lists in the same order (got {type(candidates).__name__} and {type(references).__name__})"
+            "pass candidates and references in the same form: both dicts keyed by "
+            "image id, "
+            f"or both lists in the same order (got {type(candidates).__name__} and "
+            f"{type(references).__name__})"
         )
     if isinstance(candidates, Mapping):
         no_references = [
@@ -238,7 +265,8 @@ def _paired_corpus(
         if no_references or no_candidate:
             raise ValueError(
                 "candidates and references must have the same image ids; "
-                f"ids with no references: {no_references[:5]}, ids with no candidate: {no_candidate[:5]}"
+                f"ids with no references: {no_references[:5]}, ids with no candidate: "
+                f"{no_candidate[:5]}"
             )
         items = [
             (f"of image {image_id!r}", candidates[image_id], refs)
@@ -247,7 +275,8 @@ def _paired_corpus(
     else:
         if len(candidates) != len(references):
             raise ValueError(
-                f"got {len(candidates)} candidates but {len(references)} reference lists; "
+                f"got {len(candidates)} candidates but {len(references)} reference "
+                "lists; "
                 "give one list of references per candidate, in the same order"
             )
         items = [
@@ -261,9 +290,9 @@ def _paired_corpus(
     ]
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # N-gram counts, shared by BLEU and CIDEr-D
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 _MAX_ORDER = (
     4  # both metrics use 1- to 4-grams (pycocoevalcap counts no longer n-grams)
@@ -274,8 +303,8 @@ class _Caption:
     """A caption's word count and n-gram counts, computed once for BLEU and CIDEr-D.
 
     Tokens are the whitespace-separated words of the string; ``ngrams[k]`` counts its
-    (k+1)-grams, each written as its words joined by single spaces (a string caches its hash,
-    which makes the many dictionary look-ups faster than with tuples of words).
+    (k+1)-grams, each written as its words joined by single spaces (a string caches its
+    hash, which makes the many dictionary look-ups faster than with tuples of words).
     """
 
     __slots__ = ("length", "ngrams")
@@ -293,21 +322,24 @@ _CountedImage = tuple[_Caption, list[_Caption]]
 
 
 def _counted(pairs: Sequence[tuple[str, list[str]]]) -> list[_CountedImage]:
-    """Count the n-grams of every candidate and reference of checked ``(candidate, references)`` pairs."""
+    """Count the n-grams of every candidate and reference of checked
+    ``(candidate, references)`` pairs."""
     return list(_counting(pairs))
 
 
 def _counting(pairs: Sequence[tuple[str, list[str]]]) -> Iterator[_CountedImage]:
-    """Count the n-grams of one image at a time, so that a metric that needs each image once keeps none."""
+    """Count the n-grams of one image at a time, so that a metric that needs each image
+    once keeps none."""
     for candidate, references in pairs:
         yield _Caption(candidate), [_Caption(ref) for ref in references]
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # BLEU
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
-# pycocoevalcap's smoothing: (matches + TINY) / (possible + SMALL) keeps a zero count finite.
+# pycocoevalcap's smoothing: (matches + TINY) / (possible + SMALL) keeps a zero count
+# finite.
 _TINY = 1e-15
 _SMALL = 1e-9
 
@@ -322,7 +354,8 @@ def _closest_length(candidate_length: int, reference_lengths: Sequence[int]) -> 
 def _clipped_matches(
     candidate_counts: Counter, reference_counts: Sequence[Counter]
 ) -> int:
-    """Candidate n-grams that match, each at most as often as in the reference holding it most often."""
+    """Candidate n-grams that match, each at most as often as in the reference holding
+    it most often."""
     in_some_reference = candidate_counts.keys() & set().union(*reference_counts)
     return sum(
         min(candidate_counts[ngram], max(counts[ngram] for counts in reference_counts))
@@ -360,21 +393,25 @@ def _bleu(images: Iterable[_CountedImage], max_n: int) -> list[float]:
 def corpus_bleu(
     candidates: Candidates, references: References, max_n: int = 4
 ) -> list[float]:
-    """Corpus BLEU-1..``max_n`` (``max_n`` <= 4), equal to pycocoevalcap's ``Bleu(max_n)``.
+    """Corpus BLEU-1..``max_n`` (``max_n`` <= 4), equal to pycocoevalcap's
+    ``Bleu(max_n)``.
 
-    BLEU-n is the geometric mean of the modified n-gram precisions p_1..p_n times a brevity
-    penalty, all computed on counts pooled over the corpus (not a mean of per-image BLEU):
+    BLEU-n is the geometric mean of the modified n-gram precisions p_1..p_n times a
+    brevity penalty, all computed on counts pooled over the corpus (not a mean of
+    per-image BLEU):
 
-    - p_k = (clipped k-gram matches + 1e-15) / (candidate k-grams + 1e-9), where a candidate
-      k-gram matches at most as often as it occurs in the one reference holding it most often.
-      The constants are pycocoevalcap's: a zero count gives a tiny precision, not 0, so a corpus
-      without a single 4-gram match gets a tiny positive BLEU-4 (around 1e-5), not 0;
+    - p_k = (clipped k-gram matches + 1e-15) / (candidate k-grams + 1e-9), where a
+      candidate k-gram matches at most as often as it occurs in the one reference
+      holding it most often. The constants are pycocoevalcap's: a zero count gives a
+      tiny precision, not 0, so a corpus without a single 4-gram match gets a tiny
+      positive BLEU-4 (around 1e-5), not 0;
     - the reference length of an image is that of its reference closest in length to the
-      candidate (the shorter one on a tie); with c and r the corpus totals of candidate and
-      reference lengths, the penalty is exp(1 - r/c) when c < r (computed with the same
-      constants), else 1. A corpus of empty candidates scores 0.
+      candidate (the shorter one on a tie); with c and r the corpus totals of candidate
+      and reference lengths, the penalty is exp(1 - r/c) when c < r (computed with the
+      same constants), else 1. A corpus of empty candidates scores 0.
 
-    Tokens are the whitespace-separated words of each string. Returns ``[BLEU-1, ..., BLEU-max_n]``.
+    Tokens are the whitespace-separated words of each string. Returns
+    ``[BLEU-1, ..., BLEU-max_n]``.
     """
     if (
         isinstance(max_n, bool)
@@ -382,14 +419,15 @@ def corpus_bleu(
         or not 1 <= max_n <= _MAX_ORDER
     ):
         raise ValueError(
-            f"max_n must be an integer from 1 to {_MAX_ORDER} (as in pycocoevalcap), got {max_n!r}"
+            f"max_n must be an integer from 1 to {_MAX_ORDER} (as in pycocoevalcap), "
+            f"got {max_n!r}"
         )
     return _bleu(_counting(_paired_corpus(candidates, references)), max_n)
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # ROUGE-L
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 _ROUGE_BETA = 1.2
 
@@ -397,10 +435,10 @@ _ROUGE_BETA = 1.2
 def _lcs_length(first: Sequence[str], second: Sequence[str]) -> int:
     """Length of the longest common subsequence of two token lists.
 
-    Bit-parallel dynamic programming (Allison and Dix 1986; Hyyrö 2004): bit j of ``row`` is 0
-    where the LCS row steps up at column j of ``second``, so one pass over ``first`` with a few
-    integer operations per token replaces the O(len(first) * len(second)) table, and the LCS
-    length is the number of zero bits.
+    Bit-parallel dynamic programming (Allison and Dix 1986; Hyyrö 2004): bit j of
+    ``row`` is 0 where the LCS row steps up at column j of ``second``, so one pass over
+    ``first`` with a few integer operations per token replaces the O(len(first) *
+    len(second)) table, and the LCS length is the number of zero bits.
     """
     if len(first) < len(second):
         first, second = second, first
@@ -418,9 +456,11 @@ def _lcs_length(first: Sequence[str], second: Sequence[str]) -> int:
 
 
 def _sentence_rouge_l(candidate: str, references: Sequence[str]) -> float:
-    """ROUGE-L F-score of one candidate, with pycocoevalcap's best precision and best recall."""
-    # Split on single spaces like the reference implementation: on well-formed token strings this
-    # is str.split(), and an empty candidate is one empty token, so it scores 0.
+    """ROUGE-L F-score of one candidate, with pycocoevalcap's best precision and best
+    recall."""
+    # Split on single spaces like the reference implementation: on well-formed token
+    # strings this is str.split(), and an empty candidate is one empty token, so it
+    # scores 0.
     candidate_tokens = candidate.split(" ")
     best_precision = best_recall = 0.0
     for reference in references:
@@ -447,20 +487,21 @@ def _rouge_l(pairs: Sequence[tuple[str, list[str]]]) -> float:
 
 
 def rouge_l(candidates: Candidates, references: References) -> float:
-    """Corpus ROUGE-L, equal to pycocoevalcap's ``Rouge``: the mean over images of a sentence F-score.
+    """Corpus ROUGE-L, equal to pycocoevalcap's ``Rouge``: the mean over images of a
+    sentence F-score.
 
-    For one image, with LCS the longest common subsequence of tokens: precision
-    P = max over references of LCS / len(candidate), recall R = max over references of
-    LCS / len(reference), each maximised on its own (they may come from different
-    references), and F = (1 + beta^2) P R / (R + beta^2 P) with beta = 1.2, or 0 when P or R
-    is 0. Tokens are split on single spaces, as pycocoevalcap does.
+    For one image, with LCS the longest common subsequence of tokens: precision P = max
+    over references of LCS / len(candidate), recall R = max over references of LCS /
+    len(reference), each maximised on its own (they may come from different references),
+    and F = (1 + beta^2) P R / (R + beta^2 P) with beta = 1.2, or 0 when P or R is 0.
+    Tokens are split on single spaces, as pycocoevalcap does.
     """
     return _rouge_l(_paired_corpus(candidates, references))
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # CIDEr-D
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 _CIDER_SCALE = 10.0
 
@@ -468,7 +509,8 @@ _CIDER_SCALE = 10.0
 def _tfidf_norms(
     caption: _Caption, squared_idf: dict[str, float], unseen: float
 ) -> list[float]:
-    """Norms of a caption's tf-idf vectors, one per n-gram order (``unseen``: squared idf of other n-grams)."""
+    """Norms of a caption's tf-idf vectors, one per n-gram order (``unseen``: squared
+    idf of other n-grams)."""
     return [
         math.sqrt(
             sum(
@@ -487,13 +529,16 @@ def _image_cider_d(
     unseen: float,
     sigma: float,
 ) -> float:
-    """CIDEr-D of one image: 10 x the mean over references and n-gram orders of the penalised similarity.
+    """CIDEr-D of one image: 10 x the mean over references and n-gram orders of the
+    penalised similarity.
 
-    With weights w = count x idf (idf >= 0), min(w_c, w_r) x w_r = min(count_c, count_r) x count_r x idf^2,
-    and only n-grams in both captions contribute, so the sums run over the shared n-grams.
+    With weights w = count x idf (idf >= 0), min(w_c, w_r) x w_r = min(count_c, count_r)
+    x count_r x idf^2, and only n-grams in both captions contribute, so the sums run
+    over the shared n-grams.
     """
     candidate_norms = _tfidf_norms(candidate, squared_idf, unseen)
-    # pycocoevalcap's length for the penalty is the number of bigrams: words - 1, and 0 for no words.
+    # pycocoevalcap's length for the penalty is the number of bigrams: words - 1, and 0
+    # for no words.
     candidate_length = max(0, candidate.length - 1)
     total = 0.0
     for reference in references:
@@ -542,24 +587,27 @@ def _cider_d(images: Sequence[_CountedImage], sigma: float) -> float:
 def cider_d(
     candidates: Candidates, references: References, sigma: float = 6.0
 ) -> float:
-    """Corpus CIDEr-D, equal to pycocoevalcap's ``Cider`` (which, despite its name, is CIDEr-D).
+    """Corpus CIDEr-D, equal to pycocoevalcap's ``Cider`` (which, despite its name, is
+    CIDEr-D).
 
-    CIDEr (Vedantam et al. 2015) compares tf-idf weighted n-gram vectors; its "-D" variant,
-    which the COCO evaluation implements under the plain name, adds the clipping and the
-    length penalty below. For each image and each order n = 1..4:
+    CIDEr (Vedantam et al. 2015) compares tf-idf weighted n-gram vectors; its "-D"
+    variant, which the COCO evaluation implements under the plain name, adds the
+    clipping and the length penalty below. For each image and each order n = 1..4:
 
-    - weight of an n-gram = its count in the caption x log(N / df), with N the number of images
-      and df the number of images whose references contain it (df counted as 1 when no
-      reference does): document frequencies come from the evaluated set's own references;
-    - similarity to one reference = sum over the candidate's n-grams of
-      min(candidate weight, reference weight) x reference weight (the clipping), divided by
-      both vectors' norms (when neither is 0), times the length penalty
-      exp(-(l_c - l_r)^2 / (2 sigma^2)), where pycocoevalcap's length l is the number of
-      bigrams, i.e. the word count minus 1 (0 for an empty caption);
-    - the image's score is 10 x the mean of these similarities over orders and references.
+    - weight of an n-gram = its count in the caption x log(N / df), with N the number of
+      images and df the number of images whose references contain it (df counted as 1
+      when no reference does): document frequencies come from the evaluated set's own
+      references;
+    - similarity to one reference = sum over the candidate's n-grams of min(candidate
+      weight, reference weight) x reference weight (the clipping), divided by both
+      vectors' norms (when neither is 0), times the length penalty exp(-(l_c - l_r)^2 /
+      (2 sigma^2)), where pycocoevalcap's length l is the number of bigrams, i.e. the
+      word count minus 1 (0 for an empty caption);
+    - the image's score is 10 x the mean of these similarities over orders and
+      references.
 
-    The corpus score is the mean over images. With a single image log(N / df) is 0 for every
-    reference n-gram, so a one-image corpus always scores 0.
+    The corpus score is the mean over images. With a single image log(N / df) is 0 for
+    every reference n-gram, so a one-image corpus always scores 0.
     """
     if (
         isinstance(sigma, bool)
@@ -568,23 +616,25 @@ def cider_d(
         or math.isinf(sigma)
     ):
         raise ValueError(
-            f"sigma must be a positive finite number (pycocoevalcap uses 6.0), got {sigma!r}"
+            "sigma must be a positive finite number (pycocoevalcap uses 6.0), got "
+            f"{sigma!r}"
         )
     return _cider_d(_counted(_paired_corpus(candidates, references)), float(sigma))
 
 
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # All together, and METEOR
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 
 
 def caption_metrics(candidates: Candidates, references: References) -> dict[str, float]:
     """BLEU-1..4, ROUGE-L and CIDEr-D of a corpus, each equal to pycocoevalcap's.
 
-    Inputs are space-joined token strings, e.g. ``" ".join(tokenize_caption(text))``. Returns
-    ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}`` (pycocoevalcap names them
-    Bleu_1..Bleu_4, ROUGE_L and CIDEr). BLEU and ROUGE-L lie in [0, 1], CIDEr-D in [0, 10]
-    (it is scaled by 10, so good captioners score above 1).
+    Inputs are space-joined token strings, e.g. ``" ".join(tokenize_caption(text))``.
+    Returns ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}``
+    (pycocoevalcap names them Bleu_1..Bleu_4, ROUGE_L and CIDEr). BLEU and ROUGE-L lie
+    in [0, 1], CIDEr-D in [0, 10] (it is scaled by 10, so good captioners score above
+    1).
     """
     pairs = _paired_corpus(candidates, references)
     images = _counted(pairs)
@@ -598,24 +648,28 @@ def caption_metrics(candidates: Candidates, references: References) -> dict[str,
 
 
 def meteor(candidates: Candidates, references: References) -> float:
-    """Corpus METEOR from pycocoevalcap's Java scorer (METEOR 1.5); needs Java and pycocoevalcap.
+    """Corpus METEOR from pycocoevalcap's Java scorer (METEOR 1.5); needs Java and
+    pycocoevalcap.
 
-    There is no pure-Python METEOR here: its synonym and paraphrase matching lives in the jar.
-    Raises RuntimeError, saying what is missing, when ``java`` is not on the PATH or
-    pycocoevalcap is not installed.
+    There is no pure-Python METEOR here: its synonym and paraphrase matching lives in
+    the jar. Raises RuntimeError, saying what is missing, when ``java`` is not on the
+    PATH or pycocoevalcap is not installed.
     """
     pairs = _paired_corpus(candidates, references)
     if shutil.which("java") is None:
         raise RuntimeError(
-            "METEOR needs Java: pycocoevalcap runs the METEOR 1.5 jar, and no 'java' executable is on the "
-            "PATH. Install a Java runtime (e.g. OpenJDK 11 or later) or leave METEOR out; BLEU, ROUGE-L and "
+            "METEOR needs Java: pycocoevalcap runs the METEOR 1.5 jar, and no 'java' "
+            "executable is on the "
+            "PATH. Install a Java runtime (e.g. OpenJDK 11 or later) or leave METEOR "
+            "out; BLEU, ROUGE-L and "
             "CIDEr-D (caption_metrics) need no Java"
         )
     try:
         from pycocoevalcap.meteor.meteor import Meteor
     except ImportError as err:
         raise RuntimeError(
-            "METEOR needs the pycocoevalcap package (pip install pycocoevalcap), which is not installed"
+            "METEOR needs the pycocoevalcap package (pip install pycocoevalcap), which "
+            "is not installed"
         ) from err
     image_ids = range(len(pairs))
     score, _ = Meteor().compute_score(

@@ -1,16 +1,16 @@
 """Geometry of a shared embedding space: alignment, uniformity, modality gap and PCA.
 
-Contrastive training puts images and texts on one unit hypersphere. Three numbers describe
-how they sit there:
+Contrastive training puts images and texts on one unit hypersphere. Three numbers
+describe how they sit there:
 
-- **alignment** (Wang & Isola, 2020): how close the two halves of each positive pair are,
-  ``E ||x_i - y_i||^alpha``. Lower is better; 0 when every pair coincides.
+- **alignment** (Wang & Isola, 2020): how close the two halves of each positive pair
+  are, ``E ||x_i - y_i||^alpha``. Lower is better; 0 when every pair coincides.
 - **uniformity** (Wang & Isola, 2020): how evenly a set of points covers the sphere,
-  ``log E_{i != j} exp(-t ||x_i - x_j||^2)``. Lower (more negative) is more uniform; 0 when
-  all points coincide.
+  ``log E_{i != j} exp(-t ||x_i - x_j||^2)``. Lower (more negative) is more uniform; 0
+  when all points coincide.
 - **modality gap** (Liang et al., 2022): the distance between the centroid of the image
-  embeddings and the centroid of the text embeddings. Contrastively trained models such as
-  CLIP keep the two modalities in separate cones, so the gap stays well above 0.
+  embeddings and the centroid of the text embeddings. Contrastively trained models such
+  as CLIP keep the two modalities in separate cones, so the gap stays well above 0.
 
 All three are defined on the unit sphere, so they check that every row has L2 norm 1
 (within ``UNIT_NORM_TOLERANCE``) instead of normalising silently: normalise first with
@@ -44,11 +44,13 @@ UNIFORMITY_CHUNK_SIZE = 1024
 
 @torch.no_grad()
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
-    """Return the mean distance to the power ``alpha`` between paired unit vectors, ``E ||x_i - y_i||^alpha``.
+    """Return the mean distance to the power ``alpha`` between paired unit vectors,
+    ``E ||x_i - y_i||^alpha``.
 
-    Row ``i`` of ``x`` and row ``i`` of ``y`` are a positive pair (an image and its caption).
-    The value lies in ``[0, 2^alpha]``: 0 when every pair coincides, ``2^alpha`` when every
-    pair is antipodal. ``alpha = 2`` is the setting of Wang & Isola (2020).
+    Row ``i`` of ``x`` and row ``i`` of ``y`` are a positive pair (an image and its
+    caption). The value lies in ``[0, 2^alpha]``: 0 when every pair coincides,
+    ``2^alpha`` when every pair is antipodal. ``alpha = 2`` is the setting of Wang &
+    Isola (2020).
 
     Args:
         x: ``[N, D]`` unit-norm embeddings.
@@ -60,7 +62,8 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
     _check_same_space("x", x, "y", y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(
-            f"x and y must hold the same number of rows (row i of each is a pair), got {x.shape[0]} and {y.shape[0]}"
+            "x and y must hold the same number of rows (row i of each is a pair), got "
+            f"{x.shape[0]} and {y.shape[0]}"
         )
     _check_positive("alpha", alpha)
     return _alignment(x, y, float(alpha))
@@ -70,13 +73,15 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
 def uniformity(
     x: torch.Tensor, t: float = 2.0, chunk_size: int = UNIFORMITY_CHUNK_SIZE
 ) -> float:
-    """Return how evenly unit vectors spread over the sphere, ``log E_{i != j} exp(-t ||x_i - x_j||^2)``.
+    """Return how evenly unit vectors spread over the sphere,
+    ``log E_{i != j} exp(-t ||x_i - x_j||^2)``.
 
-    The mean runs over all ``N (N - 1)`` ordered pairs of distinct rows (the same value as over
-    unordered pairs). The value lies in ``[-4t, 0]``: 0 when all points coincide, lower when
-    they spread out; ``-4t`` only for two antipodal points. It is computed with a log-sum-exp,
-    so large ``t`` does not underflow, and ``chunk_size`` rows at a time, so the ``N x N``
-    distance matrix never exists at once. ``t = 2`` is the setting of Wang & Isola (2020).
+    The mean runs over all ``N (N - 1)`` ordered pairs of distinct rows (the same value
+    as over unordered pairs). The value lies in ``[-4t, 0]``: 0 when all points
+    coincide, lower when they spread out; ``-4t`` only for two antipodal points. It is
+    computed with a log-sum-exp, so large ``t`` does not underflow, and ``chunk_size``
+    rows at a time, so the ``N x N`` distance matrix never exists at once. ``t = 2`` is
+    the setting of Wang & Isola (2020).
 
     Args:
         x: ``[N, D]`` unit-norm embeddings, ``N >= 2``.
@@ -93,12 +98,13 @@ def uniformity(
 def modality_gap_vector(
     image_emb: torch.Tensor, text_emb: torch.Tensor
 ) -> torch.Tensor:
-    """Return the vector from the text centroid to the image centroid, ``mean(image_emb) - mean(text_emb)``.
+    """Return the vector from the text centroid to the image centroid,
+    ``mean(image_emb) - mean(text_emb)``.
 
-    This is the gap vector of Liang et al. (2022). The two sets need not have the same size
-    (e.g. five captions per image): each centroid is the plain mean of its own rows. The
-    result is a ``[D]`` tensor on the embeddings' device (float64 for float64 inputs, else
-    float32).
+    This is the gap vector of Liang et al. (2022). The two sets need not have the same
+    size (e.g. five captions per image): each centroid is the plain mean of its own
+    rows. The result is a ``[D]`` tensor on the embeddings' device (float64 for float64
+    inputs, else float32).
     """
     _check_unit_embeddings("image_emb", image_emb)
     _check_unit_embeddings("text_emb", text_emb)
@@ -108,7 +114,8 @@ def modality_gap_vector(
 
 @torch.no_grad()
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
-    """Return the Euclidean distance between the image centroid and the text centroid (Liang et al., 2022).
+    """Return the Euclidean distance between the image centroid and the text centroid
+    (Liang et al., 2022).
 
     Both sets are unit vectors, so the gap lies in ``[0, 2]``; it is the norm of
     :func:`modality_gap_vector`.
@@ -120,19 +127,20 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
 def pca(
     x: torch.Tensor, k: int = 2, center: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Project ``x`` on its ``k`` principal directions, computed from a singular value decomposition.
+    """Project ``x`` on its ``k`` principal directions, computed from a singular value
+    decomposition.
 
     Returns ``(projected [N, k], components [k, D], explained_variance_ratio [k])`` with
-    ``projected = (x - mean) @ components.T`` (no mean subtracted when ``center`` is False).
-    Components are orthonormal and ordered by decreasing variance; the ratios are each
-    component's share of the total variance, so they are non-increasing and sum to at most 1
-    (exactly 1 when the centred data has rank ``k`` or less). With ``center=False`` "variance"
-    means the second moment about the origin.
+    ``projected = (x - mean) @ components.T`` (no mean subtracted when ``center`` is
+    False). Components are orthonormal and ordered by decreasing variance; the ratios
+    are each component's share of the total variance, so they are non-increasing and sum
+    to at most 1 (exactly 1 when the centred data has rank ``k`` or less). With
+    ``center=False`` "variance" means the second moment about the origin.
 
-    Sign convention: a principal direction is only defined up to its sign, and SVD routines
-    pick signs arbitrarily (they may differ between devices and library versions). Each
-    component is therefore flipped so that its entry of largest absolute value (the first
-    one on ties) is positive, which makes the result reproducible.
+    Sign convention: a principal direction is only defined up to its sign, and SVD
+    routines pick signs arbitrarily (they may differ between devices and library
+    versions). Each component is therefore flipped so that its entry of largest absolute
+    value (the first one on ties) is positive, which makes the result reproducible.
 
     Args:
         x: ``[N, D]`` data, one point per row (unit norm not required).
@@ -147,7 +155,8 @@ def pca(
         or not 1 <= k <= min(n, d)
     ):
         raise ValueError(
-            f"k must be an integer between 1 and min(N, D) = {min(n, d)} for x of shape {tuple(x.shape)}, got {k!r}"
+            f"k must be an integer between 1 and min(N, D) = {min(n, d)} for x of "
+            f"shape {tuple(x.shape)}, got {k!r}"
         )
     k = int(k)
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -158,7 +167,8 @@ def pca(
         _, singular_values, right_vectors = torch.linalg.svd(data, full_matrices=False)
         energy = singular_values.square()
         total = energy.sum()
-        # Centring identical rows leaves rounding residue of order eps * |x|, not exact zeros.
+        # Centring identical rows leaves rounding residue of order eps * |x|, not exact
+        # zeros.
         if float(total) <= (64 * torch.finfo(data.dtype).eps) ** 2 * float(raw_energy):
             what = "all its rows are the same point" if center else "it is all zeros"
             raise ValueError(
@@ -180,19 +190,21 @@ def geometry_report(
     alpha: float = 2.0,
     t: float = 2.0,
 ) -> dict[str, float]:
-    """Measure the shared space: alignment, uniformity of each modality and of both, and the modality gap.
+    """Measure the shared space: alignment, uniformity of each modality and of both, and
+    the modality gap.
 
     Returns a dict with the keys ``"alignment"`` (over image-caption pairs),
-    ``"uniformity_image"``, ``"uniformity_text"``, ``"uniformity_joint"`` (of all image and
-    text embeddings pooled together) and ``"modality_gap"``.
+    ``"uniformity_image"``, ``"uniformity_text"``, ``"uniformity_joint"`` (of all image
+    and text embeddings pooled together) and ``"modality_gap"``.
 
     Args:
-        image_emb: ``[N_img, D]`` unit-norm image embeddings, ``N_img >= 2``.
-        text_emb: ``[N_txt, D]`` unit-norm text embeddings, ``N_txt >= 2``.
-        text_to_image: the image index of each caption, for sets with several captions per
-            image (Flickr8k has five). When omitted, row ``i`` of ``image_emb`` and row ``i``
-            of ``text_emb`` are a pair and the two must have the same number of rows. Each
-            image counts once in its uniformity and centroid, however many captions it has.
+        image_emb: ``[N_img, D]`` unit-norm image embeddings, ``N_img >= 2``. text_emb:
+        ``[N_txt, D]`` unit-norm text embeddings, ``N_txt >= 2``. text_to_image: the
+        image index of each caption, for sets with several captions per
+            image (Flickr8k has five). When omitted, row ``i`` of ``image_emb`` and row
+            ``i`` of ``text_emb`` are a pair and the two must have the same number of
+            rows. Each image counts once in its uniformity and centroid, however many
+            captions it has.
         alpha: the exponent of :func:`alignment`.
         t: the temperature of :func:`uniformity`.
     """
@@ -204,8 +216,10 @@ def geometry_report(
     if text_to_image is None:
         if image_emb.shape[0] != text_emb.shape[0]:
             raise ValueError(
-                f"image_emb has {image_emb.shape[0]} rows and text_emb {text_emb.shape[0]}; without text_to_image "
-                "row i of each must be a pair, so give text_to_image (the image index of each caption)"
+                f"image_emb has {image_emb.shape[0]} rows and text_emb "
+                f"{text_emb.shape[0]}; without text_to_image "
+                "row i of each must be a pair, so give text_to_image (the image index "
+                "of each caption)"
             )
         paired_images = image_emb
     else:
@@ -236,8 +250,9 @@ def _alignment(x: torch.Tensor, y: torch.Tensor, alpha: float) -> float:
 def _uniformity(x: torch.Tensor, t: float, chunk_size: int) -> float:
     """Log of the mean Gaussian kernel over distinct pairs, for inputs already checked.
 
-    Each chunk of rows gives the log-sum-exp of its kernel values (the diagonal, a point with
-    itself, set to ``-inf``); the chunks' results are combined with one more log-sum-exp.
+    Each chunk of rows gives the log-sum-exp of its kernel values (the diagonal, a point
+    with itself, set to ``-inf``); the chunks' results are combined with one more
+    log-sum-exp.
     """
     n = x.shape[0]
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -261,13 +276,15 @@ def _uniformity(x: torch.Tensor, t: float, chunk_size: int) -> float:
 
 
 def _gap_vector(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-    """``mean(image_emb) - mean(text_emb)`` in the working dtype, for inputs already checked."""
+    """``mean(image_emb) - mean(text_emb)`` in the working dtype, for inputs already
+    checked."""
     dtype = _work_dtype(image_emb, text_emb)
     return image_emb.to(dtype).mean(dim=0) - text_emb.to(dtype).mean(dim=0)
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 when any input is float64, else float32 (half precision is too coarse for sums of N^2 terms)."""
+    """float64 when any input is float64, else float32 (half precision is too coarse for
+    sums of N^2 terms)."""
     return (
         torch.float64
         if any(tensor.dtype == torch.float64 for tensor in tensors)
@@ -276,12 +293,14 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _check_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> None:
-    """Raise unless ``emb`` is a finite, floating-point ``[N, D]`` tensor with ``N >= min_rows``."""
+    """Raise unless ``emb`` is a finite, floating-point ``[N, D]`` tensor with
+    ``N >= min_rows``."""
     if not isinstance(emb, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
     if emb.dim() != 2 or emb.shape[1] == 0:
         raise ValueError(
-            f"{name} must be 2-D [items, dim] with dim >= 1, got shape {tuple(emb.shape)}"
+            f"{name} must be 2-D [items, dim] with dim >= 1, got shape "
+            f"{tuple(emb.shape)}"
         )
     if emb.shape[0] < min_rows:
         raise ValueError(f"{name} needs at least {min_rows} row(s), got {emb.shape[0]}")
@@ -296,29 +315,35 @@ def _check_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> None:
 
 
 def _check_unit_embeddings(name: str, emb: torch.Tensor, min_rows: int = 1) -> None:
-    """Like :func:`_check_embeddings`, and also raise unless every row has L2 norm 1 within the tolerance."""
+    """Like :func:`_check_embeddings`, and also raise unless every row has L2 norm 1
+    within the tolerance."""
     _check_embeddings(name, emb, min_rows)
     norms = torch.linalg.vector_norm(emb.to(_work_dtype(emb)), dim=1)
     off_sphere = (norms - 1.0).abs() > UNIT_NORM_TOLERANCE
     if bool(off_sphere.any()):
         bad = int(off_sphere.nonzero()[0])
         raise ValueError(
-            f"{name} row {bad} has L2 norm {float(norms[bad]):.4f}, not 1 (tolerance {UNIT_NORM_TOLERANCE}); "
-            f"these measures live on the unit sphere: pass torch.nn.functional.normalize({name}, dim=-1)"
+            f"{name} row {bad} has L2 norm {float(norms[bad]):.4f}, not 1 (tolerance "
+            f"{UNIT_NORM_TOLERANCE}); "
+            "these measures live on the unit sphere: pass "
+            f"torch.nn.functional.normalize({name}, dim=-1)"
         )
 
 
 def _check_same_space(
     name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
 ) -> None:
-    """Raise unless the two embedding sets have the same width and live on the same device."""
+    """Raise unless the two embedding sets have the same width and live on the same
+    device."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(
-            f"{name_a} and {name_b} must have the same embedding size, got {a.shape[1]} and {b.shape[1]}"
+            f"{name_a} and {name_b} must have the same embedding size, got "
+            f"{a.shape[1]} and {b.shape[1]}"
         )
     if a.device != b.device:
         raise ValueError(
-            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device"
+            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to "
+            "one device"
         )
 
 
@@ -349,7 +374,8 @@ def _caption_owners(
     n_txt: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """Check ``text_to_image`` (one image index per caption) and return it as int64 on ``device``."""
+    """Check ``text_to_image`` (one image index per caption) and return it as int64 on
+    ``device``."""
     owners = torch.as_tensor(text_to_image)
     if owners.is_floating_point() or owners.is_complex() or owners.dtype == torch.bool:
         raise TypeError(
@@ -357,7 +383,8 @@ def _caption_owners(
         )
     if owners.dim() != 1 or owners.shape[0] != n_txt:
         raise ValueError(
-            f"text_to_image must be 1-D with one image index per caption ({n_txt}), got shape {tuple(owners.shape)}"
+            f"text_to_image must be 1-D with one image index per caption ({n_txt}), "
+            f"got shape {tuple(owners.shape)}"
         )
     owners = owners.to(device=device, dtype=torch.long)
     out_of_range = (owners < 0) | (owners >= n_img)

@@ -1,23 +1,24 @@
 """Cross-modal retrieval metrics with many-to-many positives: R@K, median and mean rank.
 
-The evaluation set holds ``N_img`` images and ``N_txt`` captions; ``text_to_image[j]`` is
-the image that caption ``j`` describes (Flickr8k's Karpathy 1K test split: 1000 images,
-5000 captions, five per image). Scores are dot products of the given embeddings, so pass
-L2-normalised embeddings to rank by cosine similarity.
+The evaluation set holds ``N_img`` images and ``N_txt`` captions; ``text_to_image[j]``
+is the image that caption ``j`` describes (Flickr8k's Karpathy 1K test split: 1000
+images, 5000 captions, five per image). Scores are dot products of the given embeddings,
+so pass L2-normalised embeddings to rank by cosine similarity.
 
 - Image to text: an image's rank is the rank of its *best-ranked* caption among all
   ``N_txt`` captions, so a hit at K means that *any* of its captions is in the top K.
-- Text to image: a caption's rank is the rank of its one image among all ``N_img`` images.
+- Text to image: a caption's rank is the rank of its one image among all ``N_img``
+  images.
 
 Ranks are 1-based (rank 1 = the positive comes first) and ties count against the query:
 ``rank = 1 + (number of negatives scoring >= the best positive)``. With the optimistic
 rule (only strictly higher negatives count) a model that maps every input to the same
-vector gives every score the same value and would reach R@1 = 1; with the pessimistic rule
-it gets the worst possible rank, which is what it deserves.
+vector gives every score the same value and would reach R@1 = 1; with the pessimistic
+rule it gets the worst possible rank, which is what it deserves.
 
-The score matrix is computed ``chunk_size`` query rows at a time, in float32 whatever the
-input precision, on the embeddings' device: the full ``N_img x N_txt`` matrix never exists
-at once, so large galleries fit in memory.
+The score matrix is computed ``chunk_size`` query rows at a time, in float32 whatever
+the input precision, on the embeddings' device: the full ``N_img x N_txt`` matrix never
+exists at once, so large galleries fit in memory.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _check_embeddings(name: str, emb: torch.Tensor) -> None:
     if not bool(finite_rows.all()):
         bad = int((~finite_rows).nonzero()[0])
         raise ValueError(
-            f"{name} row {bad} contains NaN or infinite values; ranks would be meaningless"
+            f"{name} row {bad} contains NaN or infinite values; ranks would be "
+            "meaningless"
         )
 
 
@@ -63,7 +65,8 @@ def _validated_inputs(
     text_to_image: torch.Tensor | Sequence[int],
     chunk_size: int,
 ) -> torch.Tensor:
-    """Check every argument and return ``text_to_image`` as an int64 tensor on the embeddings' device."""
+    """Check every argument and return ``text_to_image`` as an int64 tensor on the
+    embeddings' device."""
     _check_embeddings("image_emb", image_emb)
     _check_embeddings("text_emb", text_emb)
     if image_emb.shape[1] != text_emb.shape[1]:
@@ -73,7 +76,8 @@ def _validated_inputs(
         )
     if image_emb.device != text_emb.device:
         raise ValueError(
-            f"image_emb is on {image_emb.device} but text_emb is on {text_emb.device}; move both to one device"
+            f"image_emb is on {image_emb.device} but text_emb is on {text_emb.device}; "
+            "move both to one device"
         )
     if (
         isinstance(chunk_size, bool)
@@ -90,7 +94,8 @@ def _validated_inputs(
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
     if owner.dim() != 1 or owner.shape[0] != n_txt:
         raise ValueError(
-            f"text_to_image must be 1-D with one image index per caption ({n_txt}), got shape {tuple(owner.shape)}"
+            f"text_to_image must be 1-D with one image index per caption ({n_txt}), "
+            f"got shape {tuple(owner.shape)}"
         )
     owner = owner.to(device=image_emb.device, dtype=torch.long)
     out_of_range = (owner < 0) | (owner >= n_img)
@@ -108,8 +113,10 @@ def _validated_inputs(
             f" and {uncaptioned.numel() - 10} more" if uncaptioned.numel() > 10 else ""
         )
         raise ValueError(
-            f"image {shown}{more} has no caption in text_to_image; every image needs at least one "
-            "positive caption for image-to-text ranks (drop uncaptioned images from image_emb)"
+            f"image {shown}{more} has no caption in text_to_image; every image needs "
+            "at least one "
+            "positive caption for image-to-text ranks (drop uncaptioned images from "
+            "image_emb)"
         )
     return owner
 
@@ -124,9 +131,9 @@ def ranks_image_to_text(
     """Return each image's 1-based rank of its best-ranked caption (int64, [N_img]).
 
     ``rank = 1 + #(captions of other images scoring >= the image's best caption)``: ties
-    count against the query (see the module docstring). An image's worst possible rank is
-    ``N_txt - (its number of captions) + 1``. Computed ``chunk_size`` images at a time, in
-    float32, on the embeddings' device.
+    count against the query (see the module docstring). An image's worst possible rank
+    is ``N_txt - (its number of captions) + 1``. Computed ``chunk_size`` images at a
+    time, in float32, on the embeddings' device.
     """
     owner = _validated_inputs(image_emb, text_emb, text_to_image, chunk_size)
     device = image_emb.device
@@ -154,11 +161,12 @@ def ranks_text_to_image(
     text_to_image: torch.Tensor | Sequence[int],
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Return each caption's 1-based rank of its image among all images (int64, [N_txt]).
+    """Return each caption's 1-based rank of its image among all images (int64,
+    [N_txt]).
 
-    ``rank = 1 + #(other images scoring >= the caption's image)``: ties count against the
-    query (see the module docstring), so the worst possible rank is ``N_img``. Computed
-    ``chunk_size`` captions at a time, in float32, on the embeddings' device.
+    ``rank = 1 + #(other images scoring >= the caption's image)``: ties count against
+    the query (see the module docstring), so the worst possible rank is ``N_img``.
+    Computed ``chunk_size`` captions at a time, in float32, on the embeddings' device.
     """
     owner = _validated_inputs(image_emb, text_emb, text_to_image, chunk_size)
     device = image_emb.device
@@ -176,7 +184,8 @@ def ranks_text_to_image(
 
 
 def _median(values: torch.Tensor) -> float:
-    """The median of a 1-D tensor, averaging the two middle values when the count is even."""
+    """The median of a 1-D tensor, averaging the two middle values when the count is
+    even."""
     ordered = values.double().sort().values
     n = ordered.shape[0]
     middle = n // 2
@@ -186,7 +195,8 @@ def _median(values: torch.Tensor) -> float:
 
 
 def _summarise(prefix: str, ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
-    """R@K for each K, median and mean rank of one direction, under keys starting with ``prefix``."""
+    """R@K for each K, median and mean rank of one direction, under keys starting with
+    ``prefix``."""
     summary = {f"{prefix}_r{k}": float((ranks <= k).double().mean()) for k in ks}
     summary[f"{prefix}_median_rank"] = _median(ranks)
     summary[f"{prefix}_mean_rank"] = float(ranks.double().mean())
@@ -194,7 +204,8 @@ def _summarise(prefix: str, ranks: torch.Tensor, ks: Sequence[int]) -> dict[str,
 
 
 def _checked_ks(ks: Iterable[int]) -> list[int]:
-    """Return the distinct K values in the given order, or raise if one is not a positive integer."""
+    """Return the distinct K values in the given order, or raise if one is not a
+    positive integer."""
     checked: list[int] = []
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -213,16 +224,17 @@ def retrieval_metrics(
     ks: Iterable[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Image-to-text and text-to-image R@K, median and mean rank, for many-to-many positives.
+    """Image-to-text and text-to-image R@K, median and mean rank, for many-to-many
+    positives.
 
     ``image_emb`` is [N_img, D], ``text_emb`` [N_txt, D] (any float dtype; scores are
-    computed in float32) and ``text_to_image[j]`` the index of caption ``j``'s image. Every
-    image needs at least one caption. Returns ``{"i2t_r1", "i2t_r5", "i2t_r10",
-    "i2t_median_rank", "i2t_mean_rank", "t2i_r1", ..., "t2i_mean_rank"}`` (one ``_r{K}`` key
-    per K): recalls are fractions in [0, 1], ranks are 1-based, ties count against the query
-    (see the module docstring). The median of an even number of ranks is the mean of the
-    two middle ones; code that reports ``floor(median)`` (as VSE++-style scripts do) can
-    differ by one half.
+    computed in float32) and ``text_to_image[j]`` the index of caption ``j``'s image.
+    Every image needs at least one caption. Returns the keys ``"i2t_r1"``, ``"i2t_r5"``,
+    ``"i2t_r10"``, ``"i2t_median_rank"``, ``"i2t_mean_rank"`` and the same for
+    ``"t2i_"`` (one ``_r{K}`` key per K): recalls are fractions in [0, 1], ranks are
+    1-based, ties count against the query (see the module docstring). The median of an
+    even number of ranks is the mean of the two middle ones; code that reports
+    ``floor(median)`` (as VSE++-style scripts do) can differ by one half.
     """
     checked_ks = _checked_ks(ks)
     i2t = ranks_image_to_text(image_emb, text_emb, text_to_image, chunk_size)
@@ -247,7 +259,8 @@ def format_retrieval(metrics: dict[str, float]) -> str:
     )
     if not ks:
         raise ValueError(
-            "metrics holds no 'i2t_r<K>' key; pass the dictionary returned by retrieval_metrics"
+            "metrics holds no 'i2t_r<K>' key; pass the dictionary returned by "
+            "retrieval_metrics"
         )
     needed = [
         f"{d}_{name}"
@@ -257,7 +270,8 @@ def format_retrieval(metrics: dict[str, float]) -> str:
     missing = [key for key in needed if key not in metrics]
     if missing:
         raise ValueError(
-            f"metrics lacks {missing}; pass the dictionary returned by retrieval_metrics"
+            f"metrics lacks {missing}; pass the dictionary returned by "
+            "retrieval_metrics"
         )
     headers = [f"R@{k}%" for k in ks] + ["median rank", "mean rank"]
     widths = [max(6, len(h)) for h in headers]

@@ -1,21 +1,23 @@
-"""Semantic caption accuracy on ShapesWorld: parse a caption with the grammar, check it against the scene.
+"""Semantic caption accuracy on ShapesWorld: parse a caption with the grammar, check it
+against the scene.
 
-BLEU and CIDEr count shared n-grams, so "a small red circle left of a big blue square" and
-"a small red circle right of a big blue square" score almost the same although one is false.
-ShapesWorld captions come from a regular grammar (see :mod:`crossalign.data.shapes`), so a
-generated caption can be *parsed back* into what it claims, and the claim checked against the
-image's scene graph:
+BLEU and CIDEr count shared n-grams, so "a small red circle left of a big blue square"
+and "a small red circle right of a big blue square" score almost the same although one
+is false. ShapesWorld captions come from a regular grammar (see
+:mod:`crossalign.data.shapes`), so a generated caption can be *parsed back* into what it
+claims, and the claim checked against the image's scene graph:
 
-- every object is mentioned exactly once, with the right size, colour and shape (synonyms
-  allowed: "little" = "small", "disc" = "circle", ...);
+- every object is mentioned exactly once, with the right size, colour and shape
+  (synonyms allowed: "little" = "small", "disc" = "circle", ...);
 - every stated relation holds between the objects named ("left of", "above", ...); in a
-  three-object caption, "the <object>" of the last clause refers back to one of the first two;
+  three-object caption, "the <object>" of the last clause refers back to one of the
+  first two;
 - a lone object is placed in the right region ("at the top left", "in the middle", ...).
 
-A caption that does not parse, names the wrong number of objects, or states anything false
-does not match. Words are compared after :func:`crossalign.data.vocab.simple_tokenize`, which
-drops punctuation, so "there is a red ..., and" and a decoder's "there is a red ... and" read
-the same.
+A caption that does not parse, names the wrong number of objects, or states anything
+false does not match. Words are compared after
+:func:`crossalign.data.vocab.simple_tokenize`, which drops punctuation, so "there is a
+red ..., and" and a decoder's "there is a red ... and" read the same.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class ObjectMention:
 
 @dataclass(frozen=True)
 class ParsedCaption:
-    """What a caption claims: the objects it introduces and the facts it states about them.
+    """What a caption claims: the objects it introduces and the facts it states about
+    them.
 
-    ``relations`` holds ``(subject, relation, object)`` with indices into ``objects``; a caption
-    whose last clause names "the X" where both first objects look like X is ambiguous, and
-    ``alternatives`` then lists every reading (the first reading is ``relations``).
-    ``region`` is ``(vertical, horizontal)`` for a one-object caption, else ``None``.
+    ``relations`` holds ``(subject, relation, object)`` with indices into ``objects``; a
+    caption whose last clause names "the X" where both first objects look like X is
+    ambiguous, and ``alternatives`` then lists every reading (the first reading is
+    ``relations``). ``region`` is ``(vertical, horizontal)`` for a one-object caption,
+    else ``None``.
     """
 
     objects: tuple[ObjectMention, ...]
@@ -88,7 +92,8 @@ def _phrase_table() -> dict[tuple[str, ...], tuple[str, object]]:
 _PHRASES = _phrase_table()
 _LONGEST = max(len(phrase) for phrase in _PHRASES)
 _NOUN = "NOUN"  # an article followed by size, colour and shape
-# Templates as sequences of literal words and symbols; "NOUN", "relation" and "region" are slots.
+# Templates as sequences of literal words and symbols; "NOUN", "relation" and "region"
+# are slots.
 _ONE_OBJECT = (
     (_NOUN, "region"),
     ("there", "is", _NOUN, "region"),
@@ -107,7 +112,8 @@ _THIRD_CLAUSE = ("and", _NOUN, "is", "relation", _NOUN)
 
 
 def _symbols(words: Sequence[str]) -> list[tuple[str, object]]:
-    """Group words into grammar symbols by longest match: ("size", "small"), ("word", "is"), ..."""
+    """Group words into grammar symbols by longest match: ("size", "small"), ("word",
+    "is"), ..."""
     symbols: list[tuple[str, object]] = []
     position = 0
     while position < len(words):
@@ -126,7 +132,8 @@ def _symbols(words: Sequence[str]) -> list[tuple[str, object]]:
 def _match(
     template: Sequence[str], symbols: Sequence[tuple[str, object]]
 ) -> list | None:
-    """Match ``symbols`` against a template exactly; return the slot values in order, or None.
+    """Match ``symbols`` against a template exactly; return the slot values in order, or
+    None.
 
     A noun slot yields ``(article, ObjectMention)``.
     """
@@ -168,10 +175,11 @@ def _first_match(
 
 
 def parse_caption(caption: str) -> ParsedCaption | None:
-    """Parse a ShapesWorld caption into the objects and facts it states; ``None`` if it is not grammatical.
+    """Parse a ShapesWorld caption into the objects and facts it states; ``None`` if it
+    is not grammatical.
 
-    New objects must be introduced with "a"; the last clause of a three-object caption refers
-    back with "the" to one of the first two objects.
+    New objects must be introduced with "a"; the last clause of a three-object caption
+    refers back with "the" to one of the first two objects.
     """
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a str, got {type(caption).__name__}")
@@ -239,7 +247,8 @@ def _facts_hold(
 
 
 def _assignments(parsed: ParsedCaption, scene: SceneGraph) -> list[tuple[int, ...]]:
-    """Every one-to-one mapping of mentioned objects onto the scene's objects with matching attributes."""
+    """Every one-to-one mapping of mentioned objects onto the scene's objects with
+    matching attributes."""
     if len(parsed.objects) != len(scene.objects):
         return []
     return [
@@ -250,7 +259,8 @@ def _assignments(parsed: ParsedCaption, scene: SceneGraph) -> list[tuple[int, ..
 
 
 def caption_matches_scene(caption: str, scene: SceneGraph) -> bool:
-    """Whether ``caption`` parses and everything it says is true of ``scene`` (all objects, attributes, relation)."""
+    """Whether ``caption`` parses and everything it says is true of ``scene`` (all
+    objects, attributes, relation)."""
     parsed = parse_caption(caption)
     if parsed is None:
         return False
@@ -263,18 +273,21 @@ def caption_matches_scene(caption: str, scene: SceneGraph) -> bool:
 def _check_pairs(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> None:
     if isinstance(captions, str):
         raise TypeError(
-            "captions must be a sequence of captions, not a single str; wrap it in a list"
+            "captions must be a sequence of captions, not a single str; wrap it in a "
+            "list"
         )
     if len(captions) != len(scenes):
         raise ValueError(
-            f"got {len(captions)} captions for {len(scenes)} scenes; pass one caption per scene"
+            f"got {len(captions)} captions for {len(scenes)} scenes; pass one caption "
+            "per scene"
         )
     if not captions:
         raise ValueError("captions is empty: there is nothing to score")
 
 
 def semantic_accuracy(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> float:
-    """Fraction of captions that match their scene exactly (see :func:`caption_matches_scene`)."""
+    """Fraction of captions that match their scene exactly (see
+    :func:`caption_matches_scene`)."""
     _check_pairs(captions, scenes)
     return sum(caption_matches_scene(c, s) for c, s in zip(captions, scenes)) / len(
         captions
@@ -284,11 +297,12 @@ def semantic_accuracy(captions: Sequence[str], scenes: Sequence[SceneGraph]) -> 
 def semantic_report(
     captions: Sequence[str], scenes: Sequence[SceneGraph]
 ) -> dict[str, float]:
-    """Where captions go wrong: the fraction that pass each check, each check including the previous.
+    """Where captions go wrong: the fraction that pass each check, each check including
+    the previous.
 
-    Keys: ``grammatical`` (parses), ``object_count`` (names as many objects as the scene has),
-    ``attributes`` (sizes, colours and shapes all right), ``exact`` (also every relation or
-    region right; equal to :func:`semantic_accuracy`).
+    Keys: ``grammatical`` (parses), ``object_count`` (names as many objects as the scene
+    has), ``attributes`` (sizes, colours and shapes all right), ``exact`` (also every
+    relation or region right; equal to :func:`semantic_accuracy`).
     """
     _check_pairs(captions, scenes)
     counts = {"grammatical": 0, "object_count": 0, "attributes": 0, "exact": 0}

@@ -1,5 +1,6 @@
-"""Models: image and text encoders, fusion modules, the CLIP-style dual encoder, captioners,
-language models (n-gram, MLP, GPT) and the bridges from vision into a language model."""
+"""Models: image and text encoders, fusion modules, the CLIP-style dual encoder,
+captioners, language models (n-gram, MLP, GPT) and the bridges from vision into a
+language model."""
 
 from crossalign.models.captioners import (
     Captioner,

@@ -1,26 +1,29 @@
-"""Image captioners: Show, Attend and Tell (soft attention + LSTM) and a Transformer decoder.
+"""Image captioners: Show, Attend and Tell (soft attention + LSTM) and a Transformer
+decoder.
 
-Both captioners read an image as a set of *regions*: the feature grid of a CNN (or cached
-features of one), flattened row by row into ``[B, N, C]``. Both share one interface:
+Both captioners read an image as a set of *regions*: the feature grid of a CNN (or
+cached features of one), flattened row by row into ``[B, N, C]``. Both share one
+interface:
 
 - ``forward(inputs, input_ids) -> CaptionOutput``: teacher forcing. ``input_ids`` is
-  ``[B, L]`` = ``<bos> w1 ... wn <eos> <pad> ...``; the model predicts ``input_ids[:, 1:]``
-  from ``input_ids[:, :-1]`` and returns logits ``[B, L - 1, V]`` and the attention it paid to
-  the regions at each position ``[B, L - 1, N]``. ``input_ids`` may also hold ``k`` captions
-  per image (``[k * B_images, L]``, grouped by image): the image encoder then runs once per image.
+  ``[B, L]`` = ``<bos> w1 ... wn <eos> <pad> ...``; the model predicts
+  ``input_ids[:, 1:]`` from ``input_ids[:, :-1]`` and returns logits ``[B, L - 1, V]``
+  and the attention it paid to the regions at each position ``[B, L - 1, N]``.
+  ``input_ids`` may also hold ``k`` captions per image (``[k * B_images, L]``, grouped
+  by image): the image encoder then runs once per image.
 - ``init_state(inputs)`` and ``step(tokens, state)``: the step function of
-  :mod:`crossalign.decoding`, so greedy and beam search work unchanged on either model, and
-  return the per-word attention maps.
+  :mod:`crossalign.decoding`, so greedy and beam search work unchanged on either model,
+  and return the per-word attention maps.
 - ``generate(inputs, beam_size=...)``: decoding in one call.
 
 ``inputs`` is either images ``[B, 3, H, W]`` in [0, 1] (when the captioner owns an image
-encoder) or precomputed features ``[B, C, h, w]`` / ``[B, N, C]`` (when it does not, e.g.
-trained from a :mod:`crossalign.data.feature_cache`).
+encoder) or precomputed features ``[B, C, h, w]`` / ``[B, N, C]`` (when it does not,
+e.g. trained from a :mod:`crossalign.data.feature_cache`).
 
 Padding is handled exactly: a position's prediction depends only on the tokens before it
 (the LSTM runs left to right; the Transformer uses a causal mask), and
-:func:`caption_loss` averages the cross-entropy over real target tokens only, so the values
-at padded positions change nothing.
+:func:`caption_loss` averages the cross-entropy over real target tokens only, so the
+values at padded positions change nothing.
 """
 
 from __future__ import annotations
@@ -45,34 +48,37 @@ class CaptionerConfig:
     """Everything needed to rebuild a captioner (saved as JSON beside its weights).
 
     Attributes:
-        kind: ``"sat"`` (Show, Attend and Tell) or ``"transformer"``.
-        vocab_size, pad_id, bos_id, eos_id: the tokenizer's vocabulary size and special ids.
-        image_encoder: name for :func:`~crossalign.models.image_encoders.build_image_encoder`,
-            or ``None`` when the inputs are precomputed features of width ``feature_dim``.
-        image_kwargs: keyword arguments of the image encoder.
-        feature_dim: channels of precomputed features (needed only without an image encoder).
-        freeze_encoder: keep the image encoder's weights fixed (and in eval mode).
-        embed_dim: word embedding size.
-        hidden_dim: LSTM state size (SAT) or model width (Transformer).
-        attention_dim: size of the additive attention's hidden layer (SAT).
-        num_layers, num_heads, ff_dim: Transformer decoder depth, heads and MLP width.
-        max_len: longest token sequence the Transformer accepts (its position table).
-        max_regions: most image regions the Transformer accepts (its region position table).
-        dropout: dropout probability in the decoder.
-        attention_penalty: weight of the doubly stochastic attention regulariser (SAT only;
+        kind: ``"sat"`` (Show, Attend and Tell) or ``"transformer"``. vocab_size,
+        pad_id, bos_id, eos_id: the tokenizer's vocabulary size and special ids.
+        image_encoder: name for
+        :func:`~crossalign.models.image_encoders.build_image_encoder`,
+            or ``None`` when the inputs are precomputed features of width
+            ``feature_dim``.
+        image_kwargs: keyword arguments of the image encoder. feature_dim: channels of
+        precomputed features (needed only without an image encoder). freeze_encoder:
+        keep the image encoder's weights fixed (and in eval mode). embed_dim: word
+        embedding size. hidden_dim: LSTM state size (SAT) or model width (Transformer).
+        attention_dim: size of the additive attention's hidden layer (SAT). num_layers,
+        num_heads, ff_dim: Transformer decoder depth, heads and MLP width. max_len:
+        longest token sequence the Transformer accepts (its position table).
+        max_regions: most image regions the Transformer accepts (its region position
+        table). dropout: dropout probability in the decoder. attention_penalty: weight
+        of the doubly stochastic attention regulariser (SAT only;
             Xu et al. use 1).
         region_positions: add a learnt position embedding to every region (SAT; the
-            Transformer always has one). Soft attention returns a weighted *sum* of region
-            features, which forgets where the attended regions were; with the embedding the
-            context says where as well as what, which "at the top left" and "left of" need.
-        attend_with_word: let the SAT's attention query read the previous word as well as the
-            LSTM state. In Xu et al. the attention for word ``t`` is computed from ``h_{t-1}``,
-            which has not yet read word ``t - 1``: when a caption may name its objects in any
-            order, the decoder cannot know which object was just named ("red") until a step
-            later, so its attention lags a word behind. With the word in the query it can look
-            at the object the caption has just named, as the top-down attention of Anderson et
-            al. (2018) and the adaptive attention of Lu et al. (2017) do by attending after the
-            word has been read.
+            Transformer always has one). Soft attention returns a weighted *sum* of
+            region features, which forgets where the attended regions were; with the
+            embedding the context says where as well as what, which "at the top left"
+            and "left of" need.
+        attend_with_word: let the SAT's attention query read the previous word as well
+        as the
+            LSTM state. In Xu et al. the attention for word ``t`` is computed from
+            ``h_{t-1}``, which has not yet read word ``t - 1``: when a caption may name
+            its objects in any order, the decoder cannot know which object was just
+            named ("red") until a step later, so its attention lags a word behind. With
+            the word in the query it can look at the object the caption has just named,
+            as the top-down attention of Anderson et al. (2018) and the adaptive
+            attention of Lu et al. (2017) do by attending after the word has been read.
     """
 
     kind: str = "sat"
@@ -107,20 +113,23 @@ class CaptionerConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(
-                f"unknown captioner config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+                f"unknown captioner config keys {sorted(unknown)}; valid keys: "
+                f"{sorted(cls.__dataclass_fields__)}"
             )
         return cls(**data)
 
 
 class CaptionOutput(NamedTuple):
-    """Teacher-forced outputs: ``logits [B, T, V]`` and region attention ``[B, T, N]``."""
+    """Teacher-forced outputs: ``logits [B, T, V]`` and region attention
+    ``[B, T, N]``."""
 
     logits: torch.Tensor
     attention: torch.Tensor
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in fp32 when it is in a half-precision type (softmax and log are done in fp32 or fp64)."""
+    """``x`` in fp32 when it is in a half-precision type (softmax and log are done in
+    fp32 or fp64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -129,12 +138,14 @@ def caption_loss(
 ) -> torch.Tensor:
     """Mean cross-entropy over the real (non-``pad_id``) target tokens of a batch.
 
-    ``logits`` is ``[B, T, V]``, ``targets`` ``[B, T]``. Every real token counts once, so a
-    long caption weighs more than a short one, as in a language model's per-token loss.
+    ``logits`` is ``[B, T, V]``, ``targets`` ``[B, T]``. Every real token counts once,
+    so a long caption weighs more than a short one, as in a language model's per-token
+    loss.
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(
-            f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} and {tuple(targets.shape)}"
+            f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
         )
     if not bool((targets != pad_id).any()):
         raise ValueError(
@@ -148,23 +159,27 @@ def caption_loss(
 def doubly_stochastic_penalty(
     attention: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Xu et al.'s doubly stochastic attention regulariser, ``(1 - sum_t alpha_ti)^2`` averaged over regions i and images.
+    """Xu et al.'s doubly stochastic attention regulariser, ``(1 - sum_t alpha_ti)^2``
+    averaged over regions i and images.
 
-    ``attention`` is ``[B, T, N]`` (each row sums to 1 over the N regions); ``mask`` ``[B, T]``
-    marks the real positions, so padded steps add no attention. The penalty pushes every region
-    to receive about one unit of attention over the whole caption, so that the model looks at
-    every part of the image. The paper sums over regions; the mean used here keeps the weight's
-    meaning independent of the grid size (the sum is ``N`` times larger).
+    ``attention`` is ``[B, T, N]`` (each row sums to 1 over the N regions); ``mask``
+    ``[B, T]`` marks the real positions, so padded steps add no attention. The penalty
+    pushes every region to receive about one unit of attention over the whole caption,
+    so that the model looks at every part of the image. The paper sums over regions; the
+    mean used here keeps the weight's meaning independent of the grid size (the sum is
+    ``N`` times larger).
 
     A caption of ``T`` words hands out ``T`` units in all, so with ``T > N`` (a 20-word
     ShapesWorld caption over a 4 x 4 grid) no attention can meet every target, and the
-    penalty is smallest when every region gets ``T / N``: it pulls attention towards uniform,
-    away from the one object a word is about (``benchmarks/caption_relations.py`` measures the
-    cost). Xu et al. had 196 regions and shorter captions, where ``T < N``.
+    penalty is smallest when every region gets ``T / N``: it pulls attention towards
+    uniform, away from the one object a word is about
+    (``benchmarks/caption_relations.py`` measures the cost). Xu et al. had 196 regions
+    and shorter captions, where ``T < N``.
     """
     if attention.dim() != 3 or mask.shape != attention.shape[:2]:
         raise ValueError(
-            f"attention must be [B, T, N] and mask [B, T]; got {tuple(attention.shape)} and {tuple(mask.shape)}"
+            "attention must be [B, T, N] and mask [B, T]; got "
+            f"{tuple(attention.shape)} and {tuple(mask.shape)}"
         )
     received = (attention * mask.unsqueeze(-1).to(attention.dtype)).sum(dim=1)
     return ((1.0 - received) ** 2).mean()
@@ -185,7 +200,8 @@ class Captioner(nn.Module, ABC):
             )
         if config.vocab_size <= max(config.pad_id, config.bos_id, config.eos_id):
             raise ValueError(
-                f"vocab_size={config.vocab_size} must exceed the special ids (pad {config.pad_id}, bos "
+                f"vocab_size={config.vocab_size} must exceed the special ids (pad "
+                f"{config.pad_id}, bos "
                 f"{config.bos_id}, eos {config.eos_id}); set it to len(tokenizer)"
             )
         if not 0.0 <= config.dropout < 1.0:
@@ -201,24 +217,27 @@ class Captioner(nn.Module, ABC):
                 self.encoder.requires_grad_(False)
         elif config.feature_dim is None or config.feature_dim < 1:
             raise ValueError(
-                "a captioner without image_encoder reads precomputed features: set feature_dim to their width"
+                "a captioner without image_encoder reads precomputed features: set "
+                "feature_dim to their width"
             )
         else:
             self.feature_dim = config.feature_dim
 
     def train(self, mode: bool = True) -> Captioner:
-        """Set training mode; a frozen image encoder stays in eval mode (fixed batch-norm statistics)."""
+        """Set training mode; a frozen image encoder stays in eval mode (fixed
+        batch-norm statistics)."""
         super().train(mode)
         if self.encoder is not None and self.config.freeze_encoder:
             self.encoder.eval()
         return self
 
     def regions(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Image regions ``[B, N, C]`` from images (through the encoder) or from precomputed features.
+        """Image regions ``[B, N, C]`` from images (through the encoder) or from
+        precomputed features.
 
-        A captioner with an image encoder encodes 4-D images ``[B, 3, H, W]`` and also accepts
-        3-D regions ``[B, N, C]`` that its encoder produced earlier: a frozen encoder's regions
-        can be computed once per image and reused at every epoch
+        A captioner with an image encoder encodes 4-D images ``[B, 3, H, W]`` and also
+        accepts 3-D regions ``[B, N, C]`` that its encoder produced earlier: a frozen
+        encoder's regions can be computed once per image and reused at every epoch
         (``train.cache_frozen_regions`` in :mod:`crossalign.train.captioning`).
         """
         if self.encoder is not None and inputs.dim() == 4:
@@ -228,45 +247,51 @@ class Captioner(nn.Module, ABC):
         if inputs.dim() != 3 or inputs.shape[-1] != self.feature_dim:
             if self.encoder is not None:
                 raise ValueError(
-                    f"inputs must be images [B, 3, H, W] or their regions [B, N, {self.feature_dim}], "
+                    "inputs must be images [B, 3, H, W] or their regions [B, N, "
+                    f"{self.feature_dim}], "
                     f"got {tuple(inputs.shape)}"
                 )
             raise ValueError(
-                f"precomputed features must be [B, {self.feature_dim}, h, w] or [B, N, {self.feature_dim}], "
+                f"precomputed features must be [B, {self.feature_dim}, h, w] or [B, N, "
+                f"{self.feature_dim}], "
                 f"got {tuple(inputs.shape)}"
             )
-        return inputs.to(
-            next(self.parameters()).dtype
-        )  # e.g. fp16 cached features for an fp32 model
+        # e.g. fp16 cached features for an fp32 model
+        return inputs.to(next(self.parameters()).dtype)
 
     def teacher_regions(self, inputs: torch.Tensor, num_captions: int) -> torch.Tensor:
-        """Regions ``[num_captions, N, C]`` for teacher forcing ``num_captions`` captions of ``inputs``.
+        """Regions ``[num_captions, N, C]`` for teacher forcing ``num_captions``
+        captions of ``inputs``.
 
-        When ``num_captions`` is ``k`` times the number of images, caption ``j`` belongs to image
-        ``j // k`` (captions grouped by image): the encoder runs once per image and its regions
-        are repeated, so several captions of one image cost one CNN pass and their gradients
-        add up in it.
+        When ``num_captions`` is ``k`` times the number of images, caption ``j`` belongs
+        to image ``j // k`` (captions grouped by image): the encoder runs once per image
+        and its regions are repeated, so several captions of one image cost one CNN pass
+        and their gradients add up in it.
         """
         regions = self.regions(inputs)
         if num_captions == regions.shape[0]:
             return regions
         if num_captions < 1 or num_captions % regions.shape[0]:
             raise ValueError(
-                f"got {num_captions} captions for {regions.shape[0]} images; pass the same number of captions "
+                f"got {num_captions} captions for {regions.shape[0]} images; pass the "
+                "same number of captions "
                 "for every image, grouped by image"
             )
         return regions.repeat_interleave(num_captions // regions.shape[0], dim=0)
 
     def _region_count(self, regions: torch.Tensor) -> int:
-        """The number of regions ``N`` of ``[B, N, C]``, checked against the position table's ``max_regions``."""
+        """The number of regions ``N`` of ``[B, N, C]``, checked against the position
+        table's ``max_regions``."""
         if regions.shape[1] > self.config.max_regions:
             raise ValueError(
-                f"the image has {regions.shape[1]} regions but max_regions={self.config.max_regions}"
+                f"the image has {regions.shape[1]} regions but "
+                f"max_regions={self.config.max_regions}"
             )
         return regions.shape[1]
 
     def init_state(self, inputs: torch.Tensor) -> Any:
-        """The decoder state before the first word (a pytree whose tensors are batch-first)."""
+        """The decoder state before the first word (a pytree whose tensors are
+        batch-first)."""
         return self._start(self.regions(inputs))
 
     @abstractmethod
@@ -277,7 +302,8 @@ class Captioner(nn.Module, ABC):
     def step(
         self, tokens: torch.Tensor, state: Any
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Next-word log-probabilities ``[B, V]``, the new state and the region attention ``[B, N]``."""
+        """Next-word log-probabilities ``[B, V]``, the new state and the region
+        attention ``[B, N]``."""
 
     @abstractmethod
     def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
@@ -286,7 +312,8 @@ class Captioner(nn.Module, ABC):
     def loss(
         self, inputs: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, CaptionOutput]:
-        """Teacher-forced training loss (cross-entropy over real tokens, plus any regulariser)."""
+        """Teacher-forced training loss (cross-entropy over real tokens, plus any
+        regulariser)."""
         output = self(inputs, input_ids)
         return caption_loss(output.logits, input_ids[:, 1:], self.config.pad_id), output
 
@@ -298,7 +325,8 @@ class Captioner(nn.Module, ABC):
         max_len: int = 30,
         length_penalty: float = 0.0,
     ) -> DecodeResult:
-        """Caption a batch: greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
+        """Caption a batch: greedy decoding for ``beam_size == 1``, batched beam search
+        otherwise."""
         was_training = self.training
         self.eval()
         try:
@@ -327,8 +355,8 @@ class Captioner(nn.Module, ABC):
 class AdditiveAttention(nn.Module):
     """Bahdanau-style soft attention: ``alpha = softmax_i(w^T tanh(W_r r_i + W_h h))``.
 
-    The region projection ``W_r r_i`` does not depend on the decoder state, so it is computed
-    once per image (:meth:`project_regions`) and reused at every step.
+    The region projection ``W_r r_i`` does not depend on the decoder state, so it is
+    computed once per image (:meth:`project_regions`) and reused at every step.
     """
 
     def __init__(self, region_dim: int, query_dim: int, attention_dim: int) -> None:
@@ -344,7 +372,8 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, regions: torch.Tensor, projected: torch.Tensor, query: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the context ``sum_i alpha_i r_i`` ``[B, C]`` and the weights ``alpha`` ``[B, N]``."""
+        """Return the context ``sum_i alpha_i r_i`` ``[B, C]`` and the weights ``alpha``
+        ``[B, N]``."""
         scores = self.score(
             torch.tanh(projected + self.query_proj(query).unsqueeze(1))
         ).squeeze(-1)
@@ -353,7 +382,8 @@ class AdditiveAttention(nn.Module):
 
 
 class SATState(NamedTuple):
-    """Decoder state of :class:`ShowAttendTell`: LSTM ``h``, ``c`` and the image's regions."""
+    """Decoder state of :class:`ShowAttendTell`: LSTM ``h``, ``c`` and the image's
+    regions."""
 
     h: torch.Tensor
     c: torch.Tensor
@@ -365,11 +395,11 @@ class ShowAttendTell(Captioner):
     """Show, Attend and Tell (Xu et al. 2015) with soft attention.
 
     At each step: attend over the regions with the previous hidden state (and, with
-    ``attend_with_word``, the previous word's embedding), scale the context by
-    a learnt gate ``beta = sigmoid(f_beta(h))``, feed ``[word embedding; beta * context]`` to an
+    ``attend_with_word``, the previous word's embedding), scale the context by a learnt
+    gate ``beta = sigmoid(f_beta(h))``, feed ``[word embedding; beta * context]`` to an
     LSTM cell, and predict the next word with the paper's *deep output*
-    ``L_o(E y + L_h h + L_z z)``. The LSTM starts from ``tanh`` projections of the mean region.
-    ``forward`` runs the very same cell as ``step``, one position at a time.
+    ``L_o(E y + L_h h + L_z z)``. The LSTM starts from ``tanh`` projections of the mean
+    region. ``forward`` runs the very same cell as ``step``, one position at a time.
     """
 
     def __init__(self, config: CaptionerConfig) -> None:
@@ -408,9 +438,11 @@ class ShowAttendTell(Captioner):
     def _recur(
         self, embedded: torch.Tensor, state: SATState
     ) -> tuple[SATState, torch.Tensor, torch.Tensor]:
-        """Attend with the previous state (and word), then one LSTM step on the previous word's embedding ``[B, E]``.
+        """Attend with the previous state (and word), then one LSTM step on the previous
+        word's embedding ``[B, E]``.
 
-        Returns the new state, the gated context ``[B, C]`` and the attention ``[B, N]``.
+        Returns the new state, the gated context ``[B, C]`` and the attention
+        ``[B, N]``.
         """
         query = (
             torch.cat([state.h, embedded], dim=-1)
@@ -425,14 +457,16 @@ class ShowAttendTell(Captioner):
     def _deep_output(
         self, embedded: torch.Tensor, h: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
-        """Next-word logits from the deep output ``L_o(E y + L_h h + L_z z)``, for one step or many at once."""
+        """Next-word logits from the deep output ``L_o(E y + L_h h + L_z z)``, for one
+        step or many at once."""
         deep = embedded + self.out_h(self.dropout(h)) + self.out_z(context)
         return self.output(self.dropout(deep))
 
     def step(
         self, tokens: torch.Tensor, state: SATState
     ) -> tuple[torch.Tensor, SATState, torch.Tensor]:
-        """Decoding step: only the last token of ``tokens`` is read; the LSTM state carries the rest."""
+        """Decoding step: only the last token of ``tokens`` is read; the LSTM state
+        carries the rest."""
         embedded = self.embedding(tokens[:, -1])
         state, context, alpha = self._recur(embedded, state)
         logits = self._deep_output(embedded, state.h, context)
@@ -442,19 +476,20 @@ class ShowAttendTell(Captioner):
         """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``.
 
         Only the recurrence (attention and LSTM cell) runs position by position, as in
-        :meth:`step`, and only for the captions that still have a real (non-padding) target
-        there: the captions are sorted by length, so at position ``t`` it runs on the first
-        ``active[t]`` of them. A batch's captions are far from equally long (ShapesWorld's average
-        is two thirds of a batch's longest), so this skips about a third of the recurrence's
-        steps (``benchmarks/bench_caption_training.py``). Positions past a caption's last target
-        are never run: their attention is zero and their logits those of a zero state and
-        context, and the loss does not read them. The word embeddings and the
-        deep output, which do not feed back into the recurrence, are computed for all positions
-        at once.
+        :meth:`step`, and only for the captions that still have a real (non-padding)
+        target there: the captions are sorted by length, so at position ``t`` it runs on
+        the first ``active[t]`` of them. A batch's captions are far from equally long
+        (ShapesWorld's average is two thirds of a batch's longest), so this skips about
+        a third of the recurrence's steps (``benchmarks/bench_caption_training.py``).
+        Positions past a caption's last target are never run: their attention is zero
+        and their logits those of a zero state and context, and the loss does not read
+        them. The word embeddings and the deep output, which do not feed back into the
+        recurrence, are computed for all positions at once.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(
-                f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}"
+                "input_ids must be [B, L] with L >= 2 (<bos> and at least one "
+                f"target), got {tuple(input_ids.shape)}"
             )
         batch, positions = input_ids.shape[0], input_ids.shape[1] - 1
         lengths = (input_ids[:, 1:] != self.config.pad_id).sum(dim=1)
@@ -479,7 +514,8 @@ class ShowAttendTell(Captioner):
     def loss(
         self, inputs: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, CaptionOutput]:
-        """Cross-entropy over real tokens plus ``attention_penalty`` x the doubly stochastic penalty."""
+        """Cross-entropy over real tokens plus ``attention_penalty`` x the doubly
+        stochastic penalty."""
         output = self(inputs, input_ids)
         targets = input_ids[:, 1:]
         loss = caption_loss(output.logits, targets, self.config.pad_id)
@@ -492,7 +528,8 @@ class ShowAttendTell(Captioner):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm Transformer decoder block: causal self-attention, cross-attention to regions, MLP.
+    """Pre-norm Transformer decoder block: causal self-attention, cross-attention to
+    regions, MLP.
 
     Returns the cross-attention weights averaged over heads, ``[B, T, N]``.
     """
@@ -516,7 +553,8 @@ class DecoderBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, causal_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` ``[B, T, D]``, ``memory`` ``[B, N, D]``, ``causal_mask`` ``[T, T]`` (True = blocked)."""
+        """``x`` ``[B, T, D]``, ``memory`` ``[B, N, D]``, ``causal_mask`` ``[T, T]``
+        (True = blocked)."""
         y = self.norm_self(x)
         x = x + self.dropout(
             self.self_attention(y, y, y, attn_mask=causal_mask, need_weights=False)[0]
@@ -530,23 +568,26 @@ class DecoderBlock(nn.Module):
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean ``[length, length]`` mask, True above the diagonal: position t sees only positions <= t."""
+    """Boolean ``[length, length]`` mask, True above the diagonal: position t sees only
+    positions <= t."""
     return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
 
 
 class TransformerState(NamedTuple):
-    """Decoder state of :class:`TransformerCaptioner`: the projected regions (the prefix is re-read)."""
+    """Decoder state of :class:`TransformerCaptioner`: the projected regions (the prefix
+    is re-read)."""
 
     memory: torch.Tensor
 
 
 class TransformerCaptioner(Captioner):
-    """A Transformer decoder over image regions: causal self-attention on words, cross-attention to regions.
+    """A Transformer decoder over image regions: causal self-attention on words,
+    cross-attention to regions.
 
-    Regions are projected to the model width and given learnt position embeddings (row-major
-    region index), words get learnt position embeddings. The step function re-runs the decoder
-    on the whole prefix (no key/value cache: simple, and cheap at caption lengths) and returns
-    the last block's cross-attention for the newest word.
+    Regions are projected to the model width and given learnt position embeddings
+    (row-major region index), words get learnt position embeddings. The step function
+    re-runs the decoder on the whole prefix (no key/value cache: simple, and cheap at
+    caption lengths) and returns the last block's cross-attention for the newest word.
     """
 
     def __init__(self, config: CaptionerConfig) -> None:
@@ -581,11 +622,13 @@ class TransformerCaptioner(Captioner):
     def _decode(
         self, tokens: torch.Tensor, memory: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, T, V]`` and last-block cross-attention ``[B, T, N]`` for every prefix position."""
+        """Logits ``[B, T, V]`` and last-block cross-attention ``[B, T, N]`` for every
+        prefix position."""
         length = tokens.shape[1]
         if length > self.config.max_len:
             raise ValueError(
-                f"{length} tokens exceed the Transformer's max_len={self.config.max_len}; build it with a larger max_len"
+                f"{length} tokens exceed the Transformer's "
+                f"max_len={self.config.max_len}; build it with a larger max_len"
             )
         x = self.dropout(
             self.embedding(tokens) * math.sqrt(self.config.hidden_dim)
@@ -600,15 +643,18 @@ class TransformerCaptioner(Captioner):
     def step(
         self, tokens: torch.Tensor, state: TransformerState
     ) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
-        """Decoding step on the whole prefix ``tokens`` ``[B, t]``: scores of the word after it."""
+        """Decoding step on the whole prefix ``tokens`` ``[B, t]``: scores of the word
+        after it."""
         logits, weights = self._decode(tokens, state.memory)
         return _at_least_fp32(logits[:, -1]).log_softmax(dim=-1), state, weights[:, -1]
 
     def forward(self, inputs: torch.Tensor, input_ids: torch.Tensor) -> CaptionOutput:
-        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``, all positions at once."""
+        """Teacher forcing: logits and attention for predicting ``input_ids[:, 1:]``,
+        all positions at once."""
         if input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise ValueError(
-                f"input_ids must be [B, L] with L >= 2 (<bos> and at least one target), got {tuple(input_ids.shape)}"
+                "input_ids must be [B, L] with L >= 2 (<bos> and at least one "
+                f"target), got {tuple(input_ids.shape)}"
             )
         memory = self._start(self.teacher_regions(inputs, input_ids.shape[0])).memory
         logits, weights = self._decode(input_ids[:, :-1], memory)

@@ -1,4 +1,5 @@
-"""The CLIP-style dual encoder: two towers, two projection heads, one shared embedding space."""
+"""The CLIP-style dual encoder: two towers, two projection heads, one shared embedding
+space."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from crossalign.models.text_encoders import build_text_encoder
 
 @dataclass
 class DualEncoderConfig:
-    """Everything needed to rebuild a :class:`DualEncoder` (saved as JSON beside the weights).
+    """Everything needed to rebuild a :class:`DualEncoder` (saved as JSON beside the
+    weights).
 
-    ``image_kwargs`` / ``text_kwargs`` go to ``build_image_encoder`` / ``build_text_encoder``;
-    ``text_kwargs`` must hold ``vocab_size`` for word-level text encoders.
+    ``image_kwargs`` / ``text_kwargs`` go to ``build_image_encoder`` /
+    ``build_text_encoder``; ``text_kwargs`` must hold ``vocab_size`` for word-level text
+    encoders.
     """
 
     image_encoder: str = "small_cnn"
@@ -42,7 +45,8 @@ class DualEncoderConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(
-                f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+                f"unknown model config keys {sorted(unknown)}; valid keys: "
+                f"{sorted(cls.__dataclass_fields__)}"
             )
         return cls(**data)
 
@@ -60,10 +64,11 @@ def _projection(kind: str, in_dim: int, out_dim: int) -> nn.Module:
 class DualEncoder(nn.Module):
     """Image tower + text tower, each followed by a projection into a shared space.
 
-    Both embeddings are L2-normalised, so a dot product is a cosine similarity. The logit
-    scale (1 / temperature) is learnt in log space, starts at ``1 / init_temperature``
-    (1 / 0.07, as in CLIP) and is clamped at ``max_logit_scale`` (100), which keeps the
-    softmax from becoming arbitrarily sharp and the training from diverging.
+    Both embeddings are L2-normalised, so a dot product is a cosine similarity. The
+    logit scale (1 / temperature) is learnt in log space, starts at
+    ``1 / init_temperature`` (1 / 0.07, as in CLIP) and is clamped at
+    ``max_logit_scale`` (100), which keeps the softmax from becoming arbitrarily sharp
+    and the training from diverging.
     """
 
     def __init__(self, config: DualEncoderConfig) -> None:
@@ -72,7 +77,8 @@ class DualEncoder(nn.Module):
             raise ValueError(f"init_temperature={config.init_temperature} must be > 0")
         if 1.0 / config.init_temperature > config.max_logit_scale:
             raise ValueError(
-                f"init_temperature={config.init_temperature} gives a logit scale above max_logit_scale={config.max_logit_scale}"
+                f"init_temperature={config.init_temperature} gives a logit scale above "
+                f"max_logit_scale={config.max_logit_scale}"
             )
         self.config = config
         self.image_encoder = build_image_encoder(
@@ -101,13 +107,15 @@ class DualEncoder(nn.Module):
         ).exp()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-length image embeddings [B, embed_dim] from images [B, 3, H, W] in [0, 1]."""
+        """Unit-length image embeddings [B, embed_dim] from images [B, 3, H, W] in [0,
+        1]."""
         return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Unit-length text embeddings [B, embed_dim] from token ids and their padding mask."""
+        """Unit-length text embeddings [B, embed_dim] from token ids and their padding
+        mask."""
         return F.normalize(
             self.text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1
         )
@@ -118,7 +126,8 @@ class DualEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (image embeddings, text embeddings, logit scale), the inputs of the CLIP loss."""
+        """Return (image embeddings, text embeddings, logit scale), the inputs of the
+        CLIP loss."""
         return (
             self.encode_image(images),
             self.encode_text(input_ids, attention_mask),

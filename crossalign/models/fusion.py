@@ -1,35 +1,40 @@
-"""Fusion modules: combine image tokens and text tokens into one vector, behind one interface.
+"""Fusion modules: combine image tokens and text tokens into one vector, behind one
+interface.
 
 Every module is built as ``Cls(image_dim, text_dim, out_dim, **options)`` and called as
 
     forward(image_tokens [B, N, image_dim], text_tokens [B, L, text_dim],
-            image_mask [B, N] | None = None, text_mask [B, L] | None = None) -> [B, out_dim]
+            image_mask [B, N] | None = None, text_mask [B, L] | None = None) -> [B,
+            out_dim]
 
-Masks are boolean with True on real tokens (``None``: all tokens are real), as in the text
-encoders. Pooled inputs ``[B, C]`` are accepted and read as a single token. Padded tokens are
-replaced by zeros before anything else happens, so they can never change the output (not even
-when they hold NaN) and receive exactly zero gradient.
+Masks are boolean with True on real tokens (``None``: all tokens are real), as in the
+text encoders. Pooled inputs ``[B, C]`` are accepted and read as a single token. Padded
+tokens are replaced by zeros before anything else happens, so they can never change the
+output (not even when they hold NaN) and receive exactly zero gradient.
 
 The modules, from simplest to richest:
 
-=====================  ==========================================================================
-``concat``             masked mean of each modality, concatenated, then a linear layer or an MLP
-``mean``               both pooled modalities projected to ``out_dim`` and averaged
-``weighted``           the two projections mixed with learned softmax weights (one pair for all)
-``gated``              gated multimodal unit: a per-example, per-unit gate picks between modalities
+=====================
+========================================================================== ``concat``
+masked mean of each modality, concatenated, then a linear layer or an MLP ``mean``
+both pooled modalities projected to ``out_dim`` and averaged ``weighted``           the
+two projections mixed with learned softmax weights (one pair for all) ``gated``
+gated multimodal unit: a per-example, per-unit gate picks between modalities
 ``attention``          attention over the two modality vectors with a learned query
-``cross_attention``    text tokens attend to image tokens, then a Transformer-style MLP block
-``film``               pooled text scales and shifts every image token (FiLM), then pooling
-=====================  ==========================================================================
+``cross_attention``    text tokens attend to image tokens, then a Transformer-style MLP
+block ``film``               pooled text scales and shifts every image token (FiLM),
+then pooling =====================
+==========================================================================
 
-``mean``, ``weighted`` and ``concat`` without an MLP are affine in the pooled inputs: followed by
-a linear classifier they cannot represent an interaction such as "label = image bit XOR text
-bit" (the test suite proves and checks this). The other modules multiply or gate one modality by
-a function of the other, or are followed by a non-linearity, and can.
+``mean``, ``weighted`` and ``concat`` without an MLP are affine in the pooled inputs:
+followed by a linear classifier they cannot represent an interaction such as "label =
+image bit XOR text bit" (the test suite proves and checks this). The other modules
+multiply or gate one modality by a function of the other, or are followed by a
+non-linearity, and can.
 
-``build_fusion(name, image_dim, text_dim, out_dim, **options)`` builds a module by name (see
-:data:`FUSION_NAMES`); every module keeps its arguments in ``module.config`` so that
-``build_fusion(**module.config)`` rebuilds it (with fresh weights).
+``build_fusion(name, image_dim, text_dim, out_dim, **options)`` builds a module by name
+(see :data:`FUSION_NAMES`); every module keeps its arguments in ``module.config`` so
+that ``build_fusion(**module.config)`` rebuilds it (with fresh weights).
 """
 
 from __future__ import annotations
@@ -47,21 +52,25 @@ from crossalign.models.text_encoders import masked_mean
 def _as_tokens(
     tokens: torch.Tensor, mask: torch.Tensor | None, dim: int, modality: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check one modality's input; return ``(tokens [B, N, dim] with padding zeroed, mask [B, N])``."""
+    """Check one modality's input; return
+    ``(tokens [B, N, dim] with padding zeroed, mask [B, N])``."""
     arg = f"{modality}_tokens"
     if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
         raise TypeError(
-            f"{arg} must be a floating-point tensor, got {getattr(tokens, 'dtype', type(tokens))}"
+            f"{arg} must be a floating-point tensor, got "
+            f"{getattr(tokens, 'dtype', type(tokens))}"
         )
     if tokens.dim() == 2:
         tokens = tokens.unsqueeze(1)
     elif tokens.dim() != 3:
         raise ValueError(
-            f"{arg} must have shape [B, N, {dim}] or pooled [B, {dim}], got {tuple(tokens.shape)}"
+            f"{arg} must have shape [B, N, {dim}] or pooled [B, {dim}], got "
+            f"{tuple(tokens.shape)}"
         )
     if tokens.shape[-1] != dim:
         raise ValueError(
-            f"{arg} have {tokens.shape[-1]} features but the module was built with {modality}_dim={dim}"
+            f"{arg} have {tokens.shape[-1]} features but the module was built with "
+            f"{modality}_dim={dim}"
         )
     if tokens.shape[1] == 0:
         raise ValueError(f"{arg} has no tokens (shape {tuple(tokens.shape)})")
@@ -70,33 +79,40 @@ def _as_tokens(
     else:
         if mask.is_floating_point():
             raise TypeError(
-                f"{modality}_mask must be boolean (True = real token), got {mask.dtype}; float masks are "
-                "additive attention biases in torch. Convert a 0/1 mask with mask.bool()"
+                f"{modality}_mask must be boolean (True = real token), got "
+                f"{mask.dtype}; float masks are "
+                "additive attention biases in torch. Convert a 0/1 mask with "
+                "mask.bool()"
             )
         mask = mask.bool()
         if mask.shape != tokens.shape[:2]:
             raise ValueError(
-                f"{modality}_mask has shape {tuple(mask.shape)} but {arg} need {tuple(tokens.shape[:2])} "
+                f"{modality}_mask has shape {tuple(mask.shape)} but {arg} need "
+                f"{tuple(tokens.shape[:2])} "
                 "(a pooled [B, C] input takes a [B, 1] mask or None)"
             )
         if not bool(mask.any(dim=1).all()):
             raise ValueError(
-                f"every example needs at least one real {modality} token ({modality}_mask has an all-False row)"
+                f"every example needs at least one real {modality} token "
+                f"({modality}_mask has an all-False row)"
             )
     return tokens.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
 def _check_positive(name: str, value: Any) -> None:
-    """Raise ValueError unless ``value`` is a positive integer (``name`` is the argument's name)."""
+    """Raise ValueError unless ``value`` is a positive integer (``name`` is the
+    argument's name)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class FusionModule(nn.Module):
-    """Base class: the shared constructor arguments, ``config`` and input checks of every fusion module.
+    """Base class: the shared constructor arguments, ``config`` and input checks of
+    every fusion module.
 
-    Subclasses set the class attribute ``name`` (their key in :func:`build_fusion`) and implement
-    ``forward(image_tokens, text_tokens, image_mask=None, text_mask=None) -> [B, out_dim]``.
+    Subclasses set the class attribute ``name`` (their key in :func:`build_fusion`) and
+    implement ``forward(image_tokens, text_tokens, image_mask=None, text_mask=None)``,
+    which returns ``[B, out_dim]``.
     """
 
     name: str
@@ -104,7 +120,8 @@ class FusionModule(nn.Module):
     def __init__(
         self, image_dim: int, text_dim: int, out_dim: int, **options: Any
     ) -> None:
-        """Store the dimensions and ``config``; ``options`` are the subclass's own keyword arguments."""
+        """Store the dimensions and ``config``; ``options`` are the subclass's own
+        keyword arguments."""
         super().__init__()
         for arg, value in (
             ("image_dim", image_dim),
@@ -128,10 +145,11 @@ class FusionModule(nn.Module):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Check both inputs; return ``(image [B, N, Ci], text [B, L, Ct], image_mask, text_mask)``.
+        """Check both inputs; return
+        ``(image [B, N, Ci], text [B, L, Ct], image_mask, text_mask)``.
 
-        Pooled ``[B, C]`` inputs become one token, ``None`` masks become all-True, and padded
-        tokens are set to zero.
+        Pooled ``[B, C]`` inputs become one token, ``None`` masks become all-True, and
+        padded tokens are set to zero.
         """
         image, image_mask = _as_tokens(
             image_tokens, image_mask, self.image_dim, "image"
@@ -139,7 +157,8 @@ class FusionModule(nn.Module):
         text, text_mask = _as_tokens(text_tokens, text_mask, self.text_dim, "text")
         if image.shape[0] != text.shape[0]:
             raise ValueError(
-                f"image_tokens and text_tokens must have the same batch size, got {image.shape[0]} and {text.shape[0]}"
+                "image_tokens and text_tokens must have the same batch size, got "
+                f"{image.shape[0]} and {text.shape[0]}"
             )
         return image, text, image_mask, text_mask
 
@@ -150,7 +169,8 @@ class FusionModule(nn.Module):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the masked mean of each modality: ``(image [B, Ci], text [B, Ct])``."""
+        """Return the masked mean of each modality:
+        ``(image [B, Ci], text [B, Ct])``."""
         image, text, image_mask, text_mask = self.prepare(
             image_tokens, text_tokens, image_mask, text_mask
         )
@@ -158,17 +178,22 @@ class FusionModule(nn.Module):
 
     def extra_repr(self) -> str:
         """Show the dimensions in ``print(module)``."""
-        return f"image_dim={self.image_dim}, text_dim={self.text_dim}, out_dim={self.out_dim}"
+        return (
+            f"image_dim={self.image_dim}, text_dim={self.text_dim}, "
+            f"out_dim={self.out_dim}"
+        )
 
 
 class ConcatFusion(FusionModule):
-    """Concatenate the masked means of both modalities and map them to ``out_dim`` (early fusion).
+    """Concatenate the masked means of both modalities and map them to ``out_dim``
+    (early fusion).
 
     Args:
         image_dim, text_dim, out_dim: feature sizes of the inputs and of the output.
-        hidden_dim: ``None`` for a single linear layer (affine, so a linear head after it cannot
-            learn interactions between modalities); an integer for a two-layer ReLU MLP of that
-            width, which can.
+        hidden_dim: ``None`` for a single linear layer (affine, so a linear head after
+        it cannot
+            learn interactions between modalities); an integer for a two-layer ReLU MLP
+            of that width, which can.
     """
 
     name = "concat"
@@ -199,7 +224,8 @@ class ConcatFusion(FusionModule):
 
 
 class MeanFusion(FusionModule):
-    """Project both pooled modalities to ``out_dim`` with linear layers and average them."""
+    """Project both pooled modalities to ``out_dim`` with linear layers and average
+    them."""
 
     name = "mean"
 
@@ -215,16 +241,19 @@ class MeanFusion(FusionModule):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return ``(W_i mean(image) + W_t mean(text)) / 2`` (with biases) -> ``[B, out_dim]``."""
+        """Return ``(W_i mean(image) + W_t mean(text)) / 2`` (with biases) ->
+        ``[B, out_dim]``."""
         image, text = self.pooled(image_tokens, text_tokens, image_mask, text_mask)
         return 0.5 * (self.image_proj(image) + self.text_proj(text))
 
 
 class WeightedSumFusion(FusionModule):
-    """Mix the two projected modalities with learned weights ``softmax(logits)`` shared by all examples.
+    """Mix the two projected modalities with learned weights ``softmax(logits)`` shared
+    by all examples.
 
-    The logits start at zero, so training starts from :class:`MeanFusion`; the learned weights
-    (:meth:`modality_weights`) tell how much the model relies on each modality overall.
+    The logits start at zero, so training starts from :class:`MeanFusion`; the learned
+    weights (:meth:`modality_weights`) tell how much the model relies on each modality
+    overall.
     """
 
     name = "weighted"
@@ -236,7 +265,8 @@ class WeightedSumFusion(FusionModule):
         self.logits = nn.Parameter(torch.zeros(2))
 
     def modality_weights(self) -> torch.Tensor:
-        """Return the mixing weights ``[w_image, w_text]`` (non-negative, summing to 1)."""
+        """Return the mixing weights ``[w_image, w_text]`` (non-negative, summing to
+        1)."""
         return torch.softmax(self.logits, dim=0)
 
     def forward(
@@ -246,20 +276,24 @@ class WeightedSumFusion(FusionModule):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return ``w_image * W_i mean(image) + w_text * W_t mean(text)`` -> ``[B, out_dim]``."""
+        """Return ``w_image * W_i mean(image) + w_text * W_t mean(text)`` ->
+        ``[B, out_dim]``."""
         image, text = self.pooled(image_tokens, text_tokens, image_mask, text_mask)
         weights = self.modality_weights()
         return weights[0] * self.image_proj(image) + weights[1] * self.text_proj(text)
 
 
 class GatedFusion(FusionModule):
-    """Gated multimodal unit (Arevalo et al., 2017): a learned gate chooses, per unit, which modality to trust.
+    """Gated multimodal unit (Arevalo et al., 2017): a learned gate chooses, per unit,
+    which modality to trust.
 
     With ``x_i``, ``x_t`` the masked means::
 
-        h = z * tanh(W_i x_i + b_i) + (1 - z) * tanh(W_t x_t + b_t),   z = sigmoid(W_z [x_i; x_t] + b_z)
+        h = z * tanh(W_i x_i + b_i) + (1 - z) * tanh(W_t x_t + b_t),   z = sigmoid(W_z
+        [x_i; x_t] + b_z)
 
-    (the paper writes the layers without biases; they are kept here as in most implementations).
+    (the paper writes the layers without biases; they are kept here as in most
+    implementations).
     """
 
     name = "gated"
@@ -286,11 +320,13 @@ class GatedFusion(FusionModule):
 
 
 class ModalityAttentionFusion(FusionModule):
-    """Attend over the two modality vectors with a learned query; the weights depend on the example.
+    """Attend over the two modality vectors with a learned query; the weights depend on
+    the example.
 
     Each pooled modality is projected to ``v_m`` in ``out_dim``; its score is
-    ``q . tanh(W_k v_m + b_k)`` (additive attention with a learned context vector ``q``), the
-    weights are the softmax of the two scores, and the output is ``sum_m a_m v_m``.
+    ``q . tanh(W_k v_m + b_k)`` (additive attention with a learned context vector
+    ``q``), the weights are the softmax of the two scores, and the output is
+    ``sum_m a_m v_m``.
     """
 
     name = "attention"
@@ -311,7 +347,8 @@ class ModalityAttentionFusion(FusionModule):
         *,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Return ``[B, out_dim]``, or ``(output, weights [B, 2])`` (image, text) with ``return_attention``."""
+        """Return ``[B, out_dim]``, or ``(output, weights [B, 2])`` (image, text) with
+        ``return_attention``."""
         image, text = self.pooled(image_tokens, text_tokens, image_mask, text_mask)
         values = torch.stack([self.image_proj(image), self.text_proj(text)], dim=1)
         scores = torch.tanh(self.key(values)) @ self.query
@@ -321,18 +358,19 @@ class ModalityAttentionFusion(FusionModule):
 
 
 class CrossAttentionFusion(FusionModule):
-    """Let every text token attend to the image tokens, then pool the text tokens (a cross-attention block).
+    """Let every text token attend to the image tokens, then pool the text tokens (a
+    cross-attention block).
 
     Text tokens are projected to ``out_dim`` and used as queries over the image tokens
-    (``nn.MultiheadAttention`` with padded image tokens masked out), followed by residual +
-    LayerNorm, a ReLU MLP, residual + LayerNorm again (post-norm, as in the original
-    Transformer), and a masked mean over the real text tokens.
+    (``nn.MultiheadAttention`` with padded image tokens masked out), followed by
+    residual + LayerNorm, a ReLU MLP, residual + LayerNorm again (post-norm, as in the
+    original Transformer), and a masked mean over the real text tokens.
 
     Args:
-        image_dim, text_dim, out_dim: feature sizes; ``out_dim`` is also the attention width.
-        num_heads: attention heads; must divide ``out_dim``.
-        hidden_dim: width of the MLP (default ``4 * out_dim``).
-        dropout: dropout on the attention weights and on both residual branches.
+        image_dim, text_dim, out_dim: feature sizes; ``out_dim`` is also the attention
+        width. num_heads: attention heads; must divide ``out_dim``. hidden_dim: width of
+        the MLP (default ``4 * out_dim``). dropout: dropout on the attention weights and
+        on both residual branches.
     """
 
     name = "cross_attention"
@@ -386,10 +424,11 @@ class CrossAttentionFusion(FusionModule):
         *,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Return ``[B, out_dim]``, or ``(output, attention [B, L, N])`` with ``return_attention``.
+        """Return ``[B, out_dim]``, or ``(output, attention [B, L, N])`` with
+        ``return_attention``.
 
-        The attention weights are averaged over heads; each real text token's row sums to 1 over
-        the real image tokens, and rows of padded text tokens are zero.
+        The attention weights are averaged over heads; each real text token's row sums
+        to 1 over the real image tokens, and rows of padded text tokens are zero.
         """
         image, text, image_mask, text_mask = self.prepare(
             image_tokens, text_tokens, image_mask, text_mask
@@ -411,11 +450,13 @@ class CrossAttentionFusion(FusionModule):
 
 
 class FiLMFusion(FusionModule):
-    """Let the text modulate the image (FiLM, Perez et al., 2018): ``gamma * token + beta`` on every image token.
+    """Let the text modulate the image (FiLM, Perez et al., 2018):
+    ``gamma * token + beta`` on every image token.
 
-    ``gamma = 1 + delta_gamma`` and ``beta`` come from one linear layer on the pooled text, so a
-    zeroed layer is the identity modulation. The modulated tokens go through ``activation``,
-    are averaged over the real image tokens, and are projected to ``out_dim``.
+    ``gamma = 1 + delta_gamma`` and ``beta`` come from one linear layer on the pooled
+    text, so a zeroed layer is the identity modulation. The modulated tokens go through
+    ``activation``, are averaged over the real image tokens, and are projected to
+    ``out_dim``.
 
     Args:
         image_dim, text_dim, out_dim: feature sizes of the inputs and of the output.
@@ -431,7 +472,8 @@ class FiLMFusion(FusionModule):
         super().__init__(image_dim, text_dim, out_dim, activation=activation)
         if activation not in self.activations:
             raise ValueError(
-                f"activation must be one of {', '.join(self.activations)}, got {activation!r}"
+                f"activation must be one of {', '.join(self.activations)}, got "
+                f"{activation!r}"
             )
         self.film = nn.Linear(text_dim, 2 * image_dim)
         self.activation: nn.Module = (
@@ -442,7 +484,8 @@ class FiLMFusion(FusionModule):
     def conditioning(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(gamma, beta)``, each ``[B, image_dim]``, computed from the masked mean of the text."""
+        """Return ``(gamma, beta)``, each ``[B, image_dim]``, computed from the masked
+        mean of the text."""
         text, text_mask = _as_tokens(text_tokens, text_mask, self.text_dim, "text")
         return self._gamma_beta(masked_mean(text, text_mask))
 
@@ -460,7 +503,8 @@ class FiLMFusion(FusionModule):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the modulated image tokens ``gamma * token + beta`` ``[B, N, image_dim]`` (padding stays 0)."""
+        """Return the modulated image tokens ``gamma * token + beta``
+        ``[B, N, image_dim]`` (padding stays 0)."""
         return self._modulate(
             *self.prepare(image_tokens, text_tokens, image_mask, text_mask)
         )
@@ -484,7 +528,8 @@ class FiLMFusion(FusionModule):
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return ``out_proj(masked mean of activation(modulated image tokens))`` -> ``[B, out_dim]``."""
+        """Return ``out_proj(masked mean of activation(modulated image tokens))`` ->
+        ``[B, out_dim]``."""
         image, text, image_mask, text_mask = self.prepare(
             image_tokens, text_tokens, image_mask, text_mask
         )
@@ -512,7 +557,8 @@ FUSION_NAMES: tuple[str, ...] = tuple(_FUSIONS)
 def build_fusion(
     name: str, image_dim: int, text_dim: int, out_dim: int, **options: Any
 ) -> FusionModule:
-    """Build a fusion module by name (one of :data:`FUSION_NAMES`); ``options`` go to its constructor.
+    """Build a fusion module by name (one of :data:`FUSION_NAMES`); ``options`` go to
+    its constructor.
 
     ``build_fusion(**module.config)`` rebuilds ``module`` with fresh weights.
     """
@@ -529,6 +575,7 @@ def build_fusion(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(
-            f"fusion {name!r} got unknown option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted) or 'none'}"
+            f"fusion {name!r} got unknown option(s) {', '.join(unknown)}; it accepts: "
+            f"{', '.join(accepted) or 'none'}"
         )
     return cls(image_dim, text_dim, out_dim, **options)

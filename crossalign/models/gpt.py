@@ -3,23 +3,26 @@
 The model predicts every next token of a sequence at once::
 
     ids (B, T) -> token embedding + learned position embedding
-               -> n_layer x Block( x + Attn(LN(x)),  x + MLP(LN(x)) )      (pre-norm residuals)
-               -> final LayerNorm -> lm_head (tied to the token embedding) -> logits (B, T, vocab)
+               -> n_layer x Block( x + Attn(LN(x)),  x + MLP(LN(x)) )      (pre-norm
+               residuals) -> final LayerNorm -> lm_head (tied to the token embedding) ->
+               logits (B, T, vocab)
 
-Position ``t`` only attends to positions ``<= t`` (causal self-attention), so the logits at
-``t`` are a distribution over token ``t + 1`` that never looked at the answer. The layout is
-the one of GPT-2 (:class:`GPTConfig` defaults: GELU with the tanh approximation, LayerNorm
-eps 1e-5, biases everywhere, tied input and output embeddings), so the weights convert one to
-one to and from Hugging Face's ``GPT2LMHeadModel`` (:mod:`crossalign.models.gpt_hf`).
+Position ``t`` only attends to positions ``<= t`` (causal self-attention), so the logits
+at ``t`` are a distribution over token ``t + 1`` that never looked at the answer. The
+layout is the one of GPT-2 (:class:`GPTConfig` defaults: GELU with the tanh
+approximation, LayerNorm eps 1e-5, biases everywhere, tied input and output embeddings),
+so the weights convert one to one to and from Hugging Face's ``GPT2LMHeadModel``
+(:mod:`crossalign.models.gpt_hf`).
 
 Two ways in, one way out:
 
 - ``model(input_ids)`` embeds token ids;
-- ``model(inputs_embeds=...)`` takes ready-made vectors (B, T, n_embd) instead, which is how a
-  projector feeds image features to the language model as "soft tokens";
-- ``attention_mask`` (B, T), 1 on real tokens and 0 on padding, hides padded keys. Positions
-  are always ``0 .. T-1`` (as in ``GPT2LMHeadModel`` without ``position_ids``), so pad on the
-  right: a right-padded real token then sees exactly what it would see unpadded.
+- ``model(inputs_embeds=...)`` takes ready-made vectors (B, T, n_embd) instead, which is
+  how a projector feeds image features to the language model as "soft tokens";
+- ``attention_mask`` (B, T), 1 on real tokens and 0 on padding, hides padded keys.
+  Positions are always ``0 .. T-1`` (as in ``GPT2LMHeadModel`` without
+  ``position_ids``), so pad on the right: a right-padded real token then sees exactly
+  what it would see unpadded.
 """
 
 from __future__ import annotations
@@ -39,15 +42,14 @@ class GPTConfig:
     """The shape of a :class:`GPT` model.
 
     Args:
-        vocab_size: number of token ids.
-        block_size: the longest sequence the model accepts (number of learned positions).
-        n_layer: number of Transformer blocks.
-        n_head: attention heads per block; must divide ``n_embd``.
-        n_embd: width of the residual stream.
-        dropout: dropout on embeddings, attention weights and residual branches (training only).
-        bias: whether linear layers and LayerNorms have biases (GPT-2 has them).
-        layer_norm_eps: LayerNorm epsilon (GPT-2 uses 1e-5).
-        tie_weights: share the token embedding matrix with the output layer (GPT-2 does).
+        vocab_size: number of token ids. block_size: the longest sequence the model
+        accepts (number of learned positions). n_layer: number of Transformer blocks.
+        n_head: attention heads per block; must divide ``n_embd``. n_embd: width of the
+        residual stream. dropout: dropout on embeddings, attention weights and residual
+        branches (training only). bias: whether linear layers and LayerNorms have biases
+        (GPT-2 has them). layer_norm_eps: LayerNorm epsilon (GPT-2 uses 1e-5).
+        tie_weights: share the token embedding matrix with the output layer (GPT-2
+        does).
     """
 
     vocab_size: int
@@ -69,7 +71,8 @@ class GPTConfig:
                 )
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
+                f"GPTConfig.n_embd={self.n_embd} must be divisible by "
+                f"n_head={self.n_head}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(
@@ -82,10 +85,12 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which each position sees only itself and earlier positions.
+    """Multi-head self-attention in which each position sees only itself and earlier
+    positions.
 
-    One linear layer ``qkv`` computes queries, keys and values together (3 * n_embd outputs,
-    in that order), like GPT-2's fused ``c_attn``; ``proj`` mixes the heads back.
+    One linear layer ``qkv`` computes queries, keys and values together (3 * n_embd
+    outputs, in that order), like GPT-2's fused ``c_attn``; ``proj`` mixes the heads
+    back.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -97,7 +102,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Attend within ``x`` (B, T, C); ``allowed`` (B or 1, 1, T, T) is True where a query may see a key."""
+        """Attend within ``x`` (B, T, C); ``allowed`` (B or 1, 1, T, T) is True where a
+        query may see a key."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim): every head attends independently.
@@ -115,7 +121,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: widen 4x, GELU (tanh approximation), project back."""
+    """The position-wise feed-forward network: widen 4x, GELU (tanh approximation),
+    project back."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -129,7 +136,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One Transformer block with pre-norm residual connections: communicate, then compute."""
+    """One Transformer block with pre-norm residual connections: communicate, then
+    compute."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -143,19 +151,21 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Apply attention then the MLP, each added to the residual stream ``x`` (B, T, C)."""
+        """Apply attention then the MLP, each added to the residual stream ``x`` (B, T,
+        C)."""
         x = x + self.attn(self.ln_1(x), allowed)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-    """A GPT-2-style causal language model: ``forward`` returns next-token logits (B, T, vocab).
+    """A GPT-2-style causal language model: ``forward`` returns next-token logits (B, T,
+    vocab).
 
     Args:
         config: the model's shape (:class:`GPTConfig`).
 
-    Parameters are initialised as in GPT-2: normal(0, 0.02) for weights and embeddings, zero
-    biases, and the output projections of every residual branch scaled down by
+    Parameters are initialised as in GPT-2: normal(0, 0.02) for weights and embeddings,
+    zero biases, and the output projections of every residual branch scaled down by
     ``1 / sqrt(2 n_layer)`` so the residual stream does not grow with depth.
     """
 
@@ -189,7 +199,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Embedding:
-        """The token embedding table (vocab_size, n_embd), as Hugging Face models expose it."""
+        """The token embedding table (vocab_size, n_embd), as Hugging Face models expose
+        it."""
         return self.wte
 
     def num_parameters(self) -> int:
@@ -203,12 +214,13 @@ class GPT(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits (B, T, vocab_size) for token ids (B, T) or embeddings (B, T, n_embd).
+        """Next-token logits (B, T, vocab_size) for token ids (B, T) or embeddings (B,
+        T, n_embd).
 
-        Give exactly one of ``input_ids`` and ``inputs_embeds``. ``attention_mask`` (B, T) is 1
-        (or True) on real tokens and 0 on padding; padded keys are hidden from every query. A
-        query whose visible keys are all padding attends to itself only, so its (meaningless)
-        logits stay finite.
+        Give exactly one of ``input_ids`` and ``inputs_embeds``. ``attention_mask`` (B,
+        T) is 1 (or True) on real tokens and 0 on padding; padded keys are hidden from
+        every query. A query whose visible keys are all padding attends to itself only,
+        so its (meaningless) logits stay finite.
         """
         x = self._embed(input_ids, inputs_embeds)
         batch, length, _ = x.shape
@@ -230,7 +242,8 @@ class GPT(nn.Module):
     def _embed(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
     ) -> torch.Tensor:
-        """Token (or given) embeddings plus position embeddings, with dropout -> (B, T, n_embd)."""
+        """Token (or given) embeddings plus position embeddings, with dropout -> (B, T,
+        n_embd)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
@@ -253,13 +266,15 @@ class GPT(nn.Module):
                 or inputs_embeds.shape[-1] != self.config.n_embd
             ):
                 raise ValueError(
-                    f"inputs_embeds must have shape (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}"
+                    f"inputs_embeds must have shape (B, T, {self.config.n_embd}), got "
+                    f"{tuple(inputs_embeds.shape)}"
                 )
             tokens = inputs_embeds
         length = tokens.shape[1]
         if not 1 <= length <= self.config.block_size:
             raise ValueError(
-                f"sequence length {length} must lie in [1, block_size={self.config.block_size}]"
+                f"sequence length {length} must lie in [1, "
+                f"block_size={self.config.block_size}]"
             )
         positions = torch.arange(length, device=tokens.device)
         return self.drop(tokens + self.wpe(positions))
@@ -271,7 +286,8 @@ class GPT(nn.Module):
         """``attention_mask`` checked and turned into a boolean (B, T) tensor."""
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(
-                f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}"
+                f"attention_mask must have shape {(batch, length)}, got "
+                f"{tuple(attention_mask.shape)}"
             )
         return attention_mask.to(device=device).bool()
 

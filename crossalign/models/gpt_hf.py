@@ -1,20 +1,22 @@
-"""Convert a :class:`~crossalign.models.gpt.GPT` to and from Hugging Face's ``GPT2LMHeadModel``.
+"""Convert a :class:`~crossalign.models.gpt.GPT` to and from Hugging Face's
+``GPT2LMHeadModel``.
 
-Our GPT has GPT-2's architecture, so the conversion only renames and reshapes tensors. Three
-differences in how the two store the same numbers:
+Our GPT has GPT-2's architecture, so the conversion only renames and reshapes tensors.
+Three differences in how the two store the same numbers:
 
 - GPT-2 keeps its linear layers as ``Conv1D`` modules, which compute ``x @ W + b`` with
   ``W`` of shape (in, out); ``nn.Linear`` computes ``x @ W.T + b`` with ``W`` of shape
   (out, in). Every such weight is **transposed** on the way across.
 - GPT-2's attention computes queries, keys and values with one fused layer ``c_attn``
-  (out = 3 * n_embd, in the order q, k, v); ours (``attn.qkv``) uses the same order, so the
-  fused weight moves as one block.
-- GPT-2 nests everything but the output layer under ``transformer.`` and calls the blocks
-  ``h.0, h.1, ...``; the output layer ``lm_head`` is tied to ``transformer.wte``.
+  (out = 3 * n_embd, in the order q, k, v); ours (``attn.qkv``) uses the same order, so
+  the fused weight moves as one block.
+- GPT-2 nests everything but the output layer under ``transformer.`` and calls the
+  blocks ``h.0, h.1, ...``; the output layer ``lm_head`` is tied to ``transformer.wte``.
 
 The activation ``gelu_new`` of GPT-2 is GELU's tanh approximation, the one our MLP uses;
-LayerNorm eps (``layer_norm_epsilon``) and dropout carry over through the configurations.
-Everything here works offline: the Hugging Face model is built from a ``GPT2Config``.
+LayerNorm eps (``layer_norm_epsilon``) and dropout carry over through the
+configurations. Everything here works offline: the Hugging Face model is built from a
+``GPT2Config``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ __all__ = [
     "hf_config_from_gpt",
 ]
 
-# Our name inside a block -> GPT-2's name inside a block, and whether the weight is transposed.
+# Our name inside a block -> GPT-2's name inside a block, and whether the weight is
+# transposed.
 _BLOCK_KEYS = {
     "ln_1.weight": ("ln_1.weight", False),
     "ln_1.bias": ("ln_1.bias", False),
@@ -63,7 +66,8 @@ _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
 def _key_map(n_layer: int) -> dict[str, tuple[str, bool]]:
-    """Every parameter name of our GPT -> (GPT-2 name, transposed?) for ``n_layer`` blocks."""
+    """Every parameter name of our GPT -> (GPT-2 name, transposed?) for ``n_layer``
+    blocks."""
     mapping = {ours: (theirs, False) for ours, theirs in _TOP_KEYS.items()}
     for layer in range(n_layer):
         for ours, (theirs, transpose) in _BLOCK_KEYS.items():
@@ -77,7 +81,8 @@ def _key_map(n_layer: int) -> dict[str, tuple[str, bool]]:
 def gpt_state_dict_to_hf(
     state_dict: dict[str, torch.Tensor], n_layer: int
 ) -> dict[str, torch.Tensor]:
-    """Rename and transpose a :class:`GPT` state dict into a ``GPT2LMHeadModel`` state dict."""
+    """Rename and transpose a :class:`GPT` state dict into a ``GPT2LMHeadModel`` state
+    dict."""
     mapping = _key_map(n_layer)
     missing = sorted(set(mapping) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(mapping))
@@ -96,9 +101,11 @@ def gpt_state_dict_to_hf(
 def hf_state_dict_to_gpt(
     state_dict: dict[str, torch.Tensor], n_layer: int
 ) -> dict[str, torch.Tensor]:
-    """Rename and transpose a ``GPT2LMHeadModel`` state dict into a :class:`GPT` state dict.
+    """Rename and transpose a ``GPT2LMHeadModel`` state dict into a :class:`GPT` state
+    dict.
 
-    A tied model may omit ``lm_head.weight``; it is then taken from ``transformer.wte.weight``.
+    A tied model may omit ``lm_head.weight``; it is then taken from
+    ``transformer.wte.weight``.
     """
     state_dict = dict(state_dict)
     if "lm_head.weight" not in state_dict and "transformer.wte.weight" in state_dict:
@@ -109,7 +116,8 @@ def hf_state_dict_to_gpt(
     )
     if missing:
         raise ValueError(
-            f"state_dict is not a {n_layer}-layer GPT2LMHeadModel: missing {missing[:5]}"
+            f"state_dict is not a {n_layer}-layer GPT2LMHeadModel: missing "
+            f"{missing[:5]}"
         )
     converted = {}
     for ours, (theirs, transpose) in mapping.items():
@@ -119,12 +127,14 @@ def hf_state_dict_to_gpt(
 
 
 def hf_config_from_gpt(config: GPTConfig) -> GPT2Config:
-    """The ``GPT2Config`` of the same shape as ``config`` (no special-token ids: our vocabularies differ)."""
+    """The ``GPT2Config`` of the same shape as ``config`` (no special-token ids: our
+    vocabularies differ)."""
     from transformers import GPT2Config
 
     if not config.bias:
         raise ValueError(
-            "GPT-2 has biases in every linear layer and LayerNorm; only GPTConfig(bias=True) converts"
+            "GPT-2 has biases in every linear layer and LayerNorm; only "
+            "GPTConfig(bias=True) converts"
         )
     return GPT2Config(
         vocab_size=config.vocab_size,
@@ -145,7 +155,8 @@ def hf_config_from_gpt(config: GPTConfig) -> GPT2Config:
 
 
 def gpt_to_hf(model: GPT) -> GPT2LMHeadModel:
-    """A ``GPT2LMHeadModel`` holding copies of ``model``'s weights (same logits), in eval mode."""
+    """A ``GPT2LMHeadModel`` holding copies of ``model``'s weights (same logits), in
+    eval mode."""
     from transformers import GPT2LMHeadModel
 
     if not isinstance(model, GPT):
@@ -160,11 +171,13 @@ def gpt_to_hf(model: GPT) -> GPT2LMHeadModel:
 
 
 def _gpt_config_from_hf(hf_config: GPT2Config, dropout: float | None) -> GPTConfig:
-    """The :class:`GPTConfig` of a ``GPT2Config``, refusing GPT-2 options our GPT does not implement."""
+    """The :class:`GPTConfig` of a ``GPT2Config``, refusing GPT-2 options our GPT does
+    not implement."""
     unsupported = []
     if hf_config.activation_function not in _TANH_GELUS:
         unsupported.append(
-            f"activation_function={hf_config.activation_function!r} (need one of {_TANH_GELUS})"
+            f"activation_function={hf_config.activation_function!r} (need one of "
+            f"{_TANH_GELUS})"
         )
     if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
         unsupported.append(f"n_inner={hf_config.n_inner} (need 4 * n_embd)")
@@ -186,7 +199,8 @@ def _gpt_config_from_hf(hf_config: GPT2Config, dropout: float | None) -> GPTConf
         }
         if len(rates) != 1:
             raise ValueError(
-                f"the GPT-2 dropout rates differ ({sorted(rates)}); pass dropout= to choose one"
+                f"the GPT-2 dropout rates differ ({sorted(rates)}); pass dropout= to "
+                "choose one"
             )
         dropout = rates.pop()
     return GPTConfig(
@@ -203,15 +217,18 @@ def _gpt_config_from_hf(hf_config: GPT2Config, dropout: float | None) -> GPTConf
 
 
 def gpt_from_hf(hf_model: GPT2LMHeadModel, dropout: float | None = None) -> GPT:
-    """A :class:`GPT` holding copies of a ``GPT2LMHeadModel``'s weights (same logits), in eval mode.
+    """A :class:`GPT` holding copies of a ``GPT2LMHeadModel``'s weights (same logits),
+    in eval mode.
 
-    ``dropout`` overrides the GPT-2 dropout rates (needed only when its three rates differ).
+    ``dropout`` overrides the GPT-2 dropout rates (needed only when its three rates
+    differ).
     """
     from transformers import GPT2LMHeadModel
 
     if not isinstance(hf_model, GPT2LMHeadModel):
         raise TypeError(
-            f"hf_model must be a transformers GPT2LMHeadModel, got {type(hf_model).__name__}"
+            "hf_model must be a transformers GPT2LMHeadModel, got "
+            f"{type(hf_model).__name__}"
         )
     config = _gpt_config_from_hf(hf_model.config, dropout)
     model = GPT(config)

@@ -1,18 +1,21 @@
-"""Image encoders: a small CNN for CPU work, torchvision ResNets, and a small Vision Transformer.
+"""Image encoders: a small CNN for CPU work, torchvision ResNets, and a small Vision
+Transformer.
 
-Every encoder follows one contract, so the dual encoder, the captioners and the feature cache
-can take any of them:
+Every encoder follows one contract, so the dual encoder, the captioners and the feature
+cache can take any of them:
 
-- input: ``images`` FloatTensor[B, 3, H, W] with values in [0, 1]; the encoder applies its own
-  normalisation (``mean``/``std`` buffers), so data sets never need to know which model reads them;
+- input: ``images`` FloatTensor[B, 3, H, W] with values in [0, 1]; the encoder applies
+  its own normalisation (``mean``/``std`` buffers), so data sets never need to know
+  which model reads them;
 - ``forward(images) -> [B, out_dim]``: one pooled vector per image;
-- ``forward_grid(images) -> [B, grid_dim, h, w]``: spatial features, for attention overlays;
-- ``forward_tokens(images) -> [B, h*w, grid_dim]``: the same features as a sequence, row by row
-  (what attention captioners and cross-attention attend over).
+- ``forward_grid(images) -> [B, grid_dim, h, w]``: spatial features, for attention
+  overlays;
+- ``forward_tokens(images) -> [B, h*w, grid_dim]``: the same features as a sequence, row
+  by row (what attention captioners and cross-attention attend over).
 
-``build_image_encoder(name, **kwargs)`` builds one by name; every encoder keeps the arguments
-it was built with in ``encoder.config`` so that ``build_image_encoder(**encoder.config)``
-rebuilds it (for checkpoints).
+``build_image_encoder(name, **kwargs)`` builds one by name; every encoder keeps the
+arguments it was built with in ``encoder.config`` so that
+``build_image_encoder(**encoder.config)`` rebuilds it (for checkpoints).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageEncoder(nn.Module):
-    """Base class: input checks, normalisation and the grid-to-tokens view shared by all encoders.
+    """Base class: input checks, normalisation and the grid-to-tokens view shared by all
+    encoders.
 
-    Subclasses set ``out_dim`` and ``grid_dim`` and implement ``forward`` and ``forward_grid``.
+    Subclasses set ``out_dim`` and ``grid_dim`` and implement ``forward`` and
+    ``forward_grid``.
     """
 
     out_dim: int
@@ -45,19 +50,22 @@ class ImageEncoder(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        """``mean``/``std`` default to 0.5 per channel, which maps [0, 1] images to [-1, 1]."""
+        """``mean``/``std`` default to 0.5 per channel, which maps [0, 1] images to [-1,
+        1]."""
         super().__init__()
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(
-                f"mean and std need one value per input channel ({in_channels}), got {len(mean)} and {len(std)}"
+                f"mean and std need one value per input channel ({in_channels}), got "
+                f"{len(mean)} and {len(std)}"
             )
         if any(s <= 0 for s in std):
             raise ValueError(f"std values must be positive, got {tuple(std)}")
         self.in_channels = in_channels
         self.channel_mean, self.channel_std = mean, std
-        # Constants derived from the config, so not saved in checkpoints (persistent=False).
+        # Constants derived from the config, so not saved in checkpoints
+        # (persistent=False).
         self.register_buffer(
             "mean",
             torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
@@ -70,19 +78,23 @@ class ImageEncoder(nn.Module):
         )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Check that ``images`` is a [B, C, H, W] float batch and standardise it with ``mean``/``std``."""
+        """Check that ``images`` is a [B, C, H, W] float batch and standardise it with
+        ``mean``/``std``."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
-                f"images must have shape [B, {self.in_channels}, H, W], got {tuple(images.shape)}"
+                f"images must have shape [B, {self.in_channels}, H, W], got "
+                f"{tuple(images.shape)}"
             )
         if not images.is_floating_point():
             raise TypeError(
-                f"images must be floats in [0, 1], got dtype {images.dtype}; convert with images.float() / 255"
+                f"images must be floats in [0, 1], got dtype {images.dtype}; convert "
+                "with images.float() / 255"
             )
         return (images - self.mean) / self.std
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Return spatial features as a sequence ``[B, h*w, grid_dim]`` (row-major over the grid)."""
+        """Return spatial features as a sequence ``[B, h*w, grid_dim]`` (row-major over
+        the grid)."""
         return self.forward_grid(images).flatten(2).transpose(1, 2)
 
 
@@ -93,7 +105,8 @@ def coordinate_grid(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Return CoordConv channels ``[B, 2, H, W]``: x (left -1 to right +1), then y (top -1 to bottom +1).
+    """Return CoordConv channels ``[B, 2, H, W]``: x (left -1 to right +1), then y (top
+    -1 to bottom +1).
 
     Appended to an image, they let convolutions, which are translation-equivariant, know
     *where* a feature is, which relations such as "left of" or "above" depend on.
@@ -105,26 +118,30 @@ def coordinate_grid(
 
 
 class SmallCNN(ImageEncoder):
-    """A fast CNN for small images (ShapesWorld at 32-224 pixels): conv-BN-ReLU stages that halve the grid.
+    """A fast CNN for small images (ShapesWorld at 32-224 pixels): conv-BN-ReLU stages
+    that halve the grid.
 
     Args:
-        in_channels: image channels (3 for RGB).
-        widths: output channels of each stage.
-        strides: stride of each stage (default 2 everywhere, halving the grid per stage); a
-            first stride of 1 keeps full resolution for small objects at some cost in speed.
-        downsample: how a stage of stride ``s > 1`` shrinks the grid. ``"stride"``: the 3x3
-            convolution itself steps by ``s`` (cheapest). ``"maxpool"``: the convolution runs at
-            full resolution and an ``s x s`` max-pool follows (about twice the compute). A strided
-            convolution sees a small object differently at each of its ``s x s`` sub-pixel
-            offsets, so shape detectors must be learnt once per offset; max-pooling is
-            tolerant to such shifts. On ShapesWorld the caption loss then teaches shapes that a
-            strided CNN of the same widths does not learn in the default budget (chapter 9,
+        in_channels: image channels (3 for RGB). widths: output channels of each stage.
+        strides: stride of each stage (default 2 everywhere, halving the grid per
+        stage); a
+            first stride of 1 keeps full resolution for small objects at some cost in
+            speed.
+        downsample: how a stage of stride ``s > 1`` shrinks the grid. ``"stride"``: the
+        3x3
+            convolution itself steps by ``s`` (cheapest). ``"maxpool"``: the convolution
+            runs at full resolution and an ``s x s`` max-pool follows (about twice the
+            compute). A strided convolution sees a small object differently at each of
+            its ``s x s`` sub-pixel offsets, so shape detectors must be learnt once per
+            offset; max-pooling is tolerant to such shifts. On ShapesWorld the caption
+            loss then teaches shapes that a strided CNN of the same widths does not
+            learn in the default budget (chapter 9,
             ``benchmarks/caption_encoder_ablation.py``).
-        out_dim: size of the pooled output vector.
-        coord_channels: append x/y coordinate channels to the input (see :func:`coordinate_grid`).
-        pool: ``"avg"`` averages the final grid (position-blind); ``"flatten"`` averages it to a
-            fixed ``flatten_grid x flatten_grid`` grid and flattens that through the linear head,
-            so the output keeps where things are, for any input size.
+        out_dim: size of the pooled output vector. coord_channels: append x/y coordinate
+        channels to the input (see :func:`coordinate_grid`). pool: ``"avg"`` averages
+        the final grid (position-blind); ``"flatten"`` averages it to a
+            fixed ``flatten_grid x flatten_grid`` grid and flattens that through the
+            linear head, so the output keeps where things are, for any input size.
         flatten_grid: side of the fixed grid used by ``pool="flatten"``.
         mean, std: per-channel input normalisation (default maps [0, 1] to [-1, 1]).
     """
@@ -146,7 +163,8 @@ class SmallCNN(ImageEncoder):
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
             raise ValueError(
-                f"widths must be a non-empty sequence of positive channel counts, got {widths}"
+                "widths must be a non-empty sequence of positive channel counts, got "
+                f"{widths}"
             )
         strides = (
             tuple(int(s) for s in strides)
@@ -155,7 +173,8 @@ class SmallCNN(ImageEncoder):
         )
         if len(strides) != len(widths) or min(strides) < 1:
             raise ValueError(
-                f"strides must give one positive stride per stage ({len(widths)}), got {strides}"
+                f"strides must give one positive stride per stage ({len(widths)}), got "
+                f"{strides}"
             )
         if downsample not in ("stride", "maxpool"):
             raise ValueError(
@@ -206,7 +225,8 @@ class SmallCNN(ImageEncoder):
         self.head = nn.Linear(widths[-1] * pooled_size * pooled_size, out_dim)
 
     def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the last stage's feature grid ``[B, grid_dim, ceil(H/2^n), ceil(W/2^n)]``."""
+        """Return the last stage's feature grid
+        ``[B, grid_dim, ceil(H/2^n), ceil(W/2^n)]``."""
         x = self.normalize(images)
         if self.coord_channels:
             batch, _, height, width = x.shape
@@ -233,7 +253,8 @@ def resnet_names() -> list[str]:
 
 
 def _torchvision_resnet(name: str, pretrained: bool) -> torchvision.models.ResNet:
-    """Build a torchvision ResNet, with its default ImageNet weights when ``pretrained``."""
+    """Build a torchvision ResNet, with its default ImageNet weights when
+    ``pretrained``."""
     if not pretrained:
         return torchvision.models.get_model(name, weights=None)
     weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -243,20 +264,25 @@ def _torchvision_resnet(name: str, pretrained: bool) -> torchvision.models.ResNe
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         file_name = Path(urlparse(weights.url).path).name
         raise RuntimeError(
-            f"the pretrained weights for {name} ({weights}) could not be downloaded or loaded: {err}. "
-            f"torchvision caches downloaded weights in {cache}; to work offline, put the file "
+            f"the pretrained weights for {name} ({weights}) could not be downloaded or "
+            f"loaded: {err}. "
+            f"torchvision caches downloaded weights in {cache}; to work offline, put "
+            "the file "
             f"{file_name} there. Or use pretrained=False to train {name} from scratch."
         ) from err
 
 
 class ResNetEncoder(ImageEncoder):
-    """A torchvision ResNet without its classification head; ImageNet normalisation built in.
+    """A torchvision ResNet without its classification head; ImageNet normalisation
+    built in.
 
     Args:
-        name: a torchvision ResNet-family model name (see :func:`resnet_names`), e.g. ``"resnet50"``.
-        pretrained: load torchvision's default ImageNet weights (downloaded once, then cached);
+        name: a torchvision ResNet-family model name (see :func:`resnet_names`), e.g.
+        ``"resnet50"``. pretrained: load torchvision's default ImageNet weights
+        (downloaded once, then cached);
             when they cannot be obtained, a RuntimeError says where to put them.
-        trainable: ``False`` freezes every parameter and keeps batch-norm statistics fixed
+        trainable: ``False`` freezes every parameter and keeps batch-norm statistics
+        fixed
             (the backbone stays in eval mode even under ``.train()``), the usual setting
             for a frozen feature extractor.
     """
@@ -284,34 +310,39 @@ class ResNetEncoder(ImageEncoder):
             self.backbone.eval()
 
     def train(self, mode: bool = True) -> ResNetEncoder:
-        """Set training mode; a frozen (``trainable=False``) backbone stays in eval mode."""
+        """Set training mode; a frozen (``trainable=False``) backbone stays in eval
+        mode."""
         super().train(mode)
         if not self.trainable:
             self.backbone.eval()
         return self
 
     def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the last residual stage's grid, e.g. ``[B, 2048, 7, 7]`` for resnet50 at 224x224."""
+        """Return the last residual stage's grid, e.g. ``[B, 2048, 7, 7]`` for resnet50
+        at 224x224."""
         net = self.backbone
         x = net.maxpool(net.relu(net.bn1(net.conv1(self.normalize(images)))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the globally average-pooled features ``[B, out_dim]`` (torchvision's pooling)."""
+        """Return the globally average-pooled features ``[B, out_dim]`` (torchvision's
+        pooling)."""
         return self.forward_grid(images).mean(dim=(2, 3))
 
 
 class ViTEncoder(ImageEncoder):
-    """A small Vision Transformer: patch embedding, CLS token, learned positions, pre-norm blocks.
+    """A small Vision Transformer: patch embedding, CLS token, learned positions,
+    pre-norm blocks.
 
     Args:
         image_size: side of the (square) input images; other sizes are rejected.
-        patch_size: side of a patch; must divide ``image_size``.
-        dim, depth, heads, mlp_ratio, dropout: Transformer width, number of blocks, attention
+        patch_size: side of a patch; must divide ``image_size``. dim, depth, heads,
+        mlp_ratio, dropout: Transformer width, number of blocks, attention
             heads, hidden size of the MLP relative to ``dim``, dropout probability.
-        out_dim: size of the pooled output (a linear head is added); ``None`` keeps ``dim``.
-        pool: ``"cls"`` returns the CLS token, ``"mean"`` the average of the patch tokens.
-        mean, std: per-channel input normalisation (default maps [0, 1] to [-1, 1]).
+        out_dim: size of the pooled output (a linear head is added); ``None`` keeps
+        ``dim``. pool: ``"cls"`` returns the CLS token, ``"mean"`` the average of the
+        patch tokens. mean, std: per-channel input normalisation (default maps [0, 1] to
+        [-1, 1]).
     """
 
     def __init__(
@@ -379,14 +410,17 @@ class ViTEncoder(ImageEncoder):
         self.out_dim = dim if out_dim is None else out_dim
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the final, normalised sequence ``[B, 1 + N, dim]``: CLS token, then the N patches."""
+        """Return the final, normalised sequence ``[B, 1 + N, dim]``: CLS token, then
+        the N patches."""
         if images.dim() == 4 and tuple(images.shape[-2:]) != (
             self.image_size,
             self.image_size,
         ):
             raise ValueError(
-                f"this ViT was built for {self.image_size}x{self.image_size} images, got "
-                f"{images.shape[-2]}x{images.shape[-1]}; resize the images or build it with image_size="
+                f"this ViT was built for {self.image_size}x{self.image_size} images, "
+                "got "
+                f"{images.shape[-2]}x{images.shape[-1]}; resize the images or build it "
+                "with image_size="
             )
         patches = self.patch_embed(self.normalize(images)).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(patches.shape[0], -1, -1)
@@ -394,18 +428,21 @@ class ViTEncoder(ImageEncoder):
         return self.norm(self.blocks(x))
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the patch tokens ``[B, N, dim]`` (CLS excluded), row-major over the patch grid."""
+        """Return the patch tokens ``[B, N, dim]`` (CLS excluded), row-major over the
+        patch grid."""
         return self._encode(images)[:, 1:]
 
     def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the patch tokens arranged as a grid ``[B, dim, image_size/patch, image_size/patch]``."""
+        """Return the patch tokens arranged as a grid
+        ``[B, dim, image_size/patch, image_size/patch]``."""
         tokens = self.forward_tokens(images)
         return tokens.transpose(1, 2).reshape(
             tokens.shape[0], self.grid_dim, self.grid_size, self.grid_size
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return one ``out_dim`` vector per image (CLS token or mean of patch tokens)."""
+        """Return one ``out_dim`` vector per image (CLS token or mean of patch
+        tokens)."""
         x = self._encode(images)
         pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)
         return self.head(pooled)
@@ -414,18 +451,20 @@ class ViTEncoder(ImageEncoder):
 class MaxPooledGrid(nn.Module):
     """An encoder whose pooled vector is the maximum of its feature grid over positions.
 
-    Scene-label pretraining (:mod:`crossalign.train.encoder_pretraining`) trains a CNN's grid
-    through exactly this pooling, so after it the per-channel maximum is the vector that says
-    which shapes, colours and sizes are in the image; the CNN's own ``forward`` (a linear head
-    that pretraining never touched) would not. ``forward_grid`` and ``forward_tokens`` pass
-    through, so attention-based bridges read the same grid.
+    Scene-label pretraining (:mod:`crossalign.train.encoder_pretraining`) trains a CNN's
+    grid through exactly this pooling, so after it the per-channel maximum is the vector
+    that says which shapes, colours and sizes are in the image; the CNN's own
+    ``forward`` (a linear head that pretraining never touched) would not.
+    ``forward_grid`` and ``forward_tokens`` pass through, so attention-based bridges
+    read the same grid.
     """
 
     def __init__(self, encoder: ImageEncoder) -> None:
         super().__init__()
         if not hasattr(encoder, "forward_grid") or not hasattr(encoder, "grid_dim"):
             raise TypeError(
-                f"{type(encoder).__name__} has no feature grid (forward_grid, grid_dim) to pool"
+                f"{type(encoder).__name__} has no feature grid (forward_grid, "
+                "grid_dim) to pool"
             )
         self.encoder = encoder
         self.out_dim = self.grid_dim = encoder.grid_dim
@@ -449,10 +488,11 @@ def image_encoder_names() -> list[str]:
 
 
 def build_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
-    """Build an image encoder by name: ``"small_cnn"``, ``"vit"`` or a ResNet such as ``"resnet50"``.
+    """Build an image encoder by name: ``"small_cnn"``, ``"vit"`` or a ResNet such as
+    ``"resnet50"``.
 
-    Keyword arguments go to the encoder's constructor. ``build_image_encoder(**enc.config)``
-    rebuilds ``enc`` (with fresh weights).
+    Keyword arguments go to the encoder's constructor.
+    ``build_image_encoder(**enc.config)`` rebuilds ``enc`` (with fresh weights).
     """
     if name == "small_cnn":
         return SmallCNN(**kwargs)
@@ -461,5 +501,6 @@ def build_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
     if name in resnet_names():
         return ResNetEncoder(name, **kwargs)
     raise ValueError(
-        f"unknown image encoder {name!r}; valid names: {', '.join(image_encoder_names())}"
+        f"unknown image encoder {name!r}; valid names: "
+        f"{', '.join(image_encoder_names())}"
     )

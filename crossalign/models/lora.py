@@ -4,13 +4,14 @@ A frozen layer ``y = W x + b`` gets a trainable side branch (Hu et al., 2022)::
 
     y = W x + b + (alpha / r) * B (A x),        A: (r, in),  B: (out, r)
 
-``A`` starts random and ``B`` at zero, so at initialisation the adapted layer computes exactly
-what the base layer did; training moves only ``A`` and ``B`` (``r * (in + out)`` numbers
-instead of ``in * out``). After training the update can be *merged* into the weight,
-``W' = W + (alpha / r) B A``, and the adapter disappears: no extra cost at inference.
+``A`` starts random and ``B`` at zero, so at initialisation the adapted layer computes
+exactly what the base layer did; training moves only ``A`` and ``B`` (``r * (in + out)``
+numbers instead of ``in * out``). After training the update can be *merged* into the
+weight, ``W' = W + (alpha / r) B A``, and the adapter disappears: no extra cost at
+inference.
 
-Two layer types are supported: ``torch.nn.Linear`` (weight ``(out, in)``) and Hugging Face's
-GPT-2 ``Conv1D`` (weight ``(in, out)``, ``y = x W + b``), so the same code adapts
+Two layer types are supported: ``torch.nn.Linear`` (weight ``(out, in)``) and Hugging
+Face's GPT-2 ``Conv1D`` (weight ``(in, out)``, ``y = x W + b``), so the same code adapts
 :class:`crossalign.models.gpt.GPT` and ``transformers.GPT2LMHeadModel``.
 """
 
@@ -28,7 +29,8 @@ __all__ = ["LoRALinear", "apply_lora", "lora_parameters", "merge_lora"]
 
 
 def _is_hf_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is Hugging Face's ``Conv1D`` (checked only if transformers is loaded)."""
+    """Whether ``module`` is Hugging Face's ``Conv1D`` (checked only if transformers is
+    loaded)."""
     if "transformers" not in sys.modules:
         return False
     from transformers.pytorch_utils import Conv1D
@@ -46,8 +48,8 @@ class LoRALinear(nn.Module):
 
     Args:
         base: the layer to adapt; its parameters are frozen (``requires_grad=False``).
-        rank: ``r``, the rank of the update (>= 1, at most ``min(in, out)``).
-        alpha: scale numerator; the update is multiplied by ``alpha / rank`` so that changing
+        rank: ``r``, the rank of the update (>= 1, at most ``min(in, out)``). alpha:
+        scale numerator; the update is multiplied by ``alpha / rank`` so that changing
             the rank does not change the size of the update at a given learning rate.
         dropout: dropout on the adapter's input (training only).
     """
@@ -58,11 +60,11 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not _is_adaptable(base):
             raise TypeError(
-                f"LoRALinear adapts nn.Linear or transformers' Conv1D, got {type(base).__name__}"
+                "LoRALinear adapts nn.Linear or transformers' Conv1D, got "
+                f"{type(base).__name__}"
             )
-        self.transposed = not isinstance(
-            base, nn.Linear
-        )  # Conv1D keeps its weight as (in, out)
+        # Conv1D keeps its weight as (in, out)
+        self.transposed = not isinstance(base, nn.Linear)
         in_features, out_features = (
             base.weight.shape[::-1] if not self.transposed else base.weight.shape
         )
@@ -72,7 +74,8 @@ class LoRALinear(nn.Module):
             or not 1 <= rank <= min(in_features, out_features)
         ):
             raise ValueError(
-                f"rank must be an integer in [1, {min(in_features, out_features)}], got {rank!r}"
+                f"rank must be an integer in [1, {min(in_features, out_features)}], "
+                f"got {rank!r}"
             )
         if not math.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
@@ -88,9 +91,8 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(
             torch.zeros(out_features, rank, dtype=weight.dtype, device=weight.device)
         )
-        nn.init.kaiming_uniform_(
-            self.lora_a, a=math.sqrt(5)
-        )  # the nn.Linear default, as in the LoRA code
+        # the nn.Linear default, as in the LoRA code
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +101,14 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * update
 
     def delta_weight(self) -> torch.Tensor:
-        """The update ``scale * B A`` laid out like the base weight (transposed for Conv1D)."""
+        """The update ``scale * B A`` laid out like the base weight (transposed for
+        Conv1D)."""
         delta = self.scale * (self.lora_b @ self.lora_a)
         return delta.T if self.transposed else delta
 
     def merged(self) -> nn.Module:
-        """A copy of the base layer whose weight includes the update (no adapter left)."""
+        """A copy of the base layer whose weight includes the update (no adapter
+        left)."""
         layer = copy.deepcopy(self.base)
         with torch.no_grad():
             layer.weight.add_(self.delta_weight().to(layer.weight.dtype))
@@ -130,7 +134,8 @@ def apply_lora(
     exclude: Sequence[str] = ("lm_head",),
     dropout: float = 0.0,
 ) -> list[str]:
-    """Wrap linear layers of ``model`` in :class:`LoRALinear`, in place; return their names.
+    """Wrap linear layers of ``model`` in :class:`LoRALinear`, in place; return their
+    names.
 
     Every parameter of ``model`` is frozen first, so afterwards only the adapters train.
 
@@ -138,8 +143,10 @@ def apply_lora(
         model: any module (our GPT, a Hugging Face causal LM, ...).
         rank, alpha, dropout: see :class:`LoRALinear`.
         targets: adapt only layers whose name ends with one of these strings (e.g.
-            ``("qkv", "c_attn")`` for attention only); ``None`` adapts every linear layer.
-        exclude: layers whose name ends with one of these are never adapted (default: the
+            ``("qkv", "c_attn")`` for attention only); ``None`` adapts every linear
+            layer.
+        exclude: layers whose name ends with one of these are never adapted (default:
+        the
             output head, which GPT-2-style models tie to the token embedding).
 
     Raises:
@@ -162,7 +169,8 @@ def apply_lora(
     ]
     if not chosen:
         raise ValueError(
-            f"targets={targets!r} matched no linear layer; adaptable layers are {candidates}"
+            f"targets={targets!r} matched no linear layer; adaptable layers are "
+            f"{candidates}"
         )
     for name in chosen:
         _set_submodule(
@@ -176,7 +184,8 @@ def apply_lora(
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The adapter matrices (every ``A`` and ``B``) of ``model``, the parameters to optimise."""
+    """The adapter matrices (every ``A`` and ``B``) of ``model``, the parameters to
+    optimise."""
     return [
         p
         for module in model.modules()
@@ -188,8 +197,8 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter of ``model`` into its base weight, in place; return ``model``.
 
-    Each :class:`LoRALinear` is replaced by its base layer with ``W + (alpha / r) B A``; the
-    outputs stay the same (up to float rounding) and no adapter remains.
+    Each :class:`LoRALinear` is replaced by its base layer with ``W + (alpha / r) B A``;
+    the outputs stay the same (up to float rounding) and no adapter remains.
     """
     adapted = [
         name for name, module in model.named_modules() if isinstance(module, LoRALinear)

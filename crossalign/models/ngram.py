@@ -1,50 +1,54 @@
 """Count-based n-gram language models: add-k and interpolated Kneser-Ney smoothing.
 
 An n-gram model of order ``n`` predicts each word from the ``n - 1`` words before it,
-``P(w | h)`` with ``h = (w_{i-n+1}, ..., w_{i-1})``, using counts from a training corpus.
+``P(w | h)`` with ``h = (w_{i-n+1}, ..., w_{i-1})``, using counts from a training
+corpus.
 
 Sentences and vocabulary
-    Each training sentence is padded with ``n - 1`` start symbols ``<s>`` and one end symbol
-    ``</s>``: for ``n = 3``, ``["a", "dog"]`` becomes ``<s> <s> a dog </s>`` and the model is
-    trained to predict ``a``, ``dog`` and ``</s>``. ``<s>`` only ever appears as context, so
-    it is not in the prediction vocabulary ``V``, which holds every word seen in training plus
-    ``</s>`` and ``<unk>``. Words unseen at fit time (in contexts and in predictions) are mapped
-    to ``<unk>``. Rule for ``<unk>``: it has no reserved count; its probability is exactly what
-    the smoothing gives a word with zero count (``k`` pseudo-counts under add-k, the uniform
-    floor under Kneser-Ney), unless the training sentences themselves contain ``<unk>``.
-    A context shorter than ``n - 1`` words is the start of a sentence and is left-padded with
-    ``<s>``; a longer one is cut to its last ``n - 1`` words.
+    Each training sentence is padded with ``n - 1`` start symbols ``<s>`` and one end
+    symbol ``</s>``: for ``n = 3``, ``["a", "dog"]`` becomes ``<s> <s> a dog </s>`` and
+    the model is trained to predict ``a``, ``dog`` and ``</s>``. ``<s>`` only ever
+    appears as context, so it is not in the prediction vocabulary ``V``, which holds
+    every word seen in training plus ``</s>`` and ``<unk>``. Words unseen at fit time
+    (in contexts and in predictions) are mapped to ``<unk>``. Rule for ``<unk>``: it has
+    no reserved count; its probability is exactly what the smoothing gives a word with
+    zero count (``k`` pseudo-counts under add-k, the uniform floor under Kneser-Ney),
+    unless the training sentences themselves contain ``<unk>``. A context shorter than
+    ``n - 1`` words is the start of a sentence and is left-padded with ``<s>``; a longer
+    one is cut to its last ``n - 1`` words.
 
 Add-k (Lidstone) smoothing
-    ``P(w | h) = (c(h, w) + k) / (c(h) + k |V|)``, where ``c(h, w)`` counts the n-gram ``h w``
-    and ``c(h) = sum_w c(h, w)``. An unseen context gets the uniform distribution ``1 / |V|``.
-    ``k = 1`` is Laplace smoothing; a huge ``k`` tends to the uniform distribution.
+    ``P(w | h) = (c(h, w) + k) / (c(h) + k |V|)``, where ``c(h, w)`` counts the n-gram
+    ``h w`` and ``c(h) = sum_w c(h, w)``. An unseen context gets the uniform
+    distribution ``1 / |V|``. ``k = 1`` is Laplace smoothing; a huge ``k`` tends to the
+    uniform distribution.
 
 Interpolated Kneser-Ney (Chen & Goodman, 1998), one absolute discount ``0 < D < 1``
     Highest order (``m = n``), from counts ``c``::
 
         P_n(w | h) = max(c(h, w) - D, 0) / c(h)  +  D N1+(h .) / c(h) * P_{n-1}(w | h')
 
-    where ``h'`` drops the first word of ``h`` and ``N1+(h .)`` is the number of distinct
-    words seen after ``h``. Lower orders (``1 <= m < n``) replace counts by *continuation
-    counts* ``N1+(. g) = |{v : c(v g) > 0}|``, the number of distinct words seen before the
-    m-gram ``g``::
+    where ``h'`` drops the first word of ``h`` and ``N1+(h .)`` is the number of
+    distinct words seen after ``h``. Lower orders (``1 <= m < n``) replace counts by
+    *continuation counts* ``N1+(. g) = |{v : c(v g) > 0}|``, the number of distinct
+    words seen before the m-gram ``g``::
 
-        P_m(w | h) = max(N1+(. h w) - D, 0) / N1+(. h .)  +  D N1+(h .) / N1+(. h .) * P_{m-1}(w | h')
+        P_m(w | h) = max(N1+(. h w) - D, 0) / N1+(. h .)  +  D N1+(h .) / N1+(. h .) *
+        P_{m-1}(w | h')
 
-    with ``N1+(. h .) = sum_w N1+(. h w)`` and ``N1+(h .) = |{w : N1+(. h w) > 0}|``. The
-    recursion ends at the uniform distribution ``P_0(w) = 1 / |V|``, so every word of ``V`` has
-    a positive probability. A context never seen at some level (denominator zero) backs off
-    entirely: ``P_m(w | h) = P_{m-1}(w | h')``. Each level sums to one because the discounted
-    mass ``D N1+(h .)`` is exactly what the interpolation weight hands to the level below.
-    Continuation counts are why "francisco", frequent but only ever after "san", gets a low
-    unigram probability: the unigram level asks "how many contexts does this word complete?",
-    not "how often does it occur?".
+    with ``N1+(. h .) = sum_w N1+(. h w)`` and ``N1+(h .) = |{w : N1+(. h w) > 0}|``.
+    The recursion ends at the uniform distribution ``P_0(w) = 1 / |V|``, so every word
+    of ``V`` has a positive probability. A context never seen at some level (denominator
+    zero) backs off entirely: ``P_m(w | h) = P_{m-1}(w | h')``. Each level sums to one
+    because the discounted mass ``D N1+(h .)`` is exactly what the interpolation weight
+    hands to the level below. Continuation counts are why "francisco", frequent but only
+    ever after "san", gets a low unigram probability: the unigram level asks "how many
+    contexts does this word complete?", not "how often does it occur?".
 
 Probabilities are floats; ``logprob`` is the natural logarithm and perplexity is
-``exp(-mean log P)`` over every predicted token, ``</s>`` included. ``sample`` draws words
-with a temperature (``temperature = 0`` is greedy argmax); top-k and top-p truncation are left
-to the neural language models, whose distributions are tensors.
+``exp(-mean log P)`` over every predicted token, ``</s>`` included. ``sample`` draws
+words with a temperature (``temperature = 0`` is greedy argmax); top-k and top-p
+truncation are left to the neural language models, whose distributions are tensors.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ SMOOTHINGS = ("kneser_ney", "add_k")
 
 
 class _CountTable:
-    """Counts of the words following each context at one n-gram level, with per-context totals."""
+    """Counts of the words following each context at one n-gram level, with per-context
+    totals."""
 
     def __init__(self, counts: dict[tuple[str, ...], Counter]) -> None:
         self.counts = counts
@@ -75,16 +80,19 @@ class _CountTable:
 
 
 class NGramLM:
-    """An n-gram language model over word tokens with add-k or interpolated Kneser-Ney smoothing.
+    """An n-gram language model over word tokens with add-k or interpolated Kneser-Ney
+    smoothing.
 
     Args:
-        order: n, the number of words in an n-gram (1 = unigram, 3 = trigram); at least 1.
-        smoothing: ``"kneser_ney"`` (interpolated, Chen & Goodman) or ``"add_k"``.
-        k: pseudo-count added to every n-gram under add-k; must be > 0 (unused by Kneser-Ney).
-        discount: absolute discount ``D`` of Kneser-Ney, in the open interval (0, 1)
+        order: n, the number of words in an n-gram (1 = unigram, 3 = trigram); at least
+        1. smoothing: ``"kneser_ney"`` (interpolated, Chen & Goodman) or ``"add_k"``. k:
+        pseudo-count added to every n-gram under add-k; must be > 0 (unused by
+        Kneser-Ney). discount: absolute discount ``D`` of Kneser-Ney, in the open
+        interval (0, 1)
             (unused by add-k).
 
-    The formulas and the treatment of ``<s>``, ``</s>`` and ``<unk>`` are in the module docstring.
+    The formulas and the treatment of ``<s>``, ``</s>`` and ``<unk>`` are in the module
+    docstring.
 
     >>> lm = NGramLM(order=2, smoothing="add_k", k=1.0).fit([["a", "b"], ["a"]])
     >>> lm.vocabulary
@@ -106,7 +114,8 @@ class NGramLM:
             or order < 1
         ):
             raise ValueError(
-                f"order must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got {order!r}"
+                "order must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got "
+                f"{order!r}"
             )
         if smoothing not in SMOOTHINGS:
             raise ValueError(
@@ -126,7 +135,8 @@ class NGramLM:
             or not 0 < discount < 1
         ):
             raise ValueError(
-                f"discount (Kneser-Ney's D) must lie strictly between 0 and 1, got {discount!r}"
+                "discount (Kneser-Ney's D) must lie strictly between 0 and 1, got "
+                f"{discount!r}"
             )
         self.order = int(order)
         self.smoothing = smoothing
@@ -140,16 +150,21 @@ class NGramLM:
         parameter = (
             f"k={self.k}" if self.smoothing == "add_k" else f"discount={self.discount}"
         )
-        return f"NGramLM(order={self.order}, smoothing={self.smoothing!r}, {parameter}, |V|={len(self._vocabulary)})"
+        return (
+            f"NGramLM(order={self.order}, smoothing={self.smoothing!r}, {parameter}, "
+            f"|V|={len(self._vocabulary)})"
+        )
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
-        """The prediction vocabulary, sorted: training words plus ``</s>`` and ``<unk>`` (never ``<s>``)."""
+        """The prediction vocabulary, sorted: training words plus ``</s>`` and ``<unk>``
+        (never ``<s>``)."""
         self._check_fitted()
         return self._vocabulary
 
     def fit(self, sentences: Iterable[Sequence[str]]) -> NGramLM:
-        """Count the n-grams of tokenised ``sentences`` (lists of words) and return ``self``.
+        """Count the n-grams of tokenised ``sentences`` (lists of words) and return
+        ``self``.
 
         Fitting again replaces what was learnt before.
         """
@@ -180,7 +195,8 @@ class NGramLM:
         self._check_fitted()
         if word == BOS:
             raise ValueError(
-                f"{BOS!r} is never predicted (it only pads contexts); ask for a vocabulary word"
+                f"{BOS!r} is never predicted (it only pads contexts); ask for a "
+                "vocabulary word"
             )
         word = word if word in self._index else UNK
         history = self._history(context)
@@ -210,7 +226,8 @@ class NGramLM:
         )
 
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> float:
-        """exp of the mean negative log probability per predicted token (``</s>`` included)."""
+        """exp of the mean negative log probability per predicted token (``</s>``
+        included)."""
         self._check_fitted()
         total_logprob, tokens = 0.0, 0
         for row, sentence in enumerate(sentences):
@@ -220,7 +237,8 @@ class NGramLM:
                 tokens += 1
         if tokens == 0:
             raise ValueError(
-                "perplexity needs at least one sentence; got an empty iterable of sentences"
+                "perplexity needs at least one sentence; got an empty iterable of "
+                "sentences"
             )
         return math.exp(-total_logprob / tokens)
 
@@ -233,11 +251,12 @@ class NGramLM:
     ) -> list[str]:
         """Generate words after ``context`` until ``</s>`` or ``max_len`` words.
 
-        Each word is drawn from ``P(w | h) ** (1 / temperature)``, renormalised: below 1 sharpens
-        the distribution, above 1 flattens it, and ``temperature = 0`` picks the most probable
-        word (the first in :attr:`vocabulary` order on ties). ``rng`` is a numpy Generator or an
-        integer seed (``None``: fresh entropy). The returned list excludes ``context`` and ends
-        with ``</s>`` exactly when the sentence was finished within ``max_len`` words.
+        Each word is drawn from ``P(w | h) ** (1 / temperature)``, renormalised: below 1
+        sharpens the distribution, above 1 flattens it, and ``temperature = 0`` picks
+        the most probable word (the first in :attr:`vocabulary` order on ties). ``rng``
+        is a numpy Generator or an integer seed (``None``: fresh entropy). The returned
+        list excludes ``context`` and ends with ``</s>`` exactly when the sentence was
+        finished within ``max_len`` words.
         """
         self._check_fitted()
         if (
@@ -252,7 +271,8 @@ class NGramLM:
             or not (math.isfinite(temperature) and temperature >= 0)
         ):
             raise ValueError(
-                f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}"
+                "temperature must be a finite number >= 0 (0 = greedy), got "
+                f"{temperature!r}"
             )
         generator = (
             rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -280,10 +300,12 @@ class NGramLM:
         return [BOS] * (self.order - 1) + list(sentence) + [EOS]
 
     def _history(self, context: Sequence[str]) -> tuple[str, ...]:
-        """The last ``order - 1`` words of ``context``, ``<s>``-padded on the left, unknowns as ``<unk>``."""
+        """The last ``order - 1`` words of ``context``, ``<s>``-padded on the left,
+        unknowns as ``<unk>``."""
         if isinstance(context, str):
             raise TypeError(
-                f"context must be a sequence of words, not a str ({context!r}); tokenise it first"
+                f"context must be a sequence of words, not a str ({context!r}); "
+                "tokenise it first"
             )
         if self.order == 1:
             return ()
@@ -296,7 +318,8 @@ class NGramLM:
     def _kneser_ney_prob(
         self, word: str, history: tuple[str, ...], level: int
     ) -> float:
-        """P_level(word | last level-1 words of history), by the recursion in the module docstring."""
+        """P_level(word | last level-1 words of history), by the recursion in the module
+        docstring."""
         if level == 0:
             return 1.0 / len(self._vocabulary)
         context = history[len(history) - level + 1 :]
@@ -340,7 +363,8 @@ class NGramLM:
 
 
 def _check_sentence(sentence: Sequence[str], row: int) -> Sequence[str]:
-    """Return ``sentence`` if it is a sequence of word strings without boundary symbols, else raise."""
+    """Return ``sentence`` if it is a sequence of word strings without boundary symbols,
+    else raise."""
     if isinstance(sentence, str) or not isinstance(sentence, Sequence):
         raise TypeError(
             f"sentence {row} must be a list of words, got {type(sentence).__name__}; "
@@ -349,11 +373,13 @@ def _check_sentence(sentence: Sequence[str], row: int) -> Sequence[str]:
     for word in sentence:
         if not isinstance(word, str):
             raise TypeError(
-                f"sentence {row} holds a {type(word).__name__} ({word!r}); words must be str"
+                f"sentence {row} holds a {type(word).__name__} ({word!r}); words must "
+                "be str"
             )
         if word in (BOS, EOS):
             raise ValueError(
-                f"sentence {row} contains {word!r}; boundary symbols are added by the model, remove them"
+                f"sentence {row} contains {word!r}; boundary symbols are added by the "
+                "model, remove them"
             )
     return sentence
 
@@ -363,9 +389,9 @@ def _continuation_levels(
 ) -> dict[int, _CountTable]:
     """Kneser-Ney continuation counts N1+(. h w) for every level below ``order``.
 
-    Every lower-order n-gram ending on a predicted word is the suffix of an observed full
-    n-gram (the ``<s>`` padding guarantees a left neighbour), so the distinct (m+1)-grams are
-    the (m+1)-word suffixes of the distinct n-grams.
+    Every lower-order n-gram ending on a predicted word is the suffix of an observed
+    full n-gram (the ``<s>`` padding guarantees a left neighbour), so the distinct
+    (m+1)-grams are the (m+1)-word suffixes of the distinct n-grams.
     """
     types = {
         context + (word,) for context, followers in top.items() for word in followers
@@ -381,7 +407,8 @@ def _continuation_levels(
 
 
 def _draw(probs: np.ndarray, temperature: float, generator: np.random.Generator) -> int:
-    """Index drawn from ``probs ** (1 / temperature)`` renormalised; argmax when temperature is 0."""
+    """Index drawn from ``probs ** (1 / temperature)`` renormalised; argmax when
+    temperature is 0."""
     if temperature == 0:
         return int(np.argmax(probs))
     logits = np.log(probs) / temperature

@@ -1,20 +1,23 @@
-"""Vision to a frozen language model: image features -> projector -> prefix -> causal LM -> caption.
+"""Vision to a frozen language model: image features -> projector -> prefix -> causal LM
+-> caption.
 
 The recipe of ClipCap (Mokady et al., 2021) and LLaVA (Liu et al., 2023)::
 
-    image --frozen encoder--> features --projector--> k prefix embeddings
-    [prefix_1 .. prefix_k][prompt tokens][<bos> w_1 .. w_n <eos>] --frozen causal LM--> logits
+    image --frozen encoder--> features --projector--> k prefix embeddings [prefix_1 ..
+    prefix_k][prompt tokens][<bos> w_1 .. w_n <eos>] --frozen causal LM--> logits
 
 Only the projector learns in stage 1; the language model keeps every weight it had and
-receives no gradient, yet learns nothing is needed: the projector learns to *write in the
-LM's embedding space*. The training loss is the next-token cross-entropy on the caption
-tokens ``w_1 .. w_n <eos>`` only; the prefix, the prompt, ``<bos>`` and the padding get the
-label :data:`IGNORE_INDEX` (-100), which is never a token id. Stage 2 (LLaVA's fine-tuning
-stage) may also tune the LM, all of it or through low-rank adapters (:mod:`crossalign.models.lora`).
+receives no gradient, yet learns nothing is needed: the projector learns to *write in
+the LM's embedding space*. The training loss is the next-token cross-entropy on the
+caption tokens ``w_1 .. w_n <eos>`` only; the prefix, the prompt, ``<bos>`` and the
+padding get the label :data:`IGNORE_INDEX` (-100), which is never a token id. Stage 2
+(LLaVA's fine-tuning stage) may also tune the LM, all of it or through low-rank adapters
+(:mod:`crossalign.models.lora`).
 
-Any causal LM with ``get_input_embeddings()`` and a ``forward(inputs_embeds=...,
-attention_mask=...)`` works: :class:`crossalign.models.gpt.GPT` (returns logits) and every
-Hugging Face causal LM (returns an output whose ``.logits`` are used).
+Any causal LM with ``get_input_embeddings()`` and a
+``forward(inputs_embeds=..., attention_mask=...)`` works:
+:class:`crossalign.models.gpt.GPT` (returns logits) and every Hugging Face causal LM
+(returns an output whose ``.logits`` are used).
 """
 
 from __future__ import annotations
@@ -39,15 +42,18 @@ __all__ = [
     "token_cross_entropy",
 ]
 
-#: Label of every position that must not count in the loss. Negative, so never a token id.
+#: Label of every position that must not count in the loss. Negative, so never a token
+# id.
 IGNORE_INDEX = -100
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Stop ``module`` from learning: no parameter requires a gradient, and it runs in eval mode.
+    """Stop ``module`` from learning: no parameter requires a gradient, and it runs in
+    eval mode.
 
-    Gradients left over from earlier training are dropped too, so a frozen module's ``.grad``
-    stays ``None`` from here on (the check that it really receives no gradient).
+    Gradients left over from earlier training are dropped too, so a frozen module's
+    ``.grad`` stays ``None`` from here on (the check that it really receives no
+    gradient).
     """
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -56,7 +62,8 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters in ``module`` (only those that require a gradient, if asked)."""
+    """Number of parameters in ``module`` (only those that require a gradient, if
+    asked)."""
     return sum(
         p.numel() for p in module.parameters() if p.requires_grad or not trainable_only
     )
@@ -67,25 +74,30 @@ def lm_logits(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of a causal LM fed with embeddings: our GPT or a Hugging Face model."""
+    """Logits ``[B, T, V]`` of a causal LM fed with embeddings: our GPT or a Hugging
+    Face model."""
     mask = None if attention_mask is None else attention_mask.long()
     output = lm(inputs_embeds=inputs_embeds, attention_mask=mask)
     return output if isinstance(output, torch.Tensor) else output.logits
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: logits at ``t`` predict ``labels[t + 1]``; IGNORE_INDEX is skipped.
+    """Mean next-token cross-entropy: logits at ``t`` predict ``labels[t + 1]``;
+    IGNORE_INDEX is skipped.
 
-    ``logits`` is ``[B, T, V]`` and ``labels`` ``[B, T]``; the mean is over all counted tokens of
-    the batch (each caption token weighs the same, whatever its caption's length).
+    ``logits`` is ``[B, T, V]`` and ``labels`` ``[B, T]``; the mean is over all counted
+    tokens of the batch (each caption token weighs the same, whatever its caption's
+    length).
     """
     if logits.shape[:2] != labels.shape:
         raise ValueError(
-            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [B, T]"
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree "
+            "on [B, T]"
         )
     if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
         raise ValueError(
-            "no position is labelled: every label is IGNORE_INDEX, the loss would be undefined"
+            "no position is labelled: every label is IGNORE_INDEX, the loss would be "
+            "undefined"
         )
     shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
     return F.cross_entropy(
@@ -96,10 +108,11 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def caption_labels(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int
 ) -> torch.Tensor:
-    """Labels ``[B, prefix_len + L]`` for a prefix followed by captions ``<bos> w_1 .. w_n <eos> <pad>..``.
+    """Labels ``[B, prefix_len + L]`` for a prefix followed by captions
+    ``<bos> w_1 .. w_n <eos> <pad>..``.
 
-    The prefix positions, ``<bos>`` (given, not predicted) and the padding get IGNORE_INDEX;
-    the caption tokens ``w_1 .. <eos>`` keep their ids.
+    The prefix positions, ``<bos>`` (given, not predicted) and the padding get
+    IGNORE_INDEX; the caption tokens ``w_1 .. <eos>`` keep their ids.
     """
     labels = input_ids.masked_fill(~attention_mask.bool(), IGNORE_INDEX)
     labels[:, 0] = IGNORE_INDEX
@@ -108,19 +121,23 @@ def caption_labels(
 
 
 class PrefixCaptioner(nn.Module):
-    """A frozen image encoder, a trainable projector and a (frozen) causal LM that writes captions.
+    """A frozen image encoder, a trainable projector and a (frozen) causal LM that
+    writes captions.
 
     Args:
-        lm: the causal language model (our ``GPT`` or a Hugging Face causal LM); frozen here.
-        projector: image features -> ``[B, k, lm_dim]`` (see :mod:`crossalign.models.projector`,
+        lm: the causal language model (our ``GPT`` or a Hugging Face causal LM); frozen
+        here. projector: image features -> ``[B, k, lm_dim]`` (see
+        :mod:`crossalign.models.projector`,
             or a :class:`crossalign.models.qformer.QFormer`).
-        bos_id, eos_id, pad_id: the LM tokenizer's special ids.
-        image_encoder: optional frozen encoder so that :meth:`encode_images` turns images into
+        bos_id, eos_id, pad_id: the LM tokenizer's special ids. image_encoder: optional
+        frozen encoder so that :meth:`encode_images` turns images into
             features; training usually runs on cached features instead.
-        feature_kind: ``"pooled"`` (``image_encoder(images)``, ``[B, D]``) or ``"tokens"``
+        feature_kind: ``"pooled"`` (``image_encoder(images)``, ``[B, D]``) or
+        ``"tokens"``
             (``image_encoder.forward_tokens(images)``, ``[B, N, D]``).
         prompt_ids: optional token ids placed between the prefix and the caption (an
-            instruction, e.g. "a picture of"); their embeddings come from the LM's table.
+            instruction, e.g. "a picture of"); their embeddings come from the LM's
+            table.
     """
 
     def __init__(
@@ -149,7 +166,8 @@ class PrefixCaptioner(nn.Module):
         vocab_size = self.vocab_size
         if 0 <= IGNORE_INDEX < vocab_size:
             raise ValueError(
-                f"IGNORE_INDEX={IGNORE_INDEX} must not be a token id in [0, {vocab_size})"
+                f"IGNORE_INDEX={IGNORE_INDEX} must not be a token id in [0, "
+                f"{vocab_size})"
             )
         for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
             if not 0 <= value < vocab_size:
@@ -172,7 +190,8 @@ class PrefixCaptioner(nn.Module):
         return self.lm.get_input_embeddings().num_embeddings
 
     def train(self, mode: bool = True) -> PrefixCaptioner:
-        """Set training mode, but keep fully frozen parts (LM, image encoder) in eval mode."""
+        """Set training mode, but keep fully frozen parts (LM, image encoder) in eval
+        mode."""
         super().train(mode)
         for part in (self.lm, self.image_encoder):
             if part is not None and not any(p.requires_grad for p in part.parameters()):
@@ -182,17 +201,20 @@ class PrefixCaptioner(nn.Module):
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of ``images`` [B, 3, H, W] from the frozen image encoder (pooled or tokens)."""
+        """Features of ``images`` [B, 3, H, W] from the frozen image encoder (pooled or
+        tokens)."""
         if self.image_encoder is None:
             raise ValueError(
-                "this captioner has no image_encoder; pass one, or give features to its methods"
+                "this captioner has no image_encoder; pass one, or give features to "
+                "its methods"
             )
         if self.feature_kind == "tokens":
             return self.image_encoder.forward_tokens(images)
         return self.image_encoder(images)
 
     def prefix_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """The projected image prefix followed by the prompt's token embeddings: ``[B, k + P, lm_dim]``."""
+        """The projected image prefix followed by the prompt's token embeddings:
+        ``[B, k + P, lm_dim]``."""
         prefix = self.projector(features)
         if self.prompt_ids.numel():
             prompt = (
@@ -209,10 +231,12 @@ class PrefixCaptioner(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the LM's ``(inputs_embeds, attention_mask, labels)`` for captions of these images.
+        """Return the LM's ``(inputs_embeds, attention_mask, labels)`` for captions of
+        these images.
 
-        ``input_ids`` [B, L] must start with ``<bos>`` and be right-padded (``attention_mask``
-        True on real tokens), as :meth:`crossalign.data.Vocabulary.encode_batch` makes them.
+        ``input_ids`` [B, L] must start with ``<bos>`` and be right-padded
+        (``attention_mask`` True on real tokens), as
+        :meth:`crossalign.data.Vocabulary.encode_batch` makes them.
         """
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -221,7 +245,8 @@ class PrefixCaptioner(nn.Module):
             )
         if not bool((input_ids[:, 0] == self.bos_id).all()):
             raise ValueError(
-                f"every caption must start with <bos> (id {self.bos_id}); encode with add_special=True"
+                f"every caption must start with <bos> (id {self.bos_id}); encode with "
+                "add_special=True"
             )
         prefix = self.prefix_embeddings(features)
         if prefix.shape[0] != input_ids.shape[0]:
@@ -241,7 +266,8 @@ class PrefixCaptioner(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits ``[B, k + P + L, V]`` over the whole sequence (prefix, prompt, caption)."""
+        """Logits ``[B, k + P + L, V]`` over the whole sequence (prefix, prompt,
+        caption)."""
         embeds, mask, _ = self.build_inputs(features, input_ids, attention_mask)
         return lm_logits(self.lm, embeds, mask)
 
@@ -251,7 +277,8 @@ class PrefixCaptioner(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Mean cross-entropy of the caption tokens given the image prefix (prefix/prompt/padding ignored)."""
+        """Mean cross-entropy of the caption tokens given the image prefix
+        (prefix/prompt/padding ignored)."""
         embeds, mask, labels = self.build_inputs(features, input_ids, attention_mask)
         return token_cross_entropy(lm_logits(self.lm, embeds, mask), labels)
 
@@ -262,10 +289,12 @@ class PrefixCaptioner(nn.Module):
         alpha: float = 8.0,
         targets: Sequence[str] | None = None,
     ) -> list[nn.Parameter]:
-        """Choose how the LM learns: ``"frozen"``, ``"full"`` or ``"lora"``; return its trainable parameters.
+        """Choose how the LM learns: ``"frozen"``, ``"full"`` or ``"lora"``; return its
+        trainable parameters.
 
-        ``"lora"`` wraps the LM's linear layers in low-rank adapters (``rank``, ``alpha``,
-        ``targets`` as in :func:`crossalign.models.lora.apply_lora`) and trains only those.
+        ``"lora"`` wraps the LM's linear layers in low-rank adapters (``rank``,
+        ``alpha``, ``targets`` as in :func:`crossalign.models.lora.apply_lora`) and
+        trains only those.
         """
         if mode == "frozen":
             freeze(self.lm)
@@ -283,7 +312,8 @@ class PrefixCaptioner(nn.Module):
     def _step(
         self, tokens: torch.Tensor, state: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, Any, None]:
-        """The decoding step (see :mod:`crossalign.decoding`): next-token log-probabilities after ``tokens``."""
+        """The decoding step (see :mod:`crossalign.decoding`): next-token
+        log-probabilities after ``tokens``."""
         prefix = state["prefix"]
         embeds = torch.cat(
             [prefix, self.lm.get_input_embeddings()(tokens).to(prefix.dtype)], dim=1
@@ -303,11 +333,12 @@ class PrefixCaptioner(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> list[list[int]]:
-        """Generate one caption per image: token ids without ``<bos>`` and without ``<eos>``.
+        """Generate one caption per image: token ids without ``<bos>`` and without
+        ``<eos>``.
 
         ``method`` is ``"greedy"``, ``"beam"`` (``beam_size``, ``length_penalty``, as in
-        :func:`crossalign.decoding.beam_search`) or ``"sample"`` (``temperature``, optional
-        ``top_k``, reproducible with ``generator``).
+        :func:`crossalign.decoding.beam_search`) or ``"sample"`` (``temperature``,
+        optional ``top_k``, reproducible with ``generator``).
         """
         if method not in ("greedy", "beam", "sample"):
             raise ValueError(
@@ -361,7 +392,8 @@ class PrefixCaptioner(nn.Module):
         top_k: int | None,
         generator: torch.Generator | None,
     ) -> list[list[int]]:
-        """Ancestral sampling from ``softmax(logits / temperature)``, optionally among the ``top_k`` best."""
+        """Ancestral sampling from ``softmax(logits / temperature)``, optionally among
+        the ``top_k`` best."""
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if top_k is not None and top_k < 1:
@@ -399,7 +431,8 @@ class PrefixCaptioner(nn.Module):
         batch_size: int = 256,
         **generate_kwargs: Any,
     ) -> list[str]:
-        """Captions as text for ``features`` (in batches), decoded with ``tokenizer.decode``."""
+        """Captions as text for ``features`` (in batches), decoded with
+        ``tokenizer.decode``."""
         texts: list[str] = []
         for start in range(0, features.shape[0], batch_size):
             for ids in self.generate(

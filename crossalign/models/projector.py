@@ -1,22 +1,24 @@
-"""Projectors: turn image features into ``k`` "soft token" embeddings a language model can read.
+"""Projectors: turn image features into ``k`` "soft token" embeddings a language model
+can read.
 
-A frozen language model only understands vectors that look like its own token embeddings.
-A projector learns to produce such vectors from a frozen image encoder's output; placed in
-front of the text, they act as a *prefix* the LM conditions on. Three designs:
+A frozen language model only understands vectors that look like its own token
+embeddings. A projector learns to produce such vectors from a frozen image encoder's
+output; placed in front of the text, they act as a *prefix* the LM conditions on. Three
+designs:
 
 - :class:`LinearProjector` — one linear map (LLaVA, Liu et al. 2023);
 - :class:`MLPProjector` — linear, GELU, linear (LLaVA-1.5, Liu et al. 2024);
-- :class:`TransformerMapper` — ClipCap's mapper (Mokady et al. 2021): the image features and
-  ``k`` learned prefix constants go through a small Transformer; the outputs at the
+- :class:`TransformerMapper` — ClipCap's mapper (Mokady et al. 2021): the image features
+  and ``k`` learned prefix constants go through a small Transformer; the outputs at the
   constants' positions are the prefix.
 
-Every projector accepts either one pooled vector per image ``[B, D]`` or a sequence of patch
-or grid features ``[B, N, D]`` and returns ``[B, k, lm_dim]``:
+Every projector accepts either one pooled vector per image ``[B, D]`` or a sequence of
+patch or grid features ``[B, N, D]`` and returns ``[B, k, lm_dim]``:
 
-- with a sequence and ``prefix_len=None`` the map is applied to every patch (LLaVA: one soft
-  token per patch, ``k = N``);
-- with a pooled vector, ``prefix_len=k`` expands it into ``k`` tokens (ClipCap: one output
-  layer of width ``k * lm_dim``).
+- with a sequence and ``prefix_len=None`` the map is applied to every patch (LLaVA: one
+  soft token per patch, ``k = N``);
+- with a pooled vector, ``prefix_len=k`` expands it into ``k`` tokens (ClipCap: one
+  output layer of width ``k * lm_dim``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ __all__ = [
 
 
 def _check_dims(**dims: int | None) -> None:
-    """Raise a ValueError naming the first dimension that is not a positive integer (None allowed)."""
+    """Raise a ValueError naming the first dimension that is not a positive integer
+    (None allowed)."""
     for name, value in dims.items():
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -43,34 +46,38 @@ def _check_dims(**dims: int | None) -> None:
 
 
 class _TokenwiseOrExpanding(nn.Module):
-    """Shared shape logic of the linear and MLP projectors (see the module docstring)."""
+    """Shared shape logic of the linear and MLP projectors (see the module
+    docstring)."""
 
     def __init__(self, feature_dim: int, lm_dim: int, prefix_len: int | None) -> None:
         super().__init__()
         _check_dims(feature_dim=feature_dim, lm_dim=lm_dim, prefix_len=prefix_len)
         self.feature_dim, self.lm_dim, self.prefix_len = feature_dim, lm_dim, prefix_len
         self.out_width = lm_dim * (prefix_len or 1)
-        self.net: nn.Module = (
-            nn.Identity()
-        )  # set by the subclass: features [.., D] -> [.., out_width]
+        # set by the subclass: features [.., D] -> [.., out_width]
+        self.net: nn.Module = nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings ``[B, k, lm_dim]``."""
+        """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings
+        ``[B, k, lm_dim]``."""
         if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
             raise ValueError(
-                f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
+                f"features must be [B, {self.feature_dim}] or [B, N, "
+                f"{self.feature_dim}], "
                 f"got {tuple(features.shape)}"
             )
         if self.prefix_len is None:
             if features.dim() != 3:
                 raise ValueError(
-                    "a projector with prefix_len=None maps every patch of [B, N, D] features; "
+                    "a projector with prefix_len=None maps every patch of [B, N, D] "
+                    "features; "
                     "for one pooled vector per image give prefix_len"
                 )
             return self.net(features)
         if features.dim() != 2:
             raise ValueError(
-                f"a projector with prefix_len={self.prefix_len} expands pooled [B, D] features; "
+                f"a projector with prefix_len={self.prefix_len} expands pooled [B, D] "
+                "features; "
                 "for patch features [B, N, D] use prefix_len=None"
             )
         return self.net(features).view(features.shape[0], self.prefix_len, self.lm_dim)
@@ -93,7 +100,8 @@ class LinearProjector(_TokenwiseOrExpanding):
 
 
 class MLPProjector(_TokenwiseOrExpanding):
-    """Linear, GELU, linear (LLaVA-1.5's projector; ClipCap's MLP mapper when expanding).
+    """Linear, GELU, linear (LLaVA-1.5's projector; ClipCap's MLP mapper when
+    expanding).
 
     Args:
         feature_dim, lm_dim, prefix_len: as for :class:`LinearProjector`.
@@ -116,20 +124,22 @@ class MLPProjector(_TokenwiseOrExpanding):
 
 
 class TransformerMapper(nn.Module):
-    """ClipCap's Transformer mapper: image tokens + ``k`` learned constants -> ``k`` prefix embeddings.
+    """ClipCap's Transformer mapper: image tokens + ``k`` learned constants -> ``k``
+    prefix embeddings.
 
-    A pooled vector ``[B, D]`` is first expanded linearly into ``image_tokens`` tokens of width
-    ``lm_dim``; patch features ``[B, N, D]`` are mapped token-wise instead. The learned prefix
-    constants are appended, a Transformer encoder (bidirectional) mixes everything, and the
-    outputs at the constants' positions are returned. The constants let the mapper ask the
-    image for what the language model needs, with a prefix length independent of ``N``.
+    A pooled vector ``[B, D]`` is first expanded linearly into ``image_tokens`` tokens
+    of width ``lm_dim``; patch features ``[B, N, D]`` are mapped token-wise instead. The
+    learned prefix constants are appended, a Transformer encoder (bidirectional) mixes
+    everything, and the outputs at the constants' positions are returned. The constants
+    let the mapper ask the image for what the language model needs, with a prefix length
+    independent of ``N``.
 
     Args:
-        feature_dim: width of the image features.
-        lm_dim: width of the language model's embeddings (also the mapper's width).
-        prefix_len: ``k``, the number of learned constants and of output tokens.
-        image_tokens: tokens made from a pooled vector (ignored for patch features).
-        depth, heads: Transformer layers and attention heads (``heads`` divides ``lm_dim``).
+        feature_dim: width of the image features. lm_dim: width of the language model's
+        embeddings (also the mapper's width). prefix_len: ``k``, the number of learned
+        constants and of output tokens. image_tokens: tokens made from a pooled vector
+        (ignored for patch features). depth, heads: Transformer layers and attention
+        heads (``heads`` divides ``lm_dim``).
     """
 
     def __init__(
@@ -171,10 +181,12 @@ class TransformerMapper(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings ``[B, prefix_len, lm_dim]``."""
+        """Image features ``[B, D]`` or ``[B, N, D]`` -> prefix embeddings
+        ``[B, prefix_len, lm_dim]``."""
         if features.shape[-1] != self.feature_dim or features.dim() not in (2, 3):
             raise ValueError(
-                f"features must be [B, {self.feature_dim}] or [B, N, {self.feature_dim}], "
+                f"features must be [B, {self.feature_dim}] or [B, N, "
+                f"{self.feature_dim}], "
                 f"got {tuple(features.shape)}"
             )
         batch = features.shape[0]
@@ -200,7 +212,8 @@ def projector_names() -> list[str]:
 
 
 def build_projector(name: str, feature_dim: int, lm_dim: int, **kwargs) -> nn.Module:
-    """Build a projector by name (``"linear"``, ``"mlp"``, ``"transformer"``); kwargs go to its class."""
+    """Build a projector by name (``"linear"``, ``"mlp"``, ``"transformer"``); kwargs go
+    to its class."""
     if name not in _PROJECTORS:
         raise ValueError(
             f"projector {name!r} is not known; choose one of {projector_names()}"

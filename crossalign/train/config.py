@@ -1,4 +1,5 @@
-"""Experiment configuration: dataclasses that round-trip to YAML/JSON, with errors that name the key."""
+"""Experiment configuration: dataclasses that round-trip to YAML/JSON, with errors that
+name the key."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from crossalign.models.dual_encoder import DualEncoderConfig
 class DataConfig:
     """Which data set to train and evaluate on, and how to tokenise its captions.
 
-    ``name="shapes"`` uses ShapesWorld (offline, generated on demand); ``name="flickr8k"``
-    reads Flickr8k from ``root`` (see ``crossalign.data.flickr8k``).
+    ``name="shapes"`` uses ShapesWorld (offline, generated on demand);
+    ``name="flickr8k"`` reads Flickr8k from ``root`` (see ``crossalign.data.flickr8k``).
     """
 
     name: str = "shapes"
@@ -38,7 +39,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """How to optimise: budget, optimiser, schedule, precision, logging and checkpoints."""
+    """How to optimise: budget, optimiser, schedule, precision, logging and
+    checkpoints."""
 
     steps: int = 600
     batch_size: int = 128
@@ -65,8 +67,9 @@ class TrainConfig:
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field's type, converting where YAML is ambiguous.
 
-    YAML reads ``1e-3`` as a string (it wants ``1.0e-3``), so floats also accept strings that
-    Python parses as numbers; ints accept only ints; lists and dicts are checked shallowly.
+    YAML reads ``1e-3`` as a string (it wants ``1.0e-3``), so floats also accept strings
+    that Python parses as numbers; ints accept only ints; lists and dicts are checked
+    shallowly.
     """
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -122,7 +125,8 @@ def _build_section(
     bad = set(values) - set(hints)
     if bad:
         raise ValueError(
-            f"{source}: unknown keys {sorted(bad)} in section {section!r}; valid keys: {sorted(hints)}"
+            f"{source}: unknown keys {sorted(bad)} in section {section!r}; valid keys: "
+            f"{sorted(hints)}"
         )
     try:
         checked = {
@@ -135,10 +139,11 @@ def _build_section(
 
 
 class SectionedConfig:
-    """``to_dict``, ``from_dict`` and ``override`` for an experiment config made of sections.
+    """``to_dict``, ``from_dict`` and ``override`` for an experiment config made of
+    sections.
 
-    A subclass is a dataclass with a ``seed`` and one dataclass field per section, and names
-    the section classes in ``SECTIONS`` (section name -> dataclass).
+    A subclass is a dataclass with a ``seed`` and one dataclass field per section, and
+    names the section classes in ``SECTIONS`` (section name -> dataclass).
     """
 
     SECTIONS: ClassVar[dict[str, type]] = {}
@@ -149,11 +154,13 @@ class SectionedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
-        """Build from nested dicts; unknown sections or keys raise a ``ValueError`` naming them."""
+        """Build from nested dicts; unknown sections or keys raise a ``ValueError``
+        naming them."""
         return cls(**build_sections(data, cls.SECTIONS, source))
 
     def override(self, assignments: Sequence[str]) -> Self:
-        """Apply ``section.key=value`` overrides (values parsed as YAML), e.g. ``train.steps=50``."""
+        """Apply ``section.key=value`` overrides (values parsed as YAML), e.g.
+        ``train.steps=50``."""
         return self.from_dict(
             apply_overrides(self.to_dict(), assignments, self.SECTIONS),
             source="overrides",
@@ -177,9 +184,11 @@ class ExperimentConfig(SectionedConfig):
 
 
 def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[str, Any]:
-    """Check a config mapping (``seed`` + one mapping per section) and build each section's dataclass.
+    """Check a config mapping (``seed`` + one mapping per section) and build each
+    section's dataclass.
 
-    Shared by every experiment config of the package; errors name ``source`` and the bad key.
+    Shared by every experiment config of the package; errors name ``source`` and the bad
+    key.
     """
     if not isinstance(data, dict):
         raise ValueError(
@@ -188,7 +197,8 @@ def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[st
     unknown = set(data) - set(sections) - {"seed"}
     if unknown:
         raise ValueError(
-            f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, {', '.join(sections)}"
+            f"{source}: unknown top-level keys {sorted(unknown)}; valid: seed, "
+            f"{', '.join(sections)}"
         )
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -208,11 +218,13 @@ def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[st
 def apply_overrides(
     data: dict[str, Any], assignments: Sequence[str], sections: dict[str, type]
 ) -> dict[str, Any]:
-    """Apply ``section.key=value`` assignments (values parsed as YAML) to a config dict in place."""
+    """Apply ``section.key=value`` assignments (values parsed as YAML) to a config dict
+    in place."""
     for item in assignments:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(
-                f"override {item!r} must look like section.key=value, e.g. train.steps=100"
+                f"override {item!r} must look like section.key=value, e.g. "
+                "train.steps=100"
             )
         path, raw = item.split("=", 1)
         section, key = path.split(".", 1)
@@ -230,7 +242,8 @@ def apply_overrides(
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict, naming the file (and line) in any error."""
+    """Read a YAML or JSON config file into a dict, naming the file (and line) in any
+    error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -249,7 +262,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment config from a YAML or JSON file, naming the file in any error."""
+    """Read an experiment config from a YAML or JSON file, naming the file in any
+    error."""
     return ExperimentConfig.from_dict(read_config_file(path), source=str(path))
 
 

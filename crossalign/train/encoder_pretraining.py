@@ -1,28 +1,31 @@
-"""Pretraining an image encoder on ShapesWorld's object labels: the book's stand-in for ImageNet.
+"""Pretraining an image encoder on ShapesWorld's object labels: the book's stand-in for
+ImageNet.
 
 Show, Attend and Tell (Xu et al. 2015) reads the grid of a CNN that was first trained to
 classify ImageNet photos; the caption loss only has to learn to *describe* what the CNN
 already *recognises*. A small CNN trained from scratch by the caption loss alone learns
-colours and sizes within a few hundred steps, but which shape an object has only after a long
-plateau, if at all within a CPU budget: the shape word is one token in about twelve, and the
-gradient it sends into the CNN is swamped by the easier words (chapter 9 measures this).
+colours and sizes within a few hundred steps, but which shape an object has only after a
+long plateau, if at all within a CPU budget: the shape word is one token in about
+twelve, and the gradient it sends into the CNN is swamped by the easier words (chapter 9
+measures this).
 
 The labels are what an ImageNet label is to a photo, read off the scene graph, in three
 groups that can be combined (``label_groups``):
 
 - ``"attributes"``: which shapes, colours and sizes occur in the image (16 bits);
-- ``"pairs"``: which colour-shape and size-shape pairs occur ("red circle", "small square";
-  55 bits). They ask one grid cell to know *both* attributes of its object, which is what a
-  captioner needs to bind "red" to "circle" in a scene that also holds a blue square;
-- ``"regions"``: which of the nine regions of the image (thirds across and down, the regions a
-  lone object's caption names: "at the top left") hold an object's centre (9 bits). They ask
-  the grid to know *where* inside its cell an object lies: a 4 x 4 grid's cells straddle the
-  thirds, so which cell fires cannot say it alone.
+- ``"pairs"``: which colour-shape and size-shape pairs occur ("red circle", "small
+  square"; 55 bits). They ask one grid cell to know *both* attributes of its object,
+  which is what a captioner needs to bind "red" to "circle" in a scene that also holds a
+  blue square;
+- ``"regions"``: which of the nine regions of the image (thirds across and down, the
+  regions a lone object's caption names: "at the top left") hold an object's centre (9
+  bits). They ask the grid to know *where* inside its cell an object lies: a 4 x 4
+  grid's cells straddle the thirds, so which cell fires cannot say it alone.
 
 A linear head on the max-pooled feature grid predicts the chosen bits with binary
-cross-entropy; max pooling asks for *some* grid cell to detect each thing, so the grid learns
-local detectors, which is what a captioner's attention then reads. The head is thrown away
-afterwards.
+cross-entropy; max pooling asks for *some* grid cell to detect each thing, so the grid
+learns local detectors, which is what a captioner's attention then reads. The head is
+thrown away afterwards.
 """
 
 from __future__ import annotations
@@ -56,17 +59,20 @@ __all__ = [
     "scene_label_targets",
 ]
 
-#: The label bits of each group, in order. An object sets, in every group, the bits it matches.
+#: The label bits of each group, in order. An object sets, in every group, the bits it
+# matches.
 LABEL_GROUPS: dict[str, tuple[str, ...]] = {
     "attributes": (*SHAPES, *COLOURS, *SIZES),
     "pairs": (
         *(f"{c} {s}" for c in COLOURS for s in SHAPES),
         *(f"{z} {s}" for z in SIZES for s in SHAPES),
     ),
-    # "top left", "top centre", ...: the regions of ShapesWorld's grammar, named as ShapeObject.region() gives them
+    # "top left", "top centre", ...: the regions of ShapesWorld's grammar, named as
+    # ShapeObject.region() gives them
     "regions": tuple(" ".join(region) for region in REGION_WORDS),
 }
-#: The bits of the default group, ``"attributes"``: every shape, then every colour, then every size.
+#: The bits of the default group, ``"attributes"``: every shape, then every colour, then
+# every size.
 SCENE_LABELS: tuple[str, ...] = LABEL_GROUPS["attributes"]
 
 
@@ -83,15 +89,18 @@ def _object_labels(obj: ShapeObject) -> tuple[str, ...]:
 
 
 def scene_label_names(label_groups: Sequence[str] = ("attributes",)) -> tuple[str, ...]:
-    """The label bits of ``label_groups`` (names from :data:`LABEL_GROUPS`), in that order."""
+    """The label bits of ``label_groups`` (names from :data:`LABEL_GROUPS`), in that
+    order."""
     if isinstance(label_groups, str) or not label_groups:
         raise ValueError(
-            f"label_groups must be a non-empty list of group names, got {label_groups!r}"
+            "label_groups must be a non-empty list of group names, got "
+            f"{label_groups!r}"
         )
     unknown = [group for group in label_groups if group not in LABEL_GROUPS]
     if unknown or len(set(label_groups)) != len(label_groups):
         raise ValueError(
-            f"label_groups={list(label_groups)} must name distinct groups among {', '.join(LABEL_GROUPS)}"
+            f"label_groups={list(label_groups)} must name distinct groups among "
+            f"{', '.join(LABEL_GROUPS)}"
         )
     return tuple(name for group in label_groups for name in LABEL_GROUPS[group])
 
@@ -99,10 +108,11 @@ def scene_label_names(label_groups: Sequence[str] = ("attributes",)) -> tuple[st
 def scene_label_targets(
     scenes: Sequence[SceneGraph], label_groups: Sequence[str] = ("attributes",)
 ) -> torch.Tensor:
-    """Multi-hot targets ``[N, len(names)]`` with ``names = scene_label_names(label_groups)``.
+    """Multi-hot targets ``[N, len(names)]`` with
+    ``names = scene_label_names(label_groups)``.
 
-    Bit ``j`` is 1 when some object of the scene has label ``names[j]``: the attribute, the
-    colour-shape or size-shape pair, or the region its centre lies in.
+    Bit ``j`` is 1 when some object of the scene has label ``names[j]``: the attribute,
+    the colour-shape or size-shape pair, or the region its centre lies in.
     """
     index = {name: j for j, name in enumerate(scene_label_names(label_groups))}
     targets = torch.zeros(len(scenes), len(index))
@@ -116,7 +126,8 @@ def scene_label_targets(
 
 @dataclass
 class EncoderPretrainResult:
-    """What :func:`pretrain_on_scene_labels` returns: the loss of every step, wall time, the head and its labels."""
+    """What :func:`pretrain_on_scene_labels` returns: the loss of every step, wall time,
+    the head and its labels."""
 
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -136,19 +147,20 @@ def pretrain_on_scene_labels(
     progress: bool = False,
     label_groups: Sequence[str] = ("attributes",),
 ) -> EncoderPretrainResult:
-    """Train ``encoder`` (in place) to tell what a ShapesWorld image holds: the labels of ``label_groups``.
+    """Train ``encoder`` (in place) to tell what a ShapesWorld image holds: the labels
+    of ``label_groups``.
 
     Args:
         encoder: an image encoder with ``forward_grid`` and ``grid_dim`` (see
-            :mod:`crossalign.models.image_encoders`); all its parameters are trained, even
-            ones that had ``requires_grad=False`` (a captioner's frozen encoder is frozen
-            *after* this pretraining), and their ``requires_grad`` flags are restored after.
-        dataset: the ShapesWorld split to draw images and scene graphs from.
-        steps, batch_size, lr, warmup_steps: AdamW with linear warm-up and cosine decay.
-        seed: seeds the head's initialisation and the batches (same seed, same run).
-        device: where to train.
-        progress: show a progress bar.
-        label_groups: which label groups of :data:`LABEL_GROUPS` to predict (module docstring).
+            :mod:`crossalign.models.image_encoders`); all its parameters are trained,
+            even ones that had ``requires_grad=False`` (a captioner's frozen encoder is
+            frozen *after* this pretraining), and their ``requires_grad`` flags are
+            restored after.
+        dataset: the ShapesWorld split to draw images and scene graphs from. steps,
+        batch_size, lr, warmup_steps: AdamW with linear warm-up and cosine decay. seed:
+        seeds the head's initialisation and the batches (same seed, same run). device:
+        where to train. progress: show a progress bar. label_groups: which label groups
+        of :data:`LABEL_GROUPS` to predict (module docstring).
 
     Returns:
         the per-step losses, the wall time, the trained linear head and the names of its
@@ -156,15 +168,18 @@ def pretrain_on_scene_labels(
     """
     if not isinstance(dataset, ShapesWorld):
         raise TypeError(
-            f"scene-label pretraining needs a ShapesWorld data set (it reads scene graphs), got {type(dataset).__name__}"
+            "scene-label pretraining needs a ShapesWorld data set (it reads scene "
+            f"graphs), got {type(dataset).__name__}"
         )
     if steps < 1 or batch_size < 1:
         raise ValueError(
-            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
+            f"steps and batch_size must be >= 1, got steps={steps}, "
+            f"batch_size={batch_size}"
         )
     if not hasattr(encoder, "forward_grid"):
         raise TypeError(
-            f"{type(encoder).__name__} has no forward_grid: pretraining reads the encoder's feature grid"
+            f"{type(encoder).__name__} has no forward_grid: pretraining reads the "
+            "encoder's feature grid"
         )
     labels = scene_label_names(label_groups)
     generator = torch.Generator().manual_seed(seed)
@@ -198,7 +213,8 @@ def pretrain_on_scene_labels(
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"the pretraining loss became {loss.item()} at step {step}; lower lr (now {lr})"
+                    f"the pretraining loss became {loss.item()} at step {step}; lower "
+                    f"lr (now {lr})"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -2,18 +2,19 @@
 
 A sequence is a list of token ids that starts with ``<bos>`` and ends with ``<eos>``
 (what :meth:`crossalign.data.vocab.Vocabulary.encode` returns). The model reads
-``ids[:-1]`` and is trained to predict ``ids[1:]``: every token after ``<bos>``, ``<eos>``
-included, the same tokens an :class:`~crossalign.models.ngram.NGramLM` predicts, so their
-perplexities compare.
+``ids[:-1]`` and is trained to predict ``ids[1:]``: every token after ``<bos>``,
+``<eos>`` included, the same tokens an :class:`~crossalign.models.ngram.NGramLM`
+predicts, so their perplexities compare.
 
-Any model works that maps ``input_ids`` (B, T) and ``attention_mask=`` (B, T) to next-token
-logits (B, T, V), or to an object with ``.logits`` (Hugging Face causal LMs):
-:class:`~crossalign.models.gpt.GPT` and :class:`~crossalign.models.mlp_lm.MLPLanguageModel`
-do. Batches are right-padded with ``pad_id`` and padded targets are left out of every loss
-and count, so padding changes no number.
+Any model works that maps ``input_ids`` (B, T) and ``attention_mask=`` (B, T) to
+next-token logits (B, T, V), or to an object with ``.logits`` (Hugging Face causal LMs):
+:class:`~crossalign.models.gpt.GPT` and
+:class:`~crossalign.models.mlp_lm.MLPLanguageModel` do. Batches are right-padded with
+``pad_id`` and padded targets are left out of every loss and count, so padding changes
+no number.
 
-Perplexity is ``exp(total negative log-likelihood / number of predicted tokens)`` over all
-the sequences together (not a mean of per-sequence perplexities).
+Perplexity is ``exp(total negative log-likelihood / number of predicted tokens)`` over
+all the sequences together (not a mean of per-sequence perplexities).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ __all__ = [
 
 @dataclass
 class LMTrainResult:
-    """What :func:`train_language_model` returns: the loss of every step and the time taken."""
+    """What :func:`train_language_model` returns: the loss of every step and the time
+    taken."""
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -55,10 +57,12 @@ class LMTrainResult:
 
 
 def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
-    """``sequences`` as lists of ints, each at least 2 long (one input, one target), or a ValueError."""
+    """``sequences`` as lists of ints, each at least 2 long (one input, one target), or
+    a ValueError."""
     if isinstance(sequences, torch.Tensor):
         raise TypeError(
-            "sequences must be a list of token-id lists (of different lengths), not one tensor"
+            "sequences must be a list of token-id lists (of different lengths), not "
+            "one tensor"
         )
     checked = []
     for row, sequence in enumerate(sequences):
@@ -69,7 +73,8 @@ def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
             isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids
         ):
             raise ValueError(
-                f"sequence {row} must hold at least 2 integer token ids (<bos> ... <eos>), got {ids[:8]!r}"
+                f"sequence {row} must hold at least 2 integer token ids (<bos> ... "
+                f"<eos>), got {ids[:8]!r}"
             )
         checked.append([int(i) for i in ids])
     if not checked:
@@ -80,7 +85,8 @@ def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
 def pad_sequences(
     sequences: Sequence[Sequence[int]], pad_id: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token-id lists into ``input_ids`` (B, L) and a 0/1 ``attention_mask`` (B, L), L = longest."""
+    """Right-pad token-id lists into ``input_ids`` (B, L) and a 0/1 ``attention_mask``
+    (B, L), L = longest."""
     length = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -105,9 +111,11 @@ def _token_nll(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Negative log-likelihood of every target token of ``batch`` -> (nll (B, T-1), real-target mask (B, T-1)).
+    """Negative log-likelihood of every target token of ``batch`` -> (nll (B, T-1),
+    real-target mask (B, T-1)).
 
-    The softmax is taken in ``dtype`` (float64 for evaluation, so sums of many tokens stay exact).
+    The softmax is taken in ``dtype`` (float64 for evaluation, so sums of many tokens
+    stay exact).
     """
     ids, mask = pad_sequences(batch, pad_id)
     ids, mask = ids.to(device), mask.to(device)
@@ -118,18 +126,21 @@ def _token_nll(
 
 
 def _check_block_size(model: nn.Module, sequences: list[list[int]]) -> None:
-    """Raise when a sequence needs more positions than the model has (``model.config.block_size``)."""
+    """Raise when a sequence needs more positions than the model has
+    (``model.config.block_size``)."""
     block_size = getattr(getattr(model, "config", None), "block_size", None)
     longest = max(len(ids) for ids in sequences) - 1
     if block_size is not None and longest > block_size:
         raise ValueError(
-            f"a sequence needs {longest} input positions but the model's block_size is {block_size}; "
+            f"a sequence needs {longest} input positions but the model's block_size is "
+            f"{block_size}; "
             "build the model with a larger block_size or truncate the sequences"
         )
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
+    """The device of the model's first parameter (CPU for a model without
+    parameters)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
@@ -140,10 +151,11 @@ def sequence_nll(
     batch_size: int = 128,
     pad_id: int = 0,
 ) -> tuple[float, int]:
-    """Total negative log-likelihood (nats, in float64) of ``sequences`` and the number of predicted tokens.
+    """Total negative log-likelihood (nats, in float64) of ``sequences`` and the number
+    of predicted tokens.
 
-    Sequences are batched in order of length to waste little compute on padding; the model is
-    put in eval mode for the call and restored afterwards.
+    Sequences are batched in order of length to waste little compute on padding; the
+    model is put in eval mode for the call and restored afterwards.
     """
     checked = _checked_sequences(sequences)
     if (
@@ -175,10 +187,12 @@ def perplexity(
     batch_size: int = 128,
     pad_id: int = 0,
 ) -> float:
-    """exp(mean negative log-likelihood per predicted token) of ``sequences`` under ``model``.
+    """exp(mean negative log-likelihood per predicted token) of ``sequences`` under
+    ``model``.
 
-    The same number as summing each sequence's log-likelihood on its own, unpadded: padded
-    targets are excluded and right padding never reaches a real position of a causal model.
+    The same number as summing each sequence's log-likelihood on its own, unpadded:
+    padded targets are excluded and right padding never reaches a real position of a
+    causal model.
     """
     total, count = sequence_nll(model, sequences, batch_size=batch_size, pad_id=pad_id)
     return math.exp(total / count)
@@ -199,15 +213,17 @@ def train_language_model(
     seed: int = 0,
     progress: bool = False,
 ) -> LMTrainResult:
-    """Train ``model`` in place to predict the next token of ``sequences``; return the loss curve.
+    """Train ``model`` in place to predict the next token of ``sequences``; return the
+    loss curve.
 
     Each step takes the next ``batch_size`` sequences of a stream of seeded random
-    permutations of the data (so a run repeats exactly), minimises the mean cross-entropy over
-    their real target tokens with AdamW (betas 0.9, 0.95; weight decay on matrices only) and a
-    linear-warm-up + cosine learning rate (``warmup_steps`` defaults to 5% of ``steps``; the
-    rate ends at ``min_lr_ratio * lr``), clipping the gradient norm at ``grad_clip`` when given.
-    The model is trained on the device it is on and left in eval mode. ``lr = 1e-2`` suits the
-    book's small models (about 0.1M parameters); use less for larger ones.
+    permutations of the data (so a run repeats exactly), minimises the mean
+    cross-entropy over their real target tokens with AdamW (betas 0.9, 0.95; weight
+    decay on matrices only) and a linear-warm-up + cosine learning rate
+    (``warmup_steps`` defaults to 5% of ``steps``; the rate ends at
+    ``min_lr_ratio * lr``), clipping the gradient norm at ``grad_clip`` when given. The
+    model is trained on the device it is on and left in eval mode. ``lr = 1e-2`` suits
+    the book's small models (about 0.1M parameters); use less for larger ones.
     """
     checked = _checked_sequences(sequences)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
@@ -229,7 +245,8 @@ def train_language_model(
     if not named:
         raise ValueError("the model has no trainable parameters")
     groups = [
-        # Matrices (and embedding tables) are decayed; biases and LayerNorm scales are not.
+        # Matrices (and embedding tables) are decayed; biases and LayerNorm scales are
+        # not.
         {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
@@ -250,7 +267,8 @@ def train_language_model(
         loss = nll[real].mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the training loss became {loss.item()} at step {len(result.losses)}; lower lr"
+                f"the training loss became {loss.item()} at step {len(result.losses)}; "
+                "lower lr"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,16 +21,18 @@ def check_precision(precision: str, device: torch.device) -> None:
         and not torch.cuda.is_bf16_supported()
     ):
         raise ValueError(
-            "precision='bf16' asked for, but this GPU has no bf16 support; use 'fp16' or 'fp32'"
+            "precision='bf16' asked for, but this GPU has no bf16 support; use 'fp16' "
+            "or 'fp32'"
         )
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for ``precision`` (a no-op for fp32).
 
-    Matrix products and convolutions run in bf16/fp16 inside it. Which other ops stay in fp32
-    is decided by autocast's per-device op lists (on CUDA the softmax runs in fp32, on CPU it
-    stays in bf16), so the trainer casts the embeddings to fp32 before the contrastive loss.
+    Matrix products and convolutions run in bf16/fp16 inside it. Which other ops stay in
+    fp32 is decided by autocast's per-device op lists (on CUDA the softmax runs in fp32,
+    on CPU it stays in bf16), so the trainer casts the embeddings to fp32 before the
+    contrastive loss.
     """
     check_precision(precision, device)
     if precision == "fp32":
@@ -40,5 +42,6 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """A gradient scaler, enabled only for fp16 (bf16 has fp32's range and needs none)."""
+    """A gradient scaler, enabled only for fp16 (bf16 has fp32's range and needs
+    none)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -1,12 +1,14 @@
-"""Training a vision-to-LM bridge: stage 1 (projector only, LM frozen) and stage 2 (LM tuned too).
+"""Training a vision-to-LM bridge: stage 1 (projector only, LM frozen) and stage 2 (LM
+tuned too).
 
-The frozen image encoder sees every image once: its features are computed beforehand (see
-:func:`extract_features`) and training runs on them, which is why a projector trains in
-seconds. Each step draws a batch of images, one of their reference captions at random, and
-minimises :meth:`crossalign.models.prefix_lm.PrefixCaptioner.loss` over whatever parameters
-require a gradient: the projector in stage 1; the projector and the LM (or its low-rank
-adapters, after ``captioner.set_lm_training("lora")``) in stage 2. An optional extra loss
-(for example the Q-Former's image-text contrastive loss) is added with a weight.
+The frozen image encoder sees every image once: its features are computed beforehand
+(see :func:`extract_features`) and training runs on them, which is why a projector
+trains in seconds. Each step draws a batch of images, one of their reference captions at
+random, and minimises :meth:`crossalign.models.prefix_lm.PrefixCaptioner.loss` over
+whatever parameters require a gradient: the projector in stage 1; the projector and the
+LM (or its low-rank adapters, after ``captioner.set_lm_training("lora")``) in stage 2.
+An optional extra loss (for example the Q-Former's image-text contrastive loss) is added
+with a weight.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Run a frozen image encoder once over a data set; return the stacked features (on CPU).
+    """Run a frozen image encoder once over a data set; return the stacked features (on
+    CPU).
 
-    ``encode`` maps an image batch ``[B, 3, H, W]`` to features (e.g. ``captioner.encode_images``);
-    ``dataset[i]["image"]`` is image ``i`` (ShapesWorld batches are fetched with ``__getitems__``).
+    ``encode`` maps an image batch ``[B, 3, H, W]`` to features (e.g.
+    ``captioner.encode_images``); ``dataset[i]["image"]`` is image ``i`` (ShapesWorld
+    batches are fetched with ``__getitems__``).
     """
     chunks = []
     for start in range(0, len(dataset), batch_size):
@@ -80,18 +84,20 @@ def train_prefix(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> PrefixTrainResult:
-    """Train the parameters of ``captioner`` that require a gradient on cached image features.
+    """Train the parameters of ``captioner`` that require a gradient on cached image
+    features.
 
     Args:
-        captioner: a :class:`crossalign.models.prefix_lm.PrefixCaptioner`.
-        features: ``[N, ...]`` frozen image features, row ``i`` for image ``i``.
-        captions: the reference captions of each image (``captions[i]`` is a list of strings).
-        tokenizer: turns captions into ``<bos> .. <eos>`` ids (``encode_batch``).
-        steps, batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up and
+        captioner: a :class:`crossalign.models.prefix_lm.PrefixCaptioner`. features:
+        ``[N, ...]`` frozen image features, row ``i`` for image ``i``. captions: the
+        reference captions of each image (``captions[i]`` is a list of strings).
+        tokenizer: turns captions into ``<bos> .. <eos>`` ids (``encode_batch``). steps,
+        batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up and
             cosine decay to zero.
         max_len: longest encoded caption (longer ones are cut, keeping ``<eos>``).
-        clip_grad_norm: clip the gradient norm of the trained parameters (``None``: no clipping).
-        extra_loss: ``f(features, input_ids, attention_mask) -> scalar`` added to the caption
+        clip_grad_norm: clip the gradient norm of the trained parameters (``None``: no
+        clipping). extra_loss: ``f(features, input_ids, attention_mask) -> scalar``
+        added to the caption
             loss with weight ``extra_weight`` (e.g. ``qformer.contrastive_loss``).
         seed: seeds the batch order and caption choice (the same seed, the same run).
         device: where to train.
@@ -102,12 +108,14 @@ def train_prefix(
     """
     if len(features) != len(captions):
         raise ValueError(
-            f"features has {len(features)} rows but captions has {len(captions)} entries; "
+            f"features has {len(features)} rows but captions has {len(captions)} "
+            "entries; "
             "give one list of captions per image"
         )
     if steps < 1 or batch_size < 1:
         raise ValueError(
-            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
+            f"steps and batch_size must be >= 1, got steps={steps}, "
+            f"batch_size={batch_size}"
         )
     parameters = [p for p in captioner.parameters() if p.requires_grad]
     if not parameters:

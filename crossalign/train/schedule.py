@@ -10,16 +10,18 @@ import torch
 def warmup_cosine(
     step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0
 ) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine decay.
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine
+    decay.
 
-    Rises linearly from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps, then
-    follows half a cosine from 1 down to ``min_ratio`` at ``total_steps``.
+    Rises linearly from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps,
+    then follows half a cosine from 1 down to ``min_ratio`` at ``total_steps``.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps={total_steps} must be >= 1")
     if warmup_steps < 0 or not 0.0 <= min_ratio <= 1.0:
         raise ValueError(
-            f"need warmup_steps >= 0 and 0 <= min_ratio <= 1 (got {warmup_steps}, {min_ratio})"
+            f"need warmup_steps >= 0 and 0 <= min_ratio <= 1 (got {warmup_steps}, "
+            f"{min_ratio})"
         )
     if step < warmup_steps:
         return (step + 1) / warmup_steps

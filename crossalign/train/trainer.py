@@ -1,13 +1,14 @@
-"""The training loop for the dual encoder, from one CPU core to several GPUs under torchrun.
+"""The training loop for the dual encoder, from one CPU core to several GPUs under
+torchrun.
 
-One function, :func:`train`, reads top to bottom: build data, tokenizer and model; set up
-precision, optimiser and schedule; then loop over steps (forward under autocast, contrastive
-loss, scaled backward with accumulation, clipping, optimiser and scheduler step), logging,
-evaluating and checkpointing as configured.
+One function, :func:`train`, reads top to bottom: build data, tokenizer and model; set
+up precision, optimiser and schedule; then loop over steps (forward under autocast,
+contrastive loss, scaled backward with accumulation, clipping, optimiser and scheduler
+step), logging, evaluating and checkpointing as configured.
 
 Batches are drawn by step, not by iterator state: micro-step ``m`` of epoch ``e`` always
-holds the same images (a permutation seeded by ``(seed, e)``) and the same caption choices,
-so a resumed run continues bit for bit where an uninterrupted one would be.
+holds the same images (a permutation seeded by ``(seed, e)``) and the same caption
+choices, so a resumed run continues bit for bit where an uninterrupted one would be.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model and everything needed to judge it."""
+    """What :func:`train` returns: the trained model and everything needed to judge
+    it."""
 
     model: DualEncoder
     tokenizer: Any
@@ -60,11 +62,12 @@ class TrainResult:
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields the index batches of micro-steps ``start`` .. ``stop - 1``, tagged with their epoch.
+    """Yields the index batches of micro-steps ``start`` .. ``stop - 1``, tagged with
+    their epoch.
 
     Each epoch is a permutation of the data set seeded by ``(seed, epoch)``; the last
-    incomplete batch of an epoch is dropped. In a distributed run every rank draws the same
-    global batch and keeps its own slice of it.
+    incomplete batch of an epoch is dropped. In a distributed run every rank draws the
+    same global batch and keeps its own slice of it.
     """
 
     def __init__(
@@ -80,7 +83,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         global_batch = batch_size * world_size
         if num_samples < global_batch:
             raise ValueError(
-                f"the training set has {num_samples} samples, fewer than one global batch of {global_batch}; "
+                f"the training set has {num_samples} samples, fewer than one global "
+                f"batch of {global_batch}; "
                 "lower train.batch_size or enlarge the data set"
             )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
@@ -108,7 +112,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class _EpochTagged(Dataset):
-    """Wraps a data set so that items fetched by ``(epoch, index)`` carry their epoch."""
+    """Wraps a data set so that items fetched by ``(epoch, index)`` carry their
+    epoch."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -129,7 +134,8 @@ class _EpochTagged(Dataset):
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and convolution kernels only, not on biases, norms, scales."""
+    """Weight decay on matrices and convolution kernels only, not on biases, norms,
+    scales."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -158,9 +164,11 @@ def build_optimizer(
 
 
 def build_model(config: ExperimentConfig, tokenizer: Any) -> DualEncoder:
-    """The dual encoder of ``config``, with a word-level text tower sized to ``tokenizer``.
+    """The dual encoder of ``config``, with a word-level text tower sized to
+    ``tokenizer``.
 
-    The model keeps the completed config (``model.config``), so a checkpoint can rebuild it.
+    The model keeps the completed config (``model.config``), so a checkpoint can rebuild
+    it.
     """
     model_cfg = copy.deepcopy(config.model)
     if model_cfg.text_encoder != "hf":
@@ -175,7 +183,8 @@ def build_model(config: ExperimentConfig, tokenizer: Any) -> DualEncoder:
 def _checkpoint_config(
     config: ExperimentConfig, model: DualEncoder, tokenizer: Any
 ) -> dict[str, Any]:
-    """What a checkpoint's config.json holds: the experiment with the model's completed config."""
+    """What a checkpoint's config.json holds: the experiment with the model's completed
+    config."""
     experiment = config.to_dict()
     experiment["model"] = model.config.to_dict()
     return {"experiment": experiment, "tokenizer": tokenizer.to_dict()}
@@ -195,7 +204,8 @@ def train(
             continue from; the run then continues exactly as if it had never stopped.
         stop_after: stop after this many optimiser steps in total (the schedule still
             spans ``config.train.steps``); used to interrupt a run on purpose.
-        dist: distributed context; by default read from torchrun's environment variables.
+        dist: distributed context; by default read from torchrun's environment
+        variables.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
@@ -315,8 +325,10 @@ def train(
                 else "no checkpoint was written"
             )
             raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {step + 1}; training stopped ({where}). "
-                "Try a lower train.lr, train.precision='fp32' or a smaller init temperature."
+                f"the loss became {loss.item()} at step {step + 1}; training stopped "
+                f"({where}). "
+                "Try a lower train.lr, train.precision='fp32' or a smaller init "
+                "temperature."
             )
         scaler.scale(loss / cfg.grad_accum).backward()
         running += loss.item() / cfg.grad_accum
@@ -332,9 +344,8 @@ def train(
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
-        if (
-            dist.world_size > 1
-        ):  # log the loss of the whole global batch, not this rank's share
+        # log the loss of the whole global batch, not this rank's share
+        if dist.world_size > 1:
             running = all_reduce_mean(torch.tensor(running, device=device)).item()
         history.append(
             {
