@@ -1,7 +1,8 @@
 # Cross-Modal Alignment, by Doing — the two commands that matter:
 #   make book   install everything, execute every chapter, build the HTML site (_build/html)
-#   make test   install everything, run the unit tests, check the rendered site in headless
-#               Chromium (no network) and validate every chapter with nbval
+#   make test   install everything, check style and types (make lint), run the unit tests,
+#               check the rendered site in headless Chromium (no network) and validate every
+#               chapter with nbval
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup assets book serve test unit browser nbval notebooks setup-cells bench clean
+.PHONY: setup assets book serve test lint format unit browser nbval notebooks setup-cells bench clean
 
 setup: $(STAMP)
 
@@ -35,7 +36,18 @@ serve:
 	@echo "Serving _build/html on http://127.0.0.1:8000 (Ctrl+C stops)"
 	$(PYTHON) -m http.server --bind 127.0.0.1 --directory _build/html 8000
 
-test: unit browser nbval
+test: lint unit browser nbval
+
+# Formatting, lint and types, as configured in pyproject.toml (the pre-commit hooks run the same).
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Rewrites the tree in the project's style (code, tests, tools and the chapters' code cells).
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 unit: setup
 	$(PY) -m pytest -q tests -m "not site"

@@ -102,6 +102,36 @@ RENDER_REPORT_JS = r"""
     }
     await sleep(100);
   }
+  // Code the reader reads (cells' code and code in the prose, not printed output): how
+  // many columns fit in a code box, and the blocks that scroll sideways.
+  const codeReport = () => {
+    const blocks = [...document.querySelectorAll("div.highlight pre")]
+        .filter((pre) => !pre.closest(".cell_output, .output"));
+    // Columns are measured in a box at the top level of the page: lists and admonitions
+    // indent theirs (code there is kept shorter).
+    const topLevel = blocks.filter((pre) => !pre.closest("li, .admonition, details"));
+    let columns = null;
+    if (topLevel.length) {
+      const pre = topLevel[0];
+      const probe = document.createElement("span");
+      probe.textContent = "x".repeat(100);
+      pre.appendChild(probe);
+      const charWidth = probe.getBoundingClientRect().width / 100;
+      probe.remove();
+      const style = getComputedStyle(pre);
+      const inner = pre.clientWidth - parseFloat(style.paddingLeft)
+          - parseFloat(style.paddingRight);
+      columns = Math.floor(inner / charWidth);
+    }
+    const longest = (pre) => pre.textContent.split("\n")
+        .reduce((a, b) => (b.length > a.length ? b : a), "");
+    return {
+      blocks: blocks.length,
+      columns: columns,
+      scrolling: blocks.filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
+          .map((pre) => longest(pre).trim().slice(0, 100)),
+    };
+  };
   const skip =
       "script, style, pre, code, textarea, mjx-container, .highlight, .mermaid";
   const rawTex = [];
@@ -120,6 +150,7 @@ RENDER_REPORT_JS = r"""
     typeset: math.filter((el) => el.querySelector("mjx-container")).length,
     texErrors: document.querySelectorAll("mjx-merror").length,
     rawTex: rawTex,
+    code: codeReport(),
   };
 })()
 """
@@ -161,6 +192,9 @@ class PageReport:
     typeset: int
     tex_errors: int
     raw_tex: list[str]
+    code_blocks: int
+    code_columns: int | None
+    scrolling_code: list[str]
     events: PageEvents
 
 
@@ -318,6 +352,9 @@ def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
         typeset=report["typeset"],
         tex_errors=report["texErrors"],
         raw_tex=report["rawTex"],
+        code_blocks=report["code"]["blocks"],
+        code_columns=report["code"]["columns"],
+        scrolling_code=report["code"]["scrolling"],
         events=browser.events(),
     )
 
@@ -398,6 +435,10 @@ def summary_lines(run: BrowserRun) -> list[str]:
         f"  pages visited                {len(run.reports)}",
         f"  Mermaid diagrams rendered    {sum(r.svgs for r in reports)} of "
         f"{sum(r.diagrams for r in reports)}",
+        f"  code blocks scrolling        "
+        f"{sum(len(r.scrolling_code) for r in reports)} of "
+        f"{sum(r.code_blocks for r in reports)}; columns that fit "
+        f"{min((r.code_columns for r in reports if r.code_columns), default=None)}",
         f"  math blocks typeset          {sum(r.typeset for r in reports)} of "
         f"{sum(r.math for r in reports)}",
         "  requests outside localhost   "
@@ -463,6 +504,38 @@ def test_no_request_leaves_localhost(browser_run):
         if r.events.outside_requests()
     }
     assert not outside, f"pages fetched from the network: {outside}"
+
+
+def configured_line_length() -> int:
+    """``line-length`` of the ``[tool.ruff]`` table in pyproject.toml."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r"^\[tool\.ruff\]\s*\nline-length = (\d+)$", text, re.MULTILINE)
+    assert match, "pyproject.toml: [tool.ruff] must start with line-length = N"
+    return int(match.group(1))
+
+
+def test_no_chapter_code_block_scrolls_sideways(browser_run):
+    """Code is formatted to pyproject.toml's line length; at the test window's width
+    (1280 pixels) a code box must hold that many columns, so no block scrolls."""
+    line_length = configured_line_length()
+    chapters = {
+        page: report
+        for page, report in browser_run.reports.items()
+        if page.startswith("book/") and report.code_blocks
+    }
+    assert chapters, "no page with code blocks was visited"
+    narrow = {
+        page: r.code_columns
+        for page, r in chapters.items()
+        if r.code_columns is not None and r.code_columns < line_length
+    }
+    assert not narrow, f"code boxes narrower than {line_length} columns: {narrow}"
+    scrolling = {
+        page: r.scrolling_code for page, r in chapters.items() if r.scrolling_code
+    }
+    assert not scrolling, (
+        f"code blocks that scroll sideways (longest line): {scrolling}"
+    )
 
 
 def test_no_console_errors_or_failed_loads(browser_run):
