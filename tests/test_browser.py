@@ -132,6 +132,58 @@ RENDER_REPORT_JS = r"""
           .map((pre) => longest(pre).trim().slice(0, 100)),
     };
   };
+  // Characters drawn as a missing-glyph box: each non-ASCII character of the text
+  // (and of buttons' ::before content) is drawn on a canvas in its element's font and
+  // compared with a code point no font has (U+10FFFD); equal pixels mean no glyph.
+  // Also reports web fonts that failed to load.
+  const glyphReport = async () => {
+    await document.fonts.ready;
+    const canvas = document.createElement("canvas");
+    canvas.width = 64;
+    canvas.height = 64;
+    const ctx = canvas.getContext("2d", {willReadFrequently: true});
+    const pixels = (text, font) => {
+      ctx.clearRect(0, 0, 64, 64);
+      ctx.font = font;
+      ctx.textBaseline = "top";
+      ctx.fillText(text, 8, 8);
+      return ctx.getImageData(0, 0, 64, 64).data.join(",");
+    };
+    const seen = new Map();
+    const note = (text, style, where) => {
+      const font = `${style.fontStyle} ${style.fontWeight} 32px ${style.fontFamily}`;
+      for (const ch of text) {
+        if (ch.codePointAt(0) < 0x80 || /\s|\p{M}|\p{Cf}/u.test(ch)) continue;
+        const key = ch + "|" + font;
+        if (!seen.has(key)) seen.set(key, {ch, font, where});
+      }
+    };
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const el = node.parentElement;
+      if (!el || el.closest("script, style, mjx-container, .mermaid svg")) continue;
+      if (!el.getClientRects().length) continue;
+      note(node.textContent, getComputedStyle(el), el.tagName.toLowerCase());
+    }
+    for (const el of document.querySelectorAll("button, a, .headerlink")) {
+      const before = getComputedStyle(el, "::before");
+      const content = before.content;
+      if (content && content !== "none" && content !== "normal") {
+        note(content.replace(/^"|"$/g, ""), before, el.className + "::before");
+      }
+    }
+    const missing = [];
+    const blanks = new Map();
+    for (const {ch, font, where} of seen.values()) {
+      if (!blanks.has(font)) blanks.set(font, pixels("\u{10FFFD}", font));
+      if (pixels(ch, font) === blanks.get(font)) {
+        missing.push(`U+${ch.codePointAt(0).toString(16).toUpperCase()} in ${where}`);
+      }
+    }
+    const failedFonts = [...document.fonts]
+        .filter((face) => face.status === "error").map((face) => face.family);
+    return {checked: seen.size, missing: missing.slice(0, 20), failedFonts};
+  };
   const skip =
       "script, style, pre, code, textarea, mjx-container, .highlight, .mermaid";
   const rawTex = [];
@@ -151,6 +203,7 @@ RENDER_REPORT_JS = r"""
     texErrors: document.querySelectorAll("mjx-merror").length,
     rawTex: rawTex,
     code: codeReport(),
+    glyphs: await glyphReport(),
   };
 })()
 """
@@ -192,6 +245,9 @@ class PageReport:
     typeset: int
     tex_errors: int
     raw_tex: list[str]
+    glyphs_checked: int
+    missing_glyphs: list[str]
+    failed_fonts: list[str]
     code_blocks: int
     code_columns: int | None
     scrolling_code: list[str]
@@ -352,6 +408,9 @@ def visit(browser: HeadlessChromium, base: str, page: str) -> PageReport:
         typeset=report["typeset"],
         tex_errors=report["texErrors"],
         raw_tex=report["rawTex"],
+        glyphs_checked=report["glyphs"]["checked"],
+        missing_glyphs=report["glyphs"]["missing"],
+        failed_fonts=report["glyphs"]["failedFonts"],
         code_blocks=report["code"]["blocks"],
         code_columns=report["code"]["columns"],
         scrolling_code=report["code"]["scrolling"],
@@ -439,6 +498,9 @@ def summary_lines(run: BrowserRun) -> list[str]:
         f"{sum(len(r.scrolling_code) for r in reports)} of "
         f"{sum(r.code_blocks for r in reports)}; columns that fit "
         f"{min((r.code_columns for r in reports if r.code_columns), default=None)}",
+        f"  characters without a glyph   "
+        f"{sum(len(r.missing_glyphs) for r in reports)} of "
+        f"{sum(r.glyphs_checked for r in reports)} checked",
         f"  math blocks typeset          {sum(r.typeset for r in reports)} of "
         f"{sum(r.math for r in reports)}",
         "  requests outside localhost   "
@@ -536,6 +598,17 @@ def test_no_chapter_code_block_scrolls_sideways(browser_run):
     assert not scrolling, (
         f"code blocks that scroll sideways (longest line): {scrolling}"
     )
+
+
+def test_no_missing_glyph_boxes_or_failed_font_loads(browser_run):
+    reports = browser_run.reports
+    assert sum(r.glyphs_checked for r in reports.values()) > 0
+    missing = {
+        page: r.missing_glyphs for page, r in reports.items() if r.missing_glyphs
+    }
+    assert not missing, f"characters drawn as missing-glyph boxes: {missing}"
+    failed = {page: r.failed_fonts for page, r in reports.items() if r.failed_fonts}
+    assert not failed, f"web fonts that failed to load: {failed}"
 
 
 def test_no_console_errors_or_failed_loads(browser_run):

@@ -110,8 +110,9 @@ def test_profile_counts_the_operators_that_ran():
     summary = profile_callable(work, row_limit=50, device_time=False)
     calls = {op.name: op.calls for op in summary.ops}
     assert calls["aten::mm"] == 3 and calls["aten::relu"] == 1
-    assert summary.names()[0] == "aten::mm"  # three 256^3 products dominate one relu
-    mm = summary.ops[0]
+    # Which operator took longest is a timing, and timings depend on the machine's load:
+    # only the order of the table (by self time) is checked, not who comes first.
+    mm = next(op for op in summary.ops if op.name == "aten::mm")
     assert 0 < mm.self_ms <= mm.total_ms
     assert "aten::mm" in summary.table and not summary.device_time
     assert [op.self_ms for op in summary.ops] == sorted(
