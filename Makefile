@@ -28,7 +28,18 @@ $(STAMP): pyproject.toml
 assets: setup
 	$(PY) tools/fetch_web_assets.py
 
-book: setup assets
+# Executed chapters are cached (see execute: in _config.yml): a second `make book` with no
+# change rebuilds in seconds. The cache keys on the chapters' code cells only, so it is
+# dropped whenever a file of the package changes; `make clean` drops it too.
+PACKAGE_FILES := pyproject.toml $(shell find crossalign -name '*.py' -o -name '*.yaml')
+BOOK_CACHE := _build/.jupyter_cache
+
+_build/.package-stamp: $(PACKAGE_FILES)
+	rm -rf $(BOOK_CACHE)
+	mkdir -p _build
+	touch $@
+
+book: setup assets _build/.package-stamp
 	$(VENV)/bin/jupyter-book build . --builder html --warningiserror --keep-going
 	@echo "Open _build/html/index.html, or run make serve (diagrams need the site served over http)"
 
