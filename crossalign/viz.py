@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from crossalign.metrics.geometry import modality_gap, pca
-from crossalign.utils import atomic_path
+from crossalign.utils import atomic_path, is_integral, is_real
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 PathLike = Union[str, os.PathLike]
@@ -229,7 +228,7 @@ def image_grid(
     The grid has ``ceil(K / ncols)`` rows and exactly K axes (no empty frames at the end).
     """
     pictures = _to_display_images(images, "images")
-    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+    if isinstance(ncols, bool) or not is_integral(ncols) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     _check_label_count(titles, len(pictures), "titles", "images")
     ncols = min(int(ncols), len(pictures))
@@ -351,7 +350,7 @@ def embedding_projection(
     """
     if method != "pca":
         raise ValueError(f"method must be 'pca', got {method!r}")
-    if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
+    if isinstance(pairs, bool) or not is_integral(pairs) or pairs < 0:
         raise ValueError(f"pairs must be a non-negative integer, got {pairs!r}")
     images = torch.from_numpy(_to_numpy(image_emb, "image_emb"))
     texts = torch.from_numpy(_to_numpy(text_emb, "text_emb"))
@@ -386,7 +385,7 @@ def embedding_projection(
     if n_pairs > 0:
         segments = np.stack([image_xy[:n_pairs], text_xy[:n_pairs]], axis=1)
         pair_lines = LineCollection(
-            segments,
+            list(segments),
             colors="0.6",
             linewidths=0.6,
             zorder=1,
@@ -394,7 +393,8 @@ def embedding_projection(
         )
         ax.add_collection(pair_lines)
     ax.scatter(
-        *image_xy.T,
+        image_xy[:, 0],
+        image_xy[:, 1],
         s=16,
         color=IMAGE_COLOUR,
         marker="o",
@@ -403,7 +403,8 @@ def embedding_projection(
         label=f"images ({n_img})",
     )
     ax.scatter(
-        *text_xy.T,
+        text_xy[:, 0],
+        text_xy[:, 1],
         s=18,
         color=TEXT_COLOUR,
         marker="^",
@@ -504,7 +505,7 @@ def attention_overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+    if isinstance(ncols, bool) or not is_integral(ncols) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     height, width = picture.shape[:2]
     upsampled = torch.nn.functional.interpolate(
@@ -665,7 +666,7 @@ def _as_float(value: Any) -> float | None:
     """Return ``value`` as a float when it is a real number (or a one-element tensor), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, numbers.Real):
+    if is_real(value):
         return float(value)
     if (
         isinstance(value, torch.Tensor)

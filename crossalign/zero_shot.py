@@ -12,7 +12,7 @@ templates are written in the data set's own grammar, the only language its text 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -83,7 +83,7 @@ def class_embeddings(
     tokenizer: Any,
     class_names: Sequence[str],
     templates: Sequence[str],
-    synonyms: dict[str, Sequence[str]] | None = None,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """One unit vector per class ``[C, E]``: the mean of its prompts' text embeddings, renormalised.

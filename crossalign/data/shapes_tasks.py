@@ -17,7 +17,6 @@ ids of their own, so an item never depends on which batch it is drawn in.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from crossalign.data.shapes import (
     ShapesWorld,
     hash_uniform,
 )
+from crossalign.utils import is_integral, is_real
 
 #: The kinds of negative caption :class:`ShapesMatching` can draw, in fallback order.
 NEGATIVE_KINDS: tuple[str, ...] = ("relation", "attribute", "random")
@@ -62,8 +62,8 @@ def _check_world(world: object) -> ShapesWorld:
     return world
 
 
-def _check_seed(seed: object) -> int:
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+def _check_seed(seed: int) -> int:
+    if not is_integral(seed) or isinstance(seed, bool):
         raise ValueError(f"seed={seed!r} must be an integer")
     return int(seed)
 
@@ -101,9 +101,7 @@ class ShapesMatching(Dataset):
             raise ValueError(
                 f"negatives={negatives!r} must be a non-empty list of distinct kinds from {NEGATIVE_KINDS}"
             )
-        is_number = isinstance(positive_rate, numbers.Real) and not isinstance(
-            positive_rate, bool
-        )
+        is_number = is_real(positive_rate) and not isinstance(positive_rate, bool)
         if (
             not is_number
             or not math.isfinite(positive_rate)
@@ -228,7 +226,7 @@ def _shortest_description(objects: Sequence[ShapeObject], k: int) -> str | None:
     return None
 
 
-def _ask(scene: SceneGraph, qtype: str, u: Sequence[float]) -> QuestionAnswer | None:
+def _ask(scene: SceneGraph, qtype: str, u: np.ndarray) -> QuestionAnswer | None:
     """A question of type ``qtype`` about ``scene``, or ``None`` if none is unambiguous."""
     objects = scene.objects
     if qtype == "count":

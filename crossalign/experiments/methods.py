@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from crossalign.losses import (
     similarity_distillation_loss,
     triplet_loss,
 )
+
+if TYPE_CHECKING:
+    from crossalign.models.dual_encoder import DualEncoder
 
 __all__ = [
     "AlignmentBatch",
@@ -87,7 +90,7 @@ class AlignmentMethod:
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -106,7 +109,7 @@ class InfoNCEMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -136,7 +139,7 @@ class TripletMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -169,7 +172,7 @@ class SiameseMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -227,7 +230,7 @@ class AdversarialMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -256,7 +259,7 @@ class DistillationMethod(AlignmentMethod):
     name = "distillation"
     summary = "similarity distillation from a teacher"
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, teacher: DualEncoder) -> None:
         if not all(
             hasattr(teacher, attr)
             for attr in ("encode_image", "encode_text", "logit_scale")
@@ -268,7 +271,7 @@ class DistillationMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -311,7 +314,7 @@ class HardNegativeMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:

@@ -18,11 +18,11 @@ the table, index ``vocab_size``), so the first predictions are well defined too.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from crossalign.utils import is_integral
 
 __all__ = ["MLPLanguageModel"]
 
@@ -53,11 +53,7 @@ class MLPLanguageModel(nn.Module):
             ("embed_dim", embed_dim),
             ("hidden_dim", hidden_dim),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Integral)
-                or value < 1
-            ):
+            if isinstance(value, bool) or not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")

@@ -19,8 +19,8 @@ Hugging Face causal LM (returns an output whose ``.logits`` are used).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from torch import nn
 
 from crossalign.decoding import beam_search, greedy_decode
 from crossalign.models.lora import apply_lora
+
+if TYPE_CHECKING:
+    from crossalign.models.image_encoders import ImageEncoder, MaxPooledGrid
 
 __all__ = [
     "IGNORE_INDEX",
@@ -43,7 +46,10 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
-def freeze(module: nn.Module) -> nn.Module:
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def freeze(module: _Module) -> _Module:
     """Stop ``module`` from learning: no parameter requires a gradient, and it runs in eval mode.
 
     Gradients left over from earlier training are dropped too, so a frozen module's ``.grad``
@@ -71,6 +77,15 @@ def lm_logits(
     mask = None if attention_mask is None else attention_mask.long()
     output = lm(inputs_embeds=inputs_embeds, attention_mask=mask)
     return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def _input_embeddings(lm: nn.Module) -> nn.Embedding:
+    """``lm.get_input_embeddings()``: the token table of our GPT or a Hugging Face LM.
+
+    ``nn.Module`` does not declare the method, so its type is stated here.
+    """
+    get_input_embeddings = cast(Callable[[], nn.Embedding], lm.get_input_embeddings)
+    return get_input_embeddings()
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,6 +138,8 @@ class PrefixCaptioner(nn.Module):
             instruction, e.g. "a picture of"); their embeddings come from the LM's table.
     """
 
+    prompt_ids: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         lm: nn.Module,
@@ -131,7 +148,7 @@ class PrefixCaptioner(nn.Module):
         bos_id: int,
         eos_id: int,
         pad_id: int,
-        image_encoder: nn.Module | None = None,
+        image_encoder: ImageEncoder | MaxPooledGrid | None = None,
         feature_kind: str = "pooled",
         prompt_ids: Sequence[int] | None = None,
     ) -> None:
@@ -169,7 +186,7 @@ class PrefixCaptioner(nn.Module):
     @property
     def vocab_size(self) -> int:
         """Number of token ids of the language model."""
-        return self.lm.get_input_embeddings().num_embeddings
+        return _input_embeddings(self.lm).num_embeddings
 
     def train(self, mode: bool = True) -> PrefixCaptioner:
         """Set training mode, but keep fully frozen parts (LM, image encoder) in eval mode."""
@@ -196,7 +213,7 @@ class PrefixCaptioner(nn.Module):
         prefix = self.projector(features)
         if self.prompt_ids.numel():
             prompt = (
-                self.lm.get_input_embeddings()(self.prompt_ids)
+                _input_embeddings(self.lm)(self.prompt_ids)
                 .unsqueeze(0)
                 .expand(prefix.shape[0], -1, -1)
             )
@@ -228,7 +245,7 @@ class PrefixCaptioner(nn.Module):
             raise ValueError(
                 f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions"
             )
-        tokens = self.lm.get_input_embeddings()(input_ids).to(prefix.dtype)
+        tokens = _input_embeddings(self.lm)(input_ids).to(prefix.dtype)
         embeds = torch.cat([prefix, tokens], dim=1)
         prefix_mask = attention_mask.new_ones(prefix.shape[:2], dtype=torch.bool)
         mask = torch.cat([prefix_mask, attention_mask.bool()], dim=1)
@@ -286,7 +303,7 @@ class PrefixCaptioner(nn.Module):
         """The decoding step (see :mod:`crossalign.decoding`): next-token log-probabilities after ``tokens``."""
         prefix = state["prefix"]
         embeds = torch.cat(
-            [prefix, self.lm.get_input_embeddings()(tokens).to(prefix.dtype)], dim=1
+            [prefix, _input_embeddings(self.lm)(tokens).to(prefix.dtype)], dim=1
         )
         logits = lm_logits(self.lm, embeds)[:, -1]
         return torch.log_softmax(logits.float(), dim=-1), state, None
