@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.machinery
 import pkgutil
 import re
 import sys
@@ -226,16 +227,14 @@ def package_modules(package: str = "crossalign") -> list[str]:
         for info in pkgutil.iter_modules(paths, prefix=f"{prefix}."):
             names.append(info.name)
             if info.ispkg:
-                folders.append(
-                    (
-                        [
-                            str(
-                                Path(info.module_finder.path)
-                                / info.name.rpartition(".")[2]
-                            )
-                        ],
-                        info.name,
+                finder = info.module_finder
+                if not isinstance(finder, importlib.machinery.FileFinder):
+                    raise ValueError(
+                        f"sub-package {info.name!r} was not found in a folder "
+                        f"(finder {finder!r}); package_modules reads packages on disk"
                     )
+                folders.append(
+                    ([str(Path(finder.path) / info.name.rpartition(".")[2])], info.name)
                 )
     return sorted(names)
 

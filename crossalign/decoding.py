@@ -39,12 +39,13 @@ Python bookkeeping, to check the batched version against and to measure it by.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from crossalign.utils import is_integral, is_real
 
 __all__ = [
     "DecodeResult",
@@ -98,6 +99,21 @@ class DecodeResult:
     normalized_scores: torch.Tensor
     attention: torch.Tensor | None
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
+        """The result with ``fn`` applied to every field (``None`` attention kept)."""
+        return DecodeResult(
+            fn(self.tokens),
+            fn(self.lengths),
+            fn(self.scores),
+            fn(self.normalized_scores),
+            None if self.attention is None else fn(self.attention),
+        )
+
+
+def _best(field: torch.Tensor) -> torch.Tensor:
+    """The first (best) hypothesis of every image: ``[B, beam, ...] -> [B, ...]``."""
+    return field[:, 0]
+
 
 def reorder_state(state: Any, indices: torch.Tensor) -> Any:
     """Select rows ``indices`` of every tensor in a decoder state (tensors, tuples,
@@ -123,7 +139,9 @@ def reorder_state(state: Any, indices: torch.Tensor) -> Any:
     if isinstance(state, (tuple, list)):
         return type(state)(reorder_state(item, indices) for item in state)
     if isinstance(state, Mapping):
-        return type(state)(
+        # The state's own (concrete) mapping class takes a dict; the abstract Mapping
+        # that the type checker sees does not.
+        return type(state)(  # type: ignore[call-arg]
             {key: reorder_state(value, indices) for key, value in state.items()}
         )
     raise TypeError(
@@ -145,7 +163,7 @@ def _state_tensors(state: Any) -> list[torch.Tensor]:
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     """Raise unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not is_integral(value):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -169,7 +187,7 @@ def _check_arguments(
     _check_int("beam_size", beam_size, 1)
     if pad_id is not None:
         _check_int("pad_id", pad_id, 0)
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+    if isinstance(length_penalty, bool) or not is_real(length_penalty):
         raise TypeError(
             f"length_penalty must be a number, got {type(length_penalty).__name__}"
         )
@@ -385,10 +403,10 @@ class _BatchedPool:
         longest = max(int(lengths.max()), 1)
         tokens = self.tokens[:, :, 1 : 1 + longest]
         attention = None if self.attention is None else self.attention[:, :, :longest]
-        fields = (tokens, self.lengths, self.scores, self.normalized, attention)
-        if not return_all:
-            fields = tuple(None if field is None else field[:, 0] for field in fields)
-        return DecodeResult(*fields)
+        result = DecodeResult(
+            tokens, self.lengths, self.scores, self.normalized, attention
+        )
+        return result if return_all else result._map(_best)
 
 
 def beam_search(
@@ -671,9 +689,7 @@ def _reference_result(
                 attention[image, slot, : len(generated)] = torch.stack(
                     hypothesis.attention
                 ).cpu()
-    fields = (tokens, lengths, scores, normalized, attention)
+    result = DecodeResult(tokens, lengths, scores, normalized, attention)
     if not return_all:
-        fields = tuple(None if field is None else field[:, 0] for field in fields)
-    return DecodeResult(
-        *(None if field is None else field.to(device) for field in fields)
-    )
+        result = result._map(_best)
+    return result._map(lambda field: field.to(device))

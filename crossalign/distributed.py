@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -118,7 +119,7 @@ def init_distributed(
         device = torch.device("cpu")
 
     if not dist.is_initialized():
-        kwargs = {} if timeout is None else {"timeout": timeout}
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(
             backend=backend, rank=rank, world_size=world_size, **kwargs
         )

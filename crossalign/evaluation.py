@@ -67,6 +67,11 @@ def evaluate_retrieval(
     ``dataset`` must offer ``caption_image_index()`` (ShapesWorld and Flickr8k do): each
     caption counts as a positive for its own image only (many-to-many protocol).
     """
+    if not hasattr(dataset, "caption_image_index"):
+        raise TypeError(
+            f"{type(dataset).__name__} has no caption_image_index(): retrieval needs "
+            "every caption and its image (ShapesWorld and Flickr8k give them)"
+        )
     texts, owner = dataset.caption_image_index()
     image_emb = embed_images(model, dataset, batch_size=batch_size, device=device)
     text_emb = embed_texts(

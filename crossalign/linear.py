@@ -22,9 +22,10 @@ device. Fitted parameters are kept in float64 on the device they were fitted on.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from crossalign.utils import is_integral, is_real
 
 __all__ = ["CCA", "ProcrustesAligner", "orthogonal_procrustes"]
 
@@ -293,7 +294,7 @@ class CCA:
     def __init__(self, n_components: int, reg: float = 1e-4) -> None:
         if (
             isinstance(n_components, bool)
-            or not isinstance(n_components, numbers.Integral)
+            or not is_integral(n_components)
             or n_components < 1
         ):
             raise ValueError(
@@ -301,7 +302,7 @@ class CCA:
             )
         if (
             isinstance(reg, bool)
-            or not isinstance(reg, numbers.Real)
+            or not is_real(reg)
             or not math.isfinite(reg)
             or reg < 0
         ):

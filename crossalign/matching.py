@@ -26,7 +26,6 @@ Scores are ``[n_captions, n_images]`` matrices. To evaluate them with
 from __future__ import annotations
 
 import math
-import numbers
 from collections import Counter
 from collections.abc import Sequence
 
@@ -45,6 +44,7 @@ from crossalign.data.shapes import (
 )
 from crossalign.data.vocab import simple_tokenize
 from crossalign.linear import CCA
+from crossalign.utils import is_real
 
 __all__ = [
     "ATTRIBUTES",
@@ -448,7 +448,7 @@ class CorrelationMatcher:
         _checked_vocabulary(self.vocabulary)
         if (
             isinstance(correlation_power, bool)
-            or not isinstance(correlation_power, numbers.Real)
+            or not is_real(correlation_power)
             or not math.isfinite(correlation_power)
             or correlation_power < 0
         ):
@@ -500,19 +500,20 @@ class CorrelationMatcher:
         self.cca.fit(features[owner], words.to(features.device))
         return self
 
-    def _check_fitted(self) -> None:
-        """Raise a RuntimeError naming the fix when :meth:`fit` has not run."""
+    def _fitted_correlations(self) -> torch.Tensor:
+        """The canonical correlations, or a RuntimeError naming the fix before fit."""
         if self.cca.correlations is None:
             raise RuntimeError(
                 "this CorrelationMatcher is not fitted yet; call fit(images, captions, "
                 "caption_to_image) first"
             )
+        return self.cca.correlations
 
     def _weighted(self, projections: torch.Tensor) -> torch.Tensor:
         """Scale the shared dimensions by ``correlations ** correlation_power`` and
         L2-normalise rows."""
         weights = (
-            self.cca.correlations.to(projections.device).clamp_min(0.0)
+            self._fitted_correlations().to(projections.device).clamp_min(0.0)
             ** self.correlation_power
         )
         return F.normalize(projections * weights.to(projections.dtype), dim=1)
@@ -520,7 +521,7 @@ class CorrelationMatcher:
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in the shared space, unit rows: float32 [B, n_components]
         on their device."""
-        self._check_fitted()
+        self._fitted_correlations()  # this error, not the CCA's, when not fitted
         return self._weighted(self.cca.transform_x(handcrafted_image_features(images)))
 
     def embed_captions(self, captions: Sequence[str]) -> torch.Tensor:
@@ -529,9 +530,9 @@ class CorrelationMatcher:
         The result lies on the device the matcher was fitted on (captions have none of
         their own).
         """
-        self._check_fitted()
+        fitted_on = self._fitted_correlations().device
         words = bag_of_words(captions, self.vocabulary)
-        return self._weighted(self.cca.transform_y(words.to(self.cca.y_weights.device)))
+        return self._weighted(self.cca.transform_y(words.to(fitted_on)))
 
     def scores(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of every caption with every image: float32 [n_captions,

@@ -24,11 +24,13 @@ Hugging Face causal LM (whose output has ``.logits``), or any function.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
+from crossalign.utils import is_integral, is_real
 
 __all__ = [
     "filter_logits",
@@ -56,7 +58,7 @@ def _check_temperature(temperature: float) -> float:
     """``temperature`` as a float, or a ValueError unless it is a finite number >= 0."""
     if (
         isinstance(temperature, bool)
-        or not isinstance(temperature, numbers.Real)
+        or not is_real(temperature)
         or not (math.isfinite(temperature) and temperature >= 0)
     ):
         raise ValueError(
@@ -73,7 +75,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     ``k`` at least the vocabulary size leaves the logits unchanged.
     """
     _check_logits(logits)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if isinstance(k, bool) or not is_integral(k) or k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {k!r}")
     if k >= logits.shape[-1]:
         return logits
@@ -91,7 +93,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     token is always kept and ``p = 1`` keeps every token of positive probability.
     """
     _check_logits(logits)
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+    if isinstance(p, bool) or not is_real(p) or not 0 < p <= 1:
         raise ValueError(f"top_p must lie in (0, 1], got {p!r}")
     order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
     sorted_probs = torch.softmax(logits.gather(-1, order).float(), dim=-1)
@@ -195,7 +197,7 @@ def generate(
         )
     if (
         isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, numbers.Integral)
+        or not is_integral(max_new_tokens)
         or max_new_tokens < 0
     ):
         raise ValueError(
@@ -209,9 +211,9 @@ def generate(
         or block_size < 1
     ):
         raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
+    to_restore = model if isinstance(model, nn.Module) and model.training else None
+    if to_restore is not None:
+        to_restore.eval()
     tokens = input_ids
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     try:
@@ -226,6 +228,6 @@ def generate(
             if eos_id is not None and bool(finished.all()):
                 break
     finally:
-        if was_training:
-            model.train()
+        if to_restore is not None:
+            to_restore.train()
     return tokens

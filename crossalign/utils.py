@@ -1,9 +1,12 @@
-"""Small helpers every part of the package shares: seeding, device choice, atomic
-writes."""
+"""Small helpers every part of the package shares.
+
+Seeding, device choice, atomic writes, and number checks that type checkers can follow.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import random
 import tempfile
@@ -12,6 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def is_integral(value: object) -> bool:
+    """Whether ``value`` is an integer of any kind (a ``numbers.Integral``).
+
+    Python and NumPy integers count, and so does ``bool`` (callers that refuse it test
+    it first). A function rather than an inline ``isinstance``: type checkers take
+    ``int`` and ``numbers.Integral`` for unrelated types, so an inline test on an
+    argument annotated ``int`` would look always false to them, and they would skip
+    the code after it.
+    """
+    return isinstance(value, numbers.Integral)
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number of any kind (a ``numbers.Real``).
+
+    Python and NumPy integers and floats count, and so does ``bool`` (callers that
+    refuse it test it first); a function for the reason given in :func:`is_integral`.
+    """
+    return isinstance(value, numbers.Real)
 
 
 def seed_everything(seed: int = 0, deterministic: bool = False) -> None:

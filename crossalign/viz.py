@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from crossalign.metrics.geometry import modality_gap, pca
-from crossalign.utils import atomic_path
+from crossalign.utils import atomic_path, is_integral, is_real
 
 ArrayLike = torch.Tensor | np.ndarray
 PathLike = str | os.PathLike
@@ -240,7 +239,7 @@ def image_grid(
     end).
     """
     pictures = _to_display_images(images, "images")
-    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+    if isinstance(ncols, bool) or not is_integral(ncols) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     _check_label_count(titles, len(pictures), "titles", "images")
     ncols = min(int(ncols), len(pictures))
@@ -367,7 +366,7 @@ def embedding_projection(
     """
     if method != "pca":
         raise ValueError(f"method must be 'pca', got {method!r}")
-    if isinstance(pairs, bool) or not isinstance(pairs, numbers.Integral) or pairs < 0:
+    if isinstance(pairs, bool) or not is_integral(pairs) or pairs < 0:
         raise ValueError(f"pairs must be a non-negative integer, got {pairs!r}")
     images = torch.from_numpy(_to_numpy(image_emb, "image_emb"))
     texts = torch.from_numpy(_to_numpy(text_emb, "text_emb"))
@@ -405,7 +404,7 @@ def embedding_projection(
     if n_pairs > 0:
         segments = np.stack([image_xy[:n_pairs], text_xy[:n_pairs]], axis=1)
         pair_lines = LineCollection(
-            segments,
+            list(segments),
             colors="0.6",
             linewidths=0.6,
             zorder=1,
@@ -413,7 +412,8 @@ def embedding_projection(
         )
         ax.add_collection(pair_lines)
     ax.scatter(
-        *image_xy.T,
+        image_xy[:, 0],
+        image_xy[:, 1],
         s=16,
         color=IMAGE_COLOUR,
         marker="o",
@@ -422,7 +422,8 @@ def embedding_projection(
         label=f"images ({n_img})",
     )
     ax.scatter(
-        *text_xy.T,
+        text_xy[:, 0],
+        text_xy[:, 1],
         s=18,
         color=TEXT_COLOUR,
         marker="^",
@@ -528,7 +529,7 @@ def attention_overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1:
+    if isinstance(ncols, bool) or not is_integral(ncols) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
     height, width = picture.shape[:2]
     upsampled = torch.nn.functional.interpolate(
@@ -700,7 +701,7 @@ def _as_float(value: Any) -> float | None:
     else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, numbers.Real):
+    if is_real(value):
         return float(value)
     if (
         isinstance(value, torch.Tensor)

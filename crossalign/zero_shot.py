@@ -15,7 +15,7 @@ tower knows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,7 +86,7 @@ def class_embeddings(
     tokenizer: Any,
     class_names: Sequence[str],
     templates: Sequence[str],
-    synonyms: dict[str, Sequence[str]] | None = None,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """One unit vector per class ``[C, E]``: the mean of its prompts' text embeddings,

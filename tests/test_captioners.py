@@ -404,6 +404,13 @@ def test_a_captioner_with_an_encoder_reads_its_own_regions_like_the_images(kind)
         model(regions[..., :7], ids)
 
 
+def test_a_transformer_captioner_needs_a_decoder_block():
+    # With num_layers=0 the model used to build and train on the words alone (no block
+    # attends to the image), then generate() failed on the missing attention map.
+    with pytest.raises(ValueError, match="num_layers=0 must be >= 1"):
+        TransformerCaptioner(_config("transformer", num_layers=0))
+
+
 def test_config_round_trip_and_errors():
     config = _config("transformer")
     assert CaptionerConfig.from_dict(config.to_dict()) == config

@@ -3,12 +3,15 @@ that name the key."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
+import crossalign
 from crossalign.models.dual_encoder import DualEncoderConfig
 from crossalign.train.config import (
     ExperimentConfig,
@@ -203,6 +206,13 @@ def test_override_with_malformed_yaml_value_is_a_value_error_naming_it():
         ExperimentConfig().override(["train.betas=[0.8, 0.9"])
 
 
+def test_override_with_a_control_character_is_a_value_error_naming_it():
+    """YAML's reader (not its parser) refuses control characters; its error has no
+    ``problem``, and reading that attribute used to raise an AttributeError."""
+    with pytest.raises(ValueError, match="train.steps.*not valid YAML"):
+        ExperimentConfig().override(["train.steps=1\x07"])
+
+
 def test_override_reads_exponent_notation_as_a_float():
     """``--set train.lr=1e-3`` is how everyone writes a learning rate; YAML 1.1 reads it
     as a string."""
@@ -221,3 +231,58 @@ def test_dual_encoder_config_from_dict_round_trips_and_rejects_unknown_keys():
     assert DualEncoderConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="embed_dimension"):
         DualEncoderConfig.from_dict({**values, "embed_dimension": 16})
+
+
+# Standard-library names that Python 3.10, the oldest version pyproject.toml accepts,
+# does not have.
+_NEWER_THAN_3_10 = {
+    "typing": {
+        "LiteralString",
+        "Never",
+        "NotRequired",
+        "ReadOnly",
+        "Required",
+        "Self",
+        "TypeIs",
+        "TypeVarTuple",
+        "Unpack",
+        "assert_never",
+        "assert_type",
+        "dataclass_transform",
+        "override",
+        "reveal_type",
+    },
+    "enum": {"ReprEnum", "StrEnum", "verify"},
+    "datetime": {"UTC"},
+    "itertools": {"batched"},
+    "contextlib": {"chdir"},
+}
+_MODULES_NEWER_THAN_3_10 = {"tomllib", "wsgiref.types"}
+
+
+def test_the_package_imports_nothing_that_python_3_10_lacks():
+    """``from typing import Self`` (Python 3.11) made crossalign.train.config, and
+    with it training and the command line, fail to import on Python 3.10. The tests,
+    tools and benchmarks are held to the same floor."""
+    root = Path(crossalign.__file__).parents[1]
+    folders = ("crossalign", "tests", "tools", "benchmarks")
+    found = []
+    for path in sorted(p for folder in folders for p in (root / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                names = {alias.name for alias in node.names}
+                newer = names & _NEWER_THAN_3_10.get(node.module, set())
+                if node.module in _MODULES_NEWER_THAN_3_10 or newer:
+                    found.append(f"{path.name}:{node.lineno} {node.module} {newer}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in _MODULES_NEWER_THAN_3_10:
+                        found.append(f"{path.name}:{node.lineno} {alias.name}")
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.attr in _NEWER_THAN_3_10.get(node.value.id, set()):
+                    found.append(
+                        f"{path.name}:{node.lineno} {node.value.id}.{node.attr}"
+                    )
+            elif type(node).__name__ == "TryStar":  # except* (Python 3.11)
+                found.append(f"{path.name}:{node.lineno} except*")
+    assert not found, found

@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossalign.experiments.compare import CompareConfig, prepare_data
+from crossalign.experiments.compare import CompareConfig, MethodResult, prepare_data
 from crossalign.experiments.lit import (
     LiTResult,
     LockedTextModel,
+    both_towers_result,
     build_lit_model,
     format_lit_table,
     sentence_features,
@@ -102,6 +103,14 @@ def test_an_unfrozen_text_tower_is_refused() -> None:
     unfrozen = HFTextEncoder(freeze=False)
     with pytest.raises(ValueError, match="frozen"):
         LockedTextModel(build_image_encoder("small_cnn", out_dim=16), unfrozen)
+
+
+def test_both_towers_result_needs_the_trained_model() -> None:
+    # A MethodResult without its model used to fail inside embed_texts on None.eval().
+    scores = {"i2t_r1": 0.5, "t2i_r1": 0.25}
+    result = MethodResult("infonce", scores, 0.5, 0.5, {}, 1.0)
+    with pytest.raises(ValueError, match="both.model is None"):
+        both_towers_result(result, TINY, data=None)
 
 
 def test_format_lit_table() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch.utils.data import Dataset
+from typing import TYPE_CHECKING, Any
 
 from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.vocab import HFTokenizerAdapter, Vocabulary
+
+if TYPE_CHECKING:
+    from crossalign.data.flickr8k import Flickr8k
 
 DATASETS = ("shapes", "flickr8k")
 TOKENIZERS = ("word", "hf")
@@ -15,7 +16,7 @@ TOKENIZERS = ("word", "hf")
 
 def build_dataset(
     cfg: Any, split: str, seed: int = 0, size: int | None = None
-) -> Dataset:
+) -> ShapesWorld | Flickr8k:
     """The ``split`` ("train", "val", "test", or for ShapesWorld "compositional") of
     ``cfg.name``.
 
@@ -50,7 +51,7 @@ def build_dataset(
 
 
 def build_tokenizer(
-    cfg: Any, train_dataset: Dataset
+    cfg: Any, train_dataset: ShapesWorld | Flickr8k
 ) -> Vocabulary | HFTokenizerAdapter:
     """A word vocabulary built on the training captions, or a Hugging Face tokenizer.
 

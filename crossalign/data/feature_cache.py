@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,11 @@ def cache_image_features(
         )
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
+    if not isinstance(dataset, Sized):
+        raise TypeError(
+            f"{type(dataset).__name__} has no len(); "
+            "give a data set that is indexed 0..N-1"
+        )
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to cache")
     device = select_device(device)

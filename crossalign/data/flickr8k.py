@@ -524,7 +524,7 @@ def _check_disjoint(
     for split in SPLITS:
         for image in splits[split]:
             owner.setdefault(image, split)
-    clean = {split: [] for split in SPLITS}
+    clean: dict[str, list[str]] = {split: [] for split in SPLITS}
     for split in SPLITS:
         for image in splits[split]:
             if owner[image] == split:

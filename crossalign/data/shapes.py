@@ -31,7 +31,6 @@ Grammar of a caption (regular, so captions can be parsed back)::
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -39,6 +38,8 @@ from functools import cache
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from crossalign.utils import is_integral
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS: tuple[str, ...] = (
@@ -371,14 +372,14 @@ class ShapesWorld(Dataset):
                 f"split={split!r} is not a ShapesWorld split; expected one of {SPLITS}"
             )
         size = DEFAULT_SPLIT_SIZES[split] if size is None else size
-        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+        if not is_integral(size) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size={size!r} must be a positive integer")
-        if not isinstance(image_size, numbers.Integral) or not 32 <= image_size <= 224:
+        if not is_integral(image_size) or not 32 <= image_size <= 224:
             raise ValueError(
                 f"image_size={image_size!r} must be a whole number of pixels between "
                 "32 and 224"
             )
-        if not isinstance(seed, numbers.Integral):
+        if not is_integral(seed):
             raise ValueError(f"seed={seed!r} must be an integer")
         if not 1 <= min_objects <= max_objects <= _MAX_OBJECTS:
             raise ValueError(

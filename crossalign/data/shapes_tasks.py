@@ -20,7 +20,6 @@ with stream ids of their own, so an item never depends on which batch it is draw
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -38,6 +37,7 @@ from crossalign.data.shapes import (
     ShapesWorld,
     hash_uniform,
 )
+from crossalign.utils import is_integral, is_real
 
 #: The kinds of negative caption :class:`ShapesMatching` can draw, in fallback order.
 NEGATIVE_KINDS: tuple[str, ...] = ("relation", "attribute", "random")
@@ -65,8 +65,8 @@ def _check_world(world: object) -> ShapesWorld:
     return world
 
 
-def _check_seed(seed: object) -> int:
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+def _check_seed(seed: int) -> int:
+    if not is_integral(seed) or isinstance(seed, bool):
         raise ValueError(f"seed={seed!r} must be an integer")
     return int(seed)
 
@@ -107,9 +107,7 @@ class ShapesMatching(Dataset):
                 f"negatives={negatives!r} must be a non-empty list of distinct kinds "
                 f"from {NEGATIVE_KINDS}"
             )
-        is_number = isinstance(positive_rate, numbers.Real) and not isinstance(
-            positive_rate, bool
-        )
+        is_number = is_real(positive_rate) and not isinstance(positive_rate, bool)
         if (
             not is_number
             or not math.isfinite(positive_rate)
@@ -237,7 +235,7 @@ def _shortest_description(objects: Sequence[ShapeObject], k: int) -> str | None:
     return None
 
 
-def _ask(scene: SceneGraph, qtype: str, u: Sequence[float]) -> QuestionAnswer | None:
+def _ask(scene: SceneGraph, qtype: str, u: np.ndarray) -> QuestionAnswer | None:
     """A question of type ``qtype`` about ``scene``, or ``None`` if none is
     unambiguous."""
     objects = scene.objects

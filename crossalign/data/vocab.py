@@ -498,7 +498,10 @@ class HFTokenizerAdapter:
 def tokenizer_from_dict(data: dict[str, Any]) -> Vocabulary | HFTokenizerAdapter:
     """Rebuild whichever tokenizer ``to_dict()`` described (a checkpoint stores only the
     dict)."""
-    kinds = {"vocabulary": Vocabulary, "hf_tokenizer": HFTokenizerAdapter}
+    kinds: dict[str, type[Vocabulary] | type[HFTokenizerAdapter]] = {
+        "vocabulary": Vocabulary,
+        "hf_tokenizer": HFTokenizerAdapter,
+    }
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in kinds:
         raise ValueError(

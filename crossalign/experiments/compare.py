@@ -31,6 +31,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from crossalign.data.build import build_tokenizer
 from crossalign.data.shapes import ShapesWorld
+from crossalign.data.vocab import HFTokenizerAdapter, Vocabulary
 from crossalign.evaluation import embed_texts
 from crossalign.experiments.methods import (
     AlignmentBatch,
@@ -64,6 +66,7 @@ __all__ = [
     "CompareConfig",
     "ComparisonData",
     "MethodResult",
+    "MethodScores",
     "SwapPairs",
     "batch_indices",
     "compare_methods",
@@ -208,7 +211,7 @@ class ComparisonData:
     """Everything the methods share, prepared once: tensors for training, texts for
     evaluation."""
 
-    tokenizer: object
+    tokenizer: Vocabulary | HFTokenizerAdapter
     train_images: torch.Tensor
     train_captions: list[list[str]]
     train_ids: torch.Tensor
@@ -280,7 +283,8 @@ def prepare_data(config: CompareConfig) -> ComparisonData:
         "test", size=config.test_size, image_size=config.image_size, seed=config.seed
     )
     tokenizer = build_tokenizer(experiment.data, train_set)
-    images, captions = [], []
+    images: list[torch.Tensor] = []
+    captions: list[list[str]] = []
     for start in range(0, len(train_set), _RENDER_CHUNK):
         items = train_set.__getitems__(
             range(start, min(start + _RENDER_CHUNK, len(train_set)))
@@ -458,10 +462,19 @@ def make_batch(
     return batch
 
 
+class MethodScores(TypedDict):
+    """What :func:`evaluate_method` measures (the scores of a :class:`MethodResult`)."""
+
+    retrieval: dict[str, float]
+    relation_swap: float
+    attribute_swap: float
+    geometry: dict[str, float]
+
+
 @torch.inference_mode()
 def evaluate_method(
-    model: nn.Module, data: ComparisonData, device: torch.device, max_len: int
-) -> dict[str, object]:
+    model: DualEncoder, data: ComparisonData, device: torch.device, max_len: int
+) -> MethodScores:
     """Retrieval, swap accuracies and geometry of ``model`` on the prepared test
     split."""
     model.eval()
@@ -474,13 +487,8 @@ def evaluate_method(
     text_emb = embed_texts(
         model, data.test_texts, data.tokenizer, device=device, max_len=max_len
     )
-    scores: dict[str, object] = {
-        "retrieval": retrieval_metrics(image_emb, text_emb, data.test_owner)
-    }
-    for key, pairs in (
-        ("relation_swap", data.relation_pairs),
-        ("attribute_swap", data.attribute_pairs),
-    ):
+
+    def swap(pairs: SwapPairs) -> float:
         true_emb = embed_texts(
             model, pairs.true_captions, data.tokenizer, device=device, max_len=max_len
         )
@@ -491,9 +499,14 @@ def evaluate_method(
             device=device,
             max_len=max_len,
         )
-        scores[key] = swap_accuracy(image_emb[pairs.images], true_emb, swapped_emb)
-    scores["geometry"] = geometry_report(image_emb, text_emb, data.test_owner)
-    return scores
+        return swap_accuracy(image_emb[pairs.images], true_emb, swapped_emb)
+
+    return MethodScores(
+        retrieval=retrieval_metrics(image_emb, text_emb, data.test_owner),
+        relation_swap=swap(data.relation_pairs),
+        attribute_swap=swap(data.attribute_pairs),
+        geometry=geometry_report(image_emb, text_emb, data.test_owner),
+    )
 
 
 def train_method(

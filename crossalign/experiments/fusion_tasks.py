@@ -58,6 +58,8 @@ from crossalign.data.vocab import Vocabulary, simple_tokenize
 from crossalign.losses import clip_loss
 from crossalign.models.dual_encoder import DualEncoder, DualEncoderConfig
 from crossalign.models.fusion import FUSION_NAMES, build_fusion
+from crossalign.models.image_encoders import ImageEncoder
+from crossalign.models.text_encoders import TextEncoder
 from crossalign.train.schedule import warmup_cosine
 from crossalign.utils import seed_everything, select_device
 
@@ -306,12 +308,18 @@ class Backbone:
     losses: list[float] = field(default_factory=list)
 
     @property
-    def image_encoder(self) -> nn.Module:
+    def image_encoder(self) -> ImageEncoder:
         """The image tower (its ``forward_tokens`` gives the patch tokens)."""
-        return self.dual_encoder.image_encoder
+        encoder = self.dual_encoder.image_encoder
+        if not isinstance(encoder, ImageEncoder):
+            raise TypeError(
+                "the fusion modules read patch tokens, which only an ImageEncoder "
+                f"gives; this dual encoder's image tower is a {type(encoder).__name__}"
+            )
+        return encoder
 
     @property
-    def text_encoder(self) -> nn.Module:
+    def text_encoder(self) -> TextEncoder:
         """The text tower (its ``forward_tokens`` gives one state per token)."""
         return self.dual_encoder.text_encoder
 

@@ -39,7 +39,8 @@ from crossalign.experiments.compare import (
 )
 from crossalign.losses import clip_loss
 from crossalign.metrics import retrieval_metrics
-from crossalign.models.image_encoders import build_image_encoder
+from crossalign.models.dual_encoder import DualEncoder
+from crossalign.models.image_encoders import ImageEncoder, build_image_encoder
 from crossalign.models.text_encoders import HFTextEncoder
 from crossalign.utils import seed_everything, select_device
 
@@ -68,7 +69,7 @@ class LockedTextModel(nn.Module):
 
     def __init__(
         self,
-        image_encoder: nn.Module,
+        image_encoder: ImageEncoder,
         text_encoder: HFTextEncoder,
         init_temperature: float = 0.07,
         max_logit_scale: float = 100.0,
@@ -152,14 +153,14 @@ def sentence_features(
         raise ValueError("sentence_features needs at least one text")
     text_encoder.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    features: torch.Tensor | None = None
+    chunks = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask = tokenizer.encode_batch([texts[i] for i in rows], max_len=max_len)
-        chunk = text_encoder(ids.to(device), mask.to(device)).float().cpu()
-        if features is None:
-            features = chunk.new_empty(len(texts), chunk.shape[1])
-        features[rows] = chunk
+        chunks.append(text_encoder(ids.to(device), mask.to(device)).float().cpu())
+    in_length_order = torch.cat(chunks)
+    features = torch.empty_like(in_length_order)
+    features[order] = in_length_order
     return features
 
 
@@ -188,7 +189,10 @@ def _compositional(config: CompareConfig) -> ShapesWorld:
 
 @torch.inference_mode()
 def _retrieval(
-    model: nn.Module, images: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor
+    model: DualEncoder | LockedTextModel,
+    images: torch.Tensor,
+    text_emb: torch.Tensor,
+    owner: torch.Tensor,
 ) -> dict[str, float]:
     model.eval()
     image_emb = torch.cat(
@@ -350,25 +354,31 @@ def both_towers_result(
 ) -> LiTResult:
     """Score a dual encoder trained by :func:`train_method` on the compositional split
     too, as a :class:`LiTResult`."""
+    model = both.model
+    if model is None:
+        raise ValueError(
+            f"both.model is None: result {both.name!r} kept no model to score on the "
+            "compositional split; pass the MethodResult that train_method returned"
+        )
     compositional = _compositional(config)
     comp_texts, comp_owner = compositional.caption_image_index()
     device = select_device(config.device)
     comp_text_emb = embed_texts(
-        both.model, comp_texts, data.tokenizer, device=device, max_len=config.max_len
+        model, comp_texts, data.tokenizer, device=device, max_len=config.max_len
     )
     tower_name = "conv" if config.text_tower == "conv" else "GRU"
     return LiTResult(
         name=f"both towers trained ({tower_name})",
         test=both.retrieval,
         compositional=_retrieval(
-            both.model,
+            model,
             compositional.render(range(len(compositional))).to(device),
             comp_text_emb.to(device),
             comp_owner,
         ),
         seconds=both.seconds,
         losses=both.losses,
-        model=both.model,
+        model=model,
     )
 
 

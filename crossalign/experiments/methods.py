@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from crossalign.losses import (
     similarity_distillation_loss,
     triplet_loss,
 )
+
+if TYPE_CHECKING:
+    from crossalign.models.dual_encoder import DualEncoder
 
 __all__ = [
     "AlignmentBatch",
@@ -94,7 +97,7 @@ class AlignmentMethod:
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -113,7 +116,7 @@ class InfoNCEMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -144,7 +147,7 @@ class TripletMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -178,7 +181,7 @@ class SiameseMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -239,7 +242,7 @@ class AdversarialMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -272,7 +275,7 @@ class DistillationMethod(AlignmentMethod):
     name = "distillation"
     summary = "similarity distillation from a teacher"
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, teacher: DualEncoder) -> None:
         if not all(
             hasattr(teacher, attr)
             for attr in ("encode_image", "encode_text", "logit_scale")
@@ -285,7 +288,7 @@ class DistillationMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:
@@ -330,7 +333,7 @@ class HardNegativeMethod(AlignmentMethod):
 
     def loss(
         self,
-        model: nn.Module,
+        model: DualEncoder,
         batch: AlignmentBatch,
         auxiliary: nn.Module | None = None,
     ) -> torch.Tensor:

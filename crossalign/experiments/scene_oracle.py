@@ -244,6 +244,10 @@ def oracle_caption_dataset(
     scenes, same captions."""
     _require_shapes(config)
     world = build_caption_dataset(config, split, size)
+    if not isinstance(world, ShapesWorld):
+        raise TypeError(
+            f"data.name='shapes' gave a {type(world).__name__}, not a ShapesWorld"
+        )
     return SceneGraphCaptions(
         world.split,
         size=len(world),

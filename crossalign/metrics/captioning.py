@@ -248,14 +248,7 @@ def _paired_corpus(
             "candidates and references must be collections of captions, not a single "
             "str"
         )
-    if isinstance(candidates, Mapping) != isinstance(references, Mapping):
-        raise TypeError(
-            "pass candidates and references in the same form: both dicts keyed by "
-            "image id, "
-            f"or both lists in the same order (got {type(candidates).__name__} and "
-            f"{type(references).__name__})"
-        )
-    if isinstance(candidates, Mapping):
+    if isinstance(candidates, Mapping) and isinstance(references, Mapping):
         no_references = [
             image_id for image_id in candidates if image_id not in references
         ]
@@ -272,6 +265,12 @@ def _paired_corpus(
             (f"of image {image_id!r}", candidates[image_id], refs)
             for image_id, refs in references.items()
         ]
+    elif isinstance(candidates, Mapping) or isinstance(references, Mapping):
+        raise TypeError(
+            "pass candidates and references in the same form: "
+            "both dicts keyed by image id, or both lists in the same order "
+            f"(got {type(candidates).__name__} and {type(references).__name__})"
+        )
     else:
         if len(candidates) != len(references):
             raise ValueError(

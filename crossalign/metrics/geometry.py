@@ -24,10 +24,11 @@ for every other floating dtype (half precision is upcast), with autocast disable
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
+
+from crossalign.utils import is_integral, is_real
 
 __all__ = [
     "alignment",
@@ -149,11 +150,7 @@ def pca(
     """
     _check_embeddings("x", x)
     n, d = x.shape
-    if (
-        isinstance(k, bool)
-        or not isinstance(k, numbers.Integral)
-        or not 1 <= k <= min(n, d)
-    ):
+    if isinstance(k, bool) or not is_integral(k) or not 1 <= k <= min(n, d):
         raise ValueError(
             f"k must be an integer between 1 and min(N, D) = {min(n, d)} for x of "
             f"shape {tuple(x.shape)}, got {k!r}"
@@ -351,7 +348,7 @@ def _check_positive(name: str, value: float) -> None:
     """Raise unless ``value`` is a finite real number greater than zero."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
+        or not is_real(value)
         or not math.isfinite(value)
         or value <= 0
     ):
@@ -360,11 +357,7 @@ def _check_positive(name: str, value: float) -> None:
 
 def _check_chunk_size(chunk_size: int) -> None:
     """Raise unless ``chunk_size`` is a positive integer."""
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, numbers.Integral)
-        or chunk_size < 1
-    ):
+    if isinstance(chunk_size, bool) or not is_integral(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
 

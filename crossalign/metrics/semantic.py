@@ -129,6 +129,14 @@ def _symbols(words: Sequence[str]) -> list[tuple[str, object]]:
     return symbols
 
 
+def _word(symbol: tuple[str, object]) -> str:
+    """The canonical word of a size, colour or shape symbol."""
+    kind, value = symbol
+    if not isinstance(value, str):
+        raise TypeError(f"a {kind} symbol holds one word, got {value!r}")
+    return value
+
+
 def _match(
     template: Sequence[str], symbols: Sequence[tuple[str, object]]
 ) -> list | None:
@@ -148,9 +156,8 @@ def _match(
                 "the",
             ):
                 return None
-            values.append(
-                (piece[0][1], ObjectMention(piece[1][1], piece[2][1], piece[3][1]))
-            )
+            size, colour, shape = (_word(symbol) for symbol in piece[1:])
+            values.append((piece[0][1], ObjectMention(size, colour, shape)))
             position += 4
         elif part in ("relation", "region"):
             if position >= len(symbols) or symbols[position][0] != part:

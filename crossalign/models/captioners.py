@@ -332,7 +332,7 @@ class Captioner(nn.Module, ABC):
         try:
             state = self.init_state(inputs)
             cfg = self.config
-            common = dict(
+            common: dict[str, Any] = dict(
                 batch_size=inputs.shape[0],
                 bos_id=cfg.bos_id,
                 eos_id=cfg.eos_id,
@@ -592,6 +592,11 @@ class TransformerCaptioner(Captioner):
 
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__(config)
+        if config.num_layers < 1:
+            raise ValueError(
+                f"num_layers={config.num_layers} must be >= 1: without a decoder block "
+                "the captions never attend to the image"
+            )
         d = config.hidden_dim
         if d % config.num_heads:
             raise ValueError(
@@ -635,8 +640,7 @@ class TransformerCaptioner(Captioner):
             + self.word_pos[:, :length]
         )
         mask = causal_mask(length, tokens.device)
-        weights = None
-        for block in self.blocks:
+        for block in self.blocks:  # at least one: __init__ checks num_layers >= 1
             x, weights = block(x, memory, mask)
         return self.output(self.norm(x)), weights
 

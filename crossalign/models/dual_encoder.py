@@ -81,14 +81,15 @@ class DualEncoder(nn.Module):
                 f"max_logit_scale={config.max_logit_scale}"
             )
         self.config = config
-        self.image_encoder = build_image_encoder(
-            config.image_encoder, **config.image_kwargs
-        )
+        image_encoder = build_image_encoder(config.image_encoder, **config.image_kwargs)
+        # Any module that maps images to [B, out_dim] may replace the built image tower
+        # (crossalign.experiments.compare.train_method's image_encoder does).
+        self.image_encoder: nn.Module = image_encoder
         self.text_encoder = build_text_encoder(
             config.text_encoder, **config.text_kwargs
         )
         self.image_projection = _projection(
-            config.projection, self.image_encoder.out_dim, config.embed_dim
+            config.projection, image_encoder.out_dim, config.embed_dim
         )
         self.text_projection = _projection(
             config.projection, self.text_encoder.out_dim, config.embed_dim

@@ -177,7 +177,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        blocks = [Block(config) for _ in range(config.n_layer)]
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(
             config.n_embd, eps=config.layer_norm_eps, bias=config.bias
         )
@@ -186,7 +187,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
-        for block in self.blocks:
+        for block in blocks:
             nn.init.normal_(block.attn.proj.weight, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, std=residual_std)
 
@@ -244,9 +245,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Token (or given) embeddings plus position embeddings, with dropout -> (B, T,
         n_embd)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
-        if input_ids is not None:
+        if input_ids is not None and inputs_embeds is None:
             if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
                 raise ValueError(
                     "input_ids must be an integer tensor of shape (B, T), "
@@ -260,7 +259,7 @@ class GPT(nn.Module):
                     f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size)"
                 )
             tokens = self.wte(input_ids)
-        else:
+        elif inputs_embeds is not None and input_ids is None:
             if (
                 inputs_embeds.dim() != 3
                 or inputs_embeds.shape[-1] != self.config.n_embd
@@ -270,6 +269,8 @@ class GPT(nn.Module):
                     f"{tuple(inputs_embeds.shape)}"
                 )
             tokens = inputs_embeds
+        else:
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
         length = tokens.shape[1]
         if not 1 <= length <= self.config.block_size:
             raise ValueError(

@@ -167,7 +167,8 @@ def gpt_to_hf(model: GPT) -> GPT2LMHeadModel:
     hf_model.load_state_dict(weights, strict=True)
     if config.tie_weights:
         hf_model.tie_weights()
-    return hf_model.to(model.wte.weight.device).eval()
+    # transformers wraps to() with functools.wraps, whose type does not bind self.
+    return hf_model.to(model.wte.weight.device).eval()  # type: ignore[arg-type]
 
 
 def _gpt_config_from_hf(hf_config: GPT2Config, dropout: float | None) -> GPTConfig:

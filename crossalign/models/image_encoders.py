@@ -20,7 +20,7 @@ arguments it was built with in ``encoder.config`` so that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,6 +43,11 @@ class ImageEncoder(nn.Module):
 
     out_dim: int
     grid_dim: int
+    mean: torch.Tensor  # the normalisation buffers registered in __init__
+    std: torch.Tensor
+    # Every subclass defines forward_grid; declared (not defined) here for type
+    # checkers, so that hasattr(encoder, "forward_grid") still tells if one does.
+    forward_grid: Callable[[torch.Tensor], torch.Tensor]
 
     def __init__(
         self,

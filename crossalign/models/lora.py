@@ -43,6 +43,14 @@ def _is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or _is_hf_conv1d(module)
 
 
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """The ``weight`` tensor of an ``nn.Linear`` or HF ``Conv1D``."""
+    weight = layer.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.weight is not a tensor")
+    return weight
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` (or HF ``Conv1D``) plus a trainable low-rank update.
 
@@ -65,8 +73,9 @@ class LoRALinear(nn.Module):
             )
         # Conv1D keeps its weight as (in, out)
         self.transposed = not isinstance(base, nn.Linear)
+        weight = _weight(base)
         in_features, out_features = (
-            base.weight.shape[::-1] if not self.transposed else base.weight.shape
+            weight.shape[::-1] if not self.transposed else weight.shape
         )
         if (
             isinstance(rank, bool)
@@ -84,7 +93,6 @@ class LoRALinear(nn.Module):
             parameter.requires_grad_(False)
         self.rank, self.alpha = rank, float(alpha)
         self.scale = self.alpha / rank
-        weight = base.weight
         self.lora_a = nn.Parameter(
             torch.empty(rank, in_features, dtype=weight.dtype, device=weight.device)
         )
@@ -110,8 +118,9 @@ class LoRALinear(nn.Module):
         """A copy of the base layer whose weight includes the update (no adapter
         left)."""
         layer = copy.deepcopy(self.base)
+        weight = _weight(layer)
         with torch.no_grad():
-            layer.weight.add_(self.delta_weight().to(layer.weight.dtype))
+            weight.add_(self.delta_weight().to(weight.dtype))
         return layer
 
     def extra_repr(self) -> str:
@@ -201,12 +210,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
     the outputs stay the same (up to float rounding) and no adapter remains.
     """
     adapted = [
-        name for name, module in model.named_modules() if isinstance(module, LoRALinear)
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, LoRALinear)
     ]
     if not adapted:
         raise ValueError(
             "merge_lora found no LoRALinear layer in the model; call apply_lora first"
         )
-    for name in adapted:
-        _set_submodule(model, name, model.get_submodule(name).merged())
+    for name, module in adapted:
+        _set_submodule(model, name, module.merged())
     return model

@@ -21,11 +21,11 @@ filled with a learned "before the start" embedding (an extra row of the table, i
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from crossalign.utils import is_integral
 
 __all__ = ["MLPLanguageModel"]
 
@@ -56,11 +56,7 @@ class MLPLanguageModel(nn.Module):
             ("embed_dim", embed_dim),
             ("hidden_dim", hidden_dim),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Integral)
-                or value < 1
-            ):
+            if isinstance(value, bool) or not is_integral(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")

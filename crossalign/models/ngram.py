@@ -54,11 +54,12 @@ truncation are left to the neural language models, whose distributions are tenso
 from __future__ import annotations
 
 import math
-import numbers
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from crossalign.utils import is_integral, is_real
 
 __all__ = ["BOS", "EOS", "NGramLM", "SMOOTHINGS", "UNK"]
 
@@ -108,11 +109,7 @@ class NGramLM:
         k: float = 1.0,
         discount: float = 0.75,
     ) -> None:
-        if (
-            isinstance(order, bool)
-            or not isinstance(order, numbers.Integral)
-            or order < 1
-        ):
+        if isinstance(order, bool) or not is_integral(order) or order < 1:
             raise ValueError(
                 "order must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got "
                 f"{order!r}"
@@ -121,19 +118,11 @@ class NGramLM:
             raise ValueError(
                 f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}"
             )
-        if (
-            isinstance(k, bool)
-            or not isinstance(k, numbers.Real)
-            or not (math.isfinite(k) and k > 0)
-        ):
+        if isinstance(k, bool) or not is_real(k) or not (math.isfinite(k) and k > 0):
             raise ValueError(
                 f"k (the add-k pseudo-count) must be a finite number > 0, got {k!r}"
             )
-        if (
-            isinstance(discount, bool)
-            or not isinstance(discount, numbers.Real)
-            or not 0 < discount < 1
-        ):
+        if isinstance(discount, bool) or not is_real(discount) or not 0 < discount < 1:
             raise ValueError(
                 "discount (Kneser-Ney's D) must lie strictly between 0 and 1, got "
                 f"{discount!r}"
@@ -259,15 +248,11 @@ class NGramLM:
         finished within ``max_len`` words.
         """
         self._check_fitted()
-        if (
-            isinstance(max_len, bool)
-            or not isinstance(max_len, numbers.Integral)
-            or max_len < 1
-        ):
+        if isinstance(max_len, bool) or not is_integral(max_len) or max_len < 1:
             raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
         if (
             isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
+            or not is_real(temperature)
             or not (math.isfinite(temperature) and temperature >= 0)
         ):
             raise ValueError(

@@ -22,8 +22,8 @@ Any causal LM with ``get_input_embeddings()`` and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from torch import nn
 
 from crossalign.decoding import beam_search, greedy_decode
 from crossalign.models.lora import apply_lora
+
+if TYPE_CHECKING:
+    from crossalign.models.image_encoders import ImageEncoder, MaxPooledGrid
 
 __all__ = [
     "IGNORE_INDEX",
@@ -47,7 +50,10 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
-def freeze(module: nn.Module) -> nn.Module:
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def freeze(module: _Module) -> _Module:
     """Stop ``module`` from learning: no parameter requires a gradient, and it runs in
     eval mode.
 
@@ -79,6 +85,15 @@ def lm_logits(
     mask = None if attention_mask is None else attention_mask.long()
     output = lm(inputs_embeds=inputs_embeds, attention_mask=mask)
     return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def _input_embeddings(lm: nn.Module) -> nn.Embedding:
+    """``lm.get_input_embeddings()``: the token table of our GPT or a Hugging Face LM.
+
+    ``nn.Module`` does not declare the method, so its type is stated here.
+    """
+    get_input_embeddings = cast(Callable[[], nn.Embedding], lm.get_input_embeddings)
+    return get_input_embeddings()
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +155,8 @@ class PrefixCaptioner(nn.Module):
             table.
     """
 
+    prompt_ids: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         lm: nn.Module,
@@ -148,7 +165,7 @@ class PrefixCaptioner(nn.Module):
         bos_id: int,
         eos_id: int,
         pad_id: int,
-        image_encoder: nn.Module | None = None,
+        image_encoder: ImageEncoder | MaxPooledGrid | None = None,
         feature_kind: str = "pooled",
         prompt_ids: Sequence[int] | None = None,
     ) -> None:
@@ -187,7 +204,7 @@ class PrefixCaptioner(nn.Module):
     @property
     def vocab_size(self) -> int:
         """Number of token ids of the language model."""
-        return self.lm.get_input_embeddings().num_embeddings
+        return _input_embeddings(self.lm).num_embeddings
 
     def train(self, mode: bool = True) -> PrefixCaptioner:
         """Set training mode, but keep fully frozen parts (LM, image encoder) in eval
@@ -218,7 +235,7 @@ class PrefixCaptioner(nn.Module):
         prefix = self.projector(features)
         if self.prompt_ids.numel():
             prompt = (
-                self.lm.get_input_embeddings()(self.prompt_ids)
+                _input_embeddings(self.lm)(self.prompt_ids)
                 .unsqueeze(0)
                 .expand(prefix.shape[0], -1, -1)
             )
@@ -253,7 +270,7 @@ class PrefixCaptioner(nn.Module):
             raise ValueError(
                 f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions"
             )
-        tokens = self.lm.get_input_embeddings()(input_ids).to(prefix.dtype)
+        tokens = _input_embeddings(self.lm)(input_ids).to(prefix.dtype)
         embeds = torch.cat([prefix, tokens], dim=1)
         prefix_mask = attention_mask.new_ones(prefix.shape[:2], dtype=torch.bool)
         mask = torch.cat([prefix_mask, attention_mask.bool()], dim=1)
@@ -316,7 +333,7 @@ class PrefixCaptioner(nn.Module):
         log-probabilities after ``tokens``."""
         prefix = state["prefix"]
         embeds = torch.cat(
-            [prefix, self.lm.get_input_embeddings()(tokens).to(prefix.dtype)], dim=1
+            [prefix, _input_embeddings(self.lm)(tokens).to(prefix.dtype)], dim=1
         )
         logits = lm_logits(self.lm, embeds)[:, -1]
         return torch.log_softmax(logits.float(), dim=-1), state, None

@@ -157,8 +157,7 @@ class QFormer(nn.Module):
             )
         image = self.image_in(features)
         queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
-        attention = None
-        for block in self.blocks:
+        for block in self.blocks:  # at least one: __init__ checks depth >= 1
             queries, attention = block(queries, image)
         self.last_attention = attention.detach()
         return self.norm_out(queries)

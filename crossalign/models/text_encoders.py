@@ -485,7 +485,12 @@ class HFTextEncoder(nn.Module):
         return tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)
 
 
-_FROM_SCRATCH = {
+#: Any of the text encoders above: what :func:`build_text_encoder` returns.
+TextEncoder = GRUTextEncoder | ConvTextEncoder | TransformerTextEncoder | HFTextEncoder
+
+_FROM_SCRATCH: dict[
+    str, type[GRUTextEncoder] | type[ConvTextEncoder] | type[TransformerTextEncoder]
+] = {
     "gru": GRUTextEncoder,
     "conv": ConvTextEncoder,
     "transformer": TransformerTextEncoder,
@@ -499,7 +504,7 @@ def text_encoder_names() -> list[str]:
 
 def build_text_encoder(
     name: str, vocab_size: int | None = None, **kwargs: Any
-) -> nn.Module:
+) -> TextEncoder:
     """Build a text encoder by name: ``"gru"``, ``"conv"``, ``"transformer"`` or
     ``"hf"``.
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import yaml
@@ -38,7 +38,7 @@ from crossalign.decoding import DecodeResult
 from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
-from crossalign.models.image_encoders import build_image_encoder
+from crossalign.models.image_encoders import ImageEncoder, build_image_encoder
 from crossalign.train.checkpoint import (
     load_weights,
     read_config,
@@ -54,6 +54,9 @@ from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.train.trainer import StepBatchSampler, build_optimizer
 from crossalign.utils import atomic_write_text, seed_everything, select_device
+
+if TYPE_CHECKING:
+    from crossalign.data.flickr8k import Flickr8k
 
 CAPTION_DATASETS = ("shapes", "flickr8k")
 
@@ -182,7 +185,7 @@ class _GridFeatures(nn.Module):
     """Wraps an image encoder so that calling it returns its feature grid (what the
     cache stores)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: ImageEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
@@ -253,7 +256,7 @@ def cache_flickr8k_features(
 
 def build_caption_dataset(
     config: CaptionExperimentConfig, split: str, size: int | None = None
-) -> Dataset:
+) -> ShapesWorld | Flickr8k | CachedFeatures:
     """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached
     Flickr8k features."""
     cfg = config.data
@@ -301,6 +304,16 @@ def build_caption_dataset(
         on_error="skip",
         progress=config.train.progress,
     )
+
+
+def _size(dataset: Dataset) -> int:
+    """``len(dataset)``; a TypeError for a data set without one (an iterable one)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(
+            f"{type(dataset).__name__} has no len(); "
+            "give a data set that is indexed 0..N-1"
+        )
+    return len(dataset)
 
 
 def _all_captions(dataset: Dataset) -> list[list[str]]:
@@ -389,17 +402,18 @@ def encode_regions(
             "encode_regions needs a captioner with an image encoder; precomputed "
             "features are regions already"
         )
+    size = _size(dataset)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     try:
         for start in tqdm(
-            range(0, len(dataset), batch_size),
+            range(0, size, batch_size),
             desc="encode regions",
             disable=not progress,
         ):
-            indices = range(start, min(start + batch_size, len(dataset)))
+            indices = range(start, min(start + batch_size, size))
             chunks.append(
                 model.regions(batch_inputs(_fetch(dataset, indices)).to(device))
             )
@@ -504,7 +518,7 @@ def train_captioner(
     )
     scaler = grad_scaler(cfg.precision, device)
     sampler = StepBatchSampler(
-        len(train_set), cfg.batch_size, config.seed, 0, cfg.steps
+        _size(train_set), cfg.batch_size, config.seed, 0, cfg.steps
     )
     collator = CaptionCollator(
         tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len
@@ -551,7 +565,7 @@ def train_captioner(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         history.append(
-            {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+            {"step": step, "loss": loss.item(), "lr": float(scheduler.get_last_lr()[0])}
         )
         scheduler.step()
         bar.update(1)
@@ -595,9 +609,15 @@ def load_captioner(
             "and 'tokenizer' entries)"
         )
     config = CaptionExperimentConfig.from_dict(saved["experiment"], source=str(where))
+    tokenizer = tokenizer_from_dict(saved["tokenizer"])
+    if not isinstance(tokenizer, Vocabulary):
+        raise ValueError(
+            f"{where}: a captioner's tokenizer is a word Vocabulary, "
+            f"got {type(tokenizer).__name__}"
+        )
     model = build_captioner(CaptionerConfig.from_dict(saved["captioner"]))
     load_weights(model, where, device=device)
-    return model.to(device).eval(), tokenizer_from_dict(saved["tokenizer"]), config
+    return model.to(device).eval(), tokenizer, config
 
 
 # ----------------------------------------------------------------------------------
@@ -634,7 +654,7 @@ def generate_captions(
     device = (
         next(model.parameters()).device if device is None else select_device(device)
     )
-    indices = list(range(len(dataset))) if indices is None else list(indices)
+    indices = list(range(_size(dataset))) if indices is None else list(indices)
     captions: list[str] = []
     result = None
     for start in range(0, len(indices), batch_size):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -138,6 +138,9 @@ def _build_section(
     return klass(**checked)
 
 
+_Config = TypeVar("_Config", bound="SectionedConfig")
+
+
 class SectionedConfig:
     """``to_dict``, ``from_dict`` and ``override`` for an experiment config made of
     sections.
@@ -147,18 +150,23 @@ class SectionedConfig:
     """
 
     SECTIONS: ClassVar[dict[str, type]] = {}
+    # Set by @dataclass on every subclass; declared so that type checkers take
+    # asdict(self).
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON/YAML-serialisable dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
+    def from_dict(
+        cls: type[_Config], data: dict[str, Any], source: str = "config"
+    ) -> _Config:
         """Build from nested dicts; unknown sections or keys raise a ``ValueError``
         naming them."""
         return cls(**build_sections(data, cls.SECTIONS, source))
 
-    def override(self, assignments: Sequence[str]) -> Self:
+    def override(self: _Config, assignments: Sequence[str]) -> _Config:
         """Apply ``section.key=value`` overrides (values parsed as YAML), e.g.
         ``train.steps=50``."""
         return self.from_dict(
@@ -215,6 +223,15 @@ def build_sections(data: Any, sections: dict[str, type], source: str) -> dict[st
     return built
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong, in a line: the parser's ``problem``, else the error's first line.
+
+    Only the parser's errors have a ``problem``; the reader's (a control character, say)
+    do not.
+    """
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
+
+
 def apply_overrides(
     data: dict[str, Any], assignments: Sequence[str], sections: dict[str, type]
 ) -> dict[str, Any]:
@@ -236,7 +253,7 @@ def apply_overrides(
             data[section][key] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ValueError(
-                f"override {item!r}: the value is not valid YAML ({err.problem or err})"
+                f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})"
             ) from None
     return data
 
@@ -256,8 +273,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             if mark is not None
             else str(path)
         )
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+        raise ValueError(f"{where}: not valid YAML ({_yaml_problem(err)})") from None
     return data or {}
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -49,6 +50,9 @@ from crossalign.data.shapes import (
     ShapesWorld,
 )
 from crossalign.train.schedule import warmup_cosine_scheduler
+
+if TYPE_CHECKING:
+    from crossalign.models.image_encoders import ImageEncoder, MaxPooledGrid
 
 __all__ = [
     "LABEL_GROUPS",
@@ -136,7 +140,7 @@ class EncoderPretrainResult:
 
 
 def pretrain_on_scene_labels(
-    encoder: nn.Module,
+    encoder: ImageEncoder | MaxPooledGrid,
     dataset: ShapesWorld,
     steps: int = 300,
     batch_size: int = 64,

@@ -20,7 +20,6 @@ all the sequences together (not a mean of per-sequence perplexities).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from crossalign.train.schedule import warmup_cosine_scheduler
+from crossalign.utils import is_integral, is_real
 
 __all__ = [
     "LMTrainResult",
@@ -56,9 +56,14 @@ class LMTrainResult:
         return sum(tail) / len(tail)
 
 
-def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
-    """``sequences`` as lists of ints, each at least 2 long (one input, one target), or
-    a ValueError."""
+def _checked_sequences(
+    sequences: Sequence[Sequence[int] | torch.Tensor] | torch.Tensor,
+) -> list[list[int]]:
+    """``sequences`` as lists of ints, each at least 2 long (one input, one target).
+
+    A shorter or non-integer sequence is a ValueError. Rows may be 1-D tensors; one 2-D
+    tensor holding all the sequences is refused (a TypeError).
+    """
     if isinstance(sequences, torch.Tensor):
         raise TypeError(
             "sequences must be a list of token-id lists (of different lengths), not "
@@ -70,7 +75,7 @@ def _checked_sequences(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
             sequence.tolist() if isinstance(sequence, torch.Tensor) else list(sequence)
         )
         if len(ids) < 2 or not all(
-            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids
+            is_integral(i) and not isinstance(i, bool) for i in ids
         ):
             raise ValueError(
                 f"sequence {row} must hold at least 2 integer token ids (<bos> ... "
@@ -158,11 +163,7 @@ def sequence_nll(
     model is put in eval mode for the call and restored afterwards.
     """
     checked = _checked_sequences(sequences)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
+    if isinstance(batch_size, bool) or not is_integral(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     _check_block_size(model, checked)
     device = _model_device(model)
@@ -227,13 +228,9 @@ def train_language_model(
     """
     checked = _checked_sequences(sequences)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or value < 1
-        ):
+        if isinstance(value, bool) or not is_integral(value) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(lr, numbers.Real) and lr > 0):
+    if not (is_real(lr) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")

@@ -16,13 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from crossalign.train.schedule import warmup_cosine_scheduler
+
+if TYPE_CHECKING:
+    from crossalign.models.prefix_lm import PrefixCaptioner
 
 __all__ = ["PrefixTrainResult", "extract_features", "train_prefix"]
 
@@ -66,7 +68,7 @@ def extract_features(
 
 
 def train_prefix(
-    captioner: nn.Module,
+    captioner: PrefixCaptioner,
     features: torch.Tensor,
     captions: Sequence[Sequence[str]],
     tokenizer: Any,

@@ -16,10 +16,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -41,6 +41,10 @@ from crossalign.train.config import ExperimentConfig
 from crossalign.train.precision import autocast, check_precision, grad_scaler
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.utils import seed_everything, select_device
+
+if TYPE_CHECKING:
+    from crossalign.data.flickr8k import Flickr8k
+    from crossalign.data.shapes import ShapesWorld
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,7 +104,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, order = -1, None
+        epoch = -1  # no epoch yet: the first micro-step draws its epoch's order
+        order = torch.empty(0, dtype=torch.long)
         for micro_step in range(self.start, self.stop):
             e, position = divmod(micro_step, self.batches_per_epoch)
             if e != epoch:
@@ -115,7 +120,7 @@ class _EpochTagged(Dataset):
     """Wraps a data set so that items fetched by ``(epoch, index)`` carry their
     epoch."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: ShapesWorld | Flickr8k):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -136,7 +141,8 @@ class _EpochTagged(Dataset):
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and convolution kernels only, not on biases, norms,
     scales."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -239,16 +245,16 @@ def train(
     history: list[dict[str, float]] = []
     start_step = 0
     if resume_from is not None:
-        checkpoint = resolve_checkpoint(resume_from)
-        load_weights(model, checkpoint, device=device)
-        state = load_train_state(checkpoint)
+        resumed = resolve_checkpoint(resume_from)
+        load_weights(model, resumed, device=device)
+        state = load_train_state(resumed)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         start_step, history = int(state["step"]), list(state["history"])
 
-    train_model: torch.nn.Module = model
+    train_model: Callable[..., Any] = model
     if dist.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -341,7 +347,7 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
+        lr = float(scheduler.get_last_lr()[0])
         scheduler.step()
         step += 1
         # log the loss of the whole global batch, not this rank's share
