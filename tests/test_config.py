@@ -286,3 +286,16 @@ def test_the_package_imports_nothing_that_python_3_10_lacks():
             elif type(node).__name__ == "TryStar":  # except* (Python 3.11)
                 found.append(f"{path.name}:{node.lineno} except*")
     assert not found, found
+
+
+def test_style_and_type_checks_target_the_declared_python_floor():
+    """ruff's pyupgrade and mypy check against requires-python's floor, so neither
+    suggests nor accepts syntax or names that the oldest supported Python lacks."""
+    text = (Path(crossalign.__file__).parents[1] / "pyproject.toml").read_text(
+        encoding="utf-8"
+    )
+    floor = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', text, re.MULTILINE)
+    assert floor, "pyproject.toml: requires-python must read >=X.Y"
+    major, minor = floor.groups()
+    assert f'\ntarget-version = "py{major}{minor}"\n' in text
+    assert f'\npython_version = "{major}.{minor}"\n' in text
