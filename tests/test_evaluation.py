@@ -43,7 +43,7 @@ class OracleModel:
 
     def __init__(self, dataset: ShapesWorld, target=lambda image: image):
         self.references = dataset.render(np.arange(len(dataset))).flatten(1)
-        texts, owner = dataset.caption_image_index()
+        _, owner = dataset.caption_image_index()
         self.text_target = torch.tensor([target(int(image)) for image in owner])
         self.dim = len(dataset)
         self.training = True

@@ -254,7 +254,7 @@ def test_hf_encode_batch_matches_vocab_file(hf_tokenizer: HFTokenizerAdapter) ->
 
 def test_hf_truncation_decode_and_round_trip(hf_tokenizer: HFTokenizerAdapter) -> None:
     long_text = " ".join(["circle"] * 40)
-    ids, mask = hf_tokenizer.encode_batch([long_text])
+    ids, _ = hf_tokenizer.encode_batch([long_text])
     assert ids.shape == (1, 16) and ids[0, -1].item() == _wordpiece_ids()["[SEP]"]
     assert hf_tokenizer.encode_batch([long_text], max_len=6)[0].shape == (1, 6)
     assert hf_tokenizer.decode(hf_tokenizer.encode("A red circle.")) == "a red circle."
