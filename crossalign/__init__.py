@@ -31,8 +31,14 @@ Sub-packages, each named after what it holds:
 - ``crossalign.cli``          the ``crossalign`` command line
 """
 
-from crossalign.utils import default_cache_dir, seed_everything, select_device
+from crossalign.utils import default_cache_dir, full, seed_everything, select_device
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "default_cache_dir", "seed_everything", "select_device"]
+__all__ = [
+    "__version__",
+    "default_cache_dir",
+    "full",
+    "seed_everything",
+    "select_device",
+]

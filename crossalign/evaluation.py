@@ -8,11 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from crossalign.data.collate import batch_inputs
 from crossalign.metrics import retrieval_metrics
-
-
-def _stack_images(items: Sequence[dict]) -> torch.Tensor:
-    return torch.stack([item["image"] for item in items])
 
 
 @torch.inference_mode()
@@ -26,7 +23,7 @@ def embed_images(
     the CPU)."""
     model.eval()
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=_stack_images
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=batch_inputs
     )
     return torch.cat(
         [model.encode_image(images.to(device)).float().cpu() for images in loader]

@@ -113,6 +113,66 @@ def write_images(
         )
 
 
+# Flickr photos are at most 500 pixels on their longer side, in landscape and portrait.
+PHOTO_SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (333, 500)]
+
+
+def write_photos(image_dir: Path, names: list[str], seed: int = 0) -> None:
+    """Write one photo-like JPEG per name at Flickr's usual sizes (``PHOTO_SIZES`` in
+    turn): a smooth random colour field with fine noise, so that decoding and resizing
+    cost what real photos cost and every image differs from every other."""
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(names):
+        width, height = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        field = np.asarray(
+            Image.fromarray(coarse, "RGB").resize((width, height), Image.BICUBIC)
+        ).astype(np.int16)
+        noise = rng.integers(-12, 13, size=(height, width, 3), dtype=np.int16)
+        write_jpeg(image_dir / name, np.clip(field + noise, 0, 255))
+
+
+def write_field_fixture(
+    root: Path, n_train: int = 300, n_val: int = 30, n_test: int = 60
+) -> Flickr8kSpec:
+    """A small Flickr8k in the authors' layout, as a reader downloads it: the token
+    file with its quirks, the three split files and a folder of photo-sized JPEGs.
+
+    Used to execute the chapters with ``DATA = "flickr8k"`` end to end
+    (tests/test_field_paths.py); the default sizes let chapter 1 draw a batch of 256.
+    """
+    spec = make_spec(n_train=n_train, n_val=n_val, n_test=n_test)
+    write_original(root, spec, quirks=True, image_folder=None)
+    write_photos(root / "Flicker8k_Dataset", spec.image_ids)
+    return spec
+
+
+def save_stand_in_weights(torch_home: Path, names: list[str]) -> list[Path]:
+    """Save randomly initialised torchvision models where torchvision looks for its
+    downloaded ImageNet weights (``$TORCH_HOME/hub/checkpoints/<file of the URL>``).
+
+    With ``TORCH_HOME`` pointing there, ``pretrained=True`` loads these files instead of
+    downloading (torchvision checks a file's hash only when it downloads it), so the
+    pretrained code path runs offline, unchanged; the features are of course
+    meaningless. Returns the files written.
+    """
+    from urllib.parse import urlparse
+
+    import torch
+    import torchvision
+
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        path = folder / Path(urlparse(weights.url).path).name
+        torch.manual_seed(0)
+        torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
+        written.append(path)
+    return written
+
+
 def write_corrupt_jpeg(path: Path, kind: str = "truncated") -> None:
     """Write a broken file with a ``.jpg`` name: a JPEG cut in half, or bytes that are
     no image."""

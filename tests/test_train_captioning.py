@@ -12,7 +12,11 @@ import yaml
 from flickr8k_fixtures import make_spec, write_karpathy
 
 from crossalign.cli import main
-from crossalign.data.feature_cache import load_feature_cache
+from crossalign.data.feature_cache import (
+    cache_flickr8k_features,
+    feature_encoder_id,
+    load_feature_cache,
+)
 from crossalign.data.flickr8k import Flickr8k
 from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_accuracy
@@ -24,11 +28,9 @@ from crossalign.train.captioning import (
     build_caption_dataset,
     build_caption_vocabulary,
     build_captioner_for,
-    cache_flickr8k_features,
     default_caption_config_path,
     encode_regions,
     evaluate_captioner,
-    feature_encoder_id,
     generate_captions,
     load_caption_config,
     load_captioner,

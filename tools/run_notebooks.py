@@ -2,10 +2,15 @@
 times.
 
     python tools/run_notebooks.py book/01_overview.ipynb [...]
+    CROSSALIGN_DATA=flickr8k python tools/run_notebooks.py --output-dir out book/01*
 
 Used by ``make notebooks``. Each notebook runs in a new kernel with ``book/`` as the
 working directory (as in the book build); the first failing cell stops with its error
-and the notebook on disk is left untouched.
+and the notebook on disk is left untouched. With ``--output-dir`` the executed
+notebooks are written there instead and the chapters keep their saved outputs: that is
+how the tests run a chapter on another path (Flickr8k, full size) than the one the book
+shows. The kernel inherits this process's environment, so ``CROSSALIGN_DATA``,
+``CROSSALIGN_FAST`` and the other switches of a chapter's settings cell apply.
 
 Stderr is dropped from cells tagged ``nbval-ignore-output`` before saving: it holds
 library warnings and progress bars that name this machine's paths and differ between
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 
 def drop_ignored_stderr(notebook: nbformat.NotebookNode) -> int:
@@ -43,8 +49,9 @@ def drop_ignored_stderr(notebook: nbformat.NotebookNode) -> int:
     return removed
 
 
-def run_notebook(path: Path, timeout: int) -> float:
-    """Execute ``path`` in place; return the seconds it took."""
+def run_notebook(path: Path, timeout: int, output: Path | None = None) -> float:
+    """Execute ``path`` and save it with its new outputs at ``output`` (default: in
+    place); return the seconds it took."""
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
@@ -53,10 +60,15 @@ def run_notebook(path: Path, timeout: int) -> float:
         resources={"metadata": {"path": str(path.parent)}},
     )
     started = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    except CellExecutionError:
+        if output is not None:  # keep what ran, for the reader of the failure
+            nbformat.write(notebook, output)
+        raise
     seconds = time.perf_counter() - started
     drop_ignored_stderr(notebook)
-    nbformat.write(notebook, path)
+    nbformat.write(notebook, output or path)
     return seconds
 
 
@@ -66,13 +78,21 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=int, default=1200, help="seconds allowed per cell"
     )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write the executed notebooks here instead of over the chapters",
+    )
     args = parser.parse_args()
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
     total = 0.0
     for path in args.notebooks:
         if not path.is_file():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
-        seconds = run_notebook(path, args.timeout)
+        output = args.output_dir / path.name if args.output_dir is not None else None
+        seconds = run_notebook(path, args.timeout, output)
         total += seconds
         print(f"{path.name:<40} {seconds:7.1f} s", flush=True)
     print(f"{'total':<40} {total:7.1f} s")

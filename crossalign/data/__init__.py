@@ -2,10 +2,11 @@
 feature caches."""
 
 from crossalign.data.build import build_dataset, build_tokenizer
-from crossalign.data.collate import CaptionCollator
+from crossalign.data.collate import CaptionCollator, batch_inputs
 from crossalign.data.download import download_file, download_flickr8k, extract_archive
 from crossalign.data.feature_cache import (
     CachedFeatures,
+    cache_flickr8k_features,
     cache_image_features,
     load_feature_cache,
 )
@@ -41,8 +42,10 @@ __all__ = [
     "ShapeObject",
     "ShapesWorld",
     "Vocabulary",
+    "batch_inputs",
     "build_dataset",
     "build_tokenizer",
+    "cache_flickr8k_features",
     "cache_image_features",
     "caption_words",
     "default_text_model_path",

@@ -8,6 +8,7 @@ from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.vocab import HFTokenizerAdapter, Vocabulary
 
 if TYPE_CHECKING:
+    from crossalign.data.feature_cache import CachedFeatures
     from crossalign.data.flickr8k import Flickr8k
 
 DATASETS = ("shapes", "flickr8k")
@@ -15,15 +16,27 @@ TOKENIZERS = ("word", "hf")
 
 
 def build_dataset(
-    cfg: Any, split: str, seed: int = 0, size: int | None = None
-) -> ShapesWorld | Flickr8k:
+    cfg: Any,
+    split: str,
+    seed: int = 0,
+    size: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> ShapesWorld | Flickr8k | CachedFeatures:
     """The ``split`` ("train", "val", "test", or for ShapesWorld "compositional") of
     ``cfg.name``.
 
     ``cfg`` is a :class:`crossalign.train.config.DataConfig` (or anything with its
-    fields).
+    fields). With ``cfg.feature_cache`` (Flickr8k only) the split comes as the pooled
+    features of a frozen ResNet, computed on ``device`` the first time and read from the
+    cache after.
     """
     if cfg.name == "shapes":
+        if getattr(cfg, "feature_cache", None):
+            raise ValueError(
+                "data.feature_cache caches Flickr8k features; ShapesWorld is rendered "
+                "on the fly (set data.feature_cache: null)"
+            )
         default = {
             "train": cfg.train_size,
             "val": cfg.val_size,
@@ -44,6 +57,25 @@ def build_dataset(
                 "data.name='flickr8k' needs data.root: the folder holding the Flickr8k "
                 "files"
             )
+        if getattr(cfg, "feature_cache", None):
+            from crossalign.data.feature_cache import (
+                CachedFeatures,
+                cache_flickr8k_features,
+            )
+
+            paths = cache_flickr8k_features(
+                cfg.root,
+                cfg.feature_cache,
+                splits=(split,),
+                encoder=cfg.feature_encoder,
+                pretrained=cfg.pretrained_encoder,
+                image_size=cfg.image_size,
+                seed=seed,
+                device=device,
+                progress=progress,
+                pooled=True,
+            )
+            return CachedFeatures(paths[split])
         return Flickr8k(
             cfg.root, split=split, image_size=cfg.image_size, on_error="skip"
         )
@@ -51,7 +83,7 @@ def build_dataset(
 
 
 def build_tokenizer(
-    cfg: Any, train_dataset: ShapesWorld | Flickr8k
+    cfg: Any, train_dataset: ShapesWorld | Flickr8k | CachedFeatures
 ) -> Vocabulary | HFTokenizerAdapter:
     """A word vocabulary built on the training captions, or a Hugging Face tokenizer.
 
@@ -66,5 +98,7 @@ def build_tokenizer(
         )
     if isinstance(train_dataset, ShapesWorld):
         return Vocabulary.build(caption_words(), min_freq=1)
+    if train_dataset.captions is None:
+        raise ValueError("the training data has no captions to build a vocabulary from")
     texts = [caption for captions in train_dataset.captions for caption in captions]
     return Vocabulary.build(texts, min_freq=cfg.min_freq)

@@ -23,8 +23,18 @@ class BatchTokenizer(Protocol):
         ...
 
 
+def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
+    """Stack what a model reads from data-set items: their ``"image"`` tensors, or the
+    ``"features"`` a frozen encoder cached for them (:class:`CachedFeatures`)."""
+    key = "image" if "image" in items[0] else "features"
+    return torch.stack([item[key] for item in items])
+
+
 class CaptionCollator:
     """Collate ``{"image", "captions", "index"}`` items, picking one caption per image.
+
+    Items of cached features (``"features"`` instead of ``"image"``) collate the same
+    way; the batch's ``"images"`` then holds the features.
 
     ``caption="random"`` picks a caption per (epoch, image) with a counter-based hash of
     the seed, so the choice does not depend on batch order or on worker processes, and a
@@ -86,7 +96,7 @@ class CaptionCollator:
             captions, max_len=self.max_len
         )
         return {
-            "images": torch.stack([item["image"] for item in items]),
+            "images": batch_inputs(items),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "captions": captions,

@@ -13,6 +13,10 @@ is the standard trick (chapter 10). The cache is two files written atomically:
 
 Both files carry the same random ``run_id``; a sidecar that belongs to another run is
 refused.
+
+:func:`cache_flickr8k_features` does this for Flickr8k with a frozen torchvision ResNet:
+feature grids for the captioner (chapter 9), or pooled vectors for a dual encoder whose
+image tower is frozen (chapter 1).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -30,8 +34,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from crossalign.data.flickr8k import flatten_captions
-from crossalign.utils import atomic_path, select_device
+from crossalign.data.flickr8k import Flickr8k, flatten_captions
+from crossalign.utils import atomic_path, seed_everything, select_device
+
+if TYPE_CHECKING:
+    from crossalign.models.image_encoders import ImageEncoder
 
 CACHE_FORMAT = "crossalign.feature_cache"
 CACHE_VERSION = 1
@@ -308,3 +315,92 @@ class CachedFeatures(torch.utils.data.Dataset):
         if self.captions is None:
             raise ValueError(f"{self.path} was cached from a data set without captions")
         return flatten_captions(self.captions)
+
+
+# --------------------------------------------------------------------------------------
+# Flickr8k through a frozen torchvision ResNet
+
+
+class _FrozenEncoderOutput(nn.Module):
+    """Calls an image encoder's ``forward_grid`` (``[B, C, h, w]``) or, with
+    ``pooled``, its ``forward`` (``[B, C]``): what a feature cache stores."""
+
+    def __init__(self, encoder: ImageEncoder, pooled: bool) -> None:
+        super().__init__()
+        self.encoder, self.pooled = encoder, pooled
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (
+            self.encoder(images) if self.pooled else self.encoder.forward_grid(images)
+        )
+
+
+def feature_encoder_id(
+    encoder: str, pretrained: bool, image_size: int, seed: int, pooled: bool = False
+) -> str:
+    """The name a feature cache records for its encoder (random weights are named by
+    their seed), e.g. ``resnet50-imagenet-224px-grid``."""
+    weights = "imagenet" if pretrained else f"random-seed{seed}"
+    return f"{encoder}-{weights}-{image_size}px-{'pooled' if pooled else 'grid'}"
+
+
+def cache_flickr8k_features(
+    root: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    splits: Sequence[str] = ("train", "val", "test"),
+    encoder: str = "resnet50",
+    pretrained: bool = True,
+    image_size: int = 224,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    pooled: bool = False,
+) -> dict[str, Path]:
+    """Run a frozen torchvision ResNet once over Flickr8k splits and cache its features
+    (fp16); return the path of each split's cache.
+
+    ``pooled=False`` stores the last feature grid (``[2048, 7, 7]`` for ResNet-50 at
+    224 px), what an attention captioner reads; ``pooled=True`` stores the globally
+    pooled vector (``[2048]``), what a dual encoder with a frozen image tower reads. A
+    split whose cache already exists with the same encoder is not recomputed.
+    ``pretrained=False`` uses randomly initialised weights (seeded by ``seed``), which
+    needs no download: useful for tests and for timing, useless for real results.
+    """
+    # imported here: the data package does not depend on the models at import time
+    from crossalign.models.image_encoders import build_image_encoder
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    encoder_id = feature_encoder_id(encoder, pretrained, image_size, seed, pooled)
+    paths: dict[str, Path] = {}
+    model: nn.Module | None = None
+    for split in splits:
+        path = cache_dir / f"flickr8k_{split}_{encoder_id}.safetensors"
+        paths[split] = path
+        if path.is_file():
+            CachedFeatures(path, expected_encoder_id=encoder_id)
+            continue
+        if model is None:
+            seed_everything(seed)
+            model = _FrozenEncoderOutput(
+                build_image_encoder(encoder, pretrained=pretrained, trainable=False),
+                pooled,
+            )
+        dataset = Flickr8k(
+            Path(root),
+            split=split,
+            image_size=image_size,
+            on_error="skip",
+            progress=progress,
+        )
+        cache_image_features(
+            model,
+            dataset,
+            path,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            encoder_id=encoder_id,
+        )
+    return paths

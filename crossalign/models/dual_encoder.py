@@ -22,7 +22,9 @@ class DualEncoderConfig:
 
     ``image_kwargs`` / ``text_kwargs`` go to ``build_image_encoder`` /
     ``build_text_encoder``; ``text_kwargs`` must hold ``vocab_size`` for word-level text
-    encoders.
+    encoders. ``image_encoder="features"`` trains on features that a frozen encoder
+    computed once (``data.feature_cache``): the image tower is then
+    :class:`PrecomputedFeatures`, and ``image_kwargs`` holds their width (``dim``).
     """
 
     image_encoder: str = "small_cnn"
@@ -49,6 +51,28 @@ class DualEncoderConfig:
                 f"{sorted(cls.__dataclass_fields__)}"
             )
         return cls(**data)
+
+
+class PrecomputedFeatures(nn.Module):
+    """The image tower of a dual encoder whose image encoder is frozen and already ran:
+    it passes ``[B, dim]`` cached features through unchanged, so only the projection
+    head (and the text side) learns. Encoding every image once instead of at every step
+    is what makes a pretrained CNN affordable on a CPU (chapter 1 on Flickr8k)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim={dim} must be >= 1")
+        self.out_dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 2 or features.shape[1] != self.out_dim:
+            raise ValueError(
+                f"precomputed image features must have shape [B, {self.out_dim}], got "
+                f"{tuple(features.shape)}: was the feature cache made by another "
+                "encoder, or is the data set not the cached one?"
+            )
+        return features.float()
 
 
 def _projection(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -81,7 +105,11 @@ class DualEncoder(nn.Module):
                 f"max_logit_scale={config.max_logit_scale}"
             )
         self.config = config
-        image_encoder = build_image_encoder(config.image_encoder, **config.image_kwargs)
+        image_encoder = (
+            PrecomputedFeatures(**config.image_kwargs)
+            if config.image_encoder == "features"
+            else build_image_encoder(config.image_encoder, **config.image_kwargs)
+        )
         # Any module that maps images to [B, out_dim] may replace the built image tower
         # (crossalign.experiments.compare.train_method's image_encoder does).
         self.image_encoder: nn.Module = image_encoder

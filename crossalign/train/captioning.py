@@ -10,7 +10,8 @@ captions with BLEU-1..4, ROUGE-L and CIDEr-D against all references, plus, on
 ShapesWorld, the semantic accuracy of :mod:`crossalign.metrics.semantic`.
 
 Flickr8k with a frozen ResNet-50 goes through a feature cache:
-:func:`cache_flickr8k_features` runs the CNN once per split and stores its
+:func:`~crossalign.data.feature_cache.cache_flickr8k_features` runs the CNN once per
+split and stores its
 ``[2048, 7, 7]`` grids in fp16, and training then reads the cache instead of the images
 (``data.feature_cache`` in the config).
 """
@@ -30,15 +31,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from crossalign.data.collate import CaptionCollator
-from crossalign.data.feature_cache import CachedFeatures, cache_image_features
+from crossalign.data.collate import CaptionCollator, batch_inputs
+from crossalign.data.feature_cache import (
+    CachedFeatures,
+    cache_flickr8k_features,
+)
 from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.vocab import Vocabulary, tokenizer_from_dict
 from crossalign.decoding import DecodeResult
 from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
-from crossalign.models.image_encoders import ImageEncoder, build_image_encoder
 from crossalign.train.checkpoint import (
     load_weights,
     read_config,
@@ -181,79 +184,6 @@ def default_caption_config_path() -> Path:
 # data
 
 
-class _GridFeatures(nn.Module):
-    """Wraps an image encoder so that calling it returns its feature grid (what the
-    cache stores)."""
-
-    def __init__(self, encoder: ImageEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_grid(images)
-
-
-def feature_encoder_id(
-    encoder: str, pretrained: bool, image_size: int, seed: int
-) -> str:
-    """The name a feature cache records for its encoder (random weights are named by
-    their seed)."""
-    weights = "imagenet" if pretrained else f"random-seed{seed}"
-    return f"{encoder}-{weights}-{image_size}px-grid"
-
-
-def cache_flickr8k_features(
-    root: str | Path,
-    cache_dir: str | Path,
-    splits: Sequence[str] = ("train", "val", "test"),
-    encoder: str = "resnet50",
-    pretrained: bool = True,
-    image_size: int = 224,
-    seed: int = 0,
-    batch_size: int = 32,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-) -> dict[str, Path]:
-    """Run a frozen ResNet once over Flickr8k splits and cache its feature grids (fp16);
-    return the paths.
-
-    A split whose cache already exists with the same encoder is not recomputed.
-    ``pretrained=False`` uses randomly initialised weights (seeded by ``seed``), which
-    needs no download: useful for tests and for timing, useless for real captions.
-    """
-    from crossalign.data.flickr8k import Flickr8k
-
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    encoder_id = feature_encoder_id(encoder, pretrained, image_size, seed)
-    paths: dict[str, Path] = {}
-    model: nn.Module | None = None
-    for split in splits:
-        path = cache_dir / f"flickr8k_{split}_{encoder_id}.safetensors"
-        paths[split] = path
-        if path.is_file():
-            CachedFeatures(path, expected_encoder_id=encoder_id)
-            continue
-        if model is None:
-            seed_everything(seed)
-            model = _GridFeatures(
-                build_image_encoder(encoder, pretrained=pretrained, trainable=False)
-            )
-        dataset = Flickr8k(
-            root, split=split, image_size=image_size, on_error="skip", progress=progress
-        )
-        cache_image_features(
-            model,
-            dataset,
-            path,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            encoder_id=encoder_id,
-        )
-    return paths
-
-
 def build_caption_dataset(
     config: CaptionExperimentConfig, split: str, size: int | None = None
 ) -> ShapesWorld | Flickr8k | CachedFeatures:
@@ -356,13 +286,6 @@ def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
         {"captions": item["captions"], "index": item["index"]}
         for item in _fetch(dataset, indices)
     ]
-
-
-def batch_inputs(items: Sequence[dict]) -> torch.Tensor:
-    """Stack what a captioner reads from data-set items: their images, or their cached
-    features."""
-    key = "image" if "image" in items[0] else "features"
-    return torch.stack([item[key] for item in items])
 
 
 def build_captioner_for(

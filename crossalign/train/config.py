@@ -21,6 +21,10 @@ class DataConfig:
 
     ``name="shapes"`` uses ShapesWorld (offline, generated on demand);
     ``name="flickr8k"`` reads Flickr8k from ``root`` (see ``crossalign.data.flickr8k``).
+    With ``feature_cache`` set (Flickr8k), a frozen ``feature_encoder`` (a torchvision
+    ResNet, ImageNet weights when ``pretrained_encoder``) runs once over each split and
+    its pooled features are cached in that folder; the dual encoder then trains on them,
+    with ``model.image_encoder: features``.
     """
 
     name: str = "shapes"
@@ -35,6 +39,9 @@ class DataConfig:
     max_len: int = 32
     min_freq: int = 1
     num_workers: int = 0
+    feature_cache: str | None = None
+    feature_encoder: str = "resnet50"
+    pretrained_encoder: bool = True
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from crossalign.data.build import build_dataset, build_tokenizer
 from crossalign.data.collate import CaptionCollator
+from crossalign.data.feature_cache import CachedFeatures
 from crossalign.distributed import DistInfo, all_reduce_mean, init_distributed
 from crossalign.evaluation import evaluate_retrieval
 from crossalign.losses import ClipLoss
@@ -120,7 +121,7 @@ class _EpochTagged(Dataset):
     """Wraps a data set so that items fetched by ``(epoch, index)`` carry their
     epoch."""
 
-    def __init__(self, dataset: ShapesWorld | Flickr8k):
+    def __init__(self, dataset: ShapesWorld | Flickr8k | CachedFeatures):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -169,14 +170,29 @@ def build_optimizer(
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_model(config: ExperimentConfig, tokenizer: Any) -> DualEncoder:
+def build_model(
+    config: ExperimentConfig, tokenizer: Any, train_set: Any = None
+) -> DualEncoder:
     """The dual encoder of ``config``, with a word-level text tower sized to
-    ``tokenizer``.
+    ``tokenizer`` and, for ``model.image_encoder: features``, an image tower as wide as
+    the cached features of ``train_set``.
 
     The model keeps the completed config (``model.config``), so a checkpoint can rebuild
     it.
     """
     model_cfg = copy.deepcopy(config.model)
+    if model_cfg.image_encoder == "features":
+        if not isinstance(train_set, CachedFeatures):
+            raise ValueError(
+                "model.image_encoder='features' trains on cached features: set "
+                "data.feature_cache (Flickr8k)"
+            )
+        model_cfg.image_kwargs = {"dim": int(train_set.features.shape[1])}
+    elif isinstance(train_set, CachedFeatures):
+        raise ValueError(
+            "data.feature_cache gives cached features, which only "
+            "model.image_encoder='features' reads"
+        )
     if model_cfg.text_encoder != "hf":
         model_cfg.text_kwargs = {
             **model_cfg.text_kwargs,
@@ -226,15 +242,21 @@ def train(
     check_precision(cfg.precision, device)
     seed_everything(config.seed + dist.rank)
 
-    train_set = build_dataset(config.data, "train", seed=config.seed)
-    val_set = (
-        build_dataset(config.data, "val", seed=config.seed, size=cfg.eval_size)
-        if cfg.eval_every
-        else None
-    )
+    def split(name: str, size: int | None = None) -> Any:
+        return build_dataset(
+            config.data,
+            name,
+            seed=config.seed,
+            size=size,
+            device=str(device),
+            progress=cfg.progress and dist.is_main,
+        )
+
+    train_set = split("train")
+    val_set = split("val", size=cfg.eval_size) if cfg.eval_every else None
     tokenizer = build_tokenizer(config.data, train_set)
     seed_everything(config.seed)
-    model = build_model(config, tokenizer).to(device)
+    model = build_model(config, tokenizer, train_set).to(device)
     if cfg.channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, device)
@@ -317,7 +339,7 @@ def train(
     running = 0.0
     for micro, batch in enumerate(loader):
         images = batch["images"].to(device, non_blocking=True)
-        if cfg.channels_last:
+        if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         ids = batch["input_ids"].to(device, non_blocking=True)
         mask = batch["attention_mask"].to(device, non_blocking=True)
