@@ -58,24 +58,11 @@ def build_dataset(
                 "files"
             )
         if getattr(cfg, "feature_cache", None):
-            from crossalign.data.feature_cache import (
-                CachedFeatures,
-                cache_flickr8k_features,
-            )
+            from crossalign.data.feature_cache import cached_flickr8k_split
 
-            paths = cache_flickr8k_features(
-                cfg.root,
-                cfg.feature_cache,
-                splits=(split,),
-                encoder=cfg.feature_encoder,
-                pretrained=cfg.pretrained_encoder,
-                image_size=cfg.image_size,
-                seed=seed,
-                device=device,
-                progress=progress,
-                pooled=True,
+            return cached_flickr8k_split(
+                cfg, split, pooled=True, seed=seed, device=device, progress=progress
             )
-            return CachedFeatures(paths[split])
         return Flickr8k(
             cfg.root, split=split, image_size=cfg.image_size, on_error="skip"
         )

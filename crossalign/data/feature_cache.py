@@ -26,7 +26,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
@@ -36,9 +36,6 @@ from tqdm import tqdm
 
 from crossalign.data.flickr8k import Flickr8k, flatten_captions
 from crossalign.utils import atomic_path, seed_everything, select_device
-
-if TYPE_CHECKING:
-    from crossalign.models.image_encoders import ImageEncoder
 
 CACHE_FORMAT = "crossalign.feature_cache"
 CACHE_VERSION = 1
@@ -321,11 +318,21 @@ class CachedFeatures(torch.utils.data.Dataset):
 # Flickr8k through a frozen torchvision ResNet
 
 
+class _GridEncoder(Protocol):
+    """What :func:`cache_flickr8k_features` needs of an image encoder (the models'
+    ``ImageEncoder``, named structurally: the data package does not import the models
+    at module level)."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_grid(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
 class _FrozenEncoderOutput(nn.Module):
     """Calls an image encoder's ``forward_grid`` (``[B, C, h, w]``) or, with
     ``pooled``, its ``forward`` (``[B, C]``): what a feature cache stores."""
 
-    def __init__(self, encoder: ImageEncoder, pooled: bool) -> None:
+    def __init__(self, encoder: _GridEncoder, pooled: bool) -> None:
         super().__init__()
         self.encoder, self.pooled = encoder, pooled
 
@@ -404,3 +411,31 @@ def cache_flickr8k_features(
             encoder_id=encoder_id,
         )
     return paths
+
+
+def cached_flickr8k_split(
+    cfg: Any,
+    split: str,
+    *,
+    pooled: bool,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> CachedFeatures:
+    """The ``split`` of Flickr8k as the cached features a data config asks for
+    (``cfg.root``, ``feature_cache``, ``feature_encoder``, ``pretrained_encoder``,
+    ``image_size``), computed the first time: pooled vectors for a dual encoder, grids
+    for a captioner."""
+    paths = cache_flickr8k_features(
+        cfg.root,
+        cfg.feature_cache,
+        splits=(split,),
+        encoder=cfg.feature_encoder,
+        pretrained=cfg.pretrained_encoder,
+        image_size=cfg.image_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        pooled=pooled,
+    )
+    return CachedFeatures(paths[split])

@@ -32,10 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from crossalign.data.collate import CaptionCollator, batch_inputs
-from crossalign.data.feature_cache import (
-    CachedFeatures,
-    cache_flickr8k_features,
-)
+from crossalign.data.feature_cache import CachedFeatures, cached_flickr8k_split
 from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.vocab import Vocabulary, tokenizer_from_dict
 from crossalign.decoding import DecodeResult
@@ -213,18 +210,14 @@ def build_caption_dataset(
             "files"
         )
     if cfg.feature_cache:
-        paths = cache_flickr8k_features(
-            cfg.root,
-            cfg.feature_cache,
-            splits=(split,),
-            encoder=cfg.feature_encoder,
-            pretrained=cfg.pretrained_encoder,
-            image_size=cfg.image_size,
+        return cached_flickr8k_split(
+            cfg,
+            split,
+            pooled=False,
             seed=config.seed,
             device=config.train.device,
             progress=config.train.progress,
         )
-        return CachedFeatures(paths[split])
     from crossalign.data.flickr8k import Flickr8k
 
     return Flickr8k(
