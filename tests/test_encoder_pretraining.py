@@ -136,8 +136,6 @@ def test_frozen_parameters_are_trained_then_frozen_again():
     assert (
         not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     )
-    # no gradient left behind for a later optimiser to clip, scale or step
-    assert all(p.grad is None for p in encoder.parameters())
 
 
 def test_pretraining_refuses_what_it_cannot_use():

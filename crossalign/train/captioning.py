@@ -429,8 +429,6 @@ def train_captioner(
             label_groups=cfg.encoder_pretrain_labels,
         )
     optimizer = build_optimizer(model, cfg, device)
-    # clip what this loop trains: a frozen encoder's parameters are not its business
-    trained = [p for p in model.parameters() if p.requires_grad]
     scheduler = warmup_cosine_scheduler(
         optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
     )
@@ -478,7 +476,7 @@ def train_captioner(
         scaler.scale(loss).backward()
         if cfg.clip_grad_norm:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(trained, cfg.clip_grad_norm)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -226,9 +226,6 @@ def pretrain_on_scene_labels(
             scheduler.step()
             history.append(loss.item())
     finally:
-        # no gradient outlives the pretraining: the captioner's optimiser must not
-        # see (or clip, or scale) them
-        optimizer.zero_grad(set_to_none=True)
         for parameter, flag in zip(encoder.parameters(), flags):
             parameter.requires_grad_(flag)
         encoder.train(was_training)
