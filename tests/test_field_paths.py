@@ -105,7 +105,12 @@ def test_chapter_1_retrieval_runs_on_flickr8k(
     text = printed(execute_chapter("01_overview", flickr_environment, tmp_path))
     assert "DATA='flickr8k', FAST=True" in text
     # the frozen-feature path: a cached pooled ResNet-18, not the ShapesWorld CNN
-    assert "image_encoder='features', image_kwargs={'dim': 512}" in text
+    assert "DualEncoderConfig(image_encoder='features'" in text
+    cache = Path(flickr_environment["CROSSALIGN_CACHE"]) / "flickr8k_features"
+    assert sorted(p.name for p in cache.glob("*pooled.safetensors")) == [
+        f"flickr8k_{split}_resnet18-imagenet-224px-pooled.safetensors"
+        for split in ("test", "train")
+    ]
     assert "image->text" in text and "text->image" in text  # the R@K table
     assert "contain a large red circle" not in text  # ShapesWorld-only cells skipped
 
