@@ -67,15 +67,21 @@ class BenchmarkResult:
 
 
 def machine_description() -> str:
-    """The machine in a few words: processor count, threads torch uses, device."""
+    """The machine in a few words: processor count, threads torch uses, device, and
+    the load average when the result was saved (other jobs on the machine slow every
+    time measured; a load above the core count says the seconds are not an idle
+    machine's)."""
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
         else f"CPU ({platform.machine()})"
     )
+    load = (
+        f", load average {os.getloadavg()[1]:.1f}" if hasattr(os, "getloadavg") else ""
+    )
     return (
         f"{platform.system()} {device}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads"
+        f"{torch.get_num_threads()} torch threads{load}"
     )
 
 
