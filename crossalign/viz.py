@@ -1,5 +1,5 @@
 """Plots for the book: similarity heatmaps, retrieval results, image grids, training
-curves, embedding maps, attention overlays.
+curves, embedding maps, CCA correlation spectra, attention overlays.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it
 works under any backend, including the headless ``Agg`` used by tests and notebook
@@ -471,6 +471,88 @@ def embedding_projection(
     ax.set_ylabel(f"PC2 ({100 * float(variance_ratio[1]):.1f}% of variance)")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    if title is not None:
+        ax.set_title(title)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def correlation_spectrum(
+    correlations: ArrayLike | Sequence[float],
+    held_out: ArrayLike | Sequence[float] | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw the canonical correlations of a fitted CCA, one bar per direction.
+
+    CCA (``crossalign.linear.CCA``) orders its directions by how strongly the two
+    projections correlate on the pairs it was fitted on; the bars show that spectrum,
+    which says how many shared directions the two spaces have. Late directions often
+    owe their correlation to the noise of the fitting pairs: ``held_out`` (optional, one
+    value per direction) draws the correlation of the same projections on pairs the fit
+    never saw, as a line with markers, so the gap between bar and line shows where the
+    fit stops generalising.
+
+    Args:
+        correlations: the K canonical correlations, each in ``[-1, 1]`` (a fitted CCA's
+            ``correlations``), in direction order.
+        held_out: optional K correlations of the projections on held-out pairs.
+        title: the axes title.
+        ax: axes to draw on; a new figure is made when omitted.
+        save_path: also write the figure there (format from the suffix).
+    """
+    values = _to_numpy(correlations, "correlations")
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(
+            "correlations must be a non-empty 1-D sequence, got shape "
+            f"{tuple(values.shape)}"
+        )
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) > 1 + 1e-6):
+        raise ValueError("correlations must be finite and lie in [-1, 1]")
+    held = None
+    if held_out is not None:
+        held = _to_numpy(held_out, "held_out")
+        if held.shape != values.shape:
+            raise ValueError(
+                f"held_out must hold one value per direction ({len(values)}), got "
+                f"shape {tuple(held.shape)}"
+            )
+        if not np.all(np.isfinite(held)) or np.any(np.abs(held) > 1 + 1e-6):
+            raise ValueError("held_out must be finite and lie in [-1, 1]")
+
+    if ax is None:
+        fig = _new_figure(figsize=(6.5, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = _root_figure(ax)
+    directions = np.arange(1, len(values) + 1)
+    ax.bar(
+        directions,
+        values,
+        width=0.8,
+        color=IMAGE_COLOUR,
+        alpha=0.8,
+        label="fitting pairs",
+    )
+    if held is not None:
+        ax.plot(
+            directions,
+            held,
+            color=TEXT_COLOUR,
+            marker="o",
+            markersize=3,
+            linewidth=1.2,
+            label="held-out pairs",
+        )
+    lowest = min(0.0, float(values.min()), float(held.min()) if held is not None else 0)
+    ax.set_ylim(lowest - 0.02 if lowest < 0 else 0.0, 1.0)
+    ax.set_xlim(0.4, len(values) + 0.6)
+    ax.set_xlabel("canonical direction")
+    ax.set_ylabel("correlation")
+    ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     if title is not None:
         ax.set_title(title)
