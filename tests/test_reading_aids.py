@@ -67,5 +67,5 @@ def test_chapter_links_glossary_terms(chapter):
     }
     for term in terms:
         target = re.search(r"<([^>]+)>$", term)
-        name = (target.group(1) if target else term).strip().lower()
+        name = " ".join((target.group(1) if target else term).split()).lower()
         assert name in names, f"{term!r} is not a glossary term"
