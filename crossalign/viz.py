@@ -1,5 +1,6 @@
 """Plots for the book: similarity heatmaps, retrieval results, image grids, training
-curves, embedding maps, CCA correlation spectra, attention overlays.
+curves, loss curves of several runs, bars of measured ratios, embedding maps, CCA
+correlation spectra, attention overlays.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it
 works under any backend, including the headless ``Agg`` used by tests and notebook
@@ -322,6 +323,92 @@ def training_curves(
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def loss_curves(
+    curves: Mapping[str, Sequence[float] | ArrayLike],
+    chance: float | None = None,
+    smooth: int = 1,
+    ylabel: str = "training loss",
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Plot several runs' per-step losses on one axes, to compare training loops.
+
+    ``curves`` maps a run's name to its losses, one per optimiser step (step 1 first).
+    Runs compared side by side belong on one axes with one step scale, which
+    :func:`training_curves` (one subplot per logged key of one run) does not give.
+    ``smooth`` > 1 draws the moving average over that many steps (a point per full
+    window, placed at the window's last step), since per-step losses of small batches
+    are noisy; ``chance`` draws a dotted horizontal line at the loss of a model that has
+    learnt nothing (``log N`` for a contrastive loss over a batch of ``N`` pairs).
+    """
+    if not curves:
+        raise ValueError("curves is empty; give at least one run's losses")
+    if not is_integral(smooth) or smooth < 1:
+        raise ValueError(f"smooth must be a positive integer, got {smooth!r}")
+    fig = _new_figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, values in curves.items():
+        losses = _to_numpy(values, f"curves[{name!r}]").reshape(-1)
+        if losses.size < smooth:
+            raise ValueError(
+                f"curves[{name!r}] has {losses.size} values, fewer than smooth={smooth}"
+            )
+        averaged = np.convolve(losses, np.ones(smooth) / smooth, mode="valid")
+        steps = np.arange(smooth, losses.size + 1)
+        ax.plot(steps, averaged, label=name)
+    if chance is not None:
+        ax.axhline(float(chance), color="grey", ls=":", label="chance")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel if smooth == 1 else f"{ylabel} (mean of {smooth} steps)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def ratio_bars(
+    panels: Mapping[str, Mapping[str, float]],
+    xlabel: str = "speed-up over the first variant",
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw ratios measured side by side as horizontal bars, one subplot per panel.
+
+    ``panels`` maps a panel's title to ``{variant: ratio}``, the first variant being the
+    baseline (ratio 1). The book reports speed as ratios of times measured in one run,
+    because absolute times depend on the machine and on what else it is doing; a bar
+    chart makes the size of each ratio, and which side of 1 it falls, visible at a
+    glance. A solid line marks 1 (no change) and each bar is labelled with its ratio
+    (``1.30x``).
+    """
+    if not panels:
+        raise ValueError("panels is empty; give at least one panel of ratios")
+    for title, ratios in panels.items():
+        if not ratios:
+            raise ValueError(f"panel {title!r} has no variants")
+        bad = {k: v for k, v in ratios.items() if not (_as_float(v) or 0) > 0}
+        if bad:
+            raise ValueError(f"panel {title!r}: ratios must be positive, got {bad}")
+    fig = _new_figure(
+        figsize=(4.2 * len(panels), 0.5 + 0.5 * max(map(len, panels.values()))),
+        layout="constrained",
+    )
+    for index, (title, ratios) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        names = list(ratios)
+        values = [float(ratios[name]) for name in names]
+        positions = np.arange(len(names))[::-1]  # the first variant on top
+        bars = ax.barh(positions, values, color=IMAGE_COLOUR, height=0.6)
+        ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values], padding=3)
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set_yticks(positions, names)
+        ax.set_xlim(0, max(values) * 1.3)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
