@@ -1,6 +1,7 @@
 """Plots for the book: similarity heatmaps, retrieval results, image grids, training
-curves, loss curves of several runs, bars of measured ratios, embedding maps, CCA
-correlation spectra, attention overlays.
+curves, loss curves of several runs, bars of measured ratios, the spacing of
+floating-point numbers, embedding maps, CCA correlation spectra, attention overlays,
+next-token distributions under sampling settings.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it
 works under any backend, including the headless ``Agg`` used by tests and notebook
@@ -409,6 +410,69 @@ def ratio_bars(
         ax.set_xlim(0, max(values) * 1.3)
         ax.set_xlabel(xlabel)
         ax.set_title(title)
+
+
+def float_spacing(
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
+    low: float = 1e-10,
+    high: float = 1e6,
+    points: int = 4000,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Plot how coarse each floating-point format is across magnitudes: the gap to the
+    next representable number, relative to the number, ``ulp(x) / x``.
+
+    ``points`` magnitudes between ``low`` and ``high`` (log-spaced) are rounded to each
+    format, and the gap is measured on the stored bits (the next larger number of a
+    positive float is the one whose bit pattern is one higher), so the curve is what the
+    format does, not a formula. For normal numbers the gap is between ``eps / 2`` and
+    ``eps`` of the number (the saw teeth, one per power of two); below the smallest
+    normal number the format runs out of exponent and the relative gap grows until
+    values round to zero; above its largest number they become ``inf``. A curve is
+    drawn only where the format holds the number (finite and non-zero), so where it
+    stops is the format's range. The dotted lines mark each format's smallest normal
+    and largest finite number.
+    """
+    if len(dtypes) == 0:
+        raise ValueError("dtypes is empty; give at least one floating-point dtype")
+    if not (is_real(low) and is_real(high) and 0 < low < high):
+        raise ValueError(f"need 0 < low < high, got low={low!r}, high={high!r}")
+    if isinstance(points, bool) or not is_integral(points) or points < 2:
+        raise ValueError(f"points must be an integer >= 2, got {points!r}")
+    bit_views = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    magnitudes = torch.logspace(
+        math.log10(low), math.log10(high), int(points), dtype=torch.float64
+    )
+    fig = _new_figure(figsize=(7.0, 3.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for dtype in dtypes:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"{dtype!r} is not a floating-point torch dtype")
+        info = torch.finfo(dtype)
+        stored = magnitudes.to(dtype)
+        held = torch.isfinite(stored) & (stored > 0)
+        following = (stored.view(bit_views[info.bits // 8]) + 1).view(dtype)
+        held &= torch.isfinite(following)  # the largest finite number has no next
+        gap = following.double() - stored.double()
+        relative = (gap / stored.double())[held].numpy()
+        name = str(dtype).removeprefix("torch.")
+        (line,) = ax.plot(
+            stored.double()[held].numpy(),
+            relative,
+            linewidth=1.0,
+            label=f"{name} (eps = {info.eps:.2g})",
+            gid=name,
+        )
+        for edge in (info.smallest_normal, info.max):
+            if low <= edge <= high:
+                ax.axvline(edge, color=line.get_color(), linestyle=":", linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_xlabel("magnitude of the number x")
+    ax.set_ylabel("gap to the next number / x")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
@@ -721,6 +785,91 @@ def attention_overlay(
         ax.imshow(weights, cmap=SEQUENTIAL_CMAP, alpha=alpha, interpolation="nearest")
         ax.set_title(f"{word} ({maps[index].max():.2f})", fontsize="small")
         ax.set_axis_off()
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def next_token_distributions(
+    logits: ArrayLike,
+    token_labels: Sequence[str],
+    settings: Mapping[str, Mapping[str, Any]],
+    top: int = 12,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw one next-token distribution as each sampling setting reshapes it, one bar
+    chart per setting.
+
+    ``logits`` are a language model's logits for the next token, ``[V]`` or ``[1, V]``;
+    ``token_labels`` names the ``V`` tokens. ``settings`` maps a panel title to keyword
+    arguments of :func:`crossalign.sampling.filter_logits` (``temperature``, ``top_k``,
+    ``top_p``; ``{}`` is the model's own distribution), so the bars are the
+    probabilities a sampler would actually draw from. Every panel shows the same ``top``
+    tokens, the most probable under the unfiltered distribution, in that order: filled
+    bars are the reshaped probabilities, outlines the model's own, so a reader sees mass
+    move (temperature) or tokens drop out (top-k, top-p). A panel's title adds how many
+    of the ``V`` tokens keep a probability above zero and how much of the model's own
+    mass they hold.
+    """
+    from crossalign.sampling import filter_logits
+
+    row = torch.as_tensor(_to_numpy(logits, "logits"))
+    if row.dim() == 2 and row.shape[0] == 1:
+        row = row[0]
+    if row.dim() != 1 or row.numel() == 0:
+        raise ValueError(
+            f"logits must be [V] or [1, V] for one next token, got {tuple(row.shape)}"
+        )
+    vocab_size = row.numel()
+    labels = [str(label) for label in token_labels]
+    if len(labels) != vocab_size:
+        raise ValueError(
+            f"got {len(labels)} token labels for {vocab_size} logits; give one per "
+            "token"
+        )
+    if not settings:
+        raise ValueError(
+            "settings is empty; give at least one panel, e.g. {'model': {}}"
+        )
+    if isinstance(top, bool) or not is_integral(top) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    top = min(int(top), vocab_size)
+    original = torch.softmax(row, dim=-1)
+    shown = torch.sort(original, descending=True, stable=True).indices[:top]
+    positions = np.arange(top)
+    fig = _new_figure(figsize=(2.7 * len(settings) + 0.6, 3.2), layout="constrained")
+    first_ax = None
+    for index, (name, kwargs) in enumerate(settings.items()):
+        probs = torch.softmax(filter_logits(row[None], **dict(kwargs))[0], dim=-1)
+        kept = probs > 0
+        ax = fig.add_subplot(1, len(settings), index + 1, sharey=first_ax)
+        if first_ax is None:
+            first_ax = ax
+            ax.set_ylabel("probability of the next token")
+        ax.bar(
+            positions,
+            probs[shown].numpy(),
+            color=IMAGE_COLOUR,
+            gid="reshaped",
+            label="sampled from",
+        )
+        ax.bar(
+            positions,
+            original[shown].numpy(),
+            fill=False,
+            edgecolor="black",
+            linewidth=0.8,
+            gid="model",
+            label="model",
+        )
+        ax.set_xticks(positions, [labels[i] for i in shown.tolist()], rotation=90)
+        ax.set_title(
+            f"{name}\n{int(kept.sum())} of {vocab_size} tokens, "
+            f"{original[kept].sum().item():.0%} of the mass",
+            fontsize="small",
+        )
+        ax.grid(True, axis="y", alpha=0.3)
+    first_ax.legend(fontsize="small")
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
