@@ -544,8 +544,8 @@ def grouped_bars(
         ax.set_ylim(*ylim)
     if title is not None:
         ax.set_title(title)
-    if count > 1:
-        ax.legend(fontsize="small")
+    if count > 1:  # above the plot, where it cannot hide a bar
+        fig.legend(loc="outside upper center", ncols=count, fontsize="small")
     ax.grid(True, axis="y", alpha=0.3)
     if save_path is not None:
         save_figure(fig, save_path)

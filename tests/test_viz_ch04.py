@@ -38,7 +38,8 @@ def test_heights_and_positions_follow_the_values() -> None:
     (ax,) = fig.axes
     assert [tick.get_text() for tick in ax.get_xticklabels()] == CATEGORIES
     assert ax.get_ylabel() == "share"
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == list(VALUES)
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == list(VALUES)
 
 
 def test_one_series_fills_the_slot_and_has_no_legend() -> None:
@@ -47,7 +48,7 @@ def test_one_series_fills_the_slot_and_has_no_legend() -> None:
     assert first.get_width() == pytest.approx(0.8)
     assert first.get_x() + 0.4 == pytest.approx(0.0)
     assert second.get_height() == pytest.approx(0.5)
-    assert fig.axes[0].get_legend() is None
+    assert not fig.legends and fig.axes[0].get_legend() is None
 
 
 def test_value_labels_use_the_format() -> None:
