@@ -410,6 +410,9 @@ def ratio_bars(
         ax.set_xlim(0, max(values) * 1.3)
         ax.set_xlabel(xlabel)
         ax.set_title(title)
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
 
 
 def float_spacing(
@@ -473,6 +476,9 @@ def float_spacing(
     ax.set_ylabel("gap to the next number / x")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
 
 
 def grouped_bars(
@@ -943,7 +949,7 @@ def next_token_distributions(
             fontsize="small",
         )
         ax.grid(True, axis="y", alpha=0.3)
-    first_ax.legend(fontsize="small")
+    fig.axes[0].legend(fontsize="small")
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
