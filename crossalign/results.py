@@ -60,10 +60,11 @@ class BenchmarkResult:
 
     def measured(self) -> str:
         """One sentence saying when, where and how the numbers were measured."""
-        return (
+        sentence = (
             f"Measured on {self.date} on {self.machine} with crossalign "
             f"{self.package_version} and torch {self.torch_version}: `{self.command}`."
         )
+        return f"{sentence} Notes: {self.notes}." if self.notes else sentence
 
 
 def machine_description() -> str:
@@ -182,16 +183,20 @@ def markdown_table(
     result: BenchmarkResult, formats: dict[str, str] | None = None
 ) -> str:
     """The rows as a Markdown table; ``formats`` maps a column to a format spec
-    (``".3f"``), other columns are printed as they are."""
+    (``".3f"``), other columns are printed as they are. A ``|`` inside a name or a
+    value is escaped, so it cannot split a cell."""
     formats = formats or {}
+
+    def escaped(text: str) -> str:
+        return text.replace("|", "\\|")
 
     def cell(column: str, value: Any) -> str:
         if column in formats and value is not None:
-            return format(value, formats[column])
-        return str(value)
+            return escaped(format(value, formats[column]))
+        return escaped(str(value))
 
     lines = [
-        "| " + " | ".join(result.columns) + " |",
+        "| " + " | ".join(map(escaped, result.columns)) + " |",
         "|"
         + "|".join("---" if i == 0 else "---:" for i in range(len(result.columns)))
         + "|",

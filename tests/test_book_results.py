@@ -4,6 +4,7 @@ result files)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -88,6 +89,23 @@ def test_result_file_round_trip(tmp_path, monkeypatch):
         "| a | 0.50 |",
         "| b | 0.75 |",
     ]
+
+
+def test_markdown_table_escapes_pipes_and_measured_names_the_notes():
+    result = results.BenchmarkResult(
+        name="demo",
+        columns=["row", "relations | attributes"],
+        rows=[{"row": "a | b", "relations | attributes": 0.5}],
+        notes="busy machine",
+    )
+    header, _, row = results.markdown_table(result).splitlines()
+    assert header == "| row | relations \\| attributes |"
+    assert row == "| a \\| b | 0.5 |"
+    assert [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]] == [
+        "a \\| b",
+        "0.5",
+    ]
+    assert result.measured().endswith("Notes: busy machine.")
 
 
 def test_result_rows_must_hold_every_column(tmp_path):
