@@ -98,10 +98,14 @@ def test_glue_references_are_checked_against_saved_outputs(tmp_path):
     markdown = {"cell_type": "markdown", "source": [text], "metadata": {}}
     notebook.write_text(json.dumps({"cells": [markdown, cell]}))
     page = tmp_path / "12_y.md"
-    page.write_text("See {glue:text}`01_x.ipynb::acc:.1f` and {glue}`01_x.ipynb::b`.\n")
+    page.write_text(
+        "See {glue:text}`01_x.ipynb::acc:.1f`, {glue}`01_x.ipynb::b:s` and "
+        "{glue:text}`01_x.ipynb::acc`.\n"
+    )
     assert prose_numbers.unresolved_glue(notebook) == [
         "01_x cell 0: 'gone:.2f' (not glued)"
     ]
     assert prose_numbers.unresolved_glue(page) == [
-        "12_y line 1: '01_x.ipynb::b' (not glued)"
+        "12_y line 1: '01_x.ipynb::b:s' (not glued)",
+        "12_y line 1: '01_x.ipynb::acc' (no format)",
     ]

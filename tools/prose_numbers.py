@@ -216,6 +216,11 @@ def unresolved_glue(path: Path) -> list[str]:
     for label, markdown in markdown_units(path):
         for reference in _GLUE_REFERENCE.findall(markdown):
             document, _, key = reference.rpartition("::")
+            if document and ":" not in key:
+                # MyST-NB splits a format off at the last colon: without one, the
+                # "::" itself would be read as the format.
+                missing.append(f"{path.stem} {label}: {reference!r} (no format)")
+                continue
             key = key.split(":", 1)[0]
             notebook = path.parent / document if document else path
             if notebook.suffix != ".ipynb" or not notebook.exists():
