@@ -92,6 +92,43 @@ def test_predictions_never_depend_on_later_tokens():
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
+def test_causal_kernel_and_explicit_mask_agree_with_the_reference():
+    # Without padding SDPA gets is_causal=True; with an all-ones attention_mask it gets
+    # the explicit triangle. Both must equal the loop-by-loop reference.
+    model = _model().double()
+    ids = torch.randint(
+        0, CONFIG.vocab_size, (2, 10), generator=torch.Generator().manual_seed(5)
+    )
+    with torch.no_grad():
+        reference = _reference_forward(model, ids)
+        plain = model(ids)
+        masked = model(ids, attention_mask=torch.ones_like(ids))
+    torch.testing.assert_close(plain, reference, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(masked, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_sdpa_is_told_causal_instead_of_given_a_mask_without_padding(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(
+        "crossalign.models.gpt.F.scaled_dot_product_attention", recording_sdpa
+    )
+    model = _model()
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 6))
+    with torch.no_grad():
+        model(ids)
+        assert calls == [(None, True)] * CONFIG.n_layer
+        calls.clear()
+        model(ids, attention_mask=torch.ones_like(ids))
+    assert [is_causal for _, is_causal in calls] == [False] * CONFIG.n_layer
+    assert all(mask is not None and mask.dtype == torch.bool for mask, _ in calls)
+
+
 def test_inputs_embeds_is_the_same_as_input_ids():
     model = _model()
     ids = torch.randint(

@@ -101,9 +101,14 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         """Attend within ``x`` (B, T, C); ``allowed`` (B or 1, 1, T, T) is True where a
-        query may see a key."""
+        query may see a key, or None for plain causal attention.
+
+        Without padding the mask is the causal triangle, and SDPA is told so with
+        ``is_causal=True`` instead of being handed the triangle: an explicit mask
+        rules out its fastest (flash) kernels on a GPU, which skip the masked half.
+        """
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim): every head attends independently.
@@ -112,9 +117,9 @@ class CausalSelfAttention(nn.Module):
             for t in (q, k, v)
         )
         dropout = self.attn_dropout if self.training else 0.0
-        # softmax(q k^T / sqrt(head_dim), masked by `allowed`) v
+        # softmax(q k^T / sqrt(head_dim), masked by `allowed` or causally) v
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=dropout
+            q, k, v, attn_mask=allowed, dropout_p=dropout, is_causal=allowed is None
         )
         y = y.transpose(1, 2).contiguous().view(batch, length, width)
         return self.resid_dropout(self.proj(y))
@@ -150,7 +155,7 @@ class Block(nn.Module):
         )
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         """Apply attention then the MLP, each added to the residual stream ``x`` (B, T,
         C)."""
         x = x + self.attn(self.ln_1(x), allowed)
@@ -225,16 +230,13 @@ class GPT(nn.Module):
         """
         x = self._embed(input_ids, inputs_embeds)
         batch, length, _ = x.shape
-        allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[
-            None, None
-        ]
+        allowed = None  # causal attention, no padding
         if attention_mask is not None:
-            allowed = (
-                allowed
-                & self._key_mask(attention_mask, batch, length, x.device)[
-                    :, None, None, :
-                ]
-            )
+            causal = torch.ones(
+                length, length, dtype=torch.bool, device=x.device
+            ).tril()
+            keys = self._key_mask(attention_mask, batch, length, x.device)
+            allowed = causal[None, None] & keys[:, None, None, :]
             allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
         for block in self.blocks:
             x = block(x, allowed)
