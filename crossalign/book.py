@@ -43,9 +43,12 @@ def plain_value(value: Any, digits: int | None = 4) -> int | float | str:
     raise TypeError(f"glue a number or a text, not {type(value).__name__}")
 
 
-def glue(name: str, value: Any, digits: int | None = 4) -> int | float | str:
-    """Store ``value`` under ``name`` for the chapter's prose and return what was
-    stored; nothing is shown on the page."""
+def glue(name: str, value: Any, digits: int | None = 4) -> None:
+    """Store ``value`` under ``name`` for the chapter's prose; nothing is shown on the
+    page.
+
+    It returns nothing on purpose: a cell that ends with a call returning a value
+    shows that value as the cell's result, on the page, below the code."""
     from IPython.display import display
 
     stored = plain_value(value, digits)
@@ -54,11 +57,9 @@ def glue(name: str, value: Any, digits: int | None = 4) -> int | float | str:
         raw=True,
         metadata={"scrapbook": {"name": name, "mime_prefix": GLUE_MIME_PREFIX}},
     )
-    return stored
 
 
-def glue_seconds(name: str, seconds: float) -> str:
+def glue_seconds(name: str, seconds: float) -> None:
     """Store a duration as text (``'93 s'``, ``'1.4 s'`` under 10 s) for
-    ``{glue:text}`name```; return it."""
-    text = f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    return str(glue(name, text))
+    ``{glue:text}`name```."""
+    glue(name, f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s")

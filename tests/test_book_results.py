@@ -57,6 +57,20 @@ def test_plain_value_rejects_what_prose_cannot_show():
         plain_value([1, 2])
 
 
+def test_glue_at_the_end_of_a_cell_shows_no_result(shell):
+    # A value returned by the cell's last call would appear on the page as its result.
+    with capture_output() as captured:
+        result = shell.run_cell(
+            "from crossalign.book import glue, glue_seconds\n"
+            "glue('a', 0.5)\n"
+            "glue_seconds('b', 12.0)",
+            store_history=True,
+        )
+    assert result.success and result.result is None
+    assert "Out[" not in captured.stdout
+    assert len(captured.outputs) == 2  # the two hidden records, nothing else
+
+
 def test_glued_text_reads_back_with_literal_eval(shell):
     from ast import literal_eval
 
