@@ -5,9 +5,12 @@ shows its table calls :func:`load_result` and :func:`markdown_table` instead of 
 the numbers, so the page and the measurement cannot drift apart (DESIGN.md 4.6). A
 file records the command that produced it, the date, the machine (platform, processor
 count, torch threads, device), the package and torch versions, the column names and
-every row; ``noise`` holds what the script says separates two runs that should agree
-(for example the standard error of an accuracy on the test split), which a chapter uses
-when it checks its own run against a row.
+every row, and the versions of Python and the numerical libraries beside torch
+(floating-point results change in their last bits between versions, and a long
+training run grows that into a different model, so a rerun that disagrees by more than
+the noise may differ in them); ``noise`` holds what the script says separates two runs
+that should agree (for example the standard error of an accuracy on the test split),
+which a chapter uses when it checks its own run against a row.
 
 The files live in ``benchmarks/results/`` of the repository. A notebook opened outside
 a checkout (Colab installs only the package) fetches the committed file from the
@@ -46,6 +49,7 @@ class BenchmarkResult:
     machine: str = ""
     package_version: str = ""
     torch_version: str = ""
+    library_versions: dict[str, str] = field(default_factory=dict)
     noise: dict[str, float] = field(default_factory=dict)
     notes: str = ""
 
@@ -64,7 +68,26 @@ class BenchmarkResult:
             f"Measured on {self.date} on {self.machine} with crossalign "
             f"{self.package_version} and torch {self.torch_version}: `{self.command}`."
         )
+        if self.library_versions:
+            libraries = ", ".join(
+                f"{name} {version}" for name, version in self.library_versions.items()
+            )
+            sentence = f"{sentence} Libraries: {libraries}."
         return f"{sentence} Notes: {self.notes}." if self.notes else sentence
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and of the installed numerical libraries besides torch
+    (those that are not installed are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "pillow", "torchvision"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 def machine_description() -> str:
@@ -128,6 +151,7 @@ def save_result(
         machine=machine_description(),
         package_version=__version__,
         torch_version=torch.__version__.split("+")[0],
+        library_versions=library_versions(),
         noise=dict(noise or {}),
         notes=notes,
     )

@@ -96,6 +96,8 @@ def test_result_file_round_trip(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="'c'"):
         loaded.row("c")
     assert loaded.date in loaded.measured() and "cores" in loaded.machine
+    assert loaded.library_versions["numpy"] == np.__version__
+    assert f"numpy {np.__version__}" in loaded.measured()
     table = results.markdown_table(loaded, {"exact": ".2f"})
     assert table.splitlines() == [
         "| row | exact |",
