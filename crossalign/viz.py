@@ -1,7 +1,8 @@
 """Plots for the book: similarity heatmaps, retrieval results, image grids, training
 curves, loss curves of several runs, bars of measured ratios and of grouped values, the
 spacing of floating-point numbers, embedding maps, CCA correlation spectra, attention
-overlays, next-token distributions under sampling settings.
+overlays, next-token distributions under sampling settings, curves with their spread
+over seeds, shares of choices over time.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``, so it
 works under any backend, including the headless ``Agg`` used by tests and notebook
@@ -950,6 +951,133 @@ def next_token_distributions(
         )
         ax.grid(True, axis="y", alpha=0.3)
     fig.axes[0].legend(fontsize="small")
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def spread_curves(
+    panels: Mapping[str, Mapping[str, tuple[Any, Any, Any]]],
+    xlabel: str,
+    ylabel: str,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    xscale: str = "linear",
+    ylim: tuple[float, float] | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw measured curves with their spread over seeds, one subplot per panel.
+
+    For results that are a mean over several runs at each setting (accuracy against the
+    number of labelled examples, accuracy against an attack's budget): each series is a
+    line through its means with a shaded band of plus and minus one standard deviation,
+    so the reader sees at once whether two curves differ by more than their noise.
+
+    Args:
+        panels: panel title -> ``{series: (x, mean, std)}``; ``std`` may be ``None``
+            (a single run: no band). x, mean and std are equally long sequences.
+        xlabel, ylabel: axis labels (shared by every panel). references: panel title
+            -> ``{label: y}``, drawn as dashed horizontal lines (a zero-shot baseline,
+            chance). xscale: ``"linear"``, ``"log"`` or ``"symlog"``. ylim: the value
+            range. save_path: also write the figure there.
+    """
+    if not panels:
+        raise ValueError("panels is empty; give at least one panel of curves")
+    checked: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]]
+    checked = {}
+    for title, series in panels.items():
+        if not series:
+            raise ValueError(f"panel {title!r} has no series")
+        checked[title] = {}
+        for name, (x, mean, std) in series.items():
+            where = f"panels[{title!r}][{name!r}]"
+            xs, means = _to_numpy(x, where + " x"), _to_numpy(mean, where + " mean")
+            stds = None if std is None else _to_numpy(std, where + " std")
+            shapes = [a.shape for a in (xs, means, stds) if a is not None]
+            if len(set(shapes)) != 1 or xs.ndim != 1 or len(xs) == 0:
+                raise ValueError(
+                    f"{where}: x, mean and std must be equally long, non-empty 1-D "
+                    f"sequences, got shapes {shapes}"
+                )
+            if stds is not None and (stds < 0).any():
+                raise ValueError(f"{where}: std must be >= 0")
+            checked[title][str(name)] = (xs, means, stds)
+    unknown = set(references or {}) - set(panels)
+    if unknown:
+        raise ValueError(f"references name panels that do not exist: {sorted(unknown)}")
+    if xscale not in ("linear", "log", "symlog"):
+        raise ValueError(f"xscale must be 'linear', 'log' or 'symlog', got {xscale!r}")
+
+    fig = _new_figure(figsize=(4.4 * len(checked), 3.4), layout="constrained")
+    for index, (title, series) in enumerate(checked.items()):
+        ax = fig.add_subplot(1, len(checked), index + 1)
+        for name, (xs, means, stds) in series.items():
+            (line,) = ax.plot(xs, means, marker="o", markersize=3.5, label=name)
+            if stds is not None:
+                ax.fill_between(
+                    xs, means - stds, means + stds, color=line.get_color(), alpha=0.2
+                )
+        for label, y in (references or {}).get(title, {}).items():
+            ax.axhline(y, color="grey", ls="--", lw=1, label=label)
+        ax.set_xscale(xscale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    if save_path is not None:
+        save_figure(fig, save_path)
+    return fig
+
+
+def stacked_shares(
+    steps: Sequence[float] | ArrayLike,
+    shares: Mapping[str, Sequence[float] | ArrayLike],
+    xlabel: str = "training step",
+    ylabel: str = "share of picks",
+    title: str | None = None,
+    save_path: PathLike | None = None,
+) -> Figure:
+    """Draw how a whole divides among a few choices over time, as stacked areas.
+
+    For a learner that picks one of several actions at every step (a bandit choosing
+    which negatives to train on): ``shares[name][t]`` is the fraction of the picks in
+    window ``t`` that went to ``name``, and the fractions of a window must add up to 1.
+    """
+    if not shares:
+        raise ValueError("shares is empty; give at least one choice")
+    xs = _to_numpy(steps, "steps")
+    if xs.ndim != 1 or len(xs) == 0:
+        raise ValueError(
+            f"steps must be a non-empty 1-D sequence, got shape {xs.shape}"
+        )
+    rows = []
+    for name, values in shares.items():
+        array = _to_numpy(values, f"shares[{name!r}]")
+        if array.shape != xs.shape:
+            raise ValueError(
+                f"shares[{name!r}] must hold one value per step ({len(xs)}), got shape "
+                f"{array.shape}"
+            )
+        if (array < 0).any() or (array > 1).any():
+            raise ValueError(f"shares[{name!r}] must lie in [0, 1]")
+        rows.append(array)
+    totals = np.sum(rows, axis=0)
+    if not np.allclose(totals, 1.0, atol=1e-6):
+        raise ValueError(
+            f"the shares of each step must add up to 1, got {totals.round(4).tolist()}"
+        )
+    fig = _new_figure(figsize=(6.0, 3.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.stackplot(xs, *rows, labels=[str(name) for name in shares], alpha=0.85)
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    fig.legend(loc="outside right center", fontsize="small")
     if save_path is not None:
         save_figure(fig, save_path)
     return fig
