@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -58,6 +58,7 @@ __all__ = [
     "scene_features",
     "train_captioner_with_scene_oracle",
     "train_with_scene_oracle",
+    "with_scene_inputs",
 ]
 
 #: Object slots per scene (ShapesWorld draws 1-3 objects).
@@ -131,6 +132,33 @@ class SceneGraphEncoder(nn.Module):
         return (self.mlp(scenes) * scenes[..., -1:]).sum(dim=1)
 
 
+def with_scene_inputs(
+    config: CompareConfig,
+    data: ComparisonData,
+    encode: Callable[[ShapesWorld], torch.Tensor],
+) -> ComparisonData:
+    """A copy of ``data`` whose training and test "images" are ``encode(split)`` of the
+    same ShapesWorld splits: what an image tower that reads scene graphs is fed.
+
+    Captions, tokens, swap pairs and everything else are shared with ``data``, so a
+    tower trained on the copy sees exactly the batches the pixel tower sees.
+    ``encode`` is :func:`scene_features` for the Deep Sets oracle, or the packed graphs
+    of :mod:`crossalign.experiments.scene_graph_attention`.
+    """
+    test_set = ShapesWorld(
+        "test", size=config.test_size, image_size=config.image_size, seed=config.seed
+    )
+    if len(test_set) != len(data.test_images) or len(data.train_set) != len(
+        data.train_images
+    ):
+        raise ValueError(
+            "data must come from prepare_data with the same config (split sizes differ)"
+        )
+    return dataclasses.replace(
+        data, train_images=encode(data.train_set), test_images=encode(test_set)
+    )
+
+
 def train_with_scene_oracle(
     name: str | AlignmentMethod,
     config: CompareConfig,
@@ -145,20 +173,7 @@ def train_with_scene_oracle(
     graphs.
     """
     data = data or prepare_data(config)
-    test_set = ShapesWorld(
-        "test", size=config.test_size, image_size=config.image_size, seed=config.seed
-    )
-    if len(test_set) != len(data.test_images) or len(data.train_set) != len(
-        data.train_images
-    ):
-        raise ValueError(
-            "data must come from prepare_data with the same config (split sizes differ)"
-        )
-    scenes = dataclasses.replace(
-        data,
-        train_images=scene_features(data.train_set),
-        test_images=scene_features(test_set),
-    )
+    scenes = with_scene_inputs(config, data, scene_features)
     out_dim = config.experiment().model.image_kwargs.get("out_dim", 256)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
