@@ -821,12 +821,5 @@ def adversarial_finetune(
     tuned.eval()
     scores = evaluate_method(tuned, data, device, config.max_len)
     return MethodResult(
-        name=method.name,
-        retrieval=scores["retrieval"],
-        relation_swap=scores["relation_swap"],
-        attribute_swap=scores["attribute_swap"],
-        geometry=scores["geometry"],
-        seconds=seconds,
-        losses=losses,
-        model=tuned,
+        name=method.name, **scores, seconds=seconds, losses=losses, model=tuned
     )

@@ -570,14 +570,7 @@ def train_method(
     seconds = time.perf_counter() - started
     scores = evaluate_method(model, data, device, config.max_len)
     return MethodResult(
-        name=method.name,
-        retrieval=scores["retrieval"],
-        relation_swap=scores["relation_swap"],
-        attribute_swap=scores["attribute_swap"],
-        geometry=scores["geometry"],
-        seconds=seconds,
-        losses=losses,
-        model=model,
+        name=method.name, **scores, seconds=seconds, losses=losses, model=model
     )
 
 
