@@ -147,3 +147,33 @@ def full(n: int) -> int:
         )
         _smoke_announced = True
     return max(1, int(n) // SMOKE_DIVISOR)
+
+
+_in_training_step = False
+
+
+@contextlib.contextmanager
+def training_step() -> Iterator[None]:
+    """Marks the code inside as the training engine's hot loop (see
+    :func:`values_hold`)."""
+    global _in_training_step
+    outer, _in_training_step = _in_training_step, True
+    try:
+        yield
+    finally:
+        _in_training_step = outer
+
+
+def values_hold(condition: torch.Tensor) -> bool:
+    """Whether every element of the boolean tensor ``condition`` is true: the one way
+    the models check their inputs' values (masks, token ranges).
+
+    Reading a value from an accelerator makes the CPU wait for all queued work, so
+    inside the training engine's step (:func:`training_step`) a check on a tensor that
+    is not on the CPU is skipped and answers True; on the CPU, and outside training,
+    it always runs. The data the training loops feed the models comes from the
+    package's own collators, which build masks and token ids that pass these checks.
+    """
+    if _in_training_step and condition.device.type != "cpu":
+        return True
+    return bool(condition.all())

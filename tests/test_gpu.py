@@ -50,6 +50,7 @@ from crossalign.models.image_encoders import SmallCNN
 from crossalign.models.mlp_lm import MLPLanguageModel
 from crossalign.models.prefix_lm import PrefixCaptioner
 from crossalign.models.qformer import QFormer
+from crossalign.train import engine as engine_module
 from crossalign.train import trainer
 from crossalign.train.captioning import (
     CaptionExperimentConfig,
@@ -80,7 +81,9 @@ def device(request) -> Iterator[str]:
     saved = matmul.allow_tf32, cudnn.allow_tf32
     matmul.allow_tf32 = cudnn.allow_tf32 = False
     try:
-        yield "cuda"
+        with pytest.MonkeyPatch.context() as patch:  # the engine turns TF32 on
+            patch.setattr(engine_module, "enable_tf32", lambda enabled=True: None)
+            yield "cuda"
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
 
@@ -155,7 +158,7 @@ def _train_dual_encoder(
         tmp_path, steps=DUAL_STEPS, device=device, output_dir=None, **train
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer, "grad_scaler", recording_scaler)
+        patch.setattr(engine_module, "grad_scaler", recording_scaler)
         return trainer.train(config), scalers
 
 
@@ -202,6 +205,49 @@ def test_dual_encoder_trains_on_device_as_on_cpu(device, precision, tmp_path):
     )
 
 
+@pytest.mark.gpu
+@NEEDS_CUDA
+def test_the_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
+    """Under ``torch.cuda.set_sync_debug_mode("error")`` every call that makes the CPU
+    wait for the GPU raises. The engine's steps run in that mode, except its read-back
+    at log intervals (the one wait it is allowed): the dual encoder with a Transformer
+    text tower (pinned, non-blocking batch copies), and a GPT language model.
+
+    The GRU text tower is left out: packing variable-length sequences for cuDNN takes
+    the lengths on the host, one wait per step by the design of that API.
+    """
+    real_step, real_flush = engine_module.Engine.step, engine_module.Engine.flush
+
+    def strict_step(self, loss_at):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            real_step(self, loss_at)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def allowed_flush(self):
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            real_flush(self)
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+
+    monkeypatch.setattr(engine_module.Engine, "step", strict_step)
+    monkeypatch.setattr(engine_module.Engine, "flush", allowed_flush)
+    config = tiny_config(tmp_path, steps=4, device="cuda", output_dir=None, log_every=2)
+    config.model.text_encoder = "transformer"
+    config.model.text_kwargs = {"dim": 16, "depth": 1, "heads": 2}
+    result = trainer.train(config)
+    assert len(losses(result.history)) == 4 and all_finite(losses(result.history))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=15, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    lm = train_language_model(
+        gpt.cuda(), _random_sequences(12, 15, 0), steps=4, batch_size=4, log_every=2
+    )
+    assert len(lm.losses) == 4 and all_finite(lm.losses)
+
+
 def _fused_adamw_available(device: str) -> bool:
     try:
         torch.optim.AdamW(
@@ -221,11 +267,9 @@ def test_fused_adamw_is_used_and_steps_like_the_for_each_one(device):
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
     twin = copy.deepcopy(model)
     config = TrainConfig(lr=1e-2)
-    fused = trainer.build_optimizer(model.to(device), config, torch.device(device))
-    plain = trainer.build_optimizer(
-        twin.to(device),
-        dataclasses.replace(config, fused_optimizer=False),
-        torch.device(device),
+    fused = trainer.optimizer_for(model.to(device), config)
+    plain = trainer.optimizer_for(
+        twin.to(device), dataclasses.replace(config, fused_optimizer=False)
     )
     assert bool(fused.defaults.get("fused")) == _fused_adamw_available(device)
     assert not plain.defaults.get("fused")

@@ -11,6 +11,7 @@ import torch
 from crossalign.train import checkpoint as ckpt
 from crossalign.train import trainer
 from crossalign.train.config import ExperimentConfig
+from crossalign.train.engine import NonFiniteLossError
 from crossalign.train.schedule import warmup_cosine
 
 
@@ -112,7 +113,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(trainer, "ClipLoss", BreaksAtStep4)
     config = tiny_config(tmp_path, checkpoint_every=2)
-    with pytest.raises(trainer.NonFiniteLossError, match=r"nan at step 4.*step_000002"):
+    with pytest.raises(NonFiniteLossError, match=r"nan at step 4.*step_000002"):
         trainer.train(config)
     run = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in run.iterdir()) == ["latest", "step_000002"]

@@ -1,7 +1,7 @@
 """Data: ShapesWorld (generated, offline), Flickr8k (real), tokenisation, batching,
 feature caches."""
 
-from crossalign.data.build import build_dataset, build_tokenizer
+from crossalign.data.build import build_dataset, build_tokenizer, fetch_items
 from crossalign.data.collate import CaptionCollator, batch_inputs
 from crossalign.data.download import download_file, download_flickr8k, extract_archive
 from crossalign.data.feature_cache import (
@@ -45,6 +45,7 @@ __all__ = [
     "batch_inputs",
     "build_dataset",
     "build_tokenizer",
+    "fetch_items",
     "cache_flickr8k_features",
     "cache_image_features",
     "caption_words",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crossalign.data.shapes import ShapesWorld, caption_words
@@ -89,3 +90,12 @@ def build_tokenizer(
         raise ValueError("the training data has no captions to build a vocabulary from")
     texts = [caption for captions in train_dataset.captions for caption in captions]
     return Vocabulary.build(texts, min_freq=cfg.min_freq)
+
+
+def fetch_items(dataset: Any, indices: Sequence[int]) -> list[dict]:
+    """Items ``indices`` of ``dataset``, in one ``__getitems__`` call where the data set
+    has one (ShapesWorld renders a whole batch at once), one by one otherwise."""
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        return getitems(list(indices))
+    return [dataset[i] for i in indices]

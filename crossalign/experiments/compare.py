@@ -35,7 +35,6 @@ from typing import TypedDict
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from crossalign.data.build import build_tokenizer
 from crossalign.data.shapes import ShapesWorld
@@ -56,8 +55,9 @@ from crossalign.train.config import (
     default_config_path,
     load_config,
 )
+from crossalign.train.engine import Engine
 from crossalign.train.schedule import warmup_cosine_scheduler
-from crossalign.train.trainer import NonFiniteLossError, build_model, build_optimizer
+from crossalign.train.trainer import build_model, optimizer_for
 from crossalign.utils import seed_everything, select_device
 
 __all__ = [
@@ -104,6 +104,8 @@ class CompareConfig:
     batch and have not been measured on a GPU); :meth:`fast` is the CPU setting used by
     the book and the benchmark. ``text_tower``: ``"conv"`` (default) builds
     :data:`COMPARISON_TEXT_TOWER`, ``"recipe"`` keeps the default recipe's GRU.
+    ``precision`` is the autocast precision of training (``"fp32"``, ``"bf16"``,
+    ``"fp16"``); ``log_every`` how often the losses are read back from the device.
     """
 
     seed: int = 0
@@ -119,6 +121,8 @@ class CompareConfig:
     clip_grad_norm: float = 1.0
     max_len: int = 40
     text_tower: str = "conv"
+    precision: str = "fp32"
+    log_every: int = 25
     device: str = "auto"
     progress: bool = True
 
@@ -167,6 +171,8 @@ class CompareConfig:
             warmup_steps=self.warmup_steps,
             min_lr_ratio=self.min_lr_ratio,
             clip_grad_norm=self.clip_grad_norm,
+            precision=self.precision,
+            log_every=self.log_every,
             device=self.device,
             progress=self.progress,
             channels_last=False,
@@ -365,32 +371,43 @@ def optimise(
     """Minimise ``loss_at(step)`` for ``train.steps`` steps over ``module``'s trainable
     parameters.
 
-    AdamW (``build_optimizer``: no decay on biases and norms), linear warm-up then
-    cosine decay (``warmup_cosine``), gradient clipping; the loop every method of the
-    comparison and the LiT experiment share. Returns the loss of every step; raises
-    :class:`NonFiniteLossError` on NaN/inf.
+    AdamW (:func:`~crossalign.train.trainer.optimizer_for`: no decay on biases and
+    norms), linear warm-up then cosine decay (``warmup_cosine``), gradient clipping and
+    ``train.precision``, stepped by :class:`~crossalign.train.engine.Engine`; what
+    every method of the comparison, the LiT experiment, the few-shot learners and the
+    adversarial fine-tuning run. Returns the loss of every step; raises
+    :class:`~crossalign.train.engine.NonFiniteLossError` on NaN/inf (at the next log
+    interval, ``train.log_every``). ``train.compile``, ``grad_accum > 1`` and
+    ``channels_last`` are rejected with a ``ValueError``: ``loss_at(step)`` builds
+    the batch of a whole step from the images it holds.
     """
-    optimizer = build_optimizer(module, train, device)
+    if train.compile or train.grad_accum != 1 or train.channels_last:
+        raise ValueError(
+            f"{desc}: the comparison runner trains eagerly, one batch per step, on the "
+            "images its loss function builds; set train.compile=false, "
+            "train.grad_accum=1 and train.channels_last=false (got "
+            f"compile={train.compile}, grad_accum={train.grad_accum}, "
+            f"channels_last={train.channels_last})"
+        )
+    optimizer = optimizer_for(module, train)
     scheduler = warmup_cosine_scheduler(
         optimizer, train.steps, train.warmup_steps, train.min_lr_ratio
     )
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    losses: list[float] = []
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        precision=train.precision,
+        clip_grad_norm=train.clip_grad_norm,
+        clip_parameters=[p for p in module.parameters() if p.requires_grad],
+        log_every=max(1, train.log_every),
+        desc=desc,
+        total_steps=train.steps,
+        progress=train.progress,
+    )
     module.train()
-    for step in tqdm(range(train.steps), desc=desc, disable=not train.progress):
-        loss = loss_at(step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the "
-                "learning rate"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(parameters, train.clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    engine.run(loss_at, train.steps)
+    losses = engine.losses
     module.eval()
     return losses
 

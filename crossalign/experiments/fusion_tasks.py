@@ -60,7 +60,9 @@ from crossalign.models.dual_encoder import DualEncoder, DualEncoderConfig
 from crossalign.models.fusion import FUSION_NAMES, build_fusion
 from crossalign.models.image_encoders import ImageEncoder
 from crossalign.models.text_encoders import TextEncoder
-from crossalign.train.schedule import warmup_cosine
+from crossalign.train.engine import Engine
+from crossalign.train.optim import build_optimizer
+from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.utils import seed_everything, select_device
 
 __all__ = [
@@ -120,10 +122,10 @@ class FusionTaskConfig:
         fusion_dim: output size of every fusion module (the head's input).
         fusion_options: extra keyword arguments per fusion name for
             :func:`~crossalign.models.fusion.build_fusion`.
-        steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: the AdamW run of
-        each
-            fusion module (linear warm-up, then cosine decay).
+        steps, batch_size, lr, weight_decay, warmup_steps, clip_grad_norm: the AdamW
+            run of each fusion module (linear warm-up, then cosine decay).
         eval_batch_size: batch size when encoding and predicting.
+        log_every: read the training losses back from the device every this many steps.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``, ...
     """
 
@@ -151,8 +153,9 @@ class FusionTaskConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
-    grad_clip: float = 1.0
+    clip_grad_norm: float = 1.0
     eval_batch_size: int = 500
+    log_every: int = 50
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -188,12 +191,13 @@ class FusionTaskConfig:
             self.lr > 0
             and self.pretrain_lr > 0
             and self.weight_decay >= 0
-            and self.grad_clip > 0
+            and self.clip_grad_norm > 0
         ):
             raise ValueError(
                 "FusionTaskConfig needs lr > 0, pretrain_lr > 0, weight_decay >= 0 and "
-                "grad_clip > 0, got "
-                f"{self.lr}, {self.pretrain_lr}, {self.weight_decay}, {self.grad_clip}"
+                "clip_grad_norm > 0, got "
+                f"{self.lr}, {self.pretrain_lr}, {self.weight_decay}, "
+                f"{self.clip_grad_norm}"
             )
         if self.warmup_steps < 0:
             raise ValueError(
@@ -332,24 +336,20 @@ def _optimise(
     config: FusionTaskConfig,
 ) -> list[float]:
     """Minimise ``loss_at(step)`` with AdamW for ``steps`` steps (warm-up + cosine,
-    clipping); return the losses."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, steps, config.warmup_steps)
+    clipping) on the training engine; return the losses."""
+    optimizer = build_optimizer(
+        parameters, lr=lr, weight_decay=config.weight_decay, decay="all"
     )
-    losses: list[float] = []
-    for step in range(steps):
-        loss = loss_at(step)
-        if not torch.isfinite(loss):
-            raise RuntimeError(
-                f"the loss became {loss.item()} at step {step}; lower the learning rate"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    engine = Engine(
+        optimizer,
+        warmup_cosine_scheduler(optimizer, steps, config.warmup_steps),
+        device=select_device(config.device),
+        clip_grad_norm=config.clip_grad_norm,
+        log_every=config.log_every,
+        desc="fusion",
+    )
+    engine.run(loss_at, steps)
+    losses = engine.losses
     return losses
 
 

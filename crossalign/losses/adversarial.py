@@ -144,7 +144,7 @@ def adversarial_alignment_loss(
     The min-max game: the discriminator D wants to minimise this BCE (tell the
     modalities apart), while the encoders that produced the features want to maximise it
     (make image and text embeddings indistinguishable, i.e. align the two
-    distributions). Because the GRL sits between them, a single ``loss.backward()``
+    distributions). Because the GRL sits between them, a single backward pass
     gives D the ordinary gradient of the BCE and gives the encoders ``-lambda_`` times
     theirs, so one optimiser step that *minimises* the total loss moves D down the BCE
     and the encoders up it, a gradient step towards the saddle point

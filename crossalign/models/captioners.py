@@ -39,6 +39,7 @@ from torch import nn
 
 from crossalign.decoding import DecodeResult, beam_search, greedy_decode
 from crossalign.models.image_encoders import ImageEncoder, build_image_encoder
+from crossalign.utils import values_hold
 
 CAPTIONER_KINDS = ("sat", "transformer")
 
@@ -147,7 +148,7 @@ def caption_loss(
             f"logits must be [B, T, V] and targets [B, T]; got {tuple(logits.shape)} "
             f"and {tuple(targets.shape)}"
         )
-    if not bool((targets != pad_id).any()):
+    if not values_hold((targets != pad_id).any()):
         raise ValueError(
             "targets hold only padding: there is no token to compute a loss on"
         )

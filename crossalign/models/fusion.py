@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from crossalign.models.text_encoders import masked_mean
+from crossalign.utils import values_hold
 
 
 def _as_tokens(
@@ -91,7 +92,7 @@ def _as_tokens(
                 f"{tuple(tokens.shape[:2])} "
                 "(a pooled [B, C] input takes a [B, 1] mask or None)"
             )
-        if not bool(mask.any(dim=1).all()):
+        if not values_hold(mask.any(dim=1)):
             raise ValueError(
                 f"every example needs at least one real {modality} token "
                 f"({modality}_mask has an all-False row)"

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crossalign.utils import values_hold
+
 __all__ = ["GPT", "GPTConfig"]
 
 
@@ -253,9 +255,8 @@ class GPT(nn.Module):
                     "input_ids must be an integer tensor of shape (B, T), "
                     f"got {input_ids.dtype} {tuple(input_ids.shape)}"
                 )
-            if input_ids.numel() and (
-                int(input_ids.min()) < 0
-                or int(input_ids.max()) >= self.config.vocab_size
+            if input_ids.numel() and not values_hold(
+                (input_ids >= 0) & (input_ids < self.config.vocab_size)
             ):
                 raise ValueError(
                     f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size)"

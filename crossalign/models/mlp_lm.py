@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crossalign.utils import is_integral
+from crossalign.utils import is_integral, values_hold
 
 __all__ = ["MLPLanguageModel"]
 
@@ -86,7 +86,7 @@ class MLPLanguageModel(nn.Module):
                 "input_ids must be an integer tensor of shape (B, T) with T >= 1, got "
                 f"{tuple(input_ids.shape)}"
             )
-        if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size:
+        if not values_hold((input_ids >= 0) & (input_ids < self.vocab_size)):
             raise ValueError(
                 f"input_ids must lie in [0, {self.vocab_size}) (vocab_size)"
             )

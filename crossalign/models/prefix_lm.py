@@ -31,6 +31,7 @@ from torch import nn
 
 from crossalign.decoding import beam_search, greedy_decode
 from crossalign.models.lora import apply_lora
+from crossalign.utils import values_hold
 
 if TYPE_CHECKING:
     from crossalign.models.image_encoders import ImageEncoder, MaxPooledGrid
@@ -109,7 +110,7 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
             f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree "
             "on [B, T]"
         )
-    if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+    if not values_hold((labels[:, 1:] != IGNORE_INDEX).any()):
         raise ValueError(
             "no position is labelled: every label is IGNORE_INDEX, the loss would be "
             "undefined"
@@ -260,7 +261,7 @@ class PrefixCaptioner(nn.Module):
                 f"input_ids and attention_mask must both be [B, L], got "
                 f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
             )
-        if not bool((input_ids[:, 0] == self.bos_id).all()):
+        if not values_hold(input_ids[:, 0] == self.bos_id):
             raise ValueError(
                 f"every caption must start with <bos> (id {self.bos_id}); encode with "
                 "add_special=True"

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from crossalign.data.vocab import HFTokenizerAdapter, load_pretrained
+from crossalign.utils import values_hold
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _checked_mask(
             f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape "
             f"{tuple(input_ids.shape)}"
         )
-    if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
+    if input_ids.shape[1] == 0 or not values_hold(mask.any(dim=1)):
         raise ValueError(
             "every text needs at least one real token (attention_mask has an all-False "
             "row)"

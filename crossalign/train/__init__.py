@@ -17,9 +17,10 @@ from crossalign.train.config import (
     load_config,
     save_config,
 )
+from crossalign.train.engine import NonFiniteLossError
 from crossalign.train.language_model import perplexity, train_language_model
 from crossalign.train.prefix import PrefixTrainResult, train_prefix
-from crossalign.train.trainer import NonFiniteLossError, TrainResult, train
+from crossalign.train.trainer import TrainResult, train
 
 __all__ = [
     "CaptionExperimentConfig",

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import yaml
-from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from crossalign.data.build import fetch_items
 from crossalign.data.collate import CaptionCollator, batch_inputs
 from crossalign.data.feature_cache import CachedFeatures, cached_flickr8k_split
 from crossalign.data.shapes import ShapesWorld, caption_words
@@ -50,9 +50,10 @@ from crossalign.train.encoder_pretraining import (
     pretrain_on_scene_labels,
     scene_label_names,
 )
-from crossalign.train.precision import autocast, check_precision, grad_scaler
+from crossalign.train.engine import Engine
+from crossalign.train.precision import check_precision
 from crossalign.train.schedule import warmup_cosine_scheduler
-from crossalign.train.trainer import StepBatchSampler, build_optimizer
+from crossalign.train.trainer import StepBatchSampler, optimizer_for
 from crossalign.utils import atomic_write_text, seed_everything, select_device
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class CaptionTrainConfig:
     inputs (the losses agree to float rounding) without an encoder pass per step; the
     cache holds ``N x regions x channels`` floats (about 400 MB for 50,000 ShapesWorld
     images and a 4 x 4 grid of 128 channels).
+
+    ``tf32`` lets fp32 matrix products on CUDA use TF32 tensor cores; ``log_every`` is
+    also how often the loss is read back from the device.
     """
 
     steps: int = 1000
@@ -125,6 +129,7 @@ class CaptionTrainConfig:
     min_lr_ratio: float = 0.05
     clip_grad_norm: float | None = 1.0
     precision: str = "fp32"
+    tf32: bool = True
     fused_optimizer: bool = True
     device: str = "auto"
     log_every: int = 25
@@ -261,15 +266,6 @@ def build_caption_vocabulary(dataset: Dataset, min_freq: int = 1) -> Vocabulary:
     )
 
 
-def _fetch(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
-    getitems = getattr(dataset, "__getitems__", None)
-    return (
-        getitems(list(indices))
-        if getitems is not None
-        else [dataset[i] for i in indices]
-    )
-
-
 def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
     """Items holding only ``"captions"`` and ``"index"``: what a step on cached regions
     needs (no image is rendered)."""
@@ -277,7 +273,7 @@ def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
         return [{"captions": dataset.captions(i), "index": i} for i in indices]
     return [
         {"captions": item["captions"], "index": item["index"]}
-        for item in _fetch(dataset, indices)
+        for item in fetch_items(dataset, indices)
     ]
 
 
@@ -331,7 +327,7 @@ def encode_regions(
         ):
             indices = range(start, min(start + batch_size, size))
             chunks.append(
-                model.regions(batch_inputs(_fetch(dataset, indices)).to(device))
+                model.regions(batch_inputs(fetch_items(dataset, indices)).to(device))
             )
     finally:
         model.train(was_training)
@@ -428,18 +424,16 @@ def train_captioner(
             progress=cfg.progress,
             label_groups=cfg.encoder_pretrain_labels,
         )
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = optimizer_for(model, cfg)
     scheduler = warmup_cosine_scheduler(
         optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
     )
-    scaler = grad_scaler(cfg.precision, device)
-    sampler = StepBatchSampler(
-        _size(train_set), cfg.batch_size, config.seed, 0, cfg.steps
+    sampler = iter(
+        StepBatchSampler(_size(train_set), cfg.batch_size, config.seed, 0, cfg.steps)
     )
     collator = CaptionCollator(
         tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len
     )
-    history: list[dict[str, float]] = []
     started = time.perf_counter()
     cached = None
     if (
@@ -450,15 +444,15 @@ def train_captioner(
         cached = encode_regions(
             model, train_set, batch_size=max(256, cfg.batch_size), progress=cfg.progress
         )
-    model.train()
-    bar = tqdm(total=cfg.steps, desc="train captioner", disable=not cfg.progress)
-    for step, batch in enumerate(sampler, start=1):
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = next(sampler)
         epoch = batch[0][0]
         indices = [index for _, index in batch]
         if cached is not None:
             items, inputs = _caption_items(train_set, indices), cached[indices]
         else:
-            items = _fetch(train_set, indices)
+            items = fetch_items(train_set, indices)
             inputs = batch_inputs(items).to(device)
         # a caption per (epoch, image), whatever the batch order
         collator.set_epoch(epoch)
@@ -466,28 +460,24 @@ def train_captioner(
             _step_captions(collator, items, cfg.captions_per_image),
             max_len=config.data.max_len,
         )
-        with autocast(cfg.precision, device):
-            loss, _ = model.loss(inputs, input_ids.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the captioning loss became {loss.item()} at step {step}; try a lower "
-                "train.lr or fp32"
-            )
-        scaler.scale(loss).backward()
-        if cfg.clip_grad_norm:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        history.append(
-            {"step": step, "loss": loss.item(), "lr": float(scheduler.get_last_lr()[0])}
-        )
-        scheduler.step()
-        bar.update(1)
-        if step % max(1, cfg.log_every) == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+        return model.loss(inputs, input_ids.to(device))[0]
+
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        precision=cfg.precision,
+        tf32=cfg.tf32,
+        clip_grad_norm=cfg.clip_grad_norm,
+        clip_parameters=model.parameters(),
+        log_every=max(1, cfg.log_every),
+        hint="try a lower train.lr or fp32",
+        desc="train captioner",
+        total_steps=cfg.steps,
+        progress=cfg.progress,
+    )
+    model.train()
+    history = engine.run(loss_at, cfg.steps)
     seconds = time.perf_counter() - started
     model.eval()
     checkpoint = None
@@ -574,9 +564,9 @@ def generate_captions(
     captions: list[str] = []
     result = None
     for start in range(0, len(indices), batch_size):
-        inputs = batch_inputs(_fetch(dataset, indices[start : start + batch_size])).to(
-            device
-        )
+        inputs = batch_inputs(
+            fetch_items(dataset, indices[start : start + batch_size])
+        ).to(device)
         result = model.generate(
             inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
         )

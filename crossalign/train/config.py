@@ -47,7 +47,12 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """How to optimise: budget, optimiser, schedule, precision, logging and
-    checkpoints."""
+    checkpoints.
+
+    ``tf32`` lets fp32 matrix products on CUDA use TF32 tensor cores
+    (:func:`~crossalign.train.engine.enable_tf32`); it changes nothing on the CPU.
+    ``log_every`` is also how often the loss is read back from the device.
+    """
 
     steps: int = 600
     batch_size: int = 128
@@ -59,6 +64,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = 1.0
     precision: str = "fp32"
+    tf32: bool = True
     channels_last: bool = True
     fused_optimizer: bool = True
     compile: bool = False

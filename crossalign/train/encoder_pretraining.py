@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from crossalign.data.shapes import (
     COLOURS,
@@ -49,6 +48,8 @@ from crossalign.data.shapes import (
     ShapeObject,
     ShapesWorld,
 )
+from crossalign.train.engine import Engine
+from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def pretrain_on_scene_labels(
     device: str | torch.device = "cpu",
     progress: bool = False,
     label_groups: Sequence[str] = ("attributes",),
+    log_every: int = 50,
 ) -> EncoderPretrainResult:
     """Train ``encoder`` (in place) to tell what a ShapesWorld image holds: the labels
     of ``label_groups``.
@@ -164,7 +166,8 @@ def pretrain_on_scene_labels(
         batch_size, lr, warmup_steps: AdamW with linear warm-up and cosine decay. seed:
         seeds the head's initialisation and the batches (same seed, same run). device:
         where to train. progress: show a progress bar. label_groups: which label groups
-        of :data:`LABEL_GROUPS` to predict (module docstring).
+        of :data:`LABEL_GROUPS` to predict (module docstring). log_every: read the
+        losses back from the device every this many steps.
 
     Returns:
         the per-step losses, the wall time, the trained linear head and the names of its
@@ -196,39 +199,38 @@ def pretrain_on_scene_labels(
     encoder.requires_grad_(True)
     was_training = encoder.training
     encoder.train()
-    optimizer = torch.optim.AdamW(
-        [*encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.0
+    optimizer = build_optimizer(
+        [*encoder.parameters(), *head.parameters()], lr=lr, decay="all"
     )
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
-    history: list[float] = []
+
+    def loss_at(step: int) -> torch.Tensor:
+        indices = torch.randint(
+            len(dataset), (batch_size,), generator=generator
+        ).tolist()
+        images = dataset.render(indices).to(device)
+        targets = scene_label_targets(dataset.scenes(indices), label_groups).to(device)
+        logits = head(encoder.forward_grid(images).amax(dim=(2, 3)))
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        log_every=log_every,
+        hint=f"lower lr (now {lr})",
+        desc="pretrain encoder",
+        total_steps=steps,
+        progress=progress,
+    )
     started = time.perf_counter()
     try:
-        for step in tqdm(
-            range(1, steps + 1), desc="pretrain encoder", disable=not progress
-        ):
-            indices = torch.randint(
-                len(dataset), (batch_size,), generator=generator
-            ).tolist()
-            images = dataset.render(indices).to(device)
-            targets = scene_label_targets(dataset.scenes(indices), label_groups).to(
-                device
-            )
-            logits = head(encoder.forward_grid(images).amax(dim=(2, 3)))
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the pretraining loss became {loss.item()} at step {step}; lower "
-                    f"lr (now {lr})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            history.append(loss.item())
+        engine.run(loss_at, steps)
     finally:
         for parameter, flag in zip(encoder.parameters(), flags):
             parameter.requires_grad_(flag)
         encoder.train(was_training)
+    history = engine.losses
     return EncoderPretrainResult(
         history=history,
         seconds=time.perf_counter() - started,

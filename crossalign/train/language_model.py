@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
+from crossalign.train.engine import Engine
+from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.utils import is_integral, is_real
 
@@ -209,9 +210,10 @@ def train_language_model(
     weight_decay: float = 0.1,
     warmup_steps: int | None = None,
     min_lr_ratio: float = 0.1,
-    grad_clip: float | None = 1.0,
+    clip_grad_norm: float | None = 1.0,
     pad_id: int = 0,
     seed: int = 0,
+    log_every: int = 50,
     progress: bool = False,
 ) -> LMTrainResult:
     """Train ``model`` in place to predict the next token of ``sequences``; return the
@@ -220,11 +222,13 @@ def train_language_model(
     Each step takes the next ``batch_size`` sequences of a stream of seeded random
     permutations of the data (so a run repeats exactly), minimises the mean
     cross-entropy over their real target tokens with AdamW (betas 0.9, 0.95; weight
-    decay on matrices only) and a linear-warm-up + cosine learning rate
-    (``warmup_steps`` defaults to 5% of ``steps``; the rate ends at
-    ``min_lr_ratio * lr``), clipping the gradient norm at ``grad_clip`` when given. The
-    model is trained on the device it is on and left in eval mode. ``lr = 1e-2`` suits
-    the book's small models (about 0.1M parameters); use less for larger ones.
+    decay on matrices and embedding tables, not on biases and norms) and a linear
+    warm-up + cosine learning rate (``warmup_steps`` defaults to 5% of ``steps``; the
+    rate ends at ``min_lr_ratio * lr``), clipping the gradient norm at
+    ``clip_grad_norm`` when given. The model is trained on the device it is on and
+    left in eval mode. The losses are read back from the device every ``log_every``
+    steps (:class:`~crossalign.train.engine.Engine`). ``lr = 1e-2`` suits the book's
+    small models (about 0.1M parameters); use less for larger ones.
     """
     checked = _checked_sequences(sequences)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
@@ -232,48 +236,50 @@ def train_language_model(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not (is_real(lr) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm!r}")
     _check_block_size(model, checked)
     warmup_steps = max(1, steps // 20) if warmup_steps is None else warmup_steps
     device = _model_device(model)
 
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters")
-    groups = [
-        # Matrices (and embedding tables) are decayed; biases and LayerNorm scales are
-        # not.
-        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95)
+    optimizer = build_optimizer(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.95),
+        decay="matrices_and_embeddings",
     )
     scheduler = warmup_cosine_scheduler(optimizer, steps, warmup_steps, min_lr_ratio)
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
-    result = LMTrainResult()
-    start = time.perf_counter()
-    model.train()
-    for _ in tqdm(range(steps), desc="train LM", disable=not progress):
+
+    def loss_at(step: int) -> torch.Tensor:
+        nonlocal order
         if len(order) < batch_size:
             order += torch.randperm(len(checked), generator=generator).tolist()
         batch, order = [checked[i] for i in order[:batch_size]], order[batch_size:]
         nll, real = _token_nll(model, batch, pad_id, device)
-        loss = nll[real].mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss.item()} at step {len(result.losses)}; "
-                "lower lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_([p for _, p in named], grad_clip)
-        optimizer.step()
-        scheduler.step()
-        result.losses.append(loss.item())
+        return nll[real].mean()
+
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        clip_grad_norm=clip_grad_norm,
+        clip_parameters=[p for p in model.parameters() if p.requires_grad],
+        log_every=log_every,
+        hint="lower lr",
+        desc="train LM",
+        total_steps=steps,
+        progress=progress,
+    )
+    result = LMTrainResult()
+    start = time.perf_counter()
+    model.train()
+    engine.run(loss_at, steps)
+    result.losses = engine.losses
     model.eval()
     result.seconds = time.perf_counter() - start
     return result

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm import tqdm
 
+from crossalign.data.build import fetch_items
+from crossalign.train.engine import Engine
+from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
 
 if TYPE_CHECKING:
@@ -57,11 +59,7 @@ def extract_features(
     chunks = []
     for start in range(0, len(dataset), batch_size):
         indices = list(range(start, min(start + batch_size, len(dataset))))
-        items = (
-            dataset.__getitems__(indices)
-            if hasattr(dataset, "__getitems__")
-            else [dataset[i] for i in indices]
-        )
+        items = fetch_items(dataset, indices)
         images = torch.stack([item["image"] for item in items]).to(device)
         chunks.append(encode(images).float().cpu())
     return torch.cat(chunks)
@@ -84,6 +82,7 @@ def train_prefix(
     extra_weight: float = 1.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    log_every: int = 50,
     progress: bool = True,
 ) -> PrefixTrainResult:
     """Train the parameters of ``captioner`` that require a gradient on cached image
@@ -103,6 +102,7 @@ def train_prefix(
             loss with weight ``extra_weight`` (e.g. ``qformer.contrastive_loss``).
         seed: seeds the batch order and caption choice (the same seed, the same run).
         device: where to train.
+        log_every: read the losses back from the device every this many steps.
         progress: show a progress bar.
 
     Returns:
@@ -125,14 +125,16 @@ def train_prefix(
             "nothing to train: no parameter of the captioner requires a gradient"
         )
     captioner.to(device).train()
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = build_optimizer(
+        parameters, lr=lr, weight_decay=weight_decay, decay="all"
+    )
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(features), generator=generator)
     cursor = 0
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc="prefix", disable=not progress):
+
+    def loss_at(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        nonlocal order, cursor
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(features), generator=generator), 0
         rows = order[cursor : cursor + batch_size]
@@ -146,24 +148,35 @@ def train_prefix(
         batch_features = features[rows].to(device)
         input_ids, mask = input_ids.to(device), mask.to(device)
         caption_loss = captioner.loss(batch_features, input_ids, mask)
-        loss = caption_loss
-        record = {"step": float(step), "caption_loss": caption_loss.item()}
-        if extra_loss is not None:
-            extra = extra_loss(batch_features, input_ids, mask)
-            loss = loss + extra_weight * extra
-            record["extra_loss"] = extra.item()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at step {step}; lower lr (now {lr})"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        record["loss"] = loss.item()
-        history.append(record)
+        parts = {"caption_loss": caption_loss}
+        if extra_loss is None:
+            return caption_loss, parts
+        parts["extra_loss"] = extra_loss(batch_features, input_ids, mask)
+        return caption_loss + extra_weight * parts["extra_loss"], parts
+
+    def record(entry: dict[str, float]) -> dict[str, float]:
+        extra = {"extra_loss": entry["extra_loss"]} if "extra_loss" in entry else {}
+        return {
+            "step": float(entry["step"]),
+            "caption_loss": entry["caption_loss"],
+            **extra,
+            "loss": entry["loss"],
+        }
+
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        clip_grad_norm=clip_grad_norm,
+        log_every=log_every,
+        hint=f"lower lr (now {lr})",
+        record=record,
+        desc="prefix",
+        total_steps=steps,
+        progress=progress,
+    )
+    started = time.perf_counter()
+    history = engine.run(loss_at, steps)
     captioner.eval()
     return PrefixTrainResult(
         history=history,

@@ -2,9 +2,11 @@
 torchrun.
 
 One function, :func:`train`, reads top to bottom: build data, tokenizer and model; set
-up precision, optimiser and schedule; then loop over steps (forward under autocast,
-contrastive loss, scaled backward with accumulation, clipping, optimiser and scheduler
-step), logging, evaluating and checkpointing as configured.
+up precision, optimiser and schedule; then hand the training engine
+(:class:`~crossalign.train.engine.Engine`, which owns autocast, scaled backward with
+accumulation, clipping, the optimiser and scheduler steps and the history) a function
+that builds each micro-batch's contrastive loss, and evaluate and checkpoint between
+steps as configured.
 
 Batches are drawn by step, not by iterator state: micro-step ``m`` of epoch ``e`` always
 holds the same images (a permutation seeded by ``(seed, e)``) and the same caption
@@ -23,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
-from crossalign.data.build import build_dataset, build_tokenizer
+from crossalign.data.build import build_dataset, build_tokenizer, fetch_items
 from crossalign.data.collate import CaptionCollator
 from crossalign.data.feature_cache import CachedFeatures
 from crossalign.distributed import DistInfo, all_reduce_mean, init_distributed
@@ -39,17 +40,15 @@ from crossalign.train.checkpoint import (
     save_checkpoint,
 )
 from crossalign.train.config import ExperimentConfig
-from crossalign.train.precision import autocast, check_precision, grad_scaler
+from crossalign.train.engine import Engine
+from crossalign.train.optim import build_optimizer
+from crossalign.train.precision import check_precision
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.utils import seed_everything, select_device
 
 if TYPE_CHECKING:
     from crossalign.data.flickr8k import Flickr8k
     from crossalign.data.shapes import ShapesWorld
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite."""
 
 
 @dataclass
@@ -131,43 +130,21 @@ class _EpochTagged(Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict]:
-        indices = [index for _, index in keys]
-        if hasattr(self.dataset, "__getitems__"):
-            items = self.dataset.__getitems__(indices)
-        else:
-            items = [self.dataset[i] for i in indices]
+        items = fetch_items(self.dataset, [index for _, index in keys])
         return [{**item, "epoch": epoch} for item, (epoch, _) in zip(items, keys)]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and convolution kernels only, not on biases, norms,
-    scales."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(
-            param
-        )
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(
-    model: torch.nn.Module, cfg: Any, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel per step where this PyTorch build supports it."""
-    groups = _param_groups(model, cfg.weight_decay)
-    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
-    if cfg.fused_optimizer:
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError):
-            pass
-    return torch.optim.AdamW(groups, **kwargs)
+def optimizer_for(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """The AdamW of a ``train`` config section (``lr``, ``betas``, ``weight_decay``,
+    ``fused_optimizer``), decaying matrices only (:mod:`crossalign.train.optim`)."""
+    return build_optimizer(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=cfg.betas,
+        decay="matrices",
+        fused=cfg.fused_optimizer,
+    )
 
 
 def build_model(
@@ -259,26 +236,27 @@ def train(
     model = build_model(config, tokenizer, train_set).to(device)
     if cfg.channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = optimizer_for(model, cfg)
     scheduler = warmup_cosine_scheduler(
         optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
     )
-    scaler = grad_scaler(cfg.precision, device)
     history: list[dict[str, float]] = []
     start_step = 0
+    scaler_state = None
     if resume_from is not None:
         resumed = resolve_checkpoint(resume_from)
         load_weights(model, resumed, device=device)
         state = load_train_state(resumed)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        scaler_state = state["scaler"]
         torch.set_rng_state(state["rng_cpu"])
         start_step, history = int(state["step"]), list(state["history"])
 
     train_model: Callable[..., Any] = model
+    ddp_model = None
     if dist.world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
+        train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
@@ -303,6 +281,7 @@ def train(
         collate_fn=collator,
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
     )
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     ckpt_dir = out_dir / "checkpoints" if out_dir else None
@@ -311,13 +290,49 @@ def train(
     )
     saved_step = start_step if resume_from is not None else None
 
+    def hint() -> str:
+        where = (
+            f"last good checkpoint: {last_checkpoint}"
+            if last_checkpoint
+            else "no checkpoint was written"
+        )
+        return (
+            f"{where}; try a lower train.lr, train.precision='fp32' or a smaller init "
+            "temperature"
+        )
+
+    engine = Engine(
+        optimizer,
+        scheduler,
+        device=device,
+        precision=cfg.precision,
+        tf32=cfg.tf32,
+        grad_accum=cfg.grad_accum,
+        clip_grad_norm=cfg.clip_grad_norm,
+        clip_parameters=model.parameters(),
+        log_every=max(1, cfg.log_every),
+        ddp_model=ddp_model,
+        reduce=all_reduce_mean if dist.world_size > 1 else None,
+        hint=hint,
+        observe=lambda: {"temperature": model.logit_scale},
+        record=lambda entry: {**entry, "temperature": 1.0 / entry["temperature"]},
+        history=history,
+        desc="train",
+        total_steps=final_step,
+        start_step=start_step,
+        progress=cfg.progress and dist.is_main,
+    )
+    if scaler_state is not None:
+        engine.scaler.load_state_dict(scaler_state)
+
     def checkpoint(step: int) -> Path | None:
+        engine.flush()  # checks the steps since the last log: no NaN is saved
         if ckpt_dir is None or not dist.is_main:
             return None
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "scaler": engine.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "step": step,
             "history": history,
@@ -326,80 +341,44 @@ def train(
             ckpt_dir, step, model, _checkpoint_config(config, model, tokenizer), state
         )
 
-    model.train()
-    bar = tqdm(
-        total=final_step,
-        initial=start_step,
-        desc="train",
-        disable=not (cfg.progress and dist.is_main),
-    )
-    started = time.perf_counter()
+    batches = iter(loader)
     samples = 0
-    step = start_step
-    running = 0.0
-    for micro, batch in enumerate(loader):
+
+    def loss_at(micro: int) -> torch.Tensor:
+        nonlocal samples
+        batch = next(batches)
         images = batch["images"].to(device, non_blocking=True)
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         ids = batch["input_ids"].to(device, non_blocking=True)
         mask = batch["attention_mask"].to(device, non_blocking=True)
-        with autocast(cfg.precision, device):
-            image_emb, text_emb, scale = train_model(images, ids, mask)
-            loss = loss_fn(image_emb.float(), text_emb.float(), scale.float())
-        if not torch.isfinite(loss):
-            where = (
-                f"last good checkpoint: {last_checkpoint}"
-                if last_checkpoint
-                else "no checkpoint was written"
-            )
-            raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {step + 1}; training stopped "
-                f"({where}). "
-                "Try a lower train.lr, train.precision='fp32' or a smaller init "
-                "temperature."
-            )
-        scaler.scale(loss / cfg.grad_accum).backward()
-        running += loss.item() / cfg.grad_accum
+        image_emb, text_emb, scale = train_model(images, ids, mask)
         samples += images.shape[0] * dist.world_size
-        if (micro + 1) % cfg.grad_accum:
-            continue
-        if cfg.clip_grad_norm:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = float(scheduler.get_last_lr()[0])
-        scheduler.step()
-        step += 1
-        # log the loss of the whole global batch, not this rank's share
-        if dist.world_size > 1:
-            running = all_reduce_mean(torch.tensor(running, device=device)).item()
-        history.append(
-            {
-                "step": step,
-                "loss": running,
-                "lr": lr,
-                "temperature": 1.0 / model.logit_scale.item(),
-            }
-        )
-        running = 0.0
-        bar.update(1)
-        if step % max(1, cfg.log_every) == 0:
-            bar.set_postfix(
-                loss=f"{history[-1]['loss']:.3f}", T=f"{history[-1]['temperature']:.3f}"
-            )
-        if val_set is not None and step % cfg.eval_every == 0 and dist.is_main:
-            metrics = evaluate_retrieval(
-                model, val_set, tokenizer, device=device, max_len=config.data.max_len
-            )
-            history.append(
-                {"step": step, **{f"val/{k}": v for k, v in metrics.items()}}
-            )
-            model.train()
+        return loss_fn(image_emb.float(), text_emb.float(), scale.float())
+
+    def after_step(step: int) -> None:
+        nonlocal last_checkpoint, saved_step
+        if val_set is not None and step % cfg.eval_every == 0:
+            engine.flush()  # the step records come before the evaluation's
+            if dist.is_main:
+                metrics = evaluate_retrieval(
+                    model,
+                    val_set,
+                    tokenizer,
+                    device=device,
+                    max_len=config.data.max_len,
+                )
+                history.append(
+                    {"step": step, **{f"val/{k}": v for k, v in metrics.items()}}
+                )
+                model.train()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             last_checkpoint, saved_step = checkpoint(step) or last_checkpoint, step
-    bar.close()
+
+    model.train()
+    started = time.perf_counter()
+    engine.run(loss_at, final_step, after_step)
+    step = engine.step_count
     seconds = time.perf_counter() - started
     if saved_step != step:
         last_checkpoint = checkpoint(step) or last_checkpoint
