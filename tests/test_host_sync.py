@@ -10,13 +10,16 @@ small.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
 import torch
 from host_reads import count_host_reads
-
-from crossalign.train.config import ExperimentConfig
+from test_experiments import TINY as COMPARE_TINY
+from test_fusion_tasks import TINY as FUSION_TINY
+from test_train import tiny_config
+from test_train_captioning import TINY as CAPTION_TINY
 
 STEPS = 4
 
@@ -24,54 +27,16 @@ STEPS = 4
 def _dual_encoder(steps, tmp_path):
     from crossalign.train.trainer import train
 
-    config = ExperimentConfig.from_dict(
-        {
-            "seed": 3,
-            "data": {"name": "shapes", "image_size": 32, "train_size": 64},
-            "model": {
-                "image_encoder": "small_cnn",
-                "image_kwargs": {"widths": [8, 16], "out_dim": 16},
-                "text_encoder": "gru",
-                "text_kwargs": {"embed_dim": 8, "hidden_dim": 8},
-                "embed_dim": 8,
-            },
-            "train": {
-                "steps": steps,
-                "batch_size": 8,
-                "grad_accum": 2,
-                "warmup_steps": 1,
-                "log_every": steps,
-                "progress": False,
-                "device": "cpu",
-            },
-        }
-    )
+    config = tiny_config(tmp_path, steps=steps, batch_size=8, grad_accum=2)
+    config.train.log_every = steps
     return train(config).history
 
 
 def _captioner(steps, tmp_path):
     from crossalign.train.captioning import CaptionExperimentConfig, train_captioner
 
-    config = CaptionExperimentConfig.from_dict(
-        {
-            "seed": 1,
-            "data": {"name": "shapes", "image_size": 32, "train_size": 48},
-            "model": {
-                "kind": "sat",
-                "image_kwargs": {"widths": [8, 16], "out_dim": 8},
-                "embed_dim": 16,
-                "hidden_dim": 32,
-                "attention_dim": 16,
-            },
-            "train": {
-                "steps": steps,
-                "batch_size": 16,
-                "warmup_steps": 1,
-                "log_every": steps,
-                "progress": False,
-                "device": "cpu",
-            },
-        }
+    config = CaptionExperimentConfig.from_dict(CAPTION_TINY).override(
+        [f"train.steps={steps}", f"train.log_every={steps}"]
     )
     return train_captioner(config).history
 
@@ -146,36 +111,17 @@ def _encoder_pretraining(steps, tmp_path):
 
 
 def _comparison(steps, tmp_path):
-    from crossalign.experiments.compare import CompareConfig, prepare_data, train_method
+    from crossalign.experiments.compare import prepare_data, train_method
 
-    config = CompareConfig.fast(
-        image_size=32, train_size=48, test_size=6, steps=steps, batch_size=16
-    )
-    config.device = "cpu"
-    config.log_every = steps
-    data = prepare_data(config)
-    return train_method("hard_negatives", config, data).losses
+    config = dataclasses.replace(COMPARE_TINY, steps=steps, log_every=steps)
+    return train_method("hard_negatives", config, prepare_data(config)).losses
 
 
 def _fusion(steps, tmp_path):
     from crossalign.experiments.fusion_tasks import FusionTaskConfig, train_fusion
 
     config = FusionTaskConfig(
-        image_size=32,
-        train_size=32,
-        test_size=8,
-        image_widths=(8, 8, 8),
-        text_dim=8,
-        pretrain_size=32,
-        pretrain_steps=steps,
-        pretrain_batch_size=16,
-        embed_dim=8,
-        fusion_dim=8,
-        steps=steps,
-        batch_size=16,
-        warmup_steps=1,
-        log_every=steps,
-        device="cpu",
+        **{**FUSION_TINY, "pretrain_steps": steps, "steps": steps, "log_every": steps}
     )
     return train_fusion("gated", "matching", config).losses
 
