@@ -32,7 +32,7 @@ Each step is forward, loss, backward and optimiser step on random data that is a
 on the device. Texts fill the whole context (no padding). The settings are the same for
 both models:
 
-- optimiser: the dual-encoder trainer's (``crossalign.train.trainer.optimizer_for``)
+- optimiser: the dual-encoder trainer's (``crossalign.train.optim.optimizer_for``)
   with the package's default ``TrainConfig``: AdamW, lr 2e-3, betas (0.9, 0.98), weight
   decay 0.05, fused into one kernel where this PyTorch build allows it. open_clip's CLIP
   gets this same optimiser. Its decay rule goes by shape and name (matrices decay,
@@ -241,9 +241,10 @@ def random_batch(
 def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """The dual-encoder trainer's optimiser for ``model``, with the default
     ``TrainConfig``."""
-    from crossalign.train import TrainConfig, trainer
+    from crossalign.train import TrainConfig
+    from crossalign.train.optim import optimizer_for
 
-    return trainer.optimizer_for(model, TrainConfig())
+    return optimizer_for(model, TrainConfig())
 
 
 def autocast(precision: str, device: torch.device) -> Any:

@@ -100,7 +100,6 @@ def test_clipping_matches_torch_clip_grad_norm():
     unclipped = _applied_gradient(_mlp, lambda m, b: 100 * _classify(m, b), [(x, y)], 1)
     reference = _mlp()
     (100 * _classify(reference, (x, y))).backward()
-    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e9)
     norm = math.sqrt(sum(float((p.grad**2).sum()) for p in reference.parameters()))
     assert norm > 1.0
     model = _mlp()
@@ -177,7 +176,7 @@ def test_under_ddp_only_the_last_micro_batch_all_reduces():
     assert len(entered) == 2 * 2
 
 
-def test_reduce_averages_the_logged_loss_before_the_nan_check():
+def test_the_logged_loss_is_the_reduced_one():
     model = _mlp()
     x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(4, (4,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

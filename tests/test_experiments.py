@@ -334,3 +334,20 @@ def test_config_checks() -> None:
         CompareConfig.fast(train_size=10, batch_size=16).check()
     with pytest.raises(ValueError, match="steps"):
         CompareConfig.fast(steps=0).check()
+
+
+@pytest.mark.parametrize(
+    "setting", ["compile=True", "grad_accum=2", "channels_last=True"]
+)
+def test_the_runner_rejects_settings_it_does_not_honour(setting):
+    name, value = setting.split("=")
+    train = dataclasses.replace(
+        TINY.experiment().train, **{name: int(value) if value.isdigit() else True}
+    )
+    with pytest.raises(ValueError, match=name):
+        optimise(
+            torch.nn.Linear(2, 2),
+            lambda step: torch.zeros(()),
+            train,
+            torch.device("cpu"),
+        )

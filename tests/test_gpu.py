@@ -61,6 +61,7 @@ from crossalign.train.captioning import (
 from crossalign.train.config import TrainConfig
 from crossalign.train.encoder_pretraining import pretrain_on_scene_labels
 from crossalign.train.language_model import perplexity, train_language_model
+from crossalign.train.optim import optimizer_for
 from crossalign.train.precision import grad_scaler
 from crossalign.train.prefix import train_prefix
 
@@ -267,8 +268,8 @@ def test_fused_adamw_is_used_and_steps_like_the_for_each_one(device):
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
     twin = copy.deepcopy(model)
     config = TrainConfig(lr=1e-2)
-    fused = trainer.optimizer_for(model.to(device), config)
-    plain = trainer.optimizer_for(
+    fused = optimizer_for(model.to(device), config)
+    plain = optimizer_for(
         twin.to(device), dataclasses.replace(config, fused_optimizer=False)
     )
     assert bool(fused.defaults.get("fused")) == _fused_adamw_available(device)

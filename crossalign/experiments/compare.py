@@ -56,8 +56,9 @@ from crossalign.train.config import (
     load_config,
 )
 from crossalign.train.engine import Engine
+from crossalign.train.optim import optimizer_for
 from crossalign.train.schedule import warmup_cosine_scheduler
-from crossalign.train.trainer import build_model, optimizer_for
+from crossalign.train.trainer import build_model
 from crossalign.utils import seed_everything, select_device
 
 __all__ = [
@@ -371,7 +372,7 @@ def optimise(
     """Minimise ``loss_at(step)`` for ``train.steps`` steps over ``module``'s trainable
     parameters.
 
-    AdamW (:func:`~crossalign.train.trainer.optimizer_for`: no decay on biases and
+    AdamW (:func:`~crossalign.train.optim.optimizer_for`: no decay on biases and
     norms), linear warm-up then cosine decay (``warmup_cosine``), gradient clipping and
     ``train.precision``, stepped by :class:`~crossalign.train.engine.Engine`; what
     every method of the comparison, the LiT experiment, the few-shot learners and the

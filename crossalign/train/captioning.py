@@ -51,9 +51,10 @@ from crossalign.train.encoder_pretraining import (
     scene_label_names,
 )
 from crossalign.train.engine import Engine
+from crossalign.train.optim import optimizer_for
 from crossalign.train.precision import check_precision
 from crossalign.train.schedule import warmup_cosine_scheduler
-from crossalign.train.trainer import StepBatchSampler, optimizer_for
+from crossalign.train.trainer import StepBatchSampler
 from crossalign.utils import atomic_write_text, seed_everything, select_device
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ stay what they are; they differ only in which parameters decay.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,3 +88,16 @@ def build_optimizer(
         except (RuntimeError, TypeError):
             pass
     return torch.optim.AdamW(groups, lr=lr, betas=pair)
+
+
+def optimizer_for(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """The AdamW of a ``train`` config section (``lr``, ``betas``, ``weight_decay``,
+    ``fused_optimizer``), decaying matrices only (module docstring)."""
+    return build_optimizer(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=cfg.betas,
+        decay="matrices",
+        fused=cfg.fused_optimizer,
+    )

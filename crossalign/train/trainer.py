@@ -41,7 +41,7 @@ from crossalign.train.checkpoint import (
 )
 from crossalign.train.config import ExperimentConfig
 from crossalign.train.engine import Engine
-from crossalign.train.optim import build_optimizer
+from crossalign.train.optim import optimizer_for
 from crossalign.train.precision import check_precision
 from crossalign.train.schedule import warmup_cosine_scheduler
 from crossalign.utils import seed_everything, select_device
@@ -132,19 +132,6 @@ class _EpochTagged(Dataset):
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict]:
         items = fetch_items(self.dataset, [index for _, index in keys])
         return [{**item, "epoch": epoch} for item, (epoch, _) in zip(items, keys)]
-
-
-def optimizer_for(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """The AdamW of a ``train`` config section (``lr``, ``betas``, ``weight_decay``,
-    ``fused_optimizer``), decaying matrices only (:mod:`crossalign.train.optim`)."""
-    return build_optimizer(
-        model,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        betas=cfg.betas,
-        decay="matrices",
-        fused=cfg.fused_optimizer,
-    )
 
 
 def build_model(
