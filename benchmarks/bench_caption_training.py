@@ -32,10 +32,14 @@ import time
 
 import torch
 
-from crossalign.train.captioning import (
-    batch_inputs,
+from crossalign.data.build import (
     build_caption_dataset,
-    build_caption_vocabulary,
+    build_vocabulary,
+)
+from crossalign.data.collate import (
+    batch_inputs,
+)
+from crossalign.train.captioning import (
     build_captioner_for,
     default_caption_config_path,
     load_caption_config,
@@ -71,7 +75,7 @@ def time_padding(
     """Median seconds of one forward-backward on real captions and on the same captions
     with no padding left."""
     dataset = build_caption_dataset(config, "train", size=batch_size)
-    tokenizer = build_caption_vocabulary(dataset)
+    tokenizer = build_vocabulary(dataset)
     model = build_captioner_for(config, tokenizer, dataset).train()
     items = [dataset[i] for i in range(batch_size)]
     with torch.no_grad():

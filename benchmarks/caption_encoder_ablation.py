@@ -38,12 +38,16 @@ import math
 
 from caption_setup import caption_benchmark_setup
 
+from crossalign.data.build import (
+    build_caption_dataset,
+)
 from crossalign.data.shapes import ShapesWorld
+from crossalign.evaluation import (
+    evaluate_captioner,
+)
 from crossalign.metrics.semantic import parse_caption
 from crossalign.results import save_result
 from crossalign.train.captioning import (
-    build_caption_dataset,
-    evaluate_captioner,
     train_captioner,
 )
 

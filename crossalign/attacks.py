@@ -801,12 +801,13 @@ def adversarial_finetune(
         warmup_steps=min(config.warmup_steps, steps // 5),
     )
     num_images, captions_per_image = data.train_ids.shape[:2]
+    resident = data.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
         images, captions = batch_indices(
             num_images, config.batch_size, captions_per_image, config.seed, step
         )
-        batch = make_batch(data, images, captions, device, None, config.max_len)
+        batch = make_batch(resident, images, captions, device, None, config.max_len)
         return method.loss(tuned, batch)
 
     seed_everything(config.seed)

@@ -270,10 +270,14 @@ def _print_caption_metrics(metrics: dict[str, float]) -> None:
 
 
 def _cmd_caption_train(args: argparse.Namespace) -> int:
-    from crossalign.train.captioning import (
+    from crossalign.data.build import (
         build_caption_dataset,
-        default_caption_config_path,
+    )
+    from crossalign.evaluation import (
         evaluate_captioner,
+    )
+    from crossalign.train.captioning import (
+        default_caption_config_path,
         load_caption_config,
         save_caption_config,
         train_captioner,
@@ -309,9 +313,13 @@ def _cmd_caption_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
-    from crossalign.train.captioning import (
+    from crossalign.data.build import (
         build_caption_dataset,
+    )
+    from crossalign.evaluation import (
         evaluate_captioner,
+    )
+    from crossalign.train.captioning import (
         load_captioner,
     )
     from crossalign.utils import atomic_write_text, select_device

@@ -30,16 +30,26 @@ from test_train import losses, tiny_config
 from test_train_captioning import TINY as CAPTION_TINY
 from test_train_language_model import _random_sequences
 
-from crossalign.data.build import build_tokenizer
+from crossalign.data.build import (
+    build_caption_dataset,
+    build_tokenizer,
+)
 from crossalign.data.shapes import ShapesWorld
 from crossalign.decoding import DecodeResult, beam_search, beam_search_reference
-from crossalign.evaluation import embed_images, embed_texts, evaluate_retrieval
+from crossalign.evaluation import (
+    embed_images,
+    embed_texts,
+    evaluate_retrieval,
+    generate_captions,
+)
 from crossalign.experiments.compare import compare_methods, prepare_data
 from crossalign.experiments.fusion_tasks import (
     FusionTaskConfig,
     build_task_data,
     compare_fusion,
+    encode_tokens,
     pretrain_backbone,
+    train_fusion,
 )
 from crossalign.experiments.methods import method_names
 from crossalign.metrics import retrieval_metrics
@@ -54,8 +64,6 @@ from crossalign.train import engine as engine_module
 from crossalign.train import trainer
 from crossalign.train.captioning import (
     CaptionExperimentConfig,
-    build_caption_dataset,
-    generate_captions,
     train_captioner,
 )
 from crossalign.train.config import TrainConfig
@@ -206,17 +214,10 @@ def test_dual_encoder_trains_on_device_as_on_cpu(device, precision, tmp_path):
     )
 
 
-@pytest.mark.gpu
-@NEEDS_CUDA
-def test_the_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
-    """Under ``torch.cuda.set_sync_debug_mode("error")`` every call that makes the CPU
-    wait for the GPU raises. The engine's steps run in that mode, except its read-back
-    at log intervals (the one wait it is allowed): the dual encoder with a Transformer
-    text tower (pinned, non-blocking batch copies), and a GPT language model.
-
-    The GRU text tower is left out: packing variable-length sequences for cuDNN takes
-    the lengths on the host, one wait per step by the design of that API.
-    """
+def _strict_engine(monkeypatch) -> None:
+    """Make every ``Engine.step`` run under ``torch.cuda.set_sync_debug_mode("error")``
+    (any call that makes the CPU wait for the GPU raises), except the read-back at log
+    intervals (``Engine.flush``), the one wait the engine is allowed."""
     real_step, real_flush = engine_module.Engine.step, engine_module.Engine.flush
 
     def strict_step(self, loss_at):
@@ -236,6 +237,20 @@ def test_the_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_module.Engine, "step", strict_step)
     monkeypatch.setattr(engine_module.Engine, "flush", allowed_flush)
+
+
+@pytest.mark.gpu
+@NEEDS_CUDA
+def test_the_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
+    """Under ``torch.cuda.set_sync_debug_mode("error")`` every call that makes the CPU
+    wait for the GPU raises. The engine's steps run in that mode, except its read-back
+    at log intervals (the one wait it is allowed): the dual encoder with a Transformer
+    text tower (pinned, non-blocking batch copies), and a GPT language model.
+
+    The GRU text tower is left out: packing variable-length sequences for cuDNN takes
+    the lengths on the host, one wait per step by the design of that API.
+    """
+    _strict_engine(monkeypatch)
     config = tiny_config(tmp_path, steps=4, device="cuda", output_dir=None, log_every=2)
     config.model.text_encoder = "transformer"
     config.model.text_kwargs = {"dim": 16, "depth": 1, "heads": 2}
@@ -247,6 +262,25 @@ def test_the_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
         gpt.cuda(), _random_sequences(12, 15, 0), steps=4, batch_size=4, log_every=2
     )
     assert len(lm.losses) == 4 and all_finite(lm.losses)
+
+
+@pytest.mark.gpu
+@NEEDS_CUDA
+def test_fusion_training_reads_its_tokens_on_the_gpu(monkeypatch):
+    """The fusion tokens move to the GPU once (``TokenFeatures.to``) and a batch's
+    length comes from the lengths kept on the CPU, so no fusion training step waits
+    for the GPU. The backbone's pretraining is left out (its GRU packs on the host)."""
+    config = FusionTaskConfig(**{**FUSION_TINY, "steps": 4, "device": "cuda"})
+    data = build_task_data("matching", config)
+    backbone = pretrain_backbone(config, data.train.texts)
+    features = (
+        encode_tokens(backbone, data.train, 7),
+        encode_tokens(backbone, data.test, 7),
+    )
+    _strict_engine(monkeypatch)
+    result = train_fusion("gated", "matching", config, data, backbone, features)
+    assert len(result.losses) == 4 and all_finite(result.losses)
+    assert next(result.model.head.parameters()).device.type == "cuda"
 
 
 def _fused_adamw_available(device: str) -> bool:

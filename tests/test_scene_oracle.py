@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossalign.data.build import (
+    build_caption_dataset,
+)
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
+from crossalign.evaluation import (
+    evaluate_captioner,
+)
 from crossalign.experiments.compare import CompareConfig, prepare_data, train_method
 from crossalign.experiments.scene_oracle import (
     MAX_SCENE_OBJECTS,
@@ -21,9 +27,7 @@ from crossalign.experiments.scene_oracle import (
     train_with_scene_oracle,
 )
 from crossalign.train.captioning import (
-    build_caption_dataset,
     default_caption_config_path,
-    evaluate_captioner,
     load_caption_config,
 )
 

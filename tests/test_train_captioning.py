@@ -12,12 +12,21 @@ import yaml
 from flickr8k_fixtures import make_spec, write_karpathy
 
 from crossalign.cli import main
+from crossalign.data.build import (
+    build_caption_dataset,
+    build_vocabulary,
+)
+from crossalign.data.encode import encode_dataset
 from crossalign.data.feature_cache import (
     cache_flickr8k_features,
     feature_encoder_id,
     load_feature_cache,
 )
 from crossalign.data.flickr8k import Flickr8k
+from crossalign.evaluation import (
+    evaluate_captioner,
+    generate_captions,
+)
 from crossalign.metrics.captioning import caption_metrics, tokenize_caption
 from crossalign.metrics.semantic import semantic_accuracy
 from crossalign.models.captioners import ShowAttendTell
@@ -25,13 +34,8 @@ from crossalign.models.image_encoders import build_image_encoder
 from crossalign.train.captioning import (
     CaptionExperimentConfig,
     _step_captions,
-    build_caption_dataset,
-    build_caption_vocabulary,
     build_captioner_for,
     default_caption_config_path,
-    encode_regions,
-    evaluate_captioner,
-    generate_captions,
     load_caption_config,
     load_captioner,
     save_caption_config,
@@ -167,7 +171,7 @@ def test_encoder_pretraining_runs_before_captioning_and_a_frozen_encoder_then_st
     seed_everything(base.seed)
     train_set = build_caption_dataset(base, "train")
     initial = build_captioner_for(
-        base, build_caption_vocabulary(train_set), train_set
+        base, build_vocabulary(train_set), train_set
     ).encoder.state_dict()
     floats = [k for k, v in initial.items() if v.is_floating_point()]
     # no pretraining: untouched
@@ -225,28 +229,24 @@ def test_a_frozen_encoder_encodes_the_training_images_once_and_trains_the_same(
     assert inputs_seen[12:] == [4] * 6 and len(unfrozen.history) == 6
 
 
-def test_encode_regions_gives_every_image_its_own_regions_whatever_the_batch():
+def test_frozen_regions_are_encoded_per_image_whatever_the_batch():
+    """What train.cache_frozen_regions trains on: encode_dataset over the captioner's
+    regions, in eval mode, gives each image the regions it gets alone, and leaves the
+    captioner training with its frozen encoder in eval mode."""
     config = CaptionExperimentConfig.from_dict(TINY).override(
         ["model.freeze_encoder=true"]
     )
     dataset = build_caption_dataset(config, "test")
-    model = build_captioner_for(
-        config, build_caption_vocabulary(dataset), dataset
-    ).train()
-    regions = encode_regions(model, dataset, batch_size=5)
+    model = build_captioner_for(config, build_vocabulary(dataset), dataset).train()
+    regions = encode_dataset(
+        model.regions, dataset, batch_size=5, modules=[model], dtype=None
+    )
     assert (
         regions.shape == (12, 64, 16) and model.training and not model.encoder.training
     )
     torch.testing.assert_close(
         regions, model.regions(dataset.render(range(12))), rtol=1e-5, atol=1e-6
     )
-    without_encoder = build_captioner_for(
-        config.override(["model.image_encoder=null", "model.feature_dim=16"]),
-        build_caption_vocabulary(dataset),
-        dataset,
-    )
-    with pytest.raises(ValueError, match="needs a captioner with an image encoder"):
-        encode_regions(without_encoder, dataset)
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):

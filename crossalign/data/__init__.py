@@ -1,9 +1,18 @@
 """Data: ShapesWorld (generated, offline), Flickr8k (real), tokenisation, batching,
-feature caches."""
+encoding with a frozen encoder, feature caches."""
 
-from crossalign.data.build import build_dataset, build_tokenizer, fetch_items
+from crossalign.data.build import (
+    all_captions,
+    build_caption_dataset,
+    build_dataset,
+    build_tokenizer,
+    build_vocabulary,
+    dataset_size,
+    fetch_items,
+)
 from crossalign.data.collate import CaptionCollator, batch_inputs
 from crossalign.data.download import download_file, download_flickr8k, extract_archive
+from crossalign.data.encode import encode_dataset, encode_in_batches, eval_mode
 from crossalign.data.feature_cache import (
     CachedFeatures,
     cache_flickr8k_features,
@@ -42,9 +51,16 @@ __all__ = [
     "ShapeObject",
     "ShapesWorld",
     "Vocabulary",
+    "all_captions",
     "batch_inputs",
+    "build_caption_dataset",
     "build_dataset",
     "build_tokenizer",
+    "build_vocabulary",
+    "dataset_size",
+    "encode_dataset",
+    "encode_in_batches",
+    "eval_mode",
     "fetch_items",
     "cache_flickr8k_features",
     "cache_image_features",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,8 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm import tqdm
 
+from crossalign.data.encode import encode_dataset
 from crossalign.data.flickr8k import Flickr8k, flatten_captions
 from crossalign.utils import atomic_path, seed_everything, select_device
 
@@ -45,24 +45,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Return the JSON sidecar that goes with a feature file: ``x.safetensors`` ->
     ``x.json``."""
     return Path(path).with_suffix(".json")
-
-
-def _collate_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack the images of a batch; keep captions and image ids as per-item lists (or
-    None)."""
-    for item in items:
-        if not isinstance(item, Mapping) or not isinstance(
-            item.get("image"), torch.Tensor
-        ):
-            raise TypeError(
-                "data set items must be dicts with an 'image' tensor, got "
-                f"{type(item).__name__}"
-            )
-    return {
-        "image": torch.stack([item["image"] for item in items]),
-        "captions": [item.get("captions") for item in items],
-        "image_id": [item.get("image_id") for item in items],
-    }
 
 
 def _as_caption_list(captions: str | Sequence[str]) -> list[str]:
@@ -89,8 +71,9 @@ def cache_image_features(
     features at ``path``.
 
     ``encoder`` maps ``[B, 3, H, W]`` to a tensor ``[B, ...]`` (pooled ``[B, D]`` or a
-    grid ``[B, C, h, w]``); it is moved to ``device`` and run in eval mode under
-    ``torch.inference_mode``, and its train/eval mode is restored afterwards. Dataset
+    grid ``[B, C, h, w]``); it is moved to ``device`` and run once over the data set
+    by :func:`~crossalign.data.encode.encode_dataset` (eval mode, no gradients, its
+    mode restored afterwards). Dataset
     items are dicts with an ``"image"`` tensor; their ``"captions"`` and ``"image_id"``
     are stored in the sidecar when every item has them. ``encoder_id`` (default: the
     encoder's class name) names the weights, so that :func:`load_feature_cache` can
@@ -104,56 +87,26 @@ def cache_image_features(
             f"path={str(path)!r} must end in .safetensors (the sidecar goes beside it "
             "as .json)"
         )
-    if batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size} must be positive")
-    if not isinstance(dataset, Sized):
-        raise TypeError(
-            f"{type(dataset).__name__} has no len(); "
-            "give a data set that is indexed 0..N-1"
-        )
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty: there is nothing to cache")
     device = select_device(device)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate_items,
-    )
-    was_training = encoder.training
-    encoder.to(device).eval()
-    features: torch.Tensor | None = None
     captions: list[Any] = []
     image_ids: list[Any] = []
-    start = 0
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="caching features", disable=not progress):
-                output = encoder(batch["image"].to(device))
-                if not isinstance(output, torch.Tensor) or output.shape[:1] != (
-                    len(batch["image"]),
-                ):
-                    raise TypeError(
-                        "encoder must return a tensor [B, ...] with "
-                        f"B={len(batch['image'])}, got "
-                        f"{getattr(output, 'shape', type(output).__name__)}; wrap it "
-                        "to return the features"
-                    )
-                if features is None:
-                    features = torch.empty(
-                        (len(dataset), *output.shape[1:]), dtype=dtype
-                    )
-                features[start : start + len(output)] = output.to(dtype).cpu()
-                start += len(output)
-                captions += batch["captions"]
-                image_ids += batch["image_id"]
-    finally:
-        encoder.train(was_training)
-    if features is None or start != len(dataset):
-        raise RuntimeError(
-            f"the data loader yielded {start} items but len(dataset) is {len(dataset)}"
-        )
+
+    def keep_references(items: list[Mapping[str, Any]]) -> None:
+        captions.extend(item.get("captions") for item in items)
+        image_ids.extend(item.get("image_id") for item in items)
+
+    features = encode_dataset(
+        encoder.to(device),
+        dataset,
+        batch_size=batch_size,
+        device=device,
+        modules=[encoder],
+        dtype=dtype,
+        num_workers=num_workers,
+        on_items=keep_references,
+        progress=progress,
+        desc="caching features",
+    )
     run_id = uuid.uuid4().hex
     metadata = {
         "format": CACHE_FORMAT,
@@ -162,7 +115,7 @@ def cache_image_features(
         "encoder_class": type(encoder).__name__,
         "encoder_id": encoder_id if encoder_id is not None else type(encoder).__name__,
         "dataset_class": type(dataset).__name__,
-        "num_items": len(dataset),
+        "num_items": len(features),
         "feature_shape": list(features.shape[1:]),
         "dtype": str(dtype).removeprefix("torch."),
         "image_ids": [str(i) for i in image_ids]

@@ -28,6 +28,7 @@ on the test split for
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from crossalign.data.build import build_tokenizer
+from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld
 from crossalign.data.vocab import HFTokenizerAdapter, Vocabulary
 from crossalign.evaluation import embed_texts
@@ -259,6 +261,25 @@ class ComparisonData:
             )
         return self.negatives
 
+    def to(self, device: torch.device | str) -> ComparisonData:
+        """This data with the training tensors (and the hard negatives, once computed)
+        on ``device``: they fit on any accelerator, so a training step copies nothing
+        from the host but its batch indices."""
+        negatives = self.negatives
+        return dataclasses.replace(
+            self,
+            train_images=self.train_images.to(device),
+            train_ids=self.train_ids.to(device),
+            train_attention=self.train_attention.to(device),
+            negatives=None
+            if negatives is None
+            else (
+                negatives[0].to(device),
+                negatives[1].to(device),
+                negatives[2].to(device),
+            ),
+        )
+
 
 def _swap_pairs(
     dataset: ShapesWorld, swap: Callable[[int, int], str | None]
@@ -448,6 +469,9 @@ def make_batch(
     ``negatives``: ``None``, ``"chosen"`` (the two swaps of each chosen caption) or
     ``"all"`` (the swaps of all captions of each image).
     """
+    # non-blocking: a copy from the host that does not wait for the device
+    images = images.to(data.train_images.device, non_blocking=True)
+    captions = captions.to(data.train_images.device, non_blocking=True)
     batch = AlignmentBatch(
         images=data.train_images[images].to(device),
         input_ids=data.train_ids[images, captions].to(device),
@@ -496,11 +520,11 @@ def evaluate_method(
     """Retrieval, swap accuracies and geometry of ``model`` on the prepared test
     split."""
     model.eval()
-    image_emb = torch.cat(
-        [
-            model.encode_image(chunk.to(device)).float().cpu()
-            for chunk in data.test_images.split(256)
-        ]
+    image_emb = encode_in_batches(
+        model.encode_image,
+        ((chunk.to(device),) for chunk in data.test_images.split(256)),
+        len(data.test_images),
+        desc="embed images",
     )
     text_emb = embed_texts(
         model, data.test_texts, data.tokenizer, device=device, max_len=max_len
@@ -571,18 +595,19 @@ def train_method(
         {"model": model, **({"auxiliary": auxiliary} if auxiliary is not None else {})}
     ).to(device)
     num_images, captions_per_image = data.train_ids.shape[:2]
+    if method.hard_negatives:
+        data.hard_negatives(config.max_len)
+    resident = data.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
         images, captions = batch_indices(
             num_images, config.batch_size, captions_per_image, config.seed, step
         )
         batch = make_batch(
-            data, images, captions, device, method.hard_negatives, config.max_len
+            resident, images, captions, device, method.hard_negatives, config.max_len
         )
         return method.loss(model, batch, auxiliary)
 
-    if method.hard_negatives:
-        data.hard_negatives(config.max_len)
     started = time.perf_counter()
     losses = optimise(trainable, loss_at, experiment.train, device, desc=method.name)
     seconds = time.perf_counter() - started

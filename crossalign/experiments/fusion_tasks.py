@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.shapes_tasks import (
     ANSWERS,
@@ -429,16 +430,23 @@ def pretrain_backbone(
     ).to(device)
     indices = _batch_indices(len(world), config.pretrain_batch_size, config.seed)
     generator = torch.Generator().manual_seed(config.seed + 1)
+    # the data stays on the device; the caption lengths that size a batch stay on the
+    # CPU, so no step waits for the device
+    lengths = mask.sum(dim=2)
+    images, ids, mask = images.to(device), ids.to(device), mask.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
         batch = indices(step)
         choice = torch.randint(per_image, (len(batch),), generator=generator)
-        batch_ids, batch_mask = ids[batch, choice], mask[batch, choice]
-        length = int(batch_mask.sum(dim=1).max())
+        length = int(lengths[batch, choice].max())
+        on_device = (
+            batch.to(device, non_blocking=True),
+            choice.to(device, non_blocking=True),
+        )
         image_emb, text_emb, scale = model(
-            images[batch].to(device),
-            batch_ids[:, :length].to(device),
-            batch_mask[:, :length].to(device),
+            images[on_device[0]],
+            ids[on_device][:, :length],
+            mask[on_device][:, :length],
         )
         return clip_loss(image_emb, text_emb, scale)
 
@@ -473,9 +481,26 @@ class TokenFeatures:
     text_mask: torch.Tensor
     targets: torch.Tensor
     groups: tuple[str, ...]
+    text_lengths: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # on the CPU wherever the tokens are: a batch's length is read from here,
+        # without waiting for the device
+        self.text_lengths = self.text_mask.sum(dim=1).cpu()
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
+
+    def to(self, device: torch.device | str) -> TokenFeatures:
+        """These features with their tensors on ``device`` (where they fit, training
+        then copies nothing per step)."""
+        return TokenFeatures(
+            self.image_tokens.to(device),
+            self.text_tokens.to(device),
+            self.text_mask.to(device),
+            self.targets.to(device),
+            self.groups,
+        )
 
     def batch(
         self, indices: torch.Tensor, device: torch.device | str = "cpu"
@@ -485,13 +510,13 @@ class TokenFeatures:
 
         Text columns that are padding in every selected item are dropped.
         """
-        mask = self.text_mask[indices]
-        length = int(mask.sum(dim=1).max())
+        rows = indices.to(self.targets.device, non_blocking=True)
+        length = int(self.text_lengths[indices.cpu()].max())
         return (
-            self.image_tokens[indices].to(device),
-            self.text_tokens[indices, :length].to(device),
-            mask[:, :length].to(device),
-            self.targets[indices].to(device),
+            self.image_tokens[rows].to(device),
+            self.text_tokens[rows, :length].to(device),
+            self.text_mask[rows, :length].to(device),
+            self.targets[rows].to(device),
         )
 
 
@@ -595,33 +620,33 @@ class FusionClassifier(nn.Module):
         return self.classify(*self.encode(images, input_ids, attention_mask))
 
 
-@torch.no_grad()
 def encode_tokens(
     backbone: Backbone, split: TaskSplit, batch_size: int = 500
 ) -> TokenFeatures:
     """Run the frozen towers over every item of ``split`` once (the texts tokenised with
-    ``backbone.tokenizer``)."""
+    ``backbone.tokenizer``, all padded to the longest)."""
     device = next(backbone.dual_encoder.parameters()).device
-    backbone.dual_encoder.eval()
     ids, mask = backbone.tokenizer.encode_batch(list(split.texts))
-    image_tokens, text_tokens = [], []
-    for start in range(0, len(split), batch_size):
-        chunk = slice(start, start + batch_size)
-        image_tokens.append(
-            backbone.image_encoder.forward_tokens(split.images[chunk].to(device)).cpu()
-        )
-        text_tokens.append(
-            backbone.text_encoder.forward_tokens(
-                ids[chunk].to(device), mask[chunk].to(device)
-            ).cpu()
-        )
-    return TokenFeatures(
-        torch.cat(image_tokens),
-        torch.cat(text_tokens),
-        mask,
-        split.targets,
-        split.groups,
+    chunks = [
+        slice(start, start + batch_size) for start in range(0, len(split), batch_size)
+    ]
+    image_tokens = encode_in_batches(
+        backbone.image_encoder.forward_tokens,
+        ((split.images[chunk].to(device),) for chunk in chunks),
+        len(split),
+        modules=[backbone.dual_encoder],
+        dtype=None,
+        desc="image tokens",
     )
+    text_tokens = encode_in_batches(
+        backbone.text_encoder.forward_tokens,
+        ((ids[chunk].to(device), mask[chunk].to(device)) for chunk in chunks),
+        len(split),
+        modules=[backbone.dual_encoder],
+        dtype=None,
+        desc="text tokens",
+    )
+    return TokenFeatures(image_tokens, text_tokens, mask, split.targets, split.groups)
 
 
 # --- training and scoring
@@ -687,6 +712,7 @@ def predict(
 ) -> torch.Tensor:
     """The predicted class of every item: LongTensor ``[N]`` (computed in eval mode)."""
     device = next(model.head.parameters()).device
+    features = features.to(device)
     was_training = model.training
     model.eval()
     predictions = []
@@ -752,6 +778,7 @@ def train_fusion(
         config.fusion_dim,
         config.fusion_options.get(name),
     ).to(device)
+    train_features = train_features.to(device)
     indices = _batch_indices(len(train_features), config.batch_size, config.seed)
 
     def loss_at(step: int) -> torch.Tensor:

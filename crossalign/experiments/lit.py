@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld
 from crossalign.evaluation import embed_texts
 from crossalign.experiments.compare import (
@@ -151,14 +152,23 @@ def sentence_features(
     """
     if len(texts) == 0:
         raise ValueError("sentence_features needs at least one text")
-    text_encoder.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        ids, mask = tokenizer.encode_batch([texts[i] for i in rows], max_len=max_len)
-        chunks.append(text_encoder(ids.to(device), mask.to(device)).float().cpu())
-    in_length_order = torch.cat(chunks)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, mask = tokenizer.encode_batch(
+                [texts[i] for i in rows], max_len=max_len
+            )
+            yield ids.to(device), mask.to(device)
+
+    in_length_order = encode_in_batches(
+        text_encoder,
+        batches(),
+        len(texts),
+        modules=[text_encoder],
+        desc="sentence features",
+    )
     features = torch.empty_like(in_length_order)
     features[order] = in_length_order
     return features
@@ -288,14 +298,17 @@ def train_lit(
             config, data, model.text_encoder, tokenizer, captions_per_image
         )
     per_image = features.train.shape[1]
+    # resident on the device: a step copies nothing from the host but its indices
+    train_images, train_texts = data.train_images.to(device), features.train.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
         images, choices = batch_indices(
-            len(data.train_images), config.batch_size, per_image, config.seed, step
+            len(train_images), config.batch_size, per_image, config.seed, step
         )
+        images = images.to(device, non_blocking=True)
+        choices = choices.to(device, non_blocking=True)
         image_emb, text_emb, scale = model(
-            data.train_images[images].to(device),
-            features.train[images, choices].to(device),
+            train_images[images], train_texts[images, choices]
         )
         return clip_loss(image_emb, text_emb, scale)
 

@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossalign.data.build import (
+    build_caption_dataset,
+)
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
 from crossalign.experiments.compare import (
     CompareConfig,
@@ -44,7 +47,6 @@ from crossalign.experiments.methods import AlignmentMethod
 from crossalign.train.captioning import (
     CaptionExperimentConfig,
     CaptionTrainResult,
-    build_caption_dataset,
     train_captioner,
 )
 

@@ -3,7 +3,6 @@ model, vision-to-LM projector), precision, schedules and checkpoints."""
 
 from crossalign.train.captioning import (
     CaptionExperimentConfig,
-    evaluate_captioner,
     load_caption_config,
     load_captioner,
     train_captioner,
@@ -24,7 +23,6 @@ from crossalign.train.trainer import TrainResult, train
 
 __all__ = [
     "CaptionExperimentConfig",
-    "evaluate_captioner",
     "load_caption_config",
     "load_captioner",
     "train_captioner",

@@ -1,13 +1,13 @@
-"""Training and evaluating captioners: config, data, the teacher-forced loop, decoding
-and metrics.
+"""Training captioners: the experiment config, the teacher-forced loop and reloading a
+trained captioner.
 
 One experiment config (YAML/JSON, like the dual encoder's) names the data, the captioner
 (:class:`~crossalign.models.captioners.CaptionerConfig`), the optimisation and the
 decoding used for evaluation. :func:`train_captioner` reads top to bottom: data and
-vocabulary, model, optimiser and schedule, then a loop of teacher-forced steps.
-:func:`evaluate_captioner` decodes a split (greedy or beam search) and scores the
-captions with BLEU-1..4, ROUGE-L and CIDEr-D against all references, plus, on
-ShapesWorld, the semantic accuracy of :mod:`crossalign.metrics.semantic`.
+vocabulary (:func:`~crossalign.data.build.build_caption_dataset`,
+:func:`~crossalign.data.build.build_vocabulary`), model, optimiser and schedule, then a
+loop of teacher-forced steps. Decoding a split and scoring its captions is
+:func:`crossalign.evaluation.evaluate_captioner`, beside retrieval evaluation.
 
 Flickr8k with a frozen ResNet-50 goes through a feature cache:
 :func:`~crossalign.data.feature_cache.cache_flickr8k_features` runs the CNN once per
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence, Sized
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -28,16 +28,18 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import yaml
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from crossalign.data.build import fetch_items
+from crossalign.data.build import (
+    build_caption_dataset,
+    build_vocabulary,
+    dataset_size,
+    fetch_items,
+)
 from crossalign.data.collate import CaptionCollator, batch_inputs
-from crossalign.data.feature_cache import CachedFeatures, cached_flickr8k_split
-from crossalign.data.shapes import ShapesWorld, caption_words
+from crossalign.data.encode import encode_dataset
+from crossalign.data.feature_cache import CachedFeatures
+from crossalign.data.shapes import ShapesWorld
 from crossalign.data.vocab import Vocabulary, tokenizer_from_dict
-from crossalign.decoding import DecodeResult
-from crossalign.metrics.captioning import caption_metrics, tokenize_caption
-from crossalign.metrics.semantic import semantic_report
 from crossalign.models.captioners import Captioner, CaptionerConfig, build_captioner
 from crossalign.train.checkpoint import (
     load_weights,
@@ -58,9 +60,7 @@ from crossalign.train.trainer import StepBatchSampler
 from crossalign.utils import atomic_write_text, seed_everything, select_device
 
 if TYPE_CHECKING:
-    from crossalign.data.flickr8k import Flickr8k
-
-CAPTION_DATASETS = ("shapes", "flickr8k")
+    pass
 
 
 @dataclass
@@ -108,7 +108,8 @@ class CaptionTrainConfig:
 
     ``cache_frozen_regions`` (with ``model.freeze_encoder``): a frozen encoder gives
     every image the same regions at every epoch, so they are computed once, after any
-    pretraining, and the decoder trains on them (:func:`encode_regions`): the same
+    pretraining, and the decoder trains on them
+    (:func:`~crossalign.data.encode.encode_dataset`): the same
     inputs (the losses agree to float rounding) without an encoder pass per step; the
     cache holds ``N x regions x channels`` floats (about 400 MB for 50,000 ShapesWorld
     images and a 4 x 4 grid of 128 channels).
@@ -187,86 +188,6 @@ def default_caption_config_path() -> Path:
 # data
 
 
-def build_caption_dataset(
-    config: CaptionExperimentConfig, split: str, size: int | None = None
-) -> ShapesWorld | Flickr8k | CachedFeatures:
-    """The ``split`` of the configured data: ShapesWorld, Flickr8k images, or cached
-    Flickr8k features."""
-    cfg = config.data
-    if cfg.name == "shapes":
-        default = {
-            "train": cfg.train_size,
-            "val": cfg.val_size,
-            "test": cfg.test_size,
-        }.get(split, cfg.test_size)
-        return ShapesWorld(
-            split,
-            size=size or default,
-            image_size=cfg.image_size,
-            seed=config.seed,
-            noise=cfg.noise,
-        )
-    if cfg.name != "flickr8k":
-        raise ValueError(
-            f"data.name={cfg.name!r} is not known; use one of {CAPTION_DATASETS}"
-        )
-    if not cfg.root:
-        raise ValueError(
-            "data.name='flickr8k' needs data.root: the folder holding the Flickr8k "
-            "files"
-        )
-    if cfg.feature_cache:
-        return cached_flickr8k_split(
-            cfg,
-            split,
-            pooled=False,
-            seed=config.seed,
-            device=config.train.device,
-            progress=config.train.progress,
-        )
-    from crossalign.data.flickr8k import Flickr8k
-
-    return Flickr8k(
-        cfg.root,
-        split=split,
-        image_size=cfg.image_size,
-        on_error="skip",
-        progress=config.train.progress,
-    )
-
-
-def _size(dataset: Dataset) -> int:
-    """``len(dataset)``; a TypeError for a data set without one (an iterable one)."""
-    if not isinstance(dataset, Sized):
-        raise TypeError(
-            f"{type(dataset).__name__} has no len(); "
-            "give a data set that is indexed 0..N-1"
-        )
-    return len(dataset)
-
-
-def _all_captions(dataset: Dataset) -> list[list[str]]:
-    if isinstance(dataset, ShapesWorld):
-        return [dataset.captions(i) for i in range(len(dataset))]
-    captions = getattr(dataset, "captions", None)
-    if captions is None:
-        raise ValueError(
-            f"{type(dataset).__name__} has no captions to build a vocabulary or score "
-            "against"
-        )
-    return [list(c) for c in captions]
-
-
-def build_caption_vocabulary(dataset: Dataset, min_freq: int = 1) -> Vocabulary:
-    """The word vocabulary: the whole ShapesWorld grammar, or the training captions'
-    words."""
-    if isinstance(dataset, ShapesWorld):
-        return Vocabulary.build(caption_words())
-    return Vocabulary.build(
-        [c for captions in _all_captions(dataset) for c in captions], min_freq=min_freq
-    )
-
-
 def _caption_items(dataset: Dataset, indices: Sequence[int]) -> list[dict]:
     """Items holding only ``"captions"`` and ``"index"``: what a step on cached regions
     needs (no image is rendered)."""
@@ -298,41 +219,6 @@ def build_captioner_for(
 
 # ------------------------------------------------------------------------------------
 # training
-
-
-@torch.no_grad()
-def encode_regions(
-    model: Captioner, dataset: Dataset, batch_size: int = 256, progress: bool = False
-) -> torch.Tensor:
-    """Every item's regions ``[len(dataset), N, C]`` through the captioner's (frozen)
-    encoder, on its device.
-
-    Run in eval mode, so an item's regions do not depend on the batch it came in:
-    training on them is training on the images, without an encoder pass per step.
-    """
-    if model.encoder is None:
-        raise ValueError(
-            "encode_regions needs a captioner with an image encoder; precomputed "
-            "features are regions already"
-        )
-    size = _size(dataset)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    try:
-        for start in tqdm(
-            range(0, size, batch_size),
-            desc="encode regions",
-            disable=not progress,
-        ):
-            indices = range(start, min(start + batch_size, size))
-            chunks.append(
-                model.regions(batch_inputs(fetch_items(dataset, indices)).to(device))
-            )
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
 
 
 def _step_captions(
@@ -404,7 +290,7 @@ def train_captioner(
     seed_everything(config.seed)
     if train_set is None:
         train_set = build_caption_dataset(config, "train")
-    tokenizer = build_caption_vocabulary(train_set, config.data.min_freq)
+    tokenizer = build_vocabulary(train_set, config.data.min_freq)
     model = build_captioner_for(config, tokenizer, train_set).to(device)
     pretrain = None
     if cfg.encoder_pretrain_steps:
@@ -430,7 +316,9 @@ def train_captioner(
         optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
     )
     sampler = iter(
-        StepBatchSampler(_size(train_set), cfg.batch_size, config.seed, 0, cfg.steps)
+        StepBatchSampler(
+            dataset_size(train_set), cfg.batch_size, config.seed, 0, cfg.steps
+        )
     )
     collator = CaptionCollator(
         tokenizer, caption="random", seed=config.seed, max_len=config.data.max_len
@@ -442,8 +330,16 @@ def train_captioner(
         and model.encoder is not None
         and config.model.freeze_encoder
     ):
-        cached = encode_regions(
-            model, train_set, batch_size=max(256, cfg.batch_size), progress=cfg.progress
+        cached = encode_dataset(
+            model.regions,
+            train_set,
+            batch_size=max(256, cfg.batch_size),
+            device=device,
+            modules=[model],
+            keep_on=device,
+            dtype=None,
+            progress=cfg.progress,
+            desc="encode regions",
         )
 
     def loss_at(step: int) -> torch.Tensor:
@@ -525,92 +421,3 @@ def load_captioner(
     model = build_captioner(CaptionerConfig.from_dict(saved["captioner"]))
     load_weights(model, where, device=device)
     return model.to(device).eval(), tokenizer, config
-
-
-# ----------------------------------------------------------------------------------
-# evaluation
-
-
-@dataclass
-class CaptionEvaluation:
-    """Generated captions of a split, their references and scores.
-
-    ``metrics`` holds BLEU-1..4, ROUGE-L and CIDEr-D and, on ShapesWorld, ``semantic``
-    (exact semantic accuracy) with the per-check rates of
-    :func:`~crossalign.metrics.semantic.semantic_report` under ``semantic/<check>``.
-    """
-
-    captions: list[str]
-    references: list[list[str]]
-    metrics: dict[str, float]
-
-
-def generate_captions(
-    model: Captioner,
-    dataset: Dataset,
-    tokenizer: Vocabulary,
-    indices: Sequence[int] | None = None,
-    beam_size: int = 3,
-    max_len: int = 30,
-    length_penalty: float = 0.0,
-    batch_size: int = 100,
-    device: str | torch.device | None = None,
-) -> tuple[list[str], DecodeResult | None]:
-    """Caption items of ``dataset`` (all by default); returns the captions and the last
-    batch's decoding."""
-    device = (
-        next(model.parameters()).device if device is None else select_device(device)
-    )
-    indices = list(range(_size(dataset))) if indices is None else list(indices)
-    captions: list[str] = []
-    result = None
-    for start in range(0, len(indices), batch_size):
-        inputs = batch_inputs(
-            fetch_items(dataset, indices[start : start + batch_size])
-        ).to(device)
-        result = model.generate(
-            inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
-        )
-        captions += tokenizer.decode_batch(result.tokens.cpu())
-    return captions, result
-
-
-def evaluate_captioner(
-    model: Captioner,
-    dataset: Dataset,
-    tokenizer: Vocabulary,
-    beam_size: int = 3,
-    max_len: int = 30,
-    length_penalty: float = 0.0,
-    batch_size: int = 100,
-    device: str | torch.device | None = None,
-) -> CaptionEvaluation:
-    """Caption every image of ``dataset`` and score the captions against all its
-    references."""
-    captions, _ = generate_captions(
-        model,
-        dataset,
-        tokenizer,
-        None,
-        beam_size,
-        max_len,
-        length_penalty,
-        batch_size,
-        device,
-    )
-    references = _all_captions(dataset)
-    metrics = caption_metrics(
-        [" ".join(tokenize_caption(c)) for c in captions],
-        [[" ".join(tokenize_caption(r)) for r in refs] for refs in references],
-    )
-    if isinstance(dataset, ShapesWorld):
-        report = semantic_report(captions, dataset.scenes(range(len(dataset))))
-        metrics["semantic"] = report["exact"]
-        metrics.update(
-            {
-                f"semantic/{key}": value
-                for key, value in report.items()
-                if key != "exact"
-            }
-        )
-    return CaptionEvaluation(captions, references, metrics)

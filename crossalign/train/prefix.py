@@ -2,13 +2,13 @@
 tuned too).
 
 The frozen image encoder sees every image once: its features are computed beforehand
-(see :func:`extract_features`) and training runs on them, which is why a projector
-trains in seconds. Each step draws a batch of images, one of their reference captions at
-random, and minimises :meth:`crossalign.models.prefix_lm.PrefixCaptioner.loss` over
-whatever parameters require a gradient: the projector in stage 1; the projector and the
-LM (or its low-rank adapters, after ``captioner.set_lm_training("lora")``) in stage 2.
-An optional extra loss (for example the Q-Former's image-text contrastive loss) is added
-with a weight.
+(:func:`crossalign.data.encode.encode_dataset`) and training runs on them, which is why
+a projector trains in seconds. Each step draws a batch of images, one of their reference
+captions at random, and minimises
+:meth:`crossalign.models.prefix_lm.PrefixCaptioner.loss` over whatever parameters
+require a gradient: the projector in stage 1; the projector and the LM (or its low-rank
+adapters, after ``captioner.set_lm_training("lora")``) in stage 2. An optional extra
+loss (for example the Q-Former's image-text contrastive loss) is added with a weight.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crossalign.data.build import fetch_items
 from crossalign.train.engine import Engine
 from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
@@ -28,7 +27,7 @@ from crossalign.train.schedule import warmup_cosine_scheduler
 if TYPE_CHECKING:
     from crossalign.models.prefix_lm import PrefixCaptioner
 
-__all__ = ["PrefixTrainResult", "extract_features", "train_prefix"]
+__all__ = ["PrefixTrainResult", "train_prefix"]
 
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,29 +39,6 @@ class PrefixTrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     trained_parameters: int = 0
-
-
-@torch.no_grad()
-def extract_features(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Any,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """Run a frozen image encoder once over a data set; return the stacked features (on
-    CPU).
-
-    ``encode`` maps an image batch ``[B, 3, H, W]`` to features (e.g.
-    ``captioner.encode_images``); ``dataset[i]["image"]`` is image ``i`` (ShapesWorld
-    batches are fetched with ``__getitems__``).
-    """
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        indices = list(range(start, min(start + batch_size, len(dataset))))
-        items = fetch_items(dataset, indices)
-        images = torch.stack([item["image"] for item in items]).to(device)
-        chunks.append(encode(images).float().cpu())
-    return torch.cat(chunks)
 
 
 def train_prefix(
