@@ -28,6 +28,14 @@ cost compute but no parameters: crossalign standardises the images inside the mo
 and its text tower attends with a padding mask and averages the tokens, while
 open_clip's applies a causal mask and pools the end-of-text token.
 
+Where crossalign is faster, the ViT computes the same function with less work (the
+models' outputs and gradients equal what ``nn.TransformerEncoder`` computes from the
+same weights: ``tests/test_encoders.py``): its last block runs for the CLS token alone,
+the only token the pooled output reads (fewer FLOPs per sample in the table), and
+every block views the packed query/key/value projection as heads directly instead of
+reordering it to sequence-first and back
+(:func:`crossalign.models.image_encoders.pre_norm_block`).
+
 Each step is forward, loss, backward and optimiser step on random data that is already
 on the device. Texts fill the whole context (no padding). The settings are the same for
 both models:

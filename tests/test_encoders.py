@@ -275,6 +275,48 @@ def test_vit_shapes(image_size: int, patch_size: int, pool: str) -> None:
     assert projected(images).shape == (2, 10) and projected.out_dim == 10
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_vit_equals_torchs_transformer_encoder_and_its_gradients(depth, pool) -> None:
+    """The ViT computes its blocks with pre_norm_block, and with CLS pooling the last
+    block for the CLS token only; in float64 its pooled output, its patch tokens and
+    every parameter's gradient equal those of the same weights run through torch's own
+    ``nn.TransformerEncoder`` (``model.blocks``)."""
+    torch.manual_seed(0)
+    model = ViTEncoder(image_size=32, patch_size=8, depth=depth, dim=32, heads=4)
+    model = model.double()
+    model.pool = pool
+    images = _images(3, 32).double()
+
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:
+        sequence = model.norm(model.blocks(model._embed(images)))
+        pooled = sequence[:, 0] if pool == "cls" else sequence[:, 1:].mean(dim=1)
+        return model.head(pooled), sequence[:, 1:]
+
+    def gradients(pooled: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        weights = torch.linspace(-1, 1, pooled.shape[1]).double()
+        ((pooled * weights).sum() + tokens.pow(2).mean()).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    got = model(images), model.forward_tokens(images)
+    expected = reference()
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for a, b in zip(
+        gradients(model(images), model.forward_tokens(images)),
+        gradients(*reference()),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    model.eval()
+    with torch.no_grad():  # torch may take its fused inference kernel here
+        for a, b in zip(
+            (model(images), model.forward_tokens(images)), reference(), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_vit_positions_break_permutation_invariance() -> None:
     torch.manual_seed(0)
     model = ViTEncoder(image_size=32, patch_size=8, pool="cls", **TINY_VIT).eval()
