@@ -114,3 +114,15 @@ def test_errors_name_the_problem(world):
         encode_in_batches(lambda x: x, batches, 5)
     with pytest.raises(RuntimeError, match="more than total=3"):
         encode_in_batches(lambda x: x, batches, 3)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_encoding_leaves_the_global_random_generator_alone(world, num_workers):
+    """Encoding a data set between two random draws does not change the second."""
+    torch.manual_seed(5)
+    torch.rand(1)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    torch.rand(1)
+    encode_dataset(lambda x: x.flatten(1), world, batch_size=4, num_workers=num_workers)
+    assert torch.equal(torch.rand(3), expected)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from crossalign.data.build import dataset_size
+from crossalign.data.build import dataset_size, fetch_items
 from crossalign.data.collate import batch_inputs
 
 __all__ = ["encode_dataset", "encode_in_batches", "eval_mode"]
@@ -104,6 +104,29 @@ def _item_list(items: list[Any]) -> list[Any]:
     return items
 
 
+def _item_batches(
+    dataset: Any, batch_size: int, num_workers: int
+) -> Iterator[list[Mapping[str, Any]]]:
+    """The items of ``dataset`` in order, a batch at a time: fetched here
+    (:func:`~crossalign.data.build.fetch_items`), or by ``num_workers`` worker
+    processes. Neither draws from the global random generator (a DataLoader seeds its
+    workers from its own generator here), so encoding a data set leaves every later
+    random draw as it was."""
+    total = dataset_size(dataset)
+    if num_workers == 0:
+        for start in range(0, total, batch_size):
+            yield fetch_items(dataset, range(start, min(start + batch_size, total)))
+        return
+    yield from torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_item_list,
+        generator=torch.Generator(),
+    )
+
+
 def _dataset_batches(
     dataset: Any,
     batch_size: int,
@@ -111,14 +134,7 @@ def _dataset_batches(
     num_workers: int,
     on_items: Callable[[list[Mapping[str, Any]]], None] | None,
 ) -> Iterator[tuple[torch.Tensor]]:
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_item_list,
-    )
-    for items in loader:
+    for items in _item_batches(dataset, batch_size, num_workers):
         for item in items:
             if not isinstance(item, Mapping) or not any(
                 isinstance(item.get(key), torch.Tensor) for key in ("image", "features")
@@ -154,8 +170,9 @@ def encode_dataset(
     ``captioner.regions``); pass the model in ``modules`` to run it in eval mode, so an
     item's features do not depend on the batch it came in. Items are fetched in batches
     (one ``__getitems__`` call where the data set has one), by ``num_workers`` worker
-    processes if asked; ``on_items`` sees each batch's items (their captions, ids)
-    before they are encoded. ``keep_on``, ``dtype``: as in :func:`encode_in_batches`.
+    processes if asked, without drawing from the global random generator; ``on_items``
+    sees each batch's items (their captions, ids) before they are encoded.
+    ``keep_on``, ``dtype``: as in :func:`encode_in_batches`.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
