@@ -36,9 +36,7 @@ from crossalign.data.build import (
     build_caption_dataset,
     build_vocabulary,
 )
-from crossalign.data.collate import (
-    batch_inputs,
-)
+from crossalign.data.collate import batch_inputs
 from crossalign.train.captioning import (
     build_captioner_for,
     default_caption_config_path,

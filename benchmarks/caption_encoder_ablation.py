@@ -38,18 +38,12 @@ import math
 
 from caption_setup import caption_benchmark_setup
 
-from crossalign.data.build import (
-    build_caption_dataset,
-)
+from crossalign.data.build import build_caption_dataset
 from crossalign.data.shapes import ShapesWorld
-from crossalign.evaluation import (
-    evaluate_captioner,
-)
+from crossalign.evaluation import evaluate_captioner
 from crossalign.metrics.semantic import parse_caption
 from crossalign.results import save_result
-from crossalign.train.captioning import (
-    train_captioner,
-)
+from crossalign.train.captioning import train_captioner
 
 H_ONLY = "model.attend_with_word=false"
 VARIANTS: dict[str, list[str]] = {

@@ -46,13 +46,9 @@ from collections.abc import Callable
 
 from caption_setup import caption_benchmark_setup
 
-from crossalign.data.build import (
-    build_caption_dataset,
-)
+from crossalign.data.build import build_caption_dataset
 from crossalign.data.shapes import ShapesWorld
-from crossalign.evaluation import (
-    evaluate_captioner,
-)
+from crossalign.evaluation import evaluate_captioner
 from crossalign.experiments.scene_oracle import (
     oracle_caption_dataset,
     train_captioner_with_scene_oracle,

@@ -270,12 +270,8 @@ def _print_caption_metrics(metrics: dict[str, float]) -> None:
 
 
 def _cmd_caption_train(args: argparse.Namespace) -> int:
-    from crossalign.data.build import (
-        build_caption_dataset,
-    )
-    from crossalign.evaluation import (
-        evaluate_captioner,
-    )
+    from crossalign.data.build import build_caption_dataset
+    from crossalign.evaluation import evaluate_captioner
     from crossalign.train.captioning import (
         default_caption_config_path,
         load_caption_config,
@@ -313,15 +309,9 @@ def _cmd_caption_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
-    from crossalign.data.build import (
-        build_caption_dataset,
-    )
-    from crossalign.evaluation import (
-        evaluate_captioner,
-    )
-    from crossalign.train.captioning import (
-        load_captioner,
-    )
+    from crossalign.data.build import build_caption_dataset
+    from crossalign.evaluation import evaluate_captioner
+    from crossalign.train.captioning import load_captioner
     from crossalign.utils import atomic_write_text, select_device
 
     device = select_device(args.device)

@@ -7,13 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossalign.data.build import (
-    build_caption_dataset,
-)
+from crossalign.data.build import build_caption_dataset
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
-from crossalign.evaluation import (
-    evaluate_captioner,
-)
+from crossalign.evaluation import evaluate_captioner
 from crossalign.experiments.compare import CompareConfig, prepare_data, train_method
 from crossalign.experiments.scene_oracle import (
     MAX_SCENE_OBJECTS,

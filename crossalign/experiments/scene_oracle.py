@@ -32,9 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossalign.data.build import (
-    build_caption_dataset,
-)
+from crossalign.data.build import build_caption_dataset
 from crossalign.data.shapes import COLOURS, SHAPES, SIZES, ShapesWorld
 from crossalign.experiments.compare import (
     CompareConfig,
