@@ -106,7 +106,7 @@ def _item_list(items: list[Any]) -> list[Any]:
 
 def _item_batches(
     dataset: Any, batch_size: int, num_workers: int
-) -> Iterator[list[Mapping[str, Any]]]:
+) -> Iterator[list[dict]]:
     """The items of ``dataset`` in order, a batch at a time: fetched here
     (:func:`~crossalign.data.build.fetch_items`), or by ``num_workers`` worker
     processes. Neither draws from the global random generator (a DataLoader seeds its
@@ -132,7 +132,7 @@ def _dataset_batches(
     batch_size: int,
     device: str | torch.device,
     num_workers: int,
-    on_items: Callable[[list[Mapping[str, Any]]], None] | None,
+    on_items: Callable[[Sequence[Mapping[str, Any]]], None] | None,
 ) -> Iterator[tuple[torch.Tensor]]:
     for items in _item_batches(dataset, batch_size, num_workers):
         for item in items:
@@ -158,7 +158,7 @@ def encode_dataset(
     keep_on: str | torch.device = "cpu",
     dtype: torch.dtype | None = torch.float32,
     num_workers: int = 0,
-    on_items: Callable[[list[Mapping[str, Any]]], None] | None = None,
+    on_items: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
     progress: bool = False,
     desc: str = "encoding",
 ) -> torch.Tensor:

@@ -91,7 +91,7 @@ def cache_image_features(
     captions: list[Any] = []
     image_ids: list[Any] = []
 
-    def keep_references(items: list[Mapping[str, Any]]) -> None:
+    def keep_references(items: Sequence[Mapping[str, Any]]) -> None:
         captions.extend(item.get("captions") for item in items)
         image_ids.extend(item.get("image_id") for item in items)
 
