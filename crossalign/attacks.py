@@ -55,12 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.data.batches import EpochBatches
 from crossalign.evaluation import embed_texts
 from crossalign.experiments.compare import (
     CompareConfig,
     ComparisonData,
     MethodResult,
-    batch_indices,
     evaluate_method,
     make_batch,
     optimise,
@@ -803,10 +803,16 @@ def adversarial_finetune(
     num_images, captions_per_image = data.train_ids.shape[:2]
     resident = data.to(device)
 
+    batches = EpochBatches(
+        num_images,
+        config.batch_size,
+        config.seed,
+        hint="lower CompareConfig.batch_size",
+    )
+
     def loss_at(step: int) -> torch.Tensor:
-        images, captions = batch_indices(
-            num_images, config.batch_size, captions_per_image, config.seed, step
-        )
+        images = batches(step)
+        captions = batches.choices(step, captions_per_image)
         batch = make_batch(resident, images, captions, device, None, config.max_len)
         return method.loss(tuned, batch)
 

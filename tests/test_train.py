@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from crossalign.data.batches import StepBatchSampler
 from crossalign.train import checkpoint as ckpt
 from crossalign.train import trainer
 from crossalign.train.config import ExperimentConfig
@@ -85,7 +86,7 @@ def test_gradient_accumulation_logs_the_mean_micro_batch_loss(tmp_path):
     seed_everything(config.seed)
     model = trainer.build_model(config, tokenizer)
     model.image_encoder.to(memory_format=torch.channels_last)
-    sampler = trainer.StepBatchSampler(len(train_set), 8, config.seed, 0, 2)
+    sampler = StepBatchSampler(len(train_set), 8, config.seed, 0, 2)
     collate = CaptionCollator(tokenizer, seed=config.seed, max_len=config.data.max_len)
     expected = 0.0
     for keys in sampler:
@@ -226,19 +227,13 @@ def test_batch_larger_than_data_is_a_clear_error(tmp_path):
 
 
 def test_distributed_sampler_slices_the_global_batch():
-    single = list(
-        trainer.StepBatchSampler(64, 8, seed=1, start=0, stop=4, world_size=1)
-    )
-    rank0 = list(
-        trainer.StepBatchSampler(64, 4, seed=1, start=0, stop=4, rank=0, world_size=2)
-    )
-    rank1 = list(
-        trainer.StepBatchSampler(64, 4, seed=1, start=0, stop=4, rank=1, world_size=2)
-    )
+    single = list(StepBatchSampler(64, 8, seed=1, start=0, stop=4, world_size=1))
+    rank0 = list(StepBatchSampler(64, 4, seed=1, start=0, stop=4, rank=0, world_size=2))
+    rank1 = list(StepBatchSampler(64, 4, seed=1, start=0, stop=4, rank=1, world_size=2))
     assert [a + b for a, b in zip(rank0, rank1)] == single
     epochs = [
         e
-        for batch in trainer.StepBatchSampler(64, 8, seed=1, start=0, stop=16)
+        for batch in StepBatchSampler(64, 8, seed=1, start=0, stop=16)
         for e, _ in batch
     ]
     assert epochs[: 8 * 8] == [0] * 64 and epochs[64:] == [1] * 64

@@ -1,6 +1,7 @@
 """Data: ShapesWorld (generated, offline), Flickr8k (real), tokenisation, batching,
 encoding with a frozen encoder, feature caches."""
 
+from crossalign.data.batches import EpochBatches, StepBatchSampler
 from crossalign.data.build import (
     all_captions,
     build_caption_dataset,
@@ -43,6 +44,7 @@ __all__ = [
     "ShapesMatching",
     "ShapesQA",
     "CachedFeatures",
+    "EpochBatches",
     "CaptionCollator",
     "Flickr8k",
     "HFTokenizerAdapter",
@@ -50,6 +52,7 @@ __all__ = [
     "SceneGraph",
     "ShapeObject",
     "ShapesWorld",
+    "StepBatchSampler",
     "Vocabulary",
     "all_captions",
     "batch_inputs",

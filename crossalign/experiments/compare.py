@@ -37,6 +37,7 @@ from typing import TypedDict
 import torch
 from torch import nn
 
+from crossalign.data.batches import EpochBatches
 from crossalign.data.build import build_tokenizer
 from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld
@@ -437,8 +438,9 @@ def optimise(
 def batch_indices(
     num_images: int, batch_size: int, captions_per_image: int, seed: int, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image indices and caption choices of ``step``: epochs are permutations seeded by
-    ``(seed, epoch)``.
+    """Image indices and caption choices of ``step``, as
+    :class:`~crossalign.data.batches.EpochBatches` draws them (a training loop holds
+    one ``EpochBatches``; this is the one-off lookup).
 
     Depends only on its arguments, so every method sees exactly the same batches.
     """
@@ -447,13 +449,8 @@ def batch_indices(
             f"batch_size={batch_size} must be between 1 and the number of images "
             f"({num_images})"
         )
-    per_epoch = num_images // batch_size
-    epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_images, generator=generator)
-    choices = torch.randint(captions_per_image, (num_images,), generator=generator)
-    images = order[position * batch_size : (position + 1) * batch_size]
-    return images, choices[images]
+    batches = EpochBatches(num_images, batch_size, seed)
+    return batches(step), batches.choices(step, captions_per_image)
 
 
 def make_batch(
@@ -599,10 +596,16 @@ def train_method(
         data.hard_negatives(config.max_len)
     resident = data.to(device)
 
+    batches = EpochBatches(
+        num_images,
+        config.batch_size,
+        config.seed,
+        hint="lower CompareConfig.batch_size",
+    )
+
     def loss_at(step: int) -> torch.Tensor:
-        images, captions = batch_indices(
-            num_images, config.batch_size, captions_per_image, config.seed, step
-        )
+        images = batches(step)
+        captions = batches.choices(step, captions_per_image)
         batch = make_batch(
             resident, images, captions, device, method.hard_negatives, config.max_len
         )

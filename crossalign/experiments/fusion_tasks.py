@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.data.batches import EpochBatches
 from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld, caption_words
 from crossalign.data.shapes_tasks import (
@@ -354,22 +355,6 @@ def _optimise(
     return losses
 
 
-def _batch_indices(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
-    """``indices(step)``: the items of step ``step`` (seeded permutations per epoch,
-    partial batches dropped)."""
-    per_epoch = n // batch_size
-    generator = torch.Generator().manual_seed(seed)
-    orders: list[torch.Tensor] = []
-
-    def indices(step: int) -> torch.Tensor:
-        epoch, position = divmod(step, per_epoch)
-        while len(orders) <= epoch:
-            orders.append(torch.randperm(n, generator=generator))
-        return orders[epoch][position * batch_size : (position + 1) * batch_size]
-
-    return indices
-
-
 def backbone_vocabulary(extra_texts: Sequence[str] = ()) -> Vocabulary:
     """Every ShapesWorld caption word plus the words of ``extra_texts`` (e.g. the QA
     questions)."""
@@ -428,16 +413,19 @@ def pretrain_backbone(
             embed_dim=config.embed_dim,
         )
     ).to(device)
-    indices = _batch_indices(len(world), config.pretrain_batch_size, config.seed)
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    batches = EpochBatches(
+        len(world),
+        config.pretrain_batch_size,
+        config.seed,
+        hint="lower FusionTaskConfig.pretrain_batch_size",
+    )
     # the data stays on the device; the caption lengths that size a batch stay on the
     # CPU, so no step waits for the device
     lengths = mask.sum(dim=2)
     images, ids, mask = images.to(device), ids.to(device), mask.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
-        batch = indices(step)
-        choice = torch.randint(per_image, (len(batch),), generator=generator)
+        batch, choice = batches(step), batches.choices(step, per_image)
         length = int(lengths[batch, choice].max())
         on_device = (
             batch.to(device, non_blocking=True),
@@ -779,10 +767,15 @@ def train_fusion(
         config.fusion_options.get(name),
     ).to(device)
     train_features = train_features.to(device)
-    indices = _batch_indices(len(train_features), config.batch_size, config.seed)
+    batches = EpochBatches(
+        len(train_features),
+        config.batch_size,
+        config.seed,
+        hint="lower FusionTaskConfig.batch_size",
+    )
 
     def loss_at(step: int) -> torch.Tensor:
-        image, text, mask, targets = train_features.batch(indices(step), device)
+        image, text, mask, targets = train_features.batch(batches(step), device)
         return F.cross_entropy(model.classify(image, text, mask), targets)
 
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossalign.data.batches import EpochBatches
 from crossalign.data.encode import encode_in_batches
 from crossalign.data.shapes import ShapesWorld
 from crossalign.evaluation import embed_texts
@@ -33,7 +34,6 @@ from crossalign.experiments.compare import (
     CompareConfig,
     ComparisonData,
     MethodResult,
-    batch_indices,
     optimise,
     prepare_data,
     train_method,
@@ -301,12 +301,16 @@ def train_lit(
     # resident on the device: a step copies nothing from the host but its indices
     train_images, train_texts = data.train_images.to(device), features.train.to(device)
 
+    batches = EpochBatches(
+        len(train_images),
+        config.batch_size,
+        config.seed,
+        hint="lower CompareConfig.batch_size",
+    )
+
     def loss_at(step: int) -> torch.Tensor:
-        images, choices = batch_indices(
-            len(train_images), config.batch_size, per_image, config.seed, step
-        )
-        images = images.to(device, non_blocking=True)
-        choices = choices.to(device, non_blocking=True)
+        images = batches(step).to(device, non_blocking=True)
+        choices = batches.choices(step, per_image).to(device, non_blocking=True)
         image_emb, text_emb, scale = model(
             train_images[images], train_texts[images, choices]
         )

@@ -29,6 +29,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from crossalign.data.batches import StepBatchSampler
 from crossalign.data.build import (
     build_caption_dataset,
     build_vocabulary,
@@ -56,7 +57,6 @@ from crossalign.train.engine import Engine
 from crossalign.train.optim import optimizer_for
 from crossalign.train.precision import check_precision
 from crossalign.train.schedule import warmup_cosine_scheduler
-from crossalign.train.trainer import StepBatchSampler
 from crossalign.utils import atomic_write_text, seed_everything, select_device
 
 if TYPE_CHECKING:

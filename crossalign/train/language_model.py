@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crossalign.data.batches import EpochBatches
 from crossalign.train.engine import Engine
 from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
@@ -219,16 +220,17 @@ def train_language_model(
     """Train ``model`` in place to predict the next token of ``sequences``; return the
     loss curve.
 
-    Each step takes the next ``batch_size`` sequences of a stream of seeded random
-    permutations of the data (so a run repeats exactly), minimises the mean
-    cross-entropy over their real target tokens with AdamW (betas 0.9, 0.95; weight
-    decay on matrices and embedding tables, not on biases and norms) and a linear
+    Each step takes a batch of ``batch_size`` sequences from
+    :class:`~crossalign.data.batches.EpochBatches` (seeded epoch permutations, so a run
+    repeats exactly; ``batch_size`` must not exceed the number of sequences), minimises
+    the mean cross-entropy over their real target tokens with AdamW (betas 0.9, 0.95;
+    weight decay on matrices and embedding tables, not on biases and norms) and a linear
     warm-up + cosine learning rate (``warmup_steps`` defaults to 5% of ``steps``; the
     rate ends at ``min_lr_ratio * lr``), clipping the gradient norm at
-    ``clip_grad_norm`` when given. The model is trained on the device it is on and
-    left in eval mode. The losses are read back from the device every ``log_every``
-    steps (:class:`~crossalign.train.engine.Engine`). ``lr = 1e-2`` suits the book's
-    small models (about 0.1M parameters); use less for larger ones.
+    ``clip_grad_norm`` when given. The model is trained on the device it is on and left
+    in eval mode. The losses are read back from the device every ``log_every`` steps
+    (:class:`~crossalign.train.engine.Engine`). ``lr = 1e-2`` suits the book's small
+    models (about 0.1M parameters); use less for larger ones.
     """
     checked = _checked_sequences(sequences)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
@@ -252,14 +254,10 @@ def train_language_model(
         decay="matrices_and_embeddings",
     )
     scheduler = warmup_cosine_scheduler(optimizer, steps, warmup_steps, min_lr_ratio)
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = []
+    batches = EpochBatches(len(checked), batch_size, seed, hint="lower batch_size")
 
     def loss_at(step: int) -> torch.Tensor:
-        nonlocal order
-        if len(order) < batch_size:
-            order += torch.randperm(len(checked), generator=generator).tolist()
-        batch, order = [checked[i] for i in order[:batch_size]], order[batch_size:]
+        batch = [checked[i] for i in batches(step).tolist()]
         nll, real = _token_nll(model, batch, pad_id, device)
         return nll[real].mean()
 

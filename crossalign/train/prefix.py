@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from crossalign.data.batches import EpochBatches
 from crossalign.train.engine import Engine
 from crossalign.train.optim import build_optimizer
 from crossalign.train.schedule import warmup_cosine_scheduler
@@ -105,20 +106,14 @@ def train_prefix(
         parameters, lr=lr, weight_decay=weight_decay, decay="all"
     )
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(features), generator=generator)
-    cursor = 0
+    batches = EpochBatches(len(features), batch_size, seed, hint="lower batch_size")
+    counts = tuple(len(image_captions) for image_captions in captions)
 
     def loss_at(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        nonlocal order, cursor
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(features), generator=generator), 0
-        rows = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        picks = torch.randint(0, 1 << 30, (len(rows),), generator=generator).tolist()
+        rows = batches(step)
+        picks = batches.choices(step, counts)
         texts = [
-            captions[int(i)][pick % len(captions[int(i)])]
-            for i, pick in zip(rows, picks)
+            captions[row][pick] for row, pick in zip(rows.tolist(), picks.tolist())
         ]
         input_ids, mask = tokenizer.encode_batch(texts, max_len=max_len)
         batch_features = features[rows].to(device)

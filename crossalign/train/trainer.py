@@ -18,14 +18,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from crossalign.data.batches import StepBatchSampler
 from crossalign.data.build import build_dataset, build_tokenizer, fetch_items
 from crossalign.data.collate import CaptionCollator
 from crossalign.data.feature_cache import CachedFeatures
@@ -63,57 +64,6 @@ class TrainResult:
     checkpoint: Path | None = None
     seconds: float = 0.0
     samples_per_second: float = 0.0
-
-
-class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields the index batches of micro-steps ``start`` .. ``stop - 1``, tagged with
-    their epoch.
-
-    Each epoch is a permutation of the data set seeded by ``(seed, epoch)``; the last
-    incomplete batch of an epoch is dropped. In a distributed run every rank draws the
-    same global batch and keeps its own slice of it.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        seed: int,
-        start: int,
-        stop: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        global_batch = batch_size * world_size
-        if num_samples < global_batch:
-            raise ValueError(
-                f"the training set has {num_samples} samples, fewer than one global "
-                f"batch of {global_batch}; "
-                "lower train.batch_size or enlarge the data set"
-            )
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.start, self.stop, self.rank, self.world_size = (
-            start,
-            stop,
-            rank,
-            world_size,
-        )
-        self.batches_per_epoch = num_samples // global_batch
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = -1  # no epoch yet: the first micro-step draws its epoch's order
-        order = torch.empty(0, dtype=torch.long)
-        for micro_step in range(self.start, self.stop):
-            e, position = divmod(micro_step, self.batches_per_epoch)
-            if e != epoch:
-                epoch = e
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
-                order = torch.randperm(self.num_samples, generator=gen)
-            first = (position * self.world_size + self.rank) * self.batch_size
-            yield [(epoch, int(i)) for i in order[first : first + self.batch_size]]
 
 
 class _EpochTagged(Dataset):
