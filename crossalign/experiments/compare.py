@@ -444,12 +444,7 @@ def batch_indices(
 
     Depends only on its arguments, so every method sees exactly the same batches.
     """
-    if not 1 <= batch_size <= num_images:
-        raise ValueError(
-            f"batch_size={batch_size} must be between 1 and the number of images "
-            f"({num_images})"
-        )
-    batches = EpochBatches(num_images, batch_size, seed)
+    batches = EpochBatches(num_images, batch_size, seed, hint="lower batch_size")
     return batches(step), batches.choices(step, captions_per_image)
 
 

@@ -752,11 +752,12 @@ def train_fusion(
             "came from"
         )
     train_features, test_features = features
-    if len(train_features) < config.batch_size:
-        raise ValueError(
-            f"{len(train_features)} training items are fewer than "
-            f"batch_size={config.batch_size}"
-        )
+    batches = EpochBatches(
+        len(train_features),
+        config.batch_size,
+        config.seed,
+        hint="lower FusionTaskConfig.batch_size",
+    )
     device = select_device(config.device)
     seed_everything(config.seed)
     model = FusionClassifier(
@@ -767,12 +768,6 @@ def train_fusion(
         config.fusion_options.get(name),
     ).to(device)
     train_features = train_features.to(device)
-    batches = EpochBatches(
-        len(train_features),
-        config.batch_size,
-        config.seed,
-        hint="lower FusionTaskConfig.batch_size",
-    )
 
     def loss_at(step: int) -> torch.Tensor:
         image, text, mask, targets = train_features.batch(batches(step), device)
