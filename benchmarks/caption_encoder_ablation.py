@@ -115,7 +115,7 @@ def main() -> int:
             test,
             run.tokenizer,
             beam_size=config.eval.beam_size,
-            max_len=config.eval.max_len,
+            max_len=config.data.decode_len,
         )
         m = result.metrics
         lone_shape, lone_region = lone_object_accuracy(result.captions, test)

@@ -145,7 +145,7 @@ def main() -> int:
             test,
             run.tokenizer,
             beam_size=config.eval.beam_size,
-            max_len=config.eval.max_len,
+            max_len=config.data.decode_len,
         )
         m = result.metrics
         by_count = exact_by_count(result.captions, test)

@@ -299,7 +299,7 @@ def _cmd_caption_train(args: argparse.Namespace) -> int:
         test,
         result.tokenizer,
         beam_size=config.eval.beam_size,
-        max_len=config.eval.max_len,
+        max_len=config.data.decode_len,
         length_penalty=config.eval.length_penalty,
         batch_size=config.eval.batch_size,
     )
@@ -329,7 +329,7 @@ def _cmd_caption_evaluate(args: argparse.Namespace) -> int:
         dataset,
         tokenizer,
         beam_size=beam_size,
-        max_len=config.eval.max_len,
+        max_len=config.data.decode_len,
         length_penalty=config.eval.length_penalty,
         batch_size=config.eval.batch_size,
         device=device,

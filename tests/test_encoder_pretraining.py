@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossalign.data.batches import EpochBatches
 from crossalign.data.shapes import (
     COLOURS,
     SHAPES,
@@ -136,6 +137,27 @@ def test_frozen_parameters_are_trained_then_frozen_again():
     assert (
         not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     )
+
+
+def test_pretraining_reads_epoch_batches_and_leaves_no_gradient_behind(monkeypatch):
+    """Each step renders the batch :class:`EpochBatches` gives for that step (every
+    image once per epoch), and the encoder ends with no gradient: a stale one would
+    count in the norm of a later loop that clips over the whole model."""
+    world = ShapesWorld("train", size=40, image_size=32, seed=0)
+    rendered: list[list[int]] = []
+    render = world.render
+
+    def recording(indices):
+        rendered.append(list(indices))
+        return render(indices)
+
+    monkeypatch.setattr(world, "render", recording)
+    encoder = SmallCNN(widths=(8, 16))
+    pretrain_on_scene_labels(encoder, world, steps=6, batch_size=16, seed=5)
+    batches = EpochBatches(40, 16, 5)
+    assert rendered == [batches(step).tolist() for step in range(6)]
+    assert sorted(rendered[0] + rendered[1]) == sorted(set(rendered[0] + rendered[1]))
+    assert all(p.grad is None for p in encoder.parameters())
 
 
 def test_pretraining_refuses_what_it_cannot_use():

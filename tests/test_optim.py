@@ -1,5 +1,5 @@
-"""The optimiser builder: which parameters decay under each rule, and that its AdamW
-steps like one assembled by hand."""
+"""The optimiser builder: which parameters decay under its one rule (by shape), and
+that its AdamW steps like one assembled by hand."""
 
 from __future__ import annotations
 
@@ -23,34 +23,45 @@ class Toy(nn.Module):
         self.frozen.requires_grad_(False)
 
 
-def _decayed(model: nn.Module, rule: str) -> set[str]:
+def _decayed(model: nn.Module, parameters=None) -> set[str]:
     ids = {id(p): name for name, p in model.named_parameters()}
-    groups = parameter_groups(model.named_parameters(), 0.1, rule)
+    groups = parameter_groups(
+        model.parameters() if parameters is None else parameters, 0.1
+    )
     return {ids[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
 
 
-def test_each_rule_decays_what_it_says():
+def test_matrices_and_embedding_tables_decay_vectors_and_scalars_do_not():
     model = Toy()
-    assert _decayed(model, "matrices") == {"linear.weight"}
-    assert _decayed(model, "matrices_and_embeddings") == {
+    model.position_table = nn.Parameter(torch.zeros(1, 5, 4))  # a bare table
+    assert _decayed(model) == {
         "linear.weight",
         "token_embedding.weight",
+        "position_table",
     }
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert _decayed(model, "all") == trainable  # frozen parameters are left out
-    assert not {"frozen.weight", "frozen.bias"} & trainable
+    groups = parameter_groups(model.parameters(), 0.1)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert grouped == trainable  # frozen parameters are left out
+
+
+def test_a_list_of_parameters_is_grouped_like_its_module():
+    model = Toy()
+    assert _decayed(model, list(model.parameters())) == _decayed(model)
+    built = build_optimizer(list(model.parameters()), lr=0.1, weight_decay=0.2)
+    from_module = build_optimizer(model, lr=0.1, weight_decay=0.2)
+    for a, b in zip(built.param_groups, from_module.param_groups):
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+        assert a["weight_decay"] == b["weight_decay"]
 
 
 def test_the_optimizer_steps_like_adamw_over_hand_made_groups():
     torch.manual_seed(0)
     model = Toy()
     twin = copy.deepcopy(model)
-    built = build_optimizer(
-        model, lr=0.1, weight_decay=0.3, betas=(0.8, 0.9), decay="matrices"
-    )
-    decay = [twin.linear.weight]
+    built = build_optimizer(model, lr=0.1, weight_decay=0.3, betas=(0.8, 0.9))
+    decay = [twin.token_embedding.weight, twin.linear.weight]
     rest = [
-        twin.token_embedding.weight,
         twin.linear.bias,
         twin.norm.weight,
         twin.norm.bias,
@@ -85,11 +96,7 @@ def test_fused_is_asked_for_and_falls_back_where_missing(monkeypatch):
     assert not optimizer.defaults.get("fused")
 
 
-def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="decay='sometimes'"):
-        build_optimizer(nn.Linear(2, 2), lr=0.1, decay="sometimes")
-    with pytest.raises(ValueError, match="pass the module"):
-        build_optimizer(list(nn.Linear(2, 2).parameters()), lr=0.1, decay="matrices")
+def test_a_model_with_nothing_to_train_is_refused():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(frozen, lr=0.1)

@@ -16,6 +16,7 @@ from crossalign.data.build import (
     build_caption_dataset,
     build_vocabulary,
 )
+from crossalign.data.collate import batch_inputs
 from crossalign.data.encode import encode_dataset
 from crossalign.data.feature_cache import (
     cache_flickr8k_features,
@@ -62,7 +63,7 @@ TINY = {
         "progress": False,
         "device": "cpu",
     },
-    "eval": {"beam_size": 2, "max_len": 12},
+    "eval": {"beam_size": 2},
 }
 
 
@@ -101,6 +102,34 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         load_caption_config(tmp_path / "missing.yaml")
 
 
+def test_data_max_len_is_the_one_caption_length(tmp_path):
+    """``data.max_len`` cuts the training captions, sizes the Transformer's position
+    table and bounds decoding (``decode_len``, one less: ``<bos>`` is not written);
+    the model keys an experiment derives are refused with where they come from, and
+    left out of a saved config."""
+    config = CaptionExperimentConfig.from_dict(TINY).override(
+        ["data.max_len=9", "model.kind=transformer"]
+    )
+    assert config.data.decode_len == 8
+    assert "max_len" not in config.to_dict()["model"]
+    assert "max_len" not in config.to_dict()["eval"]
+    train_set = build_caption_dataset(config, "train")
+    tokenizer = build_vocabulary(train_set)
+    model = build_captioner_for(config, tokenizer, train_set)
+    assert model.word_pos.shape[1] == 9 and model.config.max_len == 9
+    captions = model.generate(
+        batch_inputs([train_set[0]]), beam_size=1, max_len=config.data.decode_len
+    )
+    assert captions.tokens.shape[1] <= 8
+    for key, source in [("max_len", "data.max_len"), ("vocab_size", "vocabulary")]:
+        with pytest.raises(ValueError, match=rf"model\.{key} .*{source}"):
+            CaptionExperimentConfig.from_dict({"model": {key: 12}})
+    with pytest.raises(ValueError, match=r"eval.*max_len"):
+        CaptionExperimentConfig.from_dict({"eval": {"max_len": 12}})
+    save_caption_config(config, tmp_path / "saved.yaml")
+    assert load_caption_config(tmp_path / "saved.yaml") == config
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     config = CaptionExperimentConfig.from_dict(TINY)
@@ -114,6 +143,38 @@ def test_training_lowers_the_loss_well_below_chance(tiny_run):
     assert len(losses) == 40
     assert losses[0] > 0.8 * chance
     assert sum(losses[-5:]) / 5 < 0.75 * chance
+
+
+def test_a_stale_gradient_on_the_frozen_encoder_leaves_clipped_steps_alone(monkeypatch):
+    """The captioner clips the norm of the gradients it trains. A gradient left on the
+    frozen, pretrained encoder (here planted on purpose, large) must not shrink the
+    decoder's steps: both runs give the same losses and weights."""
+    import crossalign.train.captioning as captioning
+
+    config = CaptionExperimentConfig.from_dict(TINY).override(
+        [
+            "train.steps=6",
+            "train.encoder_pretrain_steps=3",
+            "model.freeze_encoder=true",
+            "train.clip_grad_norm=0.5",
+        ]
+    )
+    clean = train_captioner(config)
+    pretrain = captioning.pretrain_on_scene_labels
+
+    def pretrain_and_leave_gradients(encoder, *args, **kwargs):
+        result = pretrain(encoder, *args, **kwargs)
+        for parameter in encoder.parameters():
+            parameter.grad = torch.full_like(parameter, 1e3)
+        return result
+
+    monkeypatch.setattr(
+        captioning, "pretrain_on_scene_labels", pretrain_and_leave_gradients
+    )
+    stale = train_captioner(config)
+    assert stale.history == clean.history
+    for a, b in zip(stale.model.parameters(), clean.model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_several_captions_per_image_train_on_each_images_first_captions(monkeypatch):
@@ -367,7 +428,7 @@ def test_flickr8k_training_from_the_cache_end_to_end(flickr_root, tmp_path):
                 "device": "cpu",
                 "output_dir": str(tmp_path / "run"),
             },
-            "eval": {"beam_size": 2, "max_len": 12},
+            "eval": {"beam_size": 2},
         }
     )
     result = train_captioner(config)
@@ -441,7 +502,7 @@ def test_cli_caption_train_and_evaluate(tmp_path, capsys):
     model, tokenizer, config = load_captioner(tmp_path / "run")
     test = build_caption_dataset(config, "test", size=6)
     expected = evaluate_captioner(
-        model, test, tokenizer, beam_size=1, max_len=config.eval.max_len
+        model, test, tokenizer, beam_size=1, max_len=config.data.decode_len
     )
     assert json.loads(metrics_path.read_text()) == pytest.approx(expected.metrics)
 

@@ -339,9 +339,7 @@ def _optimise(
 ) -> list[float]:
     """Minimise ``loss_at(step)`` with AdamW for ``steps`` steps (warm-up + cosine,
     clipping) on the training engine; return the losses."""
-    optimizer = build_optimizer(
-        parameters, lr=lr, weight_decay=config.weight_decay, decay="all"
-    )
+    optimizer = build_optimizer(parameters, lr=lr, weight_decay=config.weight_decay)
     engine = Engine(
         optimizer,
         warmup_cosine_scheduler(optimizer, steps, config.warmup_steps),

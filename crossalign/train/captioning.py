@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import yaml
@@ -71,6 +71,11 @@ class CaptionDataConfig:
     ``root``. With ``feature_cache`` set (Flickr8k), a frozen ``feature_encoder`` is run
     once per split and its feature grids are cached in that folder; the captioner then
     trains on the cache and must have ``model.image_encoder: null``.
+
+    ``max_len`` is the experiment's one caption length, in tokens counting ``<bos>``
+    and ``<eos>``: training captions are cut to it, the Transformer decoder's position
+    table has that many rows, and decoding writes at most ``decode_len = max_len - 1``
+    tokens (``<bos>`` is given, not written).
     """
 
     name: str = "shapes"
@@ -85,6 +90,12 @@ class CaptionDataConfig:
     feature_cache: str | None = None
     feature_encoder: str = "resnet50"
     pretrained_encoder: bool = True
+
+    @property
+    def decode_len(self) -> int:
+        """The most tokens a decoded caption may have (its ``<eos>`` included): the
+        caption length less the ``<bos>`` that decoding starts from."""
+        return self.max_len - 1
 
 
 @dataclass
@@ -141,10 +152,10 @@ class CaptionTrainConfig:
 
 @dataclass
 class CaptionEvalConfig:
-    """How captions are decoded for evaluation."""
+    """How captions are decoded for evaluation (their length is ``data.max_len``'s:
+    :attr:`CaptionDataConfig.decode_len`)."""
 
     beam_size: int = 3
-    max_len: int = 30
     length_penalty: float = 0.0
     batch_size: int = 100
 
@@ -166,6 +177,46 @@ class CaptionExperimentConfig(SectionedConfig):
     model: CaptionerConfig = field(default_factory=CaptionerConfig)
     train: CaptionTrainConfig = field(default_factory=CaptionTrainConfig)
     eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict, without the model keys that are derived
+        (:data:`DERIVED_MODEL_KEYS`)."""
+        data = super().to_dict()
+        for key in DERIVED_MODEL_KEYS:
+            data["model"].pop(key, None)
+        return data
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "config"
+    ) -> CaptionExperimentConfig:
+        """Build from nested dicts; refuses a derived model key
+        (:data:`DERIVED_MODEL_KEYS`) with where its value comes from."""
+        model = data.get("model") if isinstance(data, dict) else None
+        derived = sorted(set(model) & set(DERIVED_MODEL_KEYS)) if model else []
+        if derived:
+            raise ValueError(
+                f"{source}: model.{derived[0]} is not set in a captioning experiment: "
+                f"{DERIVED_MODEL_KEYS[derived[0]]}"
+            )
+        evaluation = data.get("eval") if isinstance(data, dict) else None
+        if isinstance(evaluation, dict) and "max_len" in evaluation:
+            raise ValueError(
+                f"{source}: eval.max_len is not a setting: decoding writes at most "
+                "data.max_len - 1 tokens (data.max_len is the one caption length)"
+            )
+        return super().from_dict(data, source)
+
+
+DERIVED_MODEL_KEYS = {
+    "vocab_size": "the vocabulary built from the training captions sets it",
+    "pad_id": "the vocabulary built from the training captions sets it",
+    "bos_id": "the vocabulary built from the training captions sets it",
+    "eos_id": "the vocabulary built from the training captions sets it",
+    "max_len": "data.max_len sets it (the experiment's one caption length)",
+}
+"""Captioner settings an experiment derives rather than reads: the vocabulary's size
+and special ids, and the position table's length (``data.max_len``)."""
 
 
 def load_caption_config(path: str | Path) -> CaptionExperimentConfig:
@@ -207,6 +258,7 @@ def build_captioner_for(
     model_cfg = copy.deepcopy(config.model)
     model_cfg.vocab_size, model_cfg.pad_id = len(tokenizer), tokenizer.pad_id
     model_cfg.bos_id, model_cfg.eos_id = tokenizer.bos_id, tokenizer.eos_id
+    model_cfg.max_len = config.data.max_len
     if isinstance(dataset, CachedFeatures):
         if model_cfg.image_encoder is not None:
             raise ValueError(
@@ -366,7 +418,7 @@ def train_captioner(
         precision=cfg.precision,
         tf32=cfg.tf32,
         clip_grad_norm=cfg.clip_grad_norm,
-        clip_parameters=model.parameters(),
+        clip_parameters=[p for p in model.parameters() if p.requires_grad],
         log_every=max(1, cfg.log_every),
         hint="try a lower train.lr or fp32",
         desc="train captioner",
@@ -411,7 +463,13 @@ def load_captioner(
             f"{where}: not a captioner checkpoint (expected 'experiment', 'captioner' "
             "and 'tokenizer' entries)"
         )
-    config = CaptionExperimentConfig.from_dict(saved["experiment"], source=str(where))
+    experiment = copy.deepcopy(saved["experiment"])
+    if isinstance(experiment, dict) and isinstance(experiment.get("model"), dict):
+        # written by an earlier version, which kept the derived keys; the
+        # "captioner" entry holds the values the model was built with
+        for key in DERIVED_MODEL_KEYS:
+            experiment["model"].pop(key, None)
+    config = CaptionExperimentConfig.from_dict(experiment, source=str(where))
     tokenizer = tokenizer_from_dict(saved["tokenizer"])
     if not isinstance(tokenizer, Vocabulary):
         raise ValueError(

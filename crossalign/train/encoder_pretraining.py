@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crossalign.data.batches import EpochBatches
 from crossalign.data.shapes import (
     COLOURS,
     REGION_WORDS,
@@ -164,7 +165,8 @@ def pretrain_on_scene_labels(
             restored after.
         dataset: the ShapesWorld split to draw images and scene graphs from. steps,
         batch_size, lr, warmup_steps: AdamW with linear warm-up and cosine decay. seed:
-        seeds the head's initialisation and the batches (same seed, same run). device:
+        seeds the head's initialisation and the batches (epochs of
+        :class:`~crossalign.data.batches.EpochBatches`; same seed, same run). device:
         where to train. progress: show a progress bar. label_groups: which label groups
         of :data:`LABEL_GROUPS` to predict (module docstring). log_every: read the
         losses back from the device every this many steps.
@@ -189,7 +191,7 @@ def pretrain_on_scene_labels(
             "encoder's feature grid"
         )
     labels = scene_label_names(label_groups)
-    generator = torch.Generator().manual_seed(seed)
+    batches = EpochBatches(len(dataset), batch_size, seed, hint="lower batch_size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = nn.Linear(encoder.grid_dim, len(labels))
@@ -199,15 +201,11 @@ def pretrain_on_scene_labels(
     encoder.requires_grad_(True)
     was_training = encoder.training
     encoder.train()
-    optimizer = build_optimizer(
-        [*encoder.parameters(), *head.parameters()], lr=lr, decay="all"
-    )
+    optimizer = build_optimizer([*encoder.parameters(), *head.parameters()], lr=lr)
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
 
     def loss_at(step: int) -> torch.Tensor:
-        indices = torch.randint(
-            len(dataset), (batch_size,), generator=generator
-        ).tolist()
+        indices = batches(step).tolist()
         images = dataset.render(indices).to(device)
         targets = scene_label_targets(dataset.scenes(indices), label_groups).to(device)
         logits = head(encoder.forward_grid(images).amax(dim=(2, 3)))
@@ -227,6 +225,9 @@ def pretrain_on_scene_labels(
     try:
         engine.run(loss_at, steps)
     finally:
+        # The last step's gradients would otherwise stay on the encoder, and a later
+        # loop that clips over all of a model's parameters would count them.
+        optimizer.zero_grad(set_to_none=True)
         for parameter, flag in zip(encoder.parameters(), flags):
             parameter.requires_grad_(flag)
         encoder.train(was_training)

@@ -251,7 +251,6 @@ def train_language_model(
         lr=lr,
         weight_decay=weight_decay,
         betas=(0.9, 0.95),
-        decay="matrices_and_embeddings",
     )
     scheduler = warmup_cosine_scheduler(optimizer, steps, warmup_steps, min_lr_ratio)
     batches = EpochBatches(len(checked), batch_size, seed, hint="lower batch_size")

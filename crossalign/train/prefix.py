@@ -102,9 +102,7 @@ def train_prefix(
             "nothing to train: no parameter of the captioner requires a gradient"
         )
     captioner.to(device).train()
-    optimizer = build_optimizer(
-        parameters, lr=lr, weight_decay=weight_decay, decay="all"
-    )
+    optimizer = build_optimizer(parameters, lr=lr, weight_decay=weight_decay)
     scheduler = warmup_cosine_scheduler(optimizer, steps, min(warmup_steps, steps - 1))
     batches = EpochBatches(len(features), batch_size, seed, hint="lower batch_size")
     counts = tuple(len(image_captions) for image_captions in captions)
