@@ -42,6 +42,7 @@ from crossalign.train.captioning import (
     save_caption_config,
     train_captioner,
 )
+from crossalign.train.checkpoint import CONFIG_FILE, resolve_checkpoint
 from crossalign.utils import seed_everything
 
 TINY = {
@@ -308,6 +309,23 @@ def test_frozen_regions_are_encoded_per_image_whatever_the_batch():
     torch.testing.assert_close(
         regions, model.regions(dataset.render(range(12))), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_checkpoint_written_with_derived_model_keys_still_loads(tiny_run, tmp_path):
+    """Checkpoints written before the derived model keys left the experiment config
+    (vocab_size, ids, max_len) load, with the model built from the saved captioner."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(resolve_checkpoint(tiny_run.checkpoint), old)
+    saved = json.loads((old / CONFIG_FILE).read_text(encoding="utf-8"))
+    saved["experiment"]["model"].update(saved["captioner"])
+    (old / CONFIG_FILE).write_text(json.dumps(saved), encoding="utf-8")
+    model, _, config = load_captioner(old)
+    expected, _, expected_config = load_captioner(tiny_run.checkpoint)
+    assert config == expected_config
+    for a, b in zip(model.state_dict().values(), expected.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_checkpoint_rebuilds_the_same_captioner(tiny_run):

@@ -422,7 +422,7 @@ def optimise(
         device=device,
         precision=train.precision,
         clip_grad_norm=train.clip_grad_norm,
-        clip_parameters=[p for p in module.parameters() if p.requires_grad],
+        clip_parameters=module.parameters(),
         log_every=max(1, train.log_every),
         desc=desc,
         total_steps=train.steps,

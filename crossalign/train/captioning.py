@@ -418,7 +418,7 @@ def train_captioner(
         precision=cfg.precision,
         tf32=cfg.tf32,
         clip_grad_norm=cfg.clip_grad_norm,
-        clip_parameters=[p for p in model.parameters() if p.requires_grad],
+        clip_parameters=model.parameters(),
         log_every=max(1, cfg.log_every),
         hint="try a lower train.lr or fp32",
         desc="train captioner",

@@ -73,7 +73,8 @@ class Engine:
         clip_grad_norm: clip the norm of the gradients of ``clip_parameters`` (None or
             0: no clipping).
         clip_parameters: the parameters to clip (default: every parameter the optimiser
-            updates).
+            updates); those that do not require a gradient are left out, so a stale
+            gradient on a frozen part (left by an earlier loop) never counts.
         log_every: read the recorded values back every this many steps.
         ddp_model: the ``DistributedDataParallel`` wrapper, if any, so that gradient
             all-reduces wait for the last micro-batch (``no_sync``).
@@ -131,7 +132,7 @@ class Engine:
             clip_parameters = [
                 p for group in optimizer.param_groups for p in group["params"]
             ]
-        self.clip_parameters = list(clip_parameters)
+        self.clip_parameters = [p for p in clip_parameters if p.requires_grad]
         self.log_every, self.ddp_model, self.reduce = log_every, ddp_model, reduce
         self.hint, self.desc = hint, desc
         self.observe, self.record = observe, record

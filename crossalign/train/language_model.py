@@ -265,7 +265,7 @@ def train_language_model(
         scheduler,
         device=device,
         clip_grad_norm=clip_grad_norm,
-        clip_parameters=[p for p in model.parameters() if p.requires_grad],
+        clip_parameters=model.parameters(),
         log_every=log_every,
         hint="lower lr",
         desc="train LM",

@@ -246,7 +246,7 @@ def train(
         tf32=cfg.tf32,
         grad_accum=cfg.grad_accum,
         clip_grad_norm=cfg.clip_grad_norm,
-        clip_parameters=[p for p in model.parameters() if p.requires_grad],
+        clip_parameters=model.parameters(),
         log_every=max(1, cfg.log_every),
         ddp_model=ddp_model,
         reduce=all_reduce_mean if dist.world_size > 1 else None,
