@@ -75,7 +75,10 @@ unit: setup
 browser: setup assets
 	CROSSALIGN_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests -m site
 
+# Trained numbers are bit-for-bit only on the same CPU kind and thread count; the first
+# line says which this run had, so a glued number that differs can be traced to it.
 nbval: setup
+	@$(PY) -c "import platform, torch; print('nbval on', platform.machine(), 'torch', torch.__version__, 'CPU capability', torch.backends.cpu.get_cpu_capability(), 'threads', torch.get_num_threads())"
 	$(PY) -m pytest -q -p no:cacheprovider --nbval $(CHAPTERS) --nbval-sanitize-with book/nbval_sanitize.cfg
 
 # The chapters on the paths their saved outputs do not show: DATA = "flickr8k" on a
